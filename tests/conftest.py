@@ -1,0 +1,54 @@
+"""Shared fixtures: the real model on CPU, and sentence-transformers as the reference implementation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STSB_DEV = REPO_ROOT.parent / "shared" / "data" / "stsb-dev.tsv"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The bundled official all-MiniLM-L6-v2 directory."""
+    from minilm_npu.modelfiles import bundled_model_dir
+
+    return bundled_model_dir()
+
+
+@pytest.fixture(scope="session")
+def st_model(model_dir):
+    """sentence-transformers itself, float32 on CPU: the reference every test compares to."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """Our default encoder (default backend, float32) on CPU."""
+    from minilm_npu import MiniLMEncoder
+
+    return MiniLMEncoder(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def reference_encoder():
+    """Our reference backend (transformers AutoModel), float32 on CPU."""
+    from minilm_npu import MiniLMEncoder
+
+    return MiniLMEncoder(device="cpu", backend="transformers")
+
+
+@pytest.fixture(scope="session")
+def stsb_path() -> Path:
+    """STS Benchmark dev split shipped in ../shared/data (skips when the checkout has no shared/ beside it)."""
+    if not STSB_DEV.is_file():
+        pytest.skip(f"{STSB_DEV} not found")
+    return STSB_DEV
