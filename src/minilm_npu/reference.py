@@ -43,9 +43,11 @@ class TransformersBackend:
                              "int8 needs the packed backend")
         try:
             from transformers import AutoModel
+            from transformers.utils import logging as transformers_logging
         except ImportError as err:
             raise InputError("the transformers backend needs `pip install transformers`") from err
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
+        transformers_logging.disable_progress_bar()  # its per-weight loading bar is noise in a CLI
         model = AutoModel.from_pretrained(str(model_files.directory), use_safetensors=True)
         self.model = model.to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
 

@@ -1,0 +1,1 @@
+"""Command line: ``minilm-npu COMMAND``; see :mod:`minilm_npu.cli.main`."""

@@ -1,0 +1,41 @@
+"""Arguments shared by sub-commands, so every command spells them the same way (dashes or underscores)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, with a clear message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_encoder_args(parser: argparse.ArgumentParser, device_default: str = "auto") -> None:
+    """--model-path, --device, --dtype, --backend, --batch-size, --max-batch-tokens."""
+    from ..backend import BACKENDS, DTYPES  # light: no torch work at import beyond torch itself
+
+    parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
+                        help="model directory or hub id (default: the bundled official all-MiniLM-L6-v2)")
+    parser.add_argument("--device", default=device_default,
+                        help="auto, cpu, cuda, cuda:1, npu, npu:0, or a list such as npu:0,npu:1 (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="default: %(default)s (exact)")
+    parser.add_argument("--backend", default=None, choices=sorted(BACKENDS),
+                        help="packed (fast engine, default) or transformers (the reference port's method)")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32,
+                        help="most texts per forward pass (default: %(default)s)")
+    parser.add_argument("--max-batch-tokens", "--max_batch_tokens", dest="max_batch_tokens", type=positive_int,
+                        default=None, help="most real tokens per forward pass (default: 16384)")
+
+
+def build_encoder(args: argparse.Namespace):
+    """A MiniLMEncoder from the arguments added by :func:`add_encoder_args`."""
+    from ..encoder import DEFAULT_MAX_BATCH_TOKENS, MiniLMEncoder
+
+    return MiniLMEncoder(model_path=args.model_path, device=args.device, dtype=args.dtype, backend=args.backend,
+                         max_batch_tokens=args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)

@@ -1,0 +1,63 @@
+"""Device strings: parsing, errors that list what is available, and the lazy torch_npu import."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from minilm_npu import devices
+from minilm_npu.devices import DeviceError, parse_devices
+
+
+def test_cpu_and_auto_on_this_machine():
+    assert parse_devices("cpu") == [torch.device("cpu")]
+    assert parse_devices(" CPU ") == [torch.device("cpu")]
+    expected = devices.auto_device()
+    assert parse_devices("auto") == [expected]
+    if not torch.cuda.is_available() and devices.device_count("npu") == 0:
+        assert expected == torch.device("cpu")
+
+
+def test_repeated_devices_give_several_workers():
+    assert parse_devices("cpu,cpu") == [torch.device("cpu")] * 2
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "npu0", "", "cpu,", "auto:1", "tpu:0"])
+def test_unknown_device_strings(spec):
+    with pytest.raises(DeviceError, match="Available devices: cpu"):
+        parse_devices(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1", "cpu,cuda:0"])
+def test_unavailable_cuda(spec):
+    with pytest.raises(DeviceError, match="not available on this machine"):
+        parse_devices(spec)
+
+
+def test_unavailable_npu_says_why():
+    if devices.device_count("npu"):
+        pytest.skip("an NPU is present")
+    with pytest.raises(DeviceError, match="npu"):
+        parse_devices("npu:0")
+
+
+def test_torch_npu_is_not_imported_for_cpu_work():
+    parse_devices("cpu")
+    if devices._torch_npu_state is None:
+        assert "torch_npu" not in sys.modules
+
+
+def test_synchronize_cpu_is_a_noop():
+    devices.synchronize(torch.device("cpu"))
+
+
+def test_available_devices_lists_cpu_first():
+    assert devices.available_devices()[0] == "cpu"
+
+
+def test_describe_cpu():
+    info = devices.describe(torch.device("cpu"))
+    assert info.device == "cpu" and info.name
