@@ -1,0 +1,83 @@
+"""Encoder plumbing with fake backends: order restored, parallel workers, a failing device named, no hang."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from minilm_npu import backend as backend_module
+from minilm_npu.encoder import MiniLMEncoder
+
+
+class LengthBackend:
+    """Pooled vector = [len(ids), first id, 1, 0, ...]: enough to check that rows land where they belong."""
+
+    name = "fake"
+    calls: list[tuple[str, int]] = []
+    fail_on_device: str | None = None
+
+    def __init__(self, model_files, device, dtype):
+        self.device, self.dtype, self.hidden = device, dtype, model_files.hidden_size
+        self.ident = f"worker-{id(self)}"
+
+    def embed(self, batch):
+        if self.fail_on_device == self.ident:
+            raise RuntimeError("device lost")
+        LengthBackend.calls.append((self.ident, threading.get_ident()))
+        out = torch.zeros((len(batch), self.hidden))
+        for row, ids in enumerate(batch):
+            out[row, 0], out[row, 1], out[row, 2] = len(ids), ids[1] if len(ids) > 2 else -1, 1.0
+        return out
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    monkeypatch.setitem(backend_module.BACKENDS, "fake", f"{__name__}:LengthBackend")
+    LengthBackend.calls = []
+    LengthBackend.fail_on_device = None
+    return LengthBackend
+
+
+def test_rows_come_back_in_input_order(fake_backend):
+    encoder = MiniLMEncoder(device="cpu", backend="fake")
+    texts = ["a b c d e f", "", "hello", "one two three four five six seven eight", "x"]
+    ids = encoder.tokenize(texts)
+    out = encoder.encode(texts, batch_size=2, normalize_embeddings=False)
+    assert out[:, 0].tolist() == [len(x) for x in ids]
+    assert out[:, 1].tolist() == [x[1] if len(x) > 2 else -1 for x in ids]
+
+
+def test_two_workers_share_the_work_and_keep_order(fake_backend):
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    texts = [" ".join(["w"] * (i % 37)) for i in range(300)]
+    out = encoder.encode(texts, batch_size=4, normalize_embeddings=False)
+    assert out[:, 0].tolist() == [len(x) for x in encoder.tokenize(texts)]
+    assert len({ident for ident, _ in fake_backend.calls}) == 2
+
+
+def test_a_failing_device_is_named_and_nothing_hangs(fake_backend):
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    fake_backend.fail_on_device = encoder._workers[1].backend.ident
+    with pytest.raises(RuntimeError, match="encoding failed on device cpu: RuntimeError: device lost"):
+        encoder.encode([f"text {i}" for i in range(200)], batch_size=2)
+
+
+def test_normalisation_is_the_post_stage(fake_backend):
+    encoder = MiniLMEncoder(device="cpu", backend="fake")
+    out = encoder.encode("hello world")
+    assert out.shape == (384,)
+    np.testing.assert_allclose(np.linalg.norm(out), 1.0, rtol=1e-6)
+
+
+def test_unknown_backend_and_dtype():
+    from minilm_npu.errors import InputError
+
+    with pytest.raises(InputError, match="unknown backend"):
+        MiniLMEncoder(device="cpu", backend="onnx")
+    with pytest.raises(InputError, match="unknown dtype"):
+        MiniLMEncoder(device="cpu", dtype="float8")
+    with pytest.raises(InputError, match="int8 needs the packed backend"):
+        MiniLMEncoder(device="cpu", dtype="int8", backend="transformers")
