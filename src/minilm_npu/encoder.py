@@ -177,11 +177,21 @@ class MiniLMEncoder:
         return vectors[0] if single else vectors
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
-                         normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
-        """Embed already-tokenized inputs (ids as :meth:`tokenize` returns them); same output as :meth:`encode`."""
-        return self._encode_ids(self._check_ids(token_ids), batch_size, normalize_embeddings, show_progress_bar)
+                         normalize_embeddings: bool = True, show_progress_bar: bool = False,
+                         device_index: int | None = None) -> np.ndarray:
+        """Embed already-tokenized inputs (ids as :meth:`tokenize` returns them); same output as :meth:`encode`.
 
-    def _encode_ids(self, ids: list[list[int]], batch_size: int, normalize: bool, progress: bool) -> np.ndarray:
+        Args:
+            device_index: Run on ``devices[device_index]`` only (a server's per-device worker drives its own
+                card this way); by default the work is spread over every device.
+        """
+        if device_index is not None and not 0 <= device_index < len(self._workers):
+            raise InputError(f"device_index {device_index} is out of range: {len(self._workers)} device(s)")
+        return self._encode_ids(self._check_ids(token_ids), batch_size, normalize_embeddings, show_progress_bar,
+                                device_index)
+
+    def _encode_ids(self, ids: list[list[int]], batch_size: int, normalize: bool, progress: bool,
+                    device_index: int | None = None) -> np.ndarray:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
@@ -189,8 +199,8 @@ class MiniLMEncoder:
             return out
         batches = plan_batches([len(x) for x in ids], batch_size, self.max_batch_tokens)
         with tqdm(total=len(ids), disable=not progress, unit="text", desc="encode") as bar:
-            if len(self._workers) == 1:
-                worker = self._workers[0]
+            if len(self._workers) == 1 or device_index is not None:
+                worker = self._workers[device_index or 0]
                 for batch in batches:
                     out[batch] = worker.run([ids[i] for i in batch], normalize)
                     bar.update(len(batch))

@@ -81,3 +81,15 @@ def test_unknown_backend_and_dtype():
         MiniLMEncoder(device="cpu", dtype="float8")
     with pytest.raises(InputError, match="int8 needs the packed backend"):
         MiniLMEncoder(device="cpu", dtype="int8", backend="transformers")
+
+
+def test_device_index_pins_the_work_to_one_worker(fake_backend):
+    from minilm_npu.errors import InputError
+
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    ids = encoder.tokenize([f"text number {i}" for i in range(40)])
+    out = encoder.encode_token_ids(ids, batch_size=2, normalize_embeddings=False, device_index=1)
+    assert out[:, 0].tolist() == [len(x) for x in ids]
+    assert {ident for ident, _ in fake_backend.calls} == {encoder._workers[1].backend.ident}
+    with pytest.raises(InputError, match="out of range"):
+        encoder.encode_token_ids(ids, device_index=2)

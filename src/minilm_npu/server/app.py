@@ -1,0 +1,85 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from .batcher import Batcher
+from .errors import install_error_handlers
+from .metrics import ServerMetrics
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from .routes_ops import router as ops_router
+from .routes_openai import router as openai_router
+from .routes_tei import router as tei_router
+from .settings import ServerSettings
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(encoder: Any, settings: ServerSettings | None = None) -> FastAPI:
+    """Build the embedding server around an encoder.
+
+    Start-up (the ASGI lifespan, which uvicorn completes before it opens the port) starts one batcher worker per
+    device and warms the model up with a real forward pass; it fails, and the server does not start, if that
+    pass fails. Shutdown lets queued work finish, then stops the workers.
+
+    Args:
+        encoder: A :class:`~minilm_npu.MiniLMEncoder` or anything with the same ``encode_token_ids``,
+            ``tokenize``, ``tokenizer``, ``devices``, ``dimension``, ``max_seq_length``, ``model_name`` and
+            ``dtype``.
+        settings: Limits and options; defaults as :class:`ServerSettings`.
+
+    Returns:
+        The app. Each app has its own Prometheus registry, so several can live in one process.
+    """
+    settings = settings or ServerSettings()
+    metrics = ServerMetrics()
+    batcher = Batcher(encoder, max_batch_tokens=settings.max_batch_tokens,
+                      max_concurrent_requests=settings.max_concurrent_requests, max_wait_ms=settings.max_wait_ms,
+                      encoder_batch_size=settings.encoder_batch_size, metrics=metrics)
+    state = ServerState(encoder=encoder, settings=settings, batcher=batcher, metrics=metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        warmup = getattr(encoder, "warmup", None)
+        if callable(warmup):
+            await asyncio.to_thread(warmup)  # every device, not only the one the probe below lands on
+        if not await batcher.health(max(settings.health_timeout_s, 60.0)):
+            await asyncio.to_thread(batcher.close, 5.0)
+            raise RuntimeError("warm-up failed: the model could not embed a test input (see the log above)")
+        log.info("model %s warmed up on %s; serving", state.model_name,
+                 ", ".join(str(d) for d in getattr(encoder, "devices", [])))
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    from .. import __version__
+
+    app = FastAPI(title="minilm-npu embedding server", version=__version__, lifespan=lifespan,
+                  description="OpenAI- and text-embeddings-inference-compatible sentence embeddings.")
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(tei_router)
+    app.include_router(ops_router)
+    routes = frozenset(path for router in (openai_router, tei_router, ops_router) for path in _paths(router))
+    # add_middleware wraps: the last one added runs first. Order at request time: metrics, auth, body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    return app
+
+
+def _paths(router: Any) -> list[str]:
+    """The paths a router serves (the metrics' ``route`` label values)."""
+    return [route.path for route in router.routes if hasattr(route, "path")]

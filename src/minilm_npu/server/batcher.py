@@ -1,0 +1,270 @@
+"""Dynamic batching: inputs from concurrent requests share device batches.
+
+Requests are admitted up to ``max_concurrent_requests`` (beyond that: 429). Each admitted request is tokenized
+in a small thread pool (never on the event loop), then its sequences join one FIFO queue. One worker thread per
+device takes sequences off the queue, oldest first, until the batch reaches ``max_batch_tokens`` real tokens or
+the oldest sequence has waited ``max_wait_ms``; it runs ``encoder.encode_token_ids`` on the batch and writes
+every row back to its own request at its own position, so each request gets exactly its vectors, in its order.
+A request's sequences may be spread over several batches (and devices); it completes when its last row lands.
+
+The encoder returns raw pooled vectors here (``normalize_embeddings=False``); normalisation and ``dimensions``
+are per request (TEI's ``normalize: false`` and mixed ``dimensions`` can share one batch), see ``vectors.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .errors import ApiError
+from .metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _Job:
+    """One request's sequences and where their vectors go."""
+
+    __slots__ = ("ids", "out", "remaining", "future", "loop", "enqueued", "started", "done")
+
+    def __init__(self, ids: list[list[int]], dimension: int, loop: asyncio.AbstractEventLoop):
+        self.ids = ids
+        self.out = np.empty((len(ids), dimension), dtype=np.float32)
+        self.remaining = len(ids)
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+        self.enqueued = time.monotonic()
+        self.started = False
+        self.done = False  # set under the batcher's lock; a cancelled or failed job is done too
+
+
+def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Runs on the event loop: resolve unless the awaiting request already gave up."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Batcher:
+    """Merges concurrent requests into device batches and runs them, one worker thread per device.
+
+    Args:
+        encoder: Provides ``encode_token_ids``, ``tokenize``, ``devices`` and ``dimension``.
+        max_batch_tokens: Real tokens per device batch.
+        max_concurrent_requests: Requests admitted at once; more are refused with 429.
+        max_wait_ms: Longest a not-yet-full batch waits for company.
+        encoder_batch_size: ``batch_size`` passed to the encoder (it sorts and splits a batch by length).
+        metrics: Where queue and batch figures go.
+        tokenizer_threads: Size of the pool that runs tokenization and validation.
+    """
+
+    def __init__(self, encoder: Any, *, max_batch_tokens: int = 16384, max_concurrent_requests: int = 512,
+                 max_wait_ms: float = 2.0, encoder_batch_size: int = 32, metrics: ServerMetrics | None = None,
+                 tokenizer_threads: int = 2):
+        self.encoder = encoder
+        self.max_batch_tokens = max_batch_tokens
+        self.max_concurrent_requests = max_concurrent_requests
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.encoder_batch_size = encoder_batch_size
+        self.metrics = metrics or ServerMetrics()
+        self.dimension = int(encoder.dimension)
+        self._queue: deque[tuple[_Job, int]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+        self._in_flight = 0
+        self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="minilm-tokenize")
+        self._probe_ids: list[list[int]] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    @property
+    def workers_alive(self) -> int:
+        """How many device workers are running."""
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def start(self) -> None:
+        """Start one worker thread per encoder device."""
+        devices = list(getattr(self.encoder, "devices", None) or ["cpu"])
+        for index, device in enumerate(devices):
+            # With several devices each worker drives its own card, so a batch never queues behind a busy one.
+            pinned = index if len(devices) > 1 else None
+            thread = threading.Thread(target=self._work, args=(pinned,), name=f"minilm-batcher-{device}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish what is queued, stop the workers, and fail anything left (server shutting down)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        for job, _ in left:
+            self._fail(job, ApiError(503, "the server is shutting down", kind="unhealthy"))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- request side (event loop) -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of ``max_concurrent_requests`` slots for the request's whole life, or raise 429."""
+        if self._in_flight >= self.max_concurrent_requests:
+            raise ApiError(429, f"the server is busy: {self.max_concurrent_requests} requests are already in "
+                                f"progress (--max-concurrent-requests); retry shortly", kind="overloaded")
+        self._in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    async def preprocess(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU work (validation and tokenization) in the tokenizer pool, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def embed(self, ids: list[list[int]]) -> np.ndarray:
+        """Raw pooled vectors ``(len(ids), dimension)`` for already-validated token ids, in their order."""
+        if not ids:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        job = _Job(ids, self.dimension, asyncio.get_running_loop())
+        with self._cond:
+            if self._closing:
+                raise ApiError(503, "the server is shutting down", kind="unhealthy")
+            self._queue.extend((job, index) for index in range(len(ids)))
+            self.metrics.queue_depth.set(len(self._queue))
+            self._cond.notify()
+        try:
+            return await job.future
+        finally:
+            # A request that gave up (client gone, shutdown timeout) must not keep device time: its queued
+            # sequences are dropped when a worker reaches them.
+            with self._cond:
+                job.done = True
+
+    async def health(self, timeout: float) -> bool:
+        """Whether a tiny real forward pass through the workers completes, finite, within ``timeout``."""
+        if self._closing or not self.workers_alive:
+            return False
+        if self._probe_ids is None:
+            self._probe_ids = await self.preprocess(self.encoder.tokenize, [""])
+        try:
+            vectors = await asyncio.wait_for(self.embed(self._probe_ids), timeout)
+        except Exception:  # noqa: BLE001 - any failure means "cannot answer"; logged for the operator
+            log.warning("health check failed", exc_info=True)
+            return False
+        return bool(np.isfinite(vectors).all())
+
+    # -- device side (worker threads) --------------------------------------------------------------------------
+    def _take_batch(self) -> list[tuple[_Job, int]] | None:
+        """Block until a batch is ready; None when closing and drained. Called with no lock held."""
+        with self._cond:
+            while True:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return None
+                # Wait for company until the oldest sequence is max_wait old or the budget is full.
+                deadline = self._queue[0][0].enqueued + self.max_wait_s
+                while self._queue and not self._closing and self._queued_tokens() < self.max_batch_tokens:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                batch: list[tuple[_Job, int]] = []
+                tokens = 0
+                while self._queue:
+                    job, index = self._queue[0]
+                    if job.done:
+                        self._queue.popleft()
+                        continue
+                    length = len(job.ids[index])
+                    if batch and tokens + length > self.max_batch_tokens:
+                        break
+                    self._queue.popleft()
+                    batch.append((job, index))
+                    tokens += length
+                self.metrics.queue_depth.set(len(self._queue))
+                if self._queue:
+                    self._cond.notify()  # let another idle device start on the rest
+                if batch:
+                    return batch
+
+    def _queued_tokens(self) -> int:
+        # Bounded: stops counting at the budget, so a long queue costs no more than one batch's worth.
+        total = 0
+        for job, index in self._queue:
+            total += len(job.ids[index])
+            if total >= self.max_batch_tokens:
+                break
+        return total
+
+    def _work(self, device_index: int | None = None) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            now = time.monotonic()
+            for job, _ in batch:
+                if not job.started:
+                    job.started = True
+                    self.metrics.queue_time.observe(now - job.enqueued)
+            ids = [job.ids[index] for job, index in batch]
+            self.metrics.batch_size.observe(len(ids))
+            self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
+            try:
+                pin = {} if device_index is None else {"device_index": device_index}
+                vectors = self.encoder.encode_token_ids(ids, batch_size=self.encoder_batch_size,
+                                                        normalize_embeddings=False, **pin)
+            except Exception as err:  # noqa: BLE001 - every request in the batch learns, the worker lives on
+                log.exception("inference failed on a batch of %d inputs", len(ids))
+                error = ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend")
+                for job in {id(job): job for job, _ in batch}.values():
+                    self._fail(job, error)
+                continue
+            finally:
+                self.metrics.inference_time.observe(time.monotonic() - now)
+            self._deliver(batch, vectors)
+
+    def _deliver(self, batch: list[tuple[_Job, int]], vectors: np.ndarray) -> None:
+        finished: list[_Job] = []
+        with self._cond:
+            for row, (job, index) in enumerate(batch):
+                if job.done:
+                    continue
+                job.out[index] = vectors[row]
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.done = True
+                    finished.append(job)
+        for job in finished:
+            self.metrics.inputs.inc(len(job.ids))
+            self.metrics.tokens.inc(sum(len(seq) for seq in job.ids))
+            job.loop.call_soon_threadsafe(_settle, job.future, job.out)
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        with self._cond:
+            if job.done:
+                return
+            job.done = True
+        try:
+            job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+        except RuntimeError:  # the event loop is already closed: nobody is waiting
+            pass

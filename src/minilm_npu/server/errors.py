@@ -1,0 +1,129 @@
+"""Error responses: one taxonomy, rendered OpenAI-style on ``/v1/*`` and TEI-style everywhere else.
+
+OpenAI clients parse ``{"error": {"message", "type", "param", "code"}}``; TEI clients parse
+``{"error": "...", "error_type": "..."}``. Handlers below turn every failure (our own, FastAPI's validation,
+Starlette's 404/405, anything unexpected) into one of the two, so a client never sees a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+# kind -> (OpenAI "type", TEI "error_type")
+_TYPES = {
+    "validation": ("invalid_request_error", "validation"),
+    "empty": ("invalid_request_error", "empty"),
+    "auth": ("invalid_request_error", "auth"),
+    "not_found": ("invalid_request_error", "not_found"),
+    "too_large": ("invalid_request_error", "payload_too_large"),
+    "overloaded": ("rate_limit_error", "overloaded"),
+    "unhealthy": ("server_error", "unhealthy"),
+    "backend": ("server_error", "backend"),
+}
+_CODES = {"auth": "invalid_api_key", "overloaded": "rate_limit_exceeded"}
+
+
+class ApiError(Exception):
+    """An error the client caused or must react to, with its HTTP status and a one-line message.
+
+    Args:
+        status: HTTP status code.
+        message: One line saying what was wrong and, where it helps, which limit or flag applies.
+        kind: One of ``validation``, ``empty``, ``auth``, ``not_found``, ``too_large``, ``overloaded``,
+            ``unhealthy``, ``backend``.
+        param: The request field at fault (OpenAI's ``param``), if any.
+    """
+
+    def __init__(self, status: int, message: str, kind: str = "validation", param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether a path belongs to the OpenAI-compatible API (and so gets OpenAI-style errors)."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_body(path: str, message: str, kind: str, param: str | None = None) -> dict:
+    """The JSON error body for ``path``'s API style."""
+    openai_type, tei_type = _TYPES.get(kind, _TYPES["validation"])
+    if is_openai_path(path):
+        return {"error": {"message": message, "type": openai_type, "param": param, "code": _CODES.get(kind)}}
+    return {"error": message, "error_type": tei_type}
+
+
+def error_response(path: str, status: int, message: str, kind: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """A ``JSONResponse`` carrying :func:`error_body`."""
+    return JSONResponse(error_body(path, message, kind, param), status_code=status, headers=headers)
+
+
+def _union_tag(error: dict, field: str | None) -> str | None:
+    """The union member (``str``, ``list[int]``, ...) an error belongs to, if it is one of ``field``'s."""
+    loc = error.get("loc", ())
+    if len(loc) > 2 and loc[0] == "body" and loc[1] == field and isinstance(loc[2], str):
+        tag = loc[2]
+        if tag in ("str", "int", "bool") or "[" in tag:
+            return tag
+    return None
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One line out of pydantic's error list: which field, and what was expected.
+
+    A union field (``input``) fails once per accepted shape, each with the shape's tag in its location; those
+    are folded into one "expected one of ..." message rather than reporting the first shape's complaint.
+    """
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    field = loc[0] if loc else None
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+        return "request body must be a JSON object (send Content-Type: application/json)", None
+    shapes = [tag for tag in (_union_tag(e, field) for e in errors) if tag]
+    if field and len(shapes) > 1:
+        unique = list(dict.fromkeys(shapes))
+        return f"{field}: wrong type or value; expected one of: {', '.join(unique)}", field
+    message = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return message, field
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that render every error in the route's API style."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request.url.path, exc.status, exc.message, exc.kind, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation(exc)
+        return error_response(request.url.path, 422, message, "validation", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found" if exc.status_code in (404, 405) else "validation"
+        return error_response(request.url.path, exc.status_code, str(exc.detail), kind,
+                              headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server log only; the client gets one line.
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(request.url.path, 500, f"internal error: {type(exc).__name__}", "backend")

@@ -1,0 +1,55 @@
+"""Operational routes: ``GET /health``, ``GET /info``, ``GET /metrics``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from .errors import ApiError
+from .schemas import Info
+from .state import get_state
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    """200 when a real forward pass through the batcher's workers succeeds; 503 when the model cannot answer."""
+    state = get_state(request)
+    if not await state.batcher.health(state.settings.health_timeout_s):
+        raise ApiError(503, "the model cannot answer: the health forward pass failed or timed out",
+                       kind="unhealthy")
+    return {"status": "ok"}
+
+
+@router.get("/info", response_model=Info)
+async def info(request: Request) -> Info:
+    """Model, dimension, input limit, devices, dtype and the server's limits."""
+    from .. import __version__
+
+    state = get_state(request)
+    encoder, settings = state.encoder, state.settings
+    model_files = getattr(encoder, "model_files", None)
+    pooling = getattr(model_files, "pooling", "mean")
+    return Info(
+        model_id=state.model_name,
+        model_dtype=str(encoder.dtype),
+        model_type={"embedding": {"pooling": pooling}},
+        backend=str(getattr(encoder, "backend_name", "unknown")),
+        dimension=int(encoder.dimension),
+        max_input_length=int(encoder.max_seq_length),
+        devices=[str(d) for d in getattr(encoder, "devices", [])],
+        max_concurrent_requests=settings.max_concurrent_requests,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_client_batch_size=settings.max_client_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_body_bytes=settings.max_body_bytes,
+        auth_required=settings.api_key is not None,
+        version=__version__,
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    content, content_type = get_state(request).metrics.render()
+    return Response(content=content, media_type=content_type)

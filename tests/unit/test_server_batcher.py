@@ -1,0 +1,143 @@
+"""The dynamic batcher with a fake encoder: merging, ordering, budgets, overload, several devices, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from minilm_npu.server.batcher import Batcher  # noqa: E402
+from minilm_npu.server.errors import ApiError  # noqa: E402
+from minilm_npu.server.vectors import finish  # noqa: E402
+
+from .server_fakes import FakeEncoder  # noqa: E402
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+
+
+def _requests(fake, n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for r in range(n):
+        texts = [" ".join(f"w{r}_{i}_{j}" for j in range(rng.randint(0, 40))) for i in range(rng.randint(1, 9))]
+        out.append(fake.tokenize(texts))
+    return out
+
+
+@pytest.mark.parametrize("devices", [("cpu",), ("cpu:0", "cpu:1", "cpu:2")])
+def test_concurrent_requests_get_exactly_their_vectors(devices):
+    fake = FakeEncoder(devices=devices, delay_s=0.002)
+    batcher = Batcher(fake, max_batch_tokens=300, max_wait_ms=2)
+    requests = _requests(fake, 64)
+
+    async def main():
+        batcher.start()
+        try:
+            with batcher.admit():
+                return await asyncio.gather(*(batcher.embed(ids) for ids in requests))
+        finally:
+            batcher.close()
+
+    results = _run(main())
+    for ids, got in zip(requests, results):
+        np.testing.assert_array_equal(got, np.stack([fake.vector(seq) for seq in ids]))
+    # Requests were merged (fewer forward passes than requests) and no batch broke the token budget.
+    assert len(fake.batches) < len(requests)
+    assert sum(fake.batches) == sum(len(ids) for ids in requests)
+
+
+def test_token_budget_splits_a_large_request():
+    fake = FakeEncoder()
+    batcher = Batcher(fake, max_batch_tokens=100, max_wait_ms=0)
+    ids = [[101] + [2000] * 48 + [102]] * 5  # 50 tokens each: two per batch
+
+    async def main():
+        batcher.start()
+        try:
+            return await batcher.embed(ids)
+        finally:
+            batcher.close()
+
+    out = _run(main())
+    assert out.shape == (5, 384) and fake.batches == [2, 2, 1]
+
+
+def test_admission_limit_is_429():
+    batcher = Batcher(FakeEncoder(), max_concurrent_requests=2)
+    with batcher.admit(), batcher.admit():
+        with pytest.raises(ApiError) as info:
+            with batcher.admit():
+                pass
+    assert info.value.status == 429 and "--max-concurrent-requests" in info.value.message
+    with batcher.admit():  # slots come back
+        pass
+
+
+def test_inference_error_reaches_every_request_and_worker_survives():
+    fake = FakeEncoder()
+    batcher = Batcher(fake, max_wait_ms=5)
+
+    async def main():
+        batcher.start()
+        try:
+            fake.fail = True
+            results = await asyncio.gather(batcher.embed([[101, 102]]), batcher.embed([[101, 7, 102]]),
+                                           return_exceptions=True)
+            fake.fail = False
+            return results, await batcher.embed([[101, 102]])
+        finally:
+            batcher.close()
+
+    failed, ok = _run(main())
+    assert all(isinstance(e, ApiError) and e.status == 500 for e in failed)
+    assert ok.shape == (1, 384)
+
+
+def test_cancelled_request_is_dropped_from_the_queue():
+    fake = FakeEncoder(delay_s=0.2)
+    batcher = Batcher(fake, max_batch_tokens=4, max_wait_ms=0)
+
+    async def main():
+        batcher.start()
+        try:
+            first = asyncio.create_task(batcher.embed([[101, 102]]))
+            await asyncio.sleep(0.05)  # the worker is now busy with `first`
+            doomed = asyncio.create_task(batcher.embed([[101, 5, 102]] * 20))
+            await asyncio.sleep(0.01)
+            doomed.cancel()
+            await first
+        finally:
+            batcher.close()
+
+    _run(main())
+    assert sum(fake.batches) < 10  # the cancelled request's 20 inputs were not all run
+
+
+def test_close_finishes_queued_work_then_refuses():
+    fake = FakeEncoder(delay_s=0.01)
+    batcher = Batcher(fake, max_batch_tokens=10, max_wait_ms=0)
+
+    async def main():
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.embed([[101, i, 102]])) for i in range(10)]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(batcher.close)
+        done = await asyncio.gather(*tasks)
+        with pytest.raises(ApiError) as info:
+            await batcher.embed([[101, 102]])
+        return done, info.value
+
+    done, refused = _run(main())
+    assert len(done) == 10 and refused.status == 503
+
+
+def test_finish_dimensions_and_normalize():
+    raw = np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(finish(raw, 2), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
+    np.testing.assert_array_equal(finish(raw, normalize=False), raw)
