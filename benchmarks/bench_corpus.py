@@ -1,0 +1,90 @@
+"""Corpus embedding throughput: one process, several device workers, and Ray local, on a generated corpus.
+
+    python benchmarks/bench_corpus.py                 # 100,000 lines, all three engines
+    python benchmarks/bench_corpus.py --rows 5000 --device cpu --engines local,multi
+
+Rows/s count the whole job (read, embed, write shards, commit manifests) after the model is loaded; the Ray row
+also includes starting Ray and its actors, which is what a user waits for. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the a model vector search engine corpus device card shard row text token sentence embedding fast exact "
+         "cluster actor resume crash manifest parquet stream memory batch worker queue npu gpu cpu ascend cosine "
+         "neighbour query result score index document paragraph language semantic similarity").split()
+
+
+def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
+    """``rows`` lines of 4-60 random words (a mix of short queries and paragraph-sized texts)."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(rows):
+            handle.write(" ".join(rng.choices(WORDS, k=rng.randint(4, 60))) + "\n")
+
+
+def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> float:
+    from minilm_npu import MiniLMEncoder
+    from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
+
+    encoder = MiniLMEncoder(device=device, dtype=args.dtype, backend=args.backend)
+    encoder.warmup()
+    started = time.perf_counter()
+    summary = embed_corpus(src, out, LocalEngine(encoder), EmbedSettings(batch_size=args.batch_size,
+                                                                         progress=False))
+    return summary.rows_written / (time.perf_counter() - started)
+
+
+def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> float:
+    from minilm_npu.corpus.job import EmbedSettings, embed_corpus
+    from minilm_npu.corpus.ray_engine import RayEngine
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    engine = RayEngine(device=device, dtype=args.dtype, backend=args.backend, num_cpus=args.ray_cpus)
+    started = time.perf_counter()
+    summary = embed_corpus(src, out, engine, EmbedSettings(batch_size=args.batch_size, progress=False))
+    return summary.rows_written / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000, help="corpus lines (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="single-process device (default: %(default)s)")
+    parser.add_argument("--multi-device", default=None,
+                        help="multi-worker device list (default: the single device twice, e.g. cpu,cpu)")
+    parser.add_argument("--engines", default="local,multi,ray", help="subset of local,multi,ray")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    args = parser.parse_args(argv)
+    multi = args.multi_device or f"{args.device},{args.device}"
+    runs = {"local": ("one process", args.device, run_local), "multi": ("multi-worker", multi, run_local),
+            "ray": ("Ray local", args.device, run_ray)}
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "corpus.txt"
+        make_corpus(src, args.rows)
+        for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
+            label, device, fn = runs[name]
+            print(f"running {label} on {device} ...", file=sys.stderr, flush=True)
+            results.append((label, device, fn(src, Path(tmp) / f"out-{name}", device, args)))
+    base = results[0][2] if results else 0
+    print(f"\n{args.rows:,} rows, dtype {args.dtype}, backend {args.backend or 'default'}, "
+          f"batch size {args.batch_size}\n")
+    print("| engine | device | rows/s | vs first |")
+    print("|---|---|---:|---:|")
+    for label, device, rate in results:
+        print(f"| {label} | {device} | {rate:,.0f} | {rate / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

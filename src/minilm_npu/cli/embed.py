@@ -1,0 +1,78 @@
+"""``minilm-npu embed INPUT -o OUTPUT``: embed a whole corpus, crash-safe and resumable.
+
+INPUT is a .txt (one text per line), .jsonl, .csv/.tsv (with a header) or .parquet file, optionally gzipped
+(.txt.gz, .jsonl.gz, ...), or a directory of such files. OUTPUT is a directory that becomes a Parquet dataset
+(columns id, embedding, and text with --keep-text) or a path ending in .npy for small jobs.
+
+Killed or crashed? Run the same command again: it continues after the last saved shard. If the input, model,
+dtype or settings changed since, it stops instead of mixing results; --overwrite starts again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_encoder_args, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``embed``."""
+    parser = subparsers.add_parser("embed", help="embed a corpus file into Parquet shards (resumable)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="input file or directory (.txt, .jsonl, .csv, .tsv, .parquet, or .gz)")
+    parser.add_argument("-o", "--output", required=True, help="output directory (Parquet dataset) or FILE.npy")
+    parser.add_argument("--text-field", "--text_field", dest="text_field", default="text",
+                        help="column or JSON key with the text (default: %(default)s; not used for .txt)")
+    parser.add_argument("--id-field", "--id_field", dest="id_field", default=None,
+                        help="column or JSON key with the row id (default: the row number)")
+    parser.add_argument("--keep-text", "--keep_text", dest="keep_text", action="store_true",
+                        help="store the text beside its vector (search then prints it)")
+    parser.add_argument("--on-error", "--on_error", dest="on_error", choices=("fail", "skip"), default="fail",
+                        help="bad row (missing/null text, not UTF-8, unreadable file): stop with its row number "
+                             "(fail, default) or list it in a side file and go on (skip)")
+    parser.add_argument("--overwrite", action="store_true", help="discard an existing output and start again")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (this process, all --device workers) or ray (Ray Data actors)")
+    parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
+                        help="existing Ray cluster (e.g. auto or ray://head:10001); default: a local Ray")
+    parser.add_argument("--shard-rows", "--shard_rows", dest="shard_rows", type=positive_int, default=None,
+                        help="input rows per shard, i.e. the most work a crash loses (default: 8192)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bar (default: a bar when stderr is a terminal)")
+    add_encoder_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job and print a one-line summary."""
+    from ..corpus.job import DEFAULT_SHARD_ROWS, EmbedSettings, LocalEngine, embed_corpus
+    from ..errors import InputError
+    from ..modelfiles import resolve_model
+
+    if args.ray_address and args.engine != "ray":
+        raise InputError("--ray-address needs --engine ray")
+    settings = EmbedSettings(text_field=args.text_field, id_field=args.id_field, keep_text=args.keep_text,
+                             on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size,
+                             shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS, progress=args.progress)
+    model = resolve_model(args.model_path).name  # cheap: the fingerprint needs it before any model loads
+    if args.engine == "ray":
+        from ..corpus.ray_engine import RayEngine
+
+        engine = RayEngine(model_path=args.model_path, device=args.device, dtype=args.dtype, backend=args.backend,
+                           max_batch_tokens=args.max_batch_tokens, address=args.ray_address, model=model)
+    else:
+        from .common import build_encoder
+
+        engine = LocalEngine(lambda: build_encoder(args), model=model, dtype=args.dtype)
+    summary = embed_corpus(args.input, args.output, engine, settings)
+    if summary.already_complete:
+        print(f"{summary.output} is already complete: {summary.rows_written} rows "
+              f"({summary.rows_skipped} skipped); nothing to do")
+        return 0
+    line = (f"embedded {summary.rows_written} rows into {summary.output} "
+            f"({summary.new_rows} this run in {summary.seconds:.1f} s, {summary.rows_per_second:.1f} rows/s)")
+    if summary.rows_skipped:
+        line += f"; skipped {summary.rows_skipped} bad rows, listed in {summary.skipped_file}"
+    print(line, file=sys.stdout)
+    return 0

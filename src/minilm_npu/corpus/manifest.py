@@ -1,0 +1,126 @@
+"""The manifest: what a (partial) output holds, and the fingerprint that says whether it can be resumed.
+
+The manifest is the single commit point of a job. A shard exists for the job only once the manifest that lists it
+has been atomically replaced; anything on disk that the manifest does not list is left over from a killed run and
+is rewritten on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .readers import InputFile
+from .writer import write_json_atomic
+
+MANIFEST_NAME = "_manifest.json"
+SKIPPED_NAME = "_skipped.jsonl"
+FORMAT = "minilm-npu-corpus/1"
+#: Bytes hashed at the start of every input file: catches edits that keep the size and mtime.
+HEAD_BYTES = 1 << 20
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Size, mtime and a SHA-256 of the first MiB of one file."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(HEAD_BYTES))
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "head_sha256": digest.hexdigest()}
+
+
+def job_fingerprint(files: list[InputFile], model: str, dtype: str, settings: dict) -> dict:
+    """Everything that changes the output's content: input files, model, dtype and row-shaping settings.
+
+    Not included on purpose: device, batch size, backend and ``--on-error`` — switching ``fail`` to ``skip``
+    after a bad row is the normal way to continue a stopped job, and the others do not change which rows are
+    written (vectors agree to float32 rounding across them).
+    """
+    return {"inputs": [file_fingerprint(f.path) for f in files], "model": model, "dtype": dtype,
+            "settings": settings}
+
+
+def describe_change(old: dict, new: dict) -> str | None:
+    """A short phrase for the first difference between two fingerprints, or None when they match."""
+    if old == new:
+        return None
+    old_inputs, new_inputs = old.get("inputs", []), new.get("inputs", [])
+    if [i["path"] for i in old_inputs] != [i["path"] for i in new_inputs]:
+        return "the list of input files changed"
+    for before, after in zip(old_inputs, new_inputs):
+        for key, what in (("size", "size"), ("head_sha256", "content"), ("mtime_ns", "modification time")):
+            if before.get(key) != after.get(key):
+                return f"input {after['path']} changed ({what})"
+    for key in ("model", "dtype"):
+        if old.get(key) != new.get(key):
+            return f"{key} changed ({old.get(key)} -> {new.get(key)})"
+    for key in sorted(set(old.get("settings", {})) | set(new.get("settings", {}))):
+        before, after = old.get("settings", {}).get(key), new.get("settings", {}).get(key)
+        if before != after:
+            return f"setting {key} changed ({before!r} -> {after!r})"
+    return "the job settings changed"
+
+
+@dataclass
+class Manifest:
+    """State of one output directory.
+
+    Attributes:
+        fingerprint: From :func:`job_fingerprint`.
+        dimension: Embedding width.
+        shards: ``{"file": name | None, "rows": written, "skipped": n, "end": [file, row]}`` per shard, in order;
+            ``file`` is None for a shard whose rows were all skipped.
+        cursor: ``[file, row]`` of the last input row consumed, None before the first shard.
+        rows_written / rows_skipped: Totals over ``shards``.
+        skipped_bytes: Committed length of the skipped-rows side file; a resumed job truncates it to this.
+        complete: The whole input has been consumed.
+    """
+
+    fingerprint: dict
+    dimension: int
+    shards: list[dict] = field(default_factory=list)
+    cursor: list[int] | None = None
+    rows_written: int = 0
+    rows_skipped: int = 0
+    skipped_bytes: int = 0
+    complete: bool = False
+    engine: str = "local"
+    format: str = FORMAT
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+
+    @property
+    def rows_consumed(self) -> int:
+        """Input rows dealt with so far, written or skipped."""
+        return self.rows_written + self.rows_skipped
+
+    def save(self, directory: Path) -> None:
+        """Atomically replace the manifest in ``directory`` (the job's commit point)."""
+        self.updated = time.time()
+        write_json_atomic(directory / MANIFEST_NAME, asdict(self))
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest | None:
+        """The manifest in ``directory``, None when there is none.
+
+        Raises:
+            InputError: for a manifest that is not ours or cannot be parsed.
+        """
+        path = directory / MANIFEST_NAME
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise InputError(f"{path}: unreadable manifest ({err}); rerun with --overwrite to start again") \
+                from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{path}: not a minilm-npu corpus manifest; rerun with --overwrite or choose "
+                             "another output")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)

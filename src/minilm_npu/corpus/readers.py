@@ -1,0 +1,350 @@
+"""Streaming readers: input files in, ``Record`` chunks out, in input order and in constant memory.
+
+Every format yields the same thing — a :class:`Record` per input row with its 1-based row number, an id and the
+text — so the job, the Ray engine and the tests share one notion of "row 17". A row that cannot be embedded
+(missing or null text, a non-UTF-8 line, invalid JSON, a file that stops being readable) is still yielded, with
+``error`` set, so the caller decides whether to fail or skip it. Mistakes that would make *every* row bad (a CSV or
+Parquet file without the text column, an unknown extension) raise :class:`InputError` at once.
+
+Row numbers: for ``.txt`` and ``.jsonl`` they are line numbers (blank JSONL lines are not rows); for ``.csv`` /
+``.tsv`` they count data records from 1 (the header is row 0); for ``.parquet`` they are the row index plus one.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+#: File name endings we read, mapped to a format; each may also end in ``.gz``.
+SUFFIXES = {"txt": "txt", "text": "txt", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv",
+            "tab": "tsv", "parquet": "parquet", "pq": "parquet"}
+
+#: Errors that mean "this file cannot be read (any further)" rather than "this row is bad".
+_FILE_ERRORS = (OSError, EOFError, zlib.error, csv.Error)
+
+# CSV cells may hold whole documents.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input row.
+
+    Attributes:
+        file: Index of the file in the input list.
+        row: 1-based row number within that file (see the module docstring).
+        id: The row's id: the ``--id-field`` value, else the row number (prefixed with the file's name when the
+            input has several files).
+        text: The text to embed; None for a bad row.
+        error: Why the row cannot be embedded; None for a good row.
+    """
+
+    file: int
+    row: int
+    id: str
+    text: str | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: where it is, how to read it, and the label used in ids and messages."""
+
+    path: Path
+    format: str
+    gzip: bool
+    label: str
+
+
+def detect_format(path: Path) -> tuple[str, bool]:
+    """``(format, gzipped)`` from the file name, e.g. ``("jsonl", True)`` for ``docs.jsonl.gz``.
+
+    Raises:
+        InputError: for an extension we do not read.
+    """
+    name = path.name.lower()
+    gzipped = name.endswith(".gz")
+    if gzipped:
+        name = name[:-3]
+    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
+    if suffix not in SUFFIXES:
+        raise InputError(f"{path}: unsupported input type; use .txt, .jsonl, .csv, .tsv or .parquet "
+                         "(optionally .gz)")
+    fmt = SUFFIXES[suffix]
+    if fmt == "parquet" and gzipped:
+        raise InputError(f"{path}: gzipped Parquet is not supported; Parquet compresses inside the file")
+    return fmt, gzipped
+
+
+def expand_inputs(spec: str | os.PathLike | list) -> list[InputFile]:
+    """The input files for a file, a directory (its readable files, sorted) or a list of paths.
+
+    Raises:
+        InputError: when nothing is found or a path does not exist.
+    """
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    paths: list[Path] = []
+    for item in specs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
+                           and _is_supported(p))
+            if not found:
+                raise InputError(f"{path}: directory holds no .txt/.jsonl/.csv/.tsv/.parquet files")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise InputError(f"{path}: no such file or directory")
+    single = len(paths) == 1
+    files = []
+    for path in paths:
+        fmt, gzipped = detect_format(path)
+        files.append(InputFile(path=path, format=fmt, gzip=gzipped, label="" if single else path.name))
+    return files
+
+
+def _is_supported(path: Path) -> bool:
+    try:
+        detect_format(path)
+    except InputError:
+        return False
+    return True
+
+
+def _open_binary(file: InputFile):
+    raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's context manager
+    return gzip.GzipFile(fileobj=raw, mode="rb") if file.gzip else raw
+
+
+class CorpusReader:
+    """Reads input files row by row; iterate :meth:`chunks` for lists of :class:`Record`.
+
+    Args:
+        files: From :func:`expand_inputs`.
+        text_field: Column / JSON key holding the text (not used for ``.txt``).
+        id_field: Column / JSON key holding the id; None to use row numbers.
+    """
+
+    def __init__(self, files: list[InputFile], text_field: str = "text", id_field: str | None = None):
+        self.files = files
+        self.text_field = text_field
+        self.id_field = id_field
+
+    def records(self, start_after: tuple[int, int] | None = None) -> Iterator[Record]:
+        """Every row of every file in order, starting after ``(file, row)`` when given (for resuming)."""
+        for index, file in enumerate(self.files):
+            skip = 0
+            if start_after is not None:
+                if index < start_after[0]:
+                    continue
+                if index == start_after[0]:
+                    skip = start_after[1]
+            yield from self.file_records(index, skip)
+
+    def chunks(self, size: int, start_after: tuple[int, int] | None = None) -> Iterator[list[Record]]:
+        """:meth:`records` in lists of ``size`` rows (the last one may be shorter)."""
+        chunk: list[Record] = []
+        for record in self.records(start_after):
+            chunk.append(record)
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def file_records(self, index: int, skip: int = 0) -> Iterator[Record]:
+        """Rows of file ``index`` with a row number above ``skip``; a read failure ends the file with a bad row."""
+        file = self.files[index]
+        reader = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv,
+                  "parquet": self._parquet}[file.format]
+        last = skip
+        try:
+            for record in reader(index, file, skip):
+                last = record.row
+                yield record
+        except InputError:
+            raise
+        except _FILE_ERRORS + (_arrow_error(),) as err:
+            # Rows read before the failure stay good; the rest of the file becomes one bad "row".
+            yield Record(index, last + 1, self._default_id(file, last + 1), None,
+                         f"unreadable file: {type(err).__name__}: {err}")
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _default_id(file: InputFile, row: int) -> str:
+        return f"{file.label}:{row}" if file.label else str(row)
+
+    def _make(self, index: int, file: InputFile, row: int, text: object, ident: object, fields: bool) -> Record:
+        """Check one row's text and id values; ``fields`` says whether they came from named fields."""
+        fallback = self._default_id(file, row)
+        error = None
+        name = f"text field {self.text_field!r}" if fields else "text"
+        if text is _MISSING or text is None:
+            error = f"{name} is {'missing' if text is _MISSING else 'null'}"
+        elif not isinstance(text, str):
+            error = f"{name} is {type(text).__name__}, not a string"
+        elif self.id_field is not None and (ident is _MISSING or ident is None):
+            error = f"id field {self.id_field!r} is {'missing' if ident is _MISSING else 'null'}"
+        if self.id_field is None or ident is _MISSING or ident is None:
+            ident = fallback
+        elif not isinstance(ident, str):
+            ident = str(ident)
+        if error is None and (not _is_utf8(text) or not _is_utf8(ident)):
+            error = "not valid UTF-8"
+        if error is not None:
+            return Record(index, row, ident if _is_utf8(ident) else fallback, None, error)
+        return Record(index, row, ident, text)
+
+    # -- formats --------------------------------------------------------------------------------------------
+    def _lines(self, file: InputFile) -> Iterator[tuple[int, bytes]]:
+        with _open_binary(file) as stream:
+            for number, line in enumerate(stream, start=1):
+                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                if line.endswith(b"\n"):
+                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                yield number, line
+
+    def _txt(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
+        for number, line in self._lines(file):
+            if number <= skip:
+                continue
+            try:
+                text: object = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield Record(index, number, self._default_id(file, number), None,
+                             f"not valid UTF-8 (byte {err.start})")
+                continue
+            yield self._make(index, file, number, text, _MISSING, fields=False)
+
+    def _jsonl(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
+        for number, line in self._lines(file):
+            if number <= skip or not line.strip():
+                continue
+            fallback = self._default_id(file, number)
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                yield Record(index, number, fallback, None, f"not valid UTF-8 (byte {err.start})")
+                continue
+            except ValueError as err:
+                yield Record(index, number, fallback, None, f"invalid JSON: {err}")
+                continue
+            if not isinstance(obj, dict):
+                yield Record(index, number, fallback, None, f"a JSON {type(obj).__name__}, not an object")
+                continue
+            ident = obj.get(self.id_field, _MISSING) if self.id_field else _MISSING
+            yield self._make(index, file, number, obj.get(self.text_field, _MISSING), ident, fields=True)
+
+    def _csv(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
+        with _open_binary(file) as binary:
+            # surrogateescape keeps undecodable bytes so a bad row is reported instead of failing the file.
+            text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
+            reader = csv.reader(text, delimiter="\t" if file.format == "tsv" else ",")
+            header = next(reader, None)
+            if header is None:
+                return
+            header[0] = header[0].lstrip("\ufeff")
+            text_col = self._column(file, header, self.text_field)
+            id_col = self._column(file, header, self.id_field) if self.id_field else None
+            number = 0
+            for cells in reader:
+                if not cells:
+                    continue
+                number += 1
+                if number <= skip:
+                    continue
+                value = cells[text_col] if text_col < len(cells) else _MISSING
+                ident = (cells[id_col] if id_col < len(cells) else _MISSING) if id_col is not None else _MISSING
+                yield self._make(index, file, number, value, ident, fields=True)
+
+    def _column(self, file: InputFile, names: list[str], field: str) -> int:
+        if field not in names:
+            raise InputError(f"{file.path}: no column {field!r} (columns: {', '.join(names)}); "
+                             "choose one with --text-field / --id-field")
+        return names.index(field)
+
+    def _parquet(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(file.path)
+        names = parquet.schema_arrow.names
+        columns = [names[self._column(file, names, self.text_field)]]
+        if self.id_field:
+            columns.append(names[self._column(file, names, self.id_field)])
+        # Jump straight to the row group holding the first wanted row, so resuming a big file is cheap.
+        groups, start = [], 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if start + rows > skip or groups:
+                groups.append(group)
+            else:
+                start += rows
+        if not groups:
+            return
+        number = start
+        for batch in parquet.iter_batches(batch_size=4096, row_groups=groups, columns=columns):
+            texts = batch.column(0).to_pylist()
+            idents = batch.column(1).to_pylist() if self.id_field else [_MISSING] * len(texts)
+            for text, ident in zip(texts, idents):
+                number += 1
+                if number > skip:
+                    yield self._make(index, file, number, text, ident, fields=True)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: object = _Missing()
+
+
+def _is_utf8(value: str) -> bool:
+    """False for strings holding lone surrogates (undecodable bytes kept by ``surrogateescape``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _arrow_error() -> type[Exception]:
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency of the corpus extra
+        return OSError
+    return pa.ArrowException
+
+
+def count_rows(files: list[InputFile]) -> int:
+    """Rows in the input, cheaply: Parquet metadata, newline counts elsewhere (an estimate for CSV/JSONL)."""
+    total = 0
+    for file in files:
+        try:
+            if file.format == "parquet":
+                import pyarrow.parquet as pq
+
+                total += pq.ParquetFile(file.path).metadata.num_rows
+                continue
+            lines, last = 0, b"\n"
+            with _open_binary(file) as stream:
+                while block := stream.read(1 << 22):
+                    lines += block.count(b"\n")
+                    last = block[-1:]
+            lines += last != b"\n"
+            total += lines - (file.format in ("csv", "tsv"))
+        except _FILE_ERRORS + (_arrow_error(),):
+            continue  # reported as a bad row when the file is read for real
+    return max(total, 0)
