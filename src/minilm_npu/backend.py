@@ -23,7 +23,7 @@ BACKENDS = {
     "packed": "minilm_npu.packed:PackedBackend",
     "transformers": "minilm_npu.reference:TransformersBackend",
 }
-DEFAULT_BACKEND = "transformers"
+DEFAULT_BACKEND = "packed"
 
 
 class Backend(Protocol):

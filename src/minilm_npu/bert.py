@@ -1,0 +1,398 @@
+"""A lean BERT encoder that runs on packed tokens: the packed engine's model, in one file.
+
+Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor. Embeddings, every linear
+layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so no FLOP is spent on
+padding. Only attention needs to know which token belongs to which sequence; it goes through a strategy chosen
+per device type (see :func:`minilm_npu.devices.attention_strategy`):
+
+* ``"per_sequence"``: one ``scaled_dot_product_attention`` call per sequence on a slice of the packed tensor;
+* ``"bucketed"``: sequences of similar length are gathered into small padded blocks (one SDPA call per block,
+  with a key mask), then scattered back — padding only inside attention, and little of it;
+* ``"padded"``: a single padded block (the length-sorted batch); what accelerators like best.
+
+Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
+Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
+into one linear layer. Linear layers are plain callables, so the int8 engine can swap its own in
+(:mod:`minilm_npu.packed`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .modelfiles import ModelFilesError
+
+ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded")
+#: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
+BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
+#: Checkpoint entries that are allowed but unused: a buffer and the task heads sentence embeddings never use.
+IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The architecture numbers of a BERT checkpoint, from its ``config.json``."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    layer_norm_eps: float
+    max_position_embeddings: int
+    type_vocab_size: int
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> BertConfig:
+        """Read and check a parsed ``config.json``.
+
+        Raises:
+            ModelFilesError: not a BERT checkpoint this engine can run exactly (with the reason).
+        """
+        model_type = config.get("model_type")
+        architectures = config.get("architectures") or []
+        if model_type != "bert" or (architectures and not set(architectures) & set(BERT_ARCHITECTURES)):
+            raise ModelFilesError(
+                f"the packed engine runs BERT models only; this config.json has model_type={model_type!r}, "
+                f"architectures={architectures}. Use backend='transformers' for other architectures")
+        if config.get("hidden_act", "gelu") != "gelu":
+            raise ModelFilesError(f"hidden_act {config['hidden_act']!r} is not supported (only exact 'gelu')")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelFilesError(f"position_embedding_type {config['position_embedding_type']!r} is not "
+                                  "supported (only 'absolute')")
+        try:
+            parsed = cls(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=int(config["hidden_size"]),
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=int(config["num_attention_heads"]),
+                intermediate_size=int(config["intermediate_size"]),
+                layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+                max_position_embeddings=int(config.get("max_position_embeddings", 512)),
+                type_vocab_size=int(config.get("type_vocab_size", 2)),
+            )
+        except KeyError as err:
+            raise ModelFilesError(f"config.json lacks {err.args[0]!r}, which a BERT config must have") from None
+        except (TypeError, ValueError) as err:
+            raise ModelFilesError(f"config.json has a malformed number: {err}") from None
+        if min(parsed.vocab_size, parsed.hidden_size, parsed.num_layers, parsed.num_heads,
+               parsed.intermediate_size, parsed.max_position_embeddings, parsed.type_vocab_size) < 1:
+            raise ModelFilesError("config.json has a size that is not positive")
+        if parsed.hidden_size % parsed.num_heads:
+            raise ModelFilesError(f"hidden_size {parsed.hidden_size} is not a multiple of num_attention_heads "
+                                  f"{parsed.num_heads}")
+        return parsed
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a BERT checkpoint must hold (names without the ``bert.`` prefix) and its shape."""
+    h, i = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (config.vocab_size, h),
+        "embeddings.position_embeddings.weight": (config.max_position_embeddings, h),
+        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+    }
+    for n in range(config.num_layers):
+        p = f"encoder.layer.{n}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[p + name + ".weight"] = (h, h)
+            shapes[p + name + ".bias"] = (h,)
+        shapes[p + "intermediate.dense.weight"] = (i, h)
+        shapes[p + "intermediate.dense.bias"] = (i,)
+        shapes[p + "output.dense.weight"] = (h, i)
+        shapes[p + "output.dense.bias"] = (h,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + name + ".weight"] = (h,)
+            shapes[p + name + ".bias"] = (h,)
+    return shapes
+
+
+def _shorten(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(list(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) -> dict[str, str]:
+    """Match a checkpoint's tensor names and shapes against what ``config`` needs.
+
+    Args:
+        found: Tensor name -> shape, as stored (with or without a ``bert.`` prefix).
+        config: The architecture.
+
+    Returns:
+        Expected name -> stored name.
+
+    Raises:
+        ModelFilesError: listing every missing, unexpected and mis-shaped tensor.
+    """
+    expected = expected_shapes(config)
+    stored: dict[str, str] = {}
+    unexpected = []
+    for name in found:
+        short = name[len("bert."):] if name.startswith("bert.") else name
+        if short in expected:
+            stored[short] = name
+        elif not short.startswith(IGNORED_PREFIXES):
+            unexpected.append(name)
+    missing = [name for name in expected if name not in stored]
+    mismatched = [f"{stored[n]} {list(found[stored[n]])} (expected {list(shape)})"
+                  for n, shape in expected.items() if n in stored and tuple(found[stored[n]]) != shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {_shorten(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_shorten(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shape {_shorten(mismatched)}")
+    if problems:
+        raise ModelFilesError("the weights do not match config.json: " + "; ".join(problems))
+    return stored
+
+
+def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
+    """Load a BERT checkpoint from safetensors (never pickle), checking every name and shape first.
+
+    Returns:
+        Expected (unprefixed) name -> float32 CPU tensor.
+
+    Raises:
+        ModelFilesError: unreadable file, or names/shapes that do not match ``config``.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            stored = check_weight_names(shapes, config)
+            return {name: handle.get_tensor(key).float() for name, key in stored.items()}
+    except ModelFilesError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ModelFilesError(f"cannot read weights {path}: {type(err).__name__}: {err}") from None
+
+
+# -- packing -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bucket:
+    """Sequences whose attention runs as one padded block.
+
+    Attributes:
+        gather: ``[n, width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked).
+        mask: ``[n, 1, 1, width]`` bool, True on real keys; None when no sequence is padded.
+        lengths: The real length of each of the block's sequences.
+    """
+
+    gather: torch.Tensor
+    mask: torch.Tensor | None
+    lengths: list[int]
+
+
+@dataclass
+class PackedBatch:
+    """A batch of token-id lists laid end to end, plus every index tensor the forward pass needs.
+
+    Built once per forward; layers only read it.
+    """
+
+    ids: torch.Tensor          # [T] int64
+    positions: torch.Tensor    # [T] int64
+    seq_index: torch.Tensor    # [T] int64: which sequence each token belongs to
+    starts: list[int]
+    lengths: list[int]
+    inv_lengths: torch.Tensor  # [B, 1] float32
+    buckets: list[Bucket]
+    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order
+    strategy: str
+
+
+def plan_buckets(lengths: Sequence[int], slack: float = 0.25, max_rows: int = 64) -> list[list[int]]:
+    """Group sequence indices into attention blocks of similar length, longest first.
+
+    A block closes when the next sequence is shorter than ``(1 - slack)`` of the block's longest (so at most
+    ``slack`` of a block's keys are padding) or holds ``max_rows`` sequences.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and len(groups[-1]) < max_rows and lengths[index] >= (1 - slack) * lengths[groups[-1][0]]:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, slack: float = 0.25,
+         gears: Callable[[int], int] | None = None) -> PackedBatch:
+    """Lay a batch of token-id lists end to end and precompute the attention plan.
+
+    Args:
+        batch: Token ids per sequence (non-empty lists).
+        strategy: One of :data:`ATTENTION_STRATEGIES`.
+        device: Where the index tensors go.
+        slack: Padding fraction allowed inside one attention block (``"bucketed"``).
+        gears: Optional width rounding for padded blocks (static shapes on graph-mode devices).
+    """
+    if strategy not in ATTENTION_STRATEGIES:
+        raise ValueError(f"unknown attention strategy {strategy!r}")
+    lengths = [len(ids) for ids in batch]
+    starts = list(itertools.accumulate([0] + lengths[:-1]))
+    total = sum(lengths)
+    ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+    seq_index = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths))
+    positions = torch.arange(total) - torch.tensor(starts)[seq_index]
+    buckets: list[Bucket] = []
+    unpad = None
+    if strategy != "per_sequence":
+        groups = [list(range(len(batch)))] if strategy == "padded" else plan_buckets(lengths, slack)
+        flat_rows = []
+        offset = 0
+        for group in groups:
+            group_lengths = [lengths[i] for i in group]
+            width = max(group_lengths)
+            width = gears(width) if gears else width
+            slot = torch.arange(width)
+            group_starts = torch.tensor([starts[i] for i in group])
+            group_len = torch.tensor(group_lengths)
+            valid = slot[None, :] < group_len[:, None]
+            # Padding slots point at the sequence's own first row: any valid row would do, they are masked.
+            gather = group_starts[:, None] + torch.where(valid, slot[None, :], 0)
+            mask = None if min(group_lengths) == width else valid[:, None, None, :].to(device)
+            buckets.append(Bucket(gather.reshape(-1).to(device), mask, group_lengths))
+            rows = offset + torch.arange(len(group) * width).view(len(group), width)
+            flat_rows.append((gather[valid], rows[valid]))
+            offset += len(group) * width
+        packed_rows = torch.cat([g for g, _ in flat_rows])
+        block_rows = torch.cat([r for _, r in flat_rows])
+        out_rows = torch.empty(total, dtype=torch.long)
+        out_rows[packed_rows] = block_rows
+        unpad = out_rows.to(device)
+    lengths_t = torch.tensor(lengths, dtype=torch.float32)[:, None]
+    return PackedBatch(ids.to(device), positions.to(device), seq_index.to(device), starts, lengths,
+                       (1.0 / lengths_t).to(device), buckets, unpad, strategy)
+
+
+# -- the model -----------------------------------------------------------------------------------------------
+
+
+class DenseLinear:
+    """``x @ W.T + b`` in the weights' dtype, optionally followed by exact GELU: the float engines' linear."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False):
+        self.weight, self.bias, self.gelu = weight, bias, gelu
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        return F.gelu(out) if self.gelu else out
+
+
+@dataclass
+class Layer:
+    """One transformer block: fused QKV, attention output, feed-forward (GELU inside ffn_in), two post-LNs."""
+
+    qkv: Linear
+    attn_out: Linear
+    ln1: tuple[torch.Tensor, torch.Tensor]
+    ffn_in: Linear
+    ffn_out: Linear
+    ln2: tuple[torch.Tensor, torch.Tensor]
+
+
+class PackedBert:
+    """BERT forward on packed tokens.
+
+    Args:
+        config: The architecture.
+        weights: Expected name -> tensor, as :func:`load_weights` returns them.
+        device: Where the model runs.
+        dtype: Float dtype of activations and dense weights (int8 engines pass float32 and swap linears).
+        make_linear: Builds a linear layer from ``(weight, bias, gelu)``, weights already on ``device`` in
+            ``dtype``, GELU to apply after the bias when ``gelu`` is True; defaults to :class:`DenseLinear`.
+    """
+
+    def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
+                 dtype: torch.dtype = torch.float32,
+                 make_linear: Callable[..., Linear] | None = None):
+        self.config, self.device, self.dtype = config, device, dtype
+        make_linear = make_linear or DenseLinear
+
+        def get(name: str) -> torch.Tensor:
+            return weights[name].to(device=device, dtype=dtype).contiguous()
+
+        self.word = get("embeddings.word_embeddings.weight")
+        # Every token has token type 0 (single-sentence embeddings), so its embedding folds into the positions.
+        self.position = (weights["embeddings.position_embeddings.weight"]
+                         + weights["embeddings.token_type_embeddings.weight"][0]).to(device=device, dtype=dtype)
+        self.ln_embed = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
+        self.layers: list[Layer] = []
+        for n in range(config.num_layers):
+            p = f"encoder.layer.{n}."
+            qkv_w = torch.cat([weights[p + f"attention.self.{m}.weight"] for m in ("query", "key", "value")])
+            qkv_b = torch.cat([weights[p + f"attention.self.{m}.bias"] for m in ("query", "key", "value")])
+            cast = lambda t: t.to(device=device, dtype=dtype).contiguous()  # noqa: E731
+            self.layers.append(Layer(
+                qkv=make_linear(cast(qkv_w), cast(qkv_b)),
+                attn_out=make_linear(get(p + "attention.output.dense.weight"), get(p + "attention.output.dense.bias")),
+                ln1=(get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias")),
+                ffn_in=make_linear(get(p + "intermediate.dense.weight"), get(p + "intermediate.dense.bias"),
+                                   gelu=True),
+                ffn_out=make_linear(get(p + "output.dense.weight"), get(p + "output.dense.bias")),
+                ln2=(get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
+            ))
+
+    def attention(self, qkv: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
+        """Multi-head self-attention per sequence: ``[T, 3H]`` fused projections in, ``[T, H]`` context out."""
+        heads, head_dim = self.config.num_heads, self.config.head_dim
+        hidden = heads * head_dim
+        if packed.strategy == "per_sequence":
+            outputs = []
+            for start, length in zip(packed.starts, packed.lengths):
+                q, k, v = qkv[start:start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
+                outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
+            return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        outputs = []
+        for bucket in packed.buckets:
+            rows = len(bucket.lengths)
+            block = qkv.index_select(0, bucket.gather).view(rows, -1, 3, heads, head_dim)
+            q, k, v = block.permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask)
+            outputs.append(context.transpose(1, 2).reshape(-1, hidden))
+        blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return blocks.index_select(0, packed.unpad)
+
+    def forward(self, packed: PackedBatch) -> torch.Tensor:
+        """Hidden states ``[T, H]`` of the last layer for a packed batch."""
+        eps = self.config.layer_norm_eps
+        width = (self.config.hidden_size,)
+        x = self.word.index_select(0, packed.ids) + self.position.index_select(0, packed.positions)
+        x = F.layer_norm(x, width, *self.ln_embed, eps)
+        for layer in self.layers:
+            context = self.attention(layer.qkv(x), packed)
+            x = F.layer_norm(layer.attn_out(context).add_(x), width, *layer.ln1, eps)
+            x = F.layer_norm(layer.ffn_out(layer.ffn_in(x)).add_(x), width, *layer.ln2, eps)
+        return x
+
+    def pool(self, hidden: torch.Tensor, packed: PackedBatch, mode: str) -> torch.Tensor:
+        """Mean (segment sums) or CLS pooling in float32: ``[B, H]``."""
+        if mode == "cls":
+            return hidden[torch.tensor(packed.starts, device=hidden.device)].float()
+        sums = torch.zeros(len(packed.lengths), hidden.shape[1], device=hidden.device, dtype=torch.float32)
+        return sums.index_add_(0, packed.seq_index, hidden.float()).mul_(packed.inv_lengths)
+

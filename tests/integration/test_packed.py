@@ -1,0 +1,149 @@
+"""The packed engine against sentence-transformers and the reference backend, in every dtype this CPU runs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from minilm_npu import MiniLMEncoder
+from minilm_npu.errors import InputError
+from minilm_npu.samples import MIXED_24
+from tests import texts
+
+STSB_REFERENCE_SPEARMAN = 0.8672
+COSINE_BOUNDS = {"bfloat16": 0.999, "int8": 0.99}
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties), with numpy only."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="mergesort")
+        ranked = np.empty(len(x))
+        ranked[order] = np.arange(len(x))
+        for value in np.unique(x[np.diff(np.sort(x), prepend=np.nan) == 0]):  # tied values share their mean rank
+            ranked[x == value] = ranked[x == value].mean()
+        return ranked
+    return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def packed32():
+    return MiniLMEncoder(device="cpu", backend="packed")
+
+
+@pytest.fixture(scope="module")
+def stsb(stsb_path):
+    with open(stsb_path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    pairs = [(r["sentence1"], r["sentence2"]) for r in rows]
+    gold = np.array([float(r["score"]) for r in rows])
+    sentences = sorted({s for pair in pairs for s in pair})  # each distinct sentence is encoded once
+    return pairs, gold, sentences
+
+
+def stsb_spearman(encoder: MiniLMEncoder, stsb) -> tuple[float, np.ndarray]:
+    pairs, gold, sentences = stsb
+    vectors = encoder.encode(sentences, batch_size=64)
+    index = {s: i for i, s in enumerate(sentences)}
+    a = vectors[[index[p[0]] for p in pairs]]
+    b = vectors[[index[p[1]] for p in pairs]]
+    return spearman((a * b).sum(axis=1), gold), vectors
+
+
+@pytest.fixture(scope="module")
+def stsb_float32(packed32, stsb):
+    return stsb_spearman(packed32, stsb)
+
+
+def test_spearman_helper():
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 20, 30, 45])) == pytest.approx(1.0)
+    assert spearman(np.array([1.0, 2, 2, 4]), np.array([4.0, 3, 3, 1])) == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("name", ["SHORT", "CHINESE", "FRENCH", "EMOJI", "EMPTYISH", "MEDIUM", "LONG"])
+def test_float32_equals_sentence_transformers_and_reference(name, packed32, st_model, reference_encoder):
+    batch = getattr(texts, name)
+    ours = packed32.encode(batch)
+    assert np.abs(ours - st_model.encode(batch)).max() <= 1e-5
+    assert np.abs(ours - reference_encoder.encode(batch)).max() <= 1e-5
+
+
+def test_mixed_24_equals_sentence_transformers(packed32, st_model):
+    assert np.abs(packed32.encode(MIXED_24) - st_model.encode(MIXED_24)).max() <= 1e-5
+
+
+def test_batch_invariance_and_order(packed32):
+    batch = texts.ALL + MIXED_24
+    together = packed32.encode(batch)
+    alone = np.stack([packed32.encode(text) for text in batch])
+    assert np.abs(together - alone).max() <= 1e-6
+    reversed_rows = packed32.encode(batch[::-1], batch_size=5)
+    assert np.abs(reversed_rows[::-1] - together).max() <= 1e-6
+
+
+def test_cls_pooling_matches_reference(packed32):
+    from minilm_npu.packed import PackedBackend
+    from minilm_npu.reference import TransformersBackend
+
+    cls_files = dataclasses.replace(packed32.model_files, pooling="cls")
+    ids = packed32.tokenize(texts.SHORT + texts.MEDIUM)
+    ours = PackedBackend(cls_files, torch.device("cpu"), "float32").embed(ids)
+    reference = TransformersBackend(cls_files, torch.device("cpu"), "float32").embed(ids)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_two_cpu_workers_give_identical_output(packed32):
+    batch = texts.ALL + MIXED_24
+    two = MiniLMEncoder(device="cpu,cpu", backend="packed")
+    assert len(two.devices) == 2
+    np.testing.assert_array_equal(two.encode(batch, batch_size=4), packed32.encode(batch, batch_size=4))
+
+
+@pytest.mark.slow
+def test_float32_stsb_spearman(stsb_float32):
+    assert abs(stsb_float32[0] - STSB_REFERENCE_SPEARMAN) <= 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_reduced_precision_quality(dtype, packed32, stsb, stsb_float32):
+    encoder = MiniLMEncoder(device="cpu", backend="packed", dtype=dtype)
+    batch = texts.ALL + MIXED_24
+    cosine = (encoder.encode(batch) * packed32.encode(batch)).sum(axis=1)
+    assert cosine.min() >= COSINE_BOUNDS[dtype]
+    if dtype == "bfloat16":
+        # bfloat16 is emulated on CPUs without AVX512-BF16/AMX (several times slower): a 500-sentence slice of
+        # STS-B keeps the test quick; the full set runs for float32 and int8.
+        stsb = stsb[0][:250], stsb[1][:250], sorted({s for p in stsb[0][:250] for s in p})
+        reference = spearman(*_pair_scores(packed32, stsb))
+        assert abs(spearman(*_pair_scores(encoder, stsb)) - reference) <= 0.005
+        return
+    score, vectors = stsb_spearman(encoder, stsb)
+    assert abs(score - STSB_REFERENCE_SPEARMAN) <= 0.005
+    assert abs(score - stsb_float32[0]) <= 0.005
+    assert ((vectors * stsb_float32[1]).sum(axis=1)).min() >= COSINE_BOUNDS[dtype]
+
+
+def _pair_scores(encoder: MiniLMEncoder, stsb) -> tuple[np.ndarray, np.ndarray]:
+    pairs, gold, sentences = stsb
+    vectors = encoder.encode(sentences)
+    index = {s: i for i, s in enumerate(sentences)}
+    cosine = (vectors[[index[p[0]] for p in pairs]] * vectors[[index[p[1]] for p in pairs]]).sum(axis=1)
+    return cosine, gold
+
+
+def test_bad_dtype_device_combinations_fail_clearly(packed32):
+    from minilm_npu.packed import PackedBackend
+
+    with pytest.raises(InputError, match="float16.*accelerators"):
+        MiniLMEncoder(device="cpu", backend="packed", dtype="float16")
+    with pytest.raises(InputError, match="int8.*CPU only"):
+        PackedBackend(packed32.model_files, torch.device("cuda", 0), "int8")
+    with pytest.raises(InputError, match="int8 needs the packed backend"):
+        MiniLMEncoder(device="cpu", backend="transformers", dtype="int8")
+    with pytest.raises(InputError, match="unknown dtype"):
+        MiniLMEncoder(device="cpu", backend="packed", dtype="float8")

@@ -1,0 +1,124 @@
+"""Unit tests for the lean BERT: config parsing, weight-name/shape checks, packing helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minilm_npu.bert import (BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets)
+from minilm_npu.devices import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
+from minilm_npu.modelfiles import ModelFilesError
+
+CONFIG = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 50, "hidden_size": 8,
+          "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16, "layer_norm_eps": 1e-12,
+          "max_position_embeddings": 32, "type_vocab_size": 2, "hidden_act": "gelu"}
+
+
+def test_config_from_dict():
+    config = BertConfig.from_dict(CONFIG)
+    assert (config.num_layers, config.hidden_size, config.num_heads, config.head_dim) == (2, 8, 2, 4)
+    assert config.layer_norm_eps == 1e-12 and config.max_position_embeddings == 32
+
+
+def test_config_of_the_real_model(model_dir):
+    config = BertConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
+    assert (config.num_layers, config.hidden_size, config.intermediate_size) == (6, 384, 1536)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "roberta"}, "BERT models only"),
+    ({"architectures": ["GPT2Model"]}, "BERT models only"),
+    ({"hidden_act": "relu"}, "hidden_act"),
+    ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+    ({"num_attention_heads": 3}, "not a multiple"),
+    ({"hidden_size": "wide"}, "malformed"),
+])
+def test_config_rejects_what_it_cannot_run(change, message):
+    with pytest.raises(ModelFilesError, match=message):
+        BertConfig.from_dict({**CONFIG, **change})
+
+
+def test_config_missing_key():
+    config = dict(CONFIG)
+    del config["num_hidden_layers"]
+    with pytest.raises(ModelFilesError, match="num_hidden_layers"):
+        BertConfig.from_dict(config)
+
+
+def _shapes(prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {prefix + name: shape for name, shape in expected_shapes(BertConfig.from_dict(CONFIG)).items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "bert."])
+def test_weight_names_with_and_without_prefix(prefix):
+    found = _shapes(prefix) | {prefix + "pooler.dense.weight": (8, 8), prefix + "embeddings.position_ids": (1, 32)}
+    stored = check_weight_names(found, BertConfig.from_dict(CONFIG))
+    assert stored["encoder.layer.1.output.dense.weight"] == prefix + "encoder.layer.1.output.dense.weight"
+    assert len(stored) == 5 + 2 * 16
+
+
+def test_weight_errors_list_missing_unexpected_and_mismatched():
+    found = _shapes()
+    del found["encoder.layer.1.attention.self.key.bias"]
+    found["encoder.layer.0.output.dense.weight"] = (8, 15)
+    found["decoder.weight"] = (3,)
+    with pytest.raises(ModelFilesError) as err:
+        check_weight_names(found, BertConfig.from_dict(CONFIG))
+    text = str(err.value)
+    assert "missing encoder.layer.1.attention.self.key.bias" in text
+    assert "unexpected decoder.weight" in text
+    assert "encoder.layer.0.output.dense.weight [8, 15] (expected [8, 16])" in text
+
+
+def test_load_weights_checks_a_real_file(tmp_path):
+    from safetensors.torch import save_file
+
+    config = BertConfig.from_dict(CONFIG)
+    tensors = {name: torch.zeros(shape) for name, shape in expected_shapes(config).items()}
+    save_file(tensors, tmp_path / "ok.safetensors")
+    assert set(load_weights(tmp_path / "ok.safetensors", config)) == set(tensors)
+    del tensors["embeddings.LayerNorm.bias"]
+    save_file(tensors, tmp_path / "bad.safetensors")
+    with pytest.raises(ModelFilesError, match="missing embeddings.LayerNorm.bias"):
+        load_weights(tmp_path / "bad.safetensors", config)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelFilesError, match="cannot read weights"):
+        load_weights(tmp_path / "junk.safetensors", config)
+
+
+def test_plan_buckets_groups_similar_lengths():
+    groups = plan_buckets([10, 100, 90, 12, 11, 60], slack=0.25)
+    assert groups == [[1, 2], [5], [3, 4, 0]]
+    assert sorted(i for g in groups for i in g) == list(range(6))
+
+
+@pytest.mark.parametrize("strategy", ["per_sequence", "bucketed", "padded"])
+def test_pack_indices(strategy):
+    batch = [[101, 5, 102], [101, 102], [101, 7, 8, 9, 102]]
+    packed = pack(batch, strategy, torch.device("cpu"))
+    assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102]
+    assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
+    assert packed.seq_index.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
+    assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
+    if strategy != "per_sequence":
+        # Gathering into blocks and reading back through `unpad` must give every packed row once, in order.
+        rows = torch.arange(10.0)[:, None]
+        blocks = torch.cat([rows.index_select(0, b.gather) for b in packed.buckets])
+        assert blocks.index_select(0, packed.unpad).flatten().tolist() == list(range(10))
+
+
+def test_pack_with_gears_pads_blocks():
+    packed = pack([[1] * 5, [1] * 3], "padded", torch.device("cpu"), gears=round_to_gear)
+    assert packed.buckets[0].gather.numel() == 2 * 16
+    assert packed.buckets[0].mask.shape == (2, 1, 1, 16)
+
+
+def test_device_helpers():
+    assert round_to_gear(17) == 32 and round_to_gear(600) == 600
+    assert [round_to_power_of_two(n) for n in (1, 2, 3, 9)] == [1, 2, 4, 16]
+    assert dtype_unsupported_reason(torch.device("cpu"), "float16")
+    assert dtype_unsupported_reason(torch.device("cuda", 0), "int8")
+    assert dtype_unsupported_reason(torch.device("cpu"), "int8") is None
+    assert dtype_unsupported_reason(torch.device("cpu"), "bfloat16") is None
