@@ -247,4 +247,8 @@ class MiniLMEncoder:
         """Run one tiny forward pass on every device (first-call allocation, kernel selection, graph build)."""
         ids = self.tokenize(["warm-up"])
         for worker in self._workers:
+            with worker.lock:
+                warmup = getattr(worker.backend, "warmup", None)
+                if warmup is not None:  # the backend knows its shapes (e.g. every static-shape gear on an NPU)
+                    warmup()
             worker.run(ids, normalize=True)
