@@ -56,7 +56,7 @@ def timed(fn, device: torch.device, warmup: int, rounds: int) -> float:
 def read_stsb(path: Path) -> list[str]:
     """All 3,000 sentences of STS-B dev (both columns, duplicates kept: the corpus as it comes)."""
     with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+        rows = list(csv.DictReader(handle, delimiter="\t"))
     return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
 
 

@@ -1,0 +1,39 @@
+"""``minilm-npu report``: check, accuracy and bench for one device, with an index.md linking them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .accuracy import add_target_args, parse_dtypes
+from .bench import add_bench_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``report`` sub-command."""
+    parser = subparsers.add_parser(
+        "report", help="run check, accuracy and bench for one device and write all reports plus index.md",
+        description="The whole port verification in one command: DIR/check.*, DIR/accuracy.* (with plots), "
+                    "DIR/bench.* (with plots) and DIR/index.md. Exit 0 only when the check and accuracy pass.")
+    add_target_args(parser)
+    add_bench_args(parser)
+    parser.add_argument("--texts", default=None, help="extra texts for the accuracy run, one per line")
+    parser.add_argument("--sts", default=None, help="STS file (stsb-dev.tsv layout) for the accuracy run")
+    parser.add_argument("--out", required=True, help="directory for the reports (created if missing)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run all three; 0 when check and accuracy pass, 1 otherwise."""
+    from ..verify.accuracy import PASS, load_texts
+    from ..verify.report import run_report
+
+    reports = run_report(device=args.device, out=args.out, dtypes=parse_dtypes(args.dtype), backend=args.backend,
+                         model_path=args.model_path, batch_sizes=args.batch_sizes, warmup=args.warmup,
+                         rounds=args.rounds, sts_path=args.sts,
+                         user_texts=load_texts(args.texts) if args.texts else (), compare_cpu=args.compare_cpu,
+                         compare=args.compare, progress=sys.stderr.isatty())
+    ok = reports["check"]["status"] == "ok" and reports["accuracy"]["status"] == PASS
+    print(f"check {reports['check']['status']}, accuracy {reports['accuracy']['status']}; "
+          f"reports in {reports['index']}", file=sys.stderr)
+    return 0 if ok else 1
