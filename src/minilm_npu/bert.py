@@ -217,7 +217,7 @@ class PackedBatch:
     seq_index: torch.Tensor    # [T] int64: which sequence each token belongs to
     starts: list[int]
     lengths: list[int]
-    inv_lengths: torch.Tensor  # [B, 1] float32
+    mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
     buckets: list[Bucket]
     unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order
     strategy: str
@@ -284,9 +284,12 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
         out_rows = torch.empty(total, dtype=torch.long)
         out_rows[packed_rows] = block_rows
         unpad = out_rows.to(device)
-    lengths_t = torch.tensor(lengths, dtype=torch.float32)[:, None]
+    # Mean pooling as one small matmul: index_add_/scatter_add_ over [T, H] is single-threaded and slow on CPUs
+    # (tens of ms for a 600-token batch), while [B, T] @ [T, H] is a GEMM every device runs well.
+    mean_weights = torch.zeros(len(batch), total)
+    mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
     return PackedBatch(ids.to(device), positions.to(device), seq_index.to(device), starts, lengths,
-                       (1.0 / lengths_t).to(device), buckets, unpad, strategy)
+                       mean_weights.to(device), buckets, unpad, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -393,6 +396,5 @@ class PackedBert:
         """Mean (segment sums) or CLS pooling in float32: ``[B, H]``."""
         if mode == "cls":
             return hidden[torch.tensor(packed.starts, device=hidden.device)].float()
-        sums = torch.zeros(len(packed.lengths), hidden.shape[1], device=hidden.device, dtype=torch.float32)
-        return sums.index_add_(0, packed.seq_index, hidden.float()).mul_(packed.inv_lengths)
+        return torch.mm(packed.mean_weights, hidden.float())
 
