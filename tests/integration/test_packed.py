@@ -137,3 +137,15 @@ def test_bad_dtype_device_combinations_fail_clearly(packed32):
         MiniLMEncoder(device="cpu", backend="transformers", dtype="int8")
     with pytest.raises(InputError, match="unknown dtype"):
         MiniLMEncoder(device="cpu", backend="packed", dtype="float8")
+
+
+@pytest.mark.parametrize("strategy,gears", [("per_sequence", False), ("padded", False), ("padded", True)])
+def test_every_attention_strategy_is_exact(strategy, gears, st_model):
+    """The accelerator strategies (one padded block; static-shape gears as on Ascend) run here on the CPU too."""
+    from minilm_npu.devices import round_to_gear
+
+    encoder = MiniLMEncoder(device="cpu", backend="packed")
+    backend = encoder._workers[0].backend
+    backend.strategy, backend._gears = strategy, (round_to_gear if gears else None)
+    batch = texts.ALL + MIXED_24
+    np.testing.assert_allclose(encoder.encode(batch, batch_size=16), st_model.encode(batch), atol=1e-5, rtol=0)
