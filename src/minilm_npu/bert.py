@@ -240,7 +240,8 @@ def plan_buckets(lengths: Sequence[int], slack: float = 0.25, max_rows: int = 64
 
 
 def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, slack: float = 0.25,
-         gears: Callable[[int], int] | None = None) -> PackedBatch:
+         gears: Callable[[int], int] | None = None,
+         row_gears: Callable[[int], int] | None = None) -> PackedBatch:
     """Lay a batch of token-id lists end to end and precompute the attention plan.
 
     Args:
@@ -249,6 +250,8 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
         device: Where the index tensors go.
         slack: Padding fraction allowed inside one attention block (``"bucketed"``).
         gears: Optional width rounding for padded blocks (static shapes on graph-mode devices).
+        row_gears: Optional rounding of a padded block's sequence count (e.g. to a power of two), for the same
+            devices; the extra rows repeat the block's first sequence and their outputs are never read back.
     """
     if strategy not in ATTENTION_STRATEGIES:
         raise ValueError(f"unknown attention strategy {strategy!r}")
@@ -274,11 +277,18 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
             valid = slot[None, :] < group_len[:, None]
             # Padding slots point at the sequence's own first row: any valid row would do, they are masked.
             gather = group_starts[:, None] + torch.where(valid, slot[None, :], 0)
+            real = len(group)
+            padded_rows = row_gears(real) if row_gears else real
+            if padded_rows > real:
+                extra = padded_rows - real
+                valid = torch.cat([valid, valid[:1].expand(extra, -1)])
+                gather = torch.cat([gather, gather[:1].expand(extra, -1)])
+                group_lengths = group_lengths + group_lengths[:1] * extra
             mask = None if min(group_lengths) == width else valid[:, None, None, :].to(device)
             buckets.append(Bucket(gather.reshape(-1).to(device), mask, group_lengths))
-            rows = offset + torch.arange(len(group) * width).view(len(group), width)
-            flat_rows.append((gather[valid], rows[valid]))
-            offset += len(group) * width
+            rows = offset + torch.arange(padded_rows * width).view(padded_rows, width)
+            flat_rows.append((gather[:real][valid[:real]], rows[:real][valid[:real]]))
+            offset += padded_rows * width
         packed_rows = torch.cat([g for g, _ in flat_rows])
         block_rows = torch.cat([r for _, r in flat_rows])
         out_rows = torch.empty(total, dtype=torch.long)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, PackedBert, load_weights, pack
 from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
-                      uses_static_shapes, warmup_lengths)
+                      round_to_power_of_two, uses_static_shapes, warmup_lengths)
 from .errors import InputError
 from .modelfiles import ModelFiles
 from .samples import CALIBRATION_TEXTS
@@ -151,7 +151,11 @@ class PackedBackend:
         if dtype == "int8":
             quantize_int8(self.model, Tokenizer(model_files).encode(CALIBRATION_TEXTS))
         self.strategy = attention_strategy(device)
-        self._gears = round_to_gear if uses_static_shapes(device) else None
+        static = uses_static_shapes(device)
+        # Graph-mode devices compile one graph per attention-block shape: round widths to a few gears and the
+        # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
+        self._gears = round_to_gear if static else None
+        self._row_gears = round_to_power_of_two if static else None
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
@@ -161,7 +165,7 @@ class PackedBackend:
         longest = max(len(ids) for ids in batch)
         if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
             raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
-        packed = pack(batch, self.strategy, self.device, gears=self._gears)
+        packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
 
     def warmup(self) -> None:

@@ -142,10 +142,11 @@ def test_bad_dtype_device_combinations_fail_clearly(packed32):
 @pytest.mark.parametrize("strategy,gears", [("per_sequence", False), ("padded", False), ("padded", True)])
 def test_every_attention_strategy_is_exact(strategy, gears, st_model):
     """The accelerator strategies (one padded block; static-shape gears as on Ascend) run here on the CPU too."""
-    from minilm_npu.devices import round_to_gear
+    from minilm_npu.devices import round_to_gear, round_to_power_of_two
 
     encoder = MiniLMEncoder(device="cpu", backend="packed")
     backend = encoder._workers[0].backend
     backend.strategy, backend._gears = strategy, (round_to_gear if gears else None)
+    backend._row_gears = round_to_power_of_two if gears else None
     batch = texts.ALL + MIXED_24
     np.testing.assert_allclose(encoder.encode(batch, batch_size=16), st_model.encode(batch), atol=1e-5, rtol=0)

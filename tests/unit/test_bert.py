@@ -122,3 +122,13 @@ def test_device_helpers():
     assert dtype_unsupported_reason(torch.device("cuda", 0), "int8")
     assert dtype_unsupported_reason(torch.device("cpu"), "int8") is None
     assert dtype_unsupported_reason(torch.device("cpu"), "bfloat16") is None
+
+
+def test_pack_with_row_gears_pads_the_sequence_count_and_reads_back_only_real_rows():
+    batch = [[1] * 5, [2] * 3, [3] * 4]
+    packed = pack(batch, "padded", torch.device("cpu"), gears=round_to_gear, row_gears=round_to_power_of_two)
+    bucket = packed.buckets[0]
+    assert len(bucket.lengths) == 4 and bucket.gather.numel() == 4 * 16 and bucket.mask.shape == (4, 1, 1, 16)
+    rows = torch.arange(12).float()[:, None]  # packed row r holds value r
+    blocks = rows.index_select(0, bucket.gather)
+    assert blocks.index_select(0, packed.unpad).flatten().tolist() == list(range(12))
