@@ -87,3 +87,21 @@ def test_cls_pooling_and_unsupported_pooling(model_dir, tmp_path):
                                            ("a/b/c", False), ("name", False)])
 def test_hub_id_shape(text, expected):
     assert modelfiles.looks_like_hub_id(text) is expected
+
+
+def test_cached_hub_id_resolves_offline(model_dir, tmp_path, monkeypatch):
+    """A hub id found in huggingface_hub's cache (the layout `snapshot_download` leaves) works with no network."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "0123abc"
+    shutil.copytree(model_dir, snapshot)
+    (cache / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs").mkdir()
+    (cache / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    files = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert files.directory == snapshot.resolve()
+    assert files.name == "sentence-transformers/all-MiniLM-L6-v2" and files.max_seq_length == 256
