@@ -161,7 +161,8 @@ def test_cli_argument_types():
     import argparse
 
     from minilm_npu.backend import DTYPES
-    from minilm_npu.cli.accuracy import non_negative_float, parse_dtypes
+    from minilm_npu.cli.accuracy import parse_dtypes
+    from minilm_npu.cli.common import non_negative_float
     from minilm_npu.cli.bench import batch_sizes
 
     assert parse_dtypes("all") == list(DTYPES)

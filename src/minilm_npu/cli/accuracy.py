@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import positive_int
+from .common import non_negative_float, positive_int
 
 
 def parse_dtypes(text: str) -> list[str]:
@@ -21,17 +21,6 @@ def parse_dtypes(text: str) -> list[str]:
         raise InputError(f"unknown dtype {', '.join(unknown) or repr(text)}; choose from {', '.join(DTYPES)} "
                          "or all")
     return list(dict.fromkeys(dtypes))
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def add_target_args(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0, with a clear message otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def add_encoder_args(parser: argparse.ArgumentParser, device_default: str = "auto") -> None:
     """--model-path, --device, --dtype, --backend, --batch-size, --max-batch-tokens."""
     from ..backend import BACKENDS, DTYPES  # light: no torch work at import beyond torch itself

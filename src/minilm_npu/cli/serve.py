@@ -10,19 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import positive_int
+from .common import non_negative_float, positive_int
 
 API_KEY_ENV = "MINILM_NPU_API_KEY"
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -59,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"requests in progress at once; more get 429 (default {d.max_concurrent_requests})")
     p.add_argument("--served-model-name", default=None, help="model name reported to clients "
                                                              "(default: the model's hub id)")
-    p.add_argument("--max-wait-ms", type=_non_negative_float, default=d.max_wait_ms,
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=d.max_wait_ms,
                    help=f"longest a partial batch waits for more requests (default {d.max_wait_ms})")
     p.add_argument("--max-body-bytes", type=positive_int, default=d.max_body_bytes,
                    help=f"largest request body; larger get 413 (default {d.max_body_bytes})")
-    p.add_argument("--graceful-timeout", type=_non_negative_float, default=30.0,
+    p.add_argument("--graceful-timeout", type=non_negative_float, default=30.0,
                    help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info)")
