@@ -1,8 +1,8 @@
 """``minilm-npu``: one command, sub-commands discovered from the modules of this package.
 
 Each module in ``minilm_npu/cli/`` that defines ``register(subparsers)`` adds its sub-command (and sets
-``func=run`` on it). Modules keep heavy imports (torch, the server, Ray) inside ``run`` so that ``--help`` and
-argument errors answer instantly.
+``func=run`` on it). Modules keep heavy imports (the server, Ray, transformers, matplotlib) inside ``run``, so
+``--help`` and argument errors cost no more than importing torch (~2 s on a small CPU).
 
 User errors (bad input, missing model, unavailable device) print ``error: <message>`` and exit 2; an unexpected
 failure prints one line too, and the traceback only with ``MINILM_NPU_DEBUG=1``.
