@@ -61,3 +61,9 @@ def test_available_devices_lists_cpu_first():
 def test_describe_cpu():
     info = devices.describe(torch.device("cpu"))
     assert info.device == "cpu" and info.name
+
+
+def test_host_allocator_left_alone_when_the_process_chose_one(monkeypatch):
+    monkeypatch.setattr(devices, "_host_allocator_tuned", None)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert devices.tune_host_allocator() is False
