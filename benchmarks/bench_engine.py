@@ -11,6 +11,12 @@ Every engine in every requested dtype and sentence-transformers' own ``encode`` 
 device, so the ratios hold even on a busy machine. Prints a Markdown table for the README; ``--json`` saves the
 numbers.
 
+It also measures what the machine allows: the best GEMM rate of each dtype (a ``[2048, 384] x [384, 1536]`` linear
+with the fastest kernel this torch build has) and the memory read bandwidth. From them and the FLOPs and weight bytes
+the real tokens of a workload need, it derives the *ceiling*: the speed-up over sentence-transformers an engine
+would reach if it did nothing but those GEMMs at that rate (or nothing but read its weights once per forward pass,
+whichever is slower). A target above its ceiling cannot be met on this machine by any engine using these kernels.
+
 Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--quick] [--json out.json]``
 """
 
@@ -62,6 +68,77 @@ def read_stsb(path: Path) -> list[str]:
     return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
 
 
+#: Issue 3's targets, measured on the project's 2-core CPU: (workload prefix, dtype) -> minimum speed-up.
+CPU_TARGETS = {("24 mixed, batch 32", "float32"): 8.0, ("24 mixed, batch 32", "int8"): 20.0,
+               ("1 short sentence, batch 1", "float32"): 5.0, ("1 short sentence, batch 1", "int8"): 5.0,
+               ("STS-B dev", "float32"): 2.0, ("STS-B dev", "int8"): 5.0}
+
+
+def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
+    """Best measured linear-layer rate per dtype (operations/s) and memory read bandwidth (bytes/s)."""
+    import torch.nn.functional as F
+
+    from minilm_npu.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+
+    m, k, n = 2048, 384, 1536
+    ops = 2 * m * k * n
+    x = torch.randn(m, k, device=device)
+    weight, bias = torch.randn(n, k, device=device) * 0.05, torch.zeros(n, device=device)
+    rates = {}
+    for dtype in dtypes:
+        candidates = []
+        if dtype == "int8":
+            candidates.append(Int8Linear(weight, bias))
+        else:
+            torch_dtype = getattr(torch, dtype)
+            w, b = weight.to(torch_dtype), bias.to(torch_dtype)
+            candidates.append(lambda a, w=w, b=b: F.linear(a, w, b))
+            if dtype == "float32" and device.type == "cpu" and onednn_linear_supported():
+                candidates.append(OneDnnLinear(weight, bias))
+        a = x if dtype == "int8" else x.to(getattr(torch, dtype))
+        best = min(min(timed(lambda f=f: f(a), device, 2, 1) for _ in range(5)) for f in candidates)
+        rates[dtype] = ops / best
+    big = torch.ones(64 << 20, device=device)  # 256 MiB: far larger than any cache
+    bandwidth = big.numel() * 4 / min(timed(big.sum, device, 1, 1) for _ in range(5))
+    return {"ops_per_s": rates, "bandwidth_bytes_per_s": bandwidth}
+
+
+def real_work(lengths: list[int], config) -> float:
+    """FLOPs the real tokens of sequences of these lengths need (linear layers + attention scores and mixing)."""
+    h, i = config.hidden_size, config.intermediate_size
+    per_token = 2 * (4 * h * h + 2 * h * i)
+    return config.num_layers * sum(length * per_token + 4 * length * length * h for length in lengths)
+
+
+def weight_bytes(config, dtype: str) -> float:
+    """Bytes of linear-layer weights one forward pass reads (int8 keeps the fused QKV in float32)."""
+    h, i = config.hidden_size, config.intermediate_size
+    if dtype == "int8":
+        return config.num_layers * (3 * h * h * 4 + (h * h + 2 * h * i))
+    return config.num_layers * (4 * h * h + 2 * h * i) * torch.finfo(getattr(torch, dtype)).bits // 8
+
+
+def ceilings(results: dict, workloads: dict, limits: dict, config) -> list[dict]:
+    """For each (workload, dtype): measured speed-up, ceiling on this machine, and issue 3's target if any."""
+    baseline = {r["workload"]: r for r in results["rows"] if r["engine"] == BASELINE}
+    rows = []
+    for row in results["rows"]:
+        if not row["engine"].startswith("minilm-npu packed "):
+            continue
+        dtype = row["engine"].rsplit(" ", 1)[1]
+        lengths, forwards = workloads[row["workload"]]
+        floor = max(real_work(lengths, config) / limits["ops_per_s"][dtype],
+                    forwards * weight_bytes(config, dtype) / limits["bandwidth_bytes_per_s"])
+        ceiling = baseline[row["workload"]]["latency_ms"] / 1e3 / floor
+        target = None
+        if results["device_type"] == "cpu":
+            target = next((v for (w, d), v in CPU_TARGETS.items() if row["workload"].startswith(w) and d == dtype),
+                          None)
+        rows.append({"workload": row["workload"], "dtype": dtype, "speedup": row["speedup"], "ceiling": ceiling,
+                     "target": target})
+    return rows
+
+
 def engines(device: torch.device, dtypes: list[str]):
     """(label, encode function) for sentence-transformers first, then our engine per dtype."""
     from sentence_transformers import SentenceTransformer
@@ -92,8 +169,21 @@ def run(args: argparse.Namespace) -> dict:
     corpus = read_stsb(args.stsb) if args.stsb.is_file() else []
     if args.quick:
         corpus = corpus[:600]
-    results: dict = {"device": describe(device).name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "machine": platform.platform(), "rows": []}
+    results: dict = {"device": describe(device).name, "device_type": device.type, "torch": torch.__version__,
+                     "threads": torch.get_num_threads(), "machine": platform.platform(), "rows": []}
+    from minilm_npu.bert import BertConfig
+    from minilm_npu.modelfiles import resolve_model
+    from minilm_npu.tokenization import Tokenizer
+
+    model_files = resolve_model(None)
+    config = BertConfig.from_dict(model_files.config)
+    tokenizer = Tokenizer(model_files)
+    mixed = [len(ids) for ids in tokenizer.encode(MIXED_24)]
+    workloads = {f"24 mixed, batch {bs}": (mixed, -(-len(mixed) // bs)) for bs in batch_sizes}
+    workloads["1 short sentence, batch 1"] = ([len(tokenizer.encode([SHORT_SENTENCE])[0])], 1)
+    if corpus:
+        workloads[f"STS-B dev {len(corpus)} sentences, batch 32"] = (
+            [len(ids) for ids in tokenizer.encode(corpus)], -(-len(corpus) // 32))
     for label, encode in engines(device, dtypes):
         print(f"-- {label}", file=sys.stderr, flush=True)
         for bs in batch_sizes:
@@ -110,6 +200,10 @@ def run(args: argparse.Namespace) -> dict:
     baseline = {r["workload"]: r for r in results["rows"] if r["engine"] == BASELINE}
     for row in results["rows"]:
         row["speedup"] = row["sentences_per_s"] / baseline[row["workload"]]["sentences_per_s"]
+    print("-- machine limits", file=sys.stderr, flush=True)
+    limits = machine_limits(device, dtypes)
+    results["limits"] = limits
+    results["ceilings"] = ceilings(results, workloads, limits, config)
     return results
 
 
@@ -121,6 +215,24 @@ def markdown(results: dict) -> str:
     for row in sorted(results["rows"], key=lambda r: r["workload"]):
         lines.append(f"| {row['workload']} | {row['engine']} | {row['sentences_per_s']:,.1f} | "
                      f"{row['latency_ms']:,.2f} | {row['speedup']:.2f}x |")
+    limits = results["limits"]
+    rates = ", ".join(f"{dtype} {rate / 1e9:,.0f} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
+                      for dtype, rate in limits["ops_per_s"].items())
+    lines += ["", f"What this machine allows: best linear-layer rate {rates}; memory read "
+              f"{limits['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s. Ceiling = sentence-transformers' time / the time of "
+              "the real tokens' GEMMs at that rate (or of reading the weights once per forward pass, if longer).", "",
+              "| workload | dtype | vs sentence-transformers | ceiling on this machine | target | verdict |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]
+    for row in sorted(results["ceilings"], key=lambda r: (r["workload"], r["dtype"])):
+        target = row["target"]
+        if target is None:
+            verdict, shown = "", ""
+        else:
+            shown = f"{target:g}x"
+            verdict = ("met" if row["speedup"] >= target else
+                       "beyond this machine" if row["ceiling"] < target else "not met")
+        lines.append(f"| {row['workload']} | {row['dtype']} | {row['speedup']:.2f}x | {row['ceiling']:.1f}x | "
+                     f"{shown} | {verdict} |")
     return "\n".join(lines)
 
 
