@@ -7,9 +7,9 @@ Workloads:
 * the 3,000 sentences of STS-B dev at batch 32 (one warm-up on a slice, then 1 timed round, 3 with --rounds);
 * one short sentence at batch 1 (latency).
 
-Every engine in every requested dtype and sentence-transformers' own ``encode`` run in the same process on the same
-device, so the ratios hold even on a busy machine. Prints a Markdown table for the README; ``--json`` saves the
-numbers.
+Every engine in every requested dtype and sentence-transformers' own ``encode`` (in a fresh child process, see
+:class:`FreshProcess`) take turns on each workload in the same run on the same device, so the ratios hold even on a
+busy machine. Prints a Markdown table for the README; ``--json`` saves the numbers.
 
 It also measures what the machine allows: the best GEMM rate of each dtype (a ``[2048, 384] x [384, 1536]`` linear
 with the fastest kernel this torch build has) and the memory read bandwidth. From them and the FLOPs and weight bytes
@@ -96,11 +96,17 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
             if dtype == "float32" and device.type == "cpu" and onednn_linear_supported():
                 candidates.append(OneDnnLinear(weight, bias))
         a = x if dtype == "int8" else x.to(getattr(torch, dtype))
-        best = min(min(timed(lambda f=f: f(a), device, 2, 1) for _ in range(5)) for f in candidates)
+        best = min(min(timed(lambda f=f: f(a), device, 1, 1) for _ in range(10)) for f in candidates)
         rates[dtype] = ops / best
     big = torch.ones(64 << 20, device=device)  # 256 MiB: far larger than any cache
     bandwidth = big.numel() * 4 / min(timed(big.sum, device, 1, 1) for _ in range(5))
     return {"ops_per_s": rates, "bandwidth_bytes_per_s": bandwidth}
+
+
+def best_limits(*measured: dict) -> dict:
+    """The best of several :func:`machine_limits` (a shared machine's dips are not its limits)."""
+    return {"ops_per_s": {dtype: max(m["ops_per_s"][dtype] for m in measured) for dtype in measured[0]["ops_per_s"]},
+            "bandwidth_bytes_per_s": max(m["bandwidth_bytes_per_s"] for m in measured)}
 
 
 def real_work(lengths: list[int], config) -> float:
@@ -139,22 +145,90 @@ def ceilings(results: dict, workloads: dict, limits: dict, config) -> list[dict]
     return rows
 
 
-def engines(device: torch.device, dtypes: list[str]):
-    """(label, encode function) for sentence-transformers first, then our engine per dtype."""
+class InProcess:
+    """An engine timed in this process."""
+
+    def __init__(self, label: str, encode):
+        self.label, self.encode = label, encode
+
+    def time(self, texts: list[str], batch_size: int, device: torch.device, warmup: int, rounds: int) -> float:
+        return timed(lambda: self.encode(texts, batch_size), device, warmup, rounds)
+
+    def close(self) -> None:
+        pass
+
+
+def _sentence_transformers_child(conn, model_dir: str, device: str) -> None:
+    """Child process: load sentence-transformers, then time whatever the parent asks for."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(model_dir, device=device)
+    conn.send("ready")
+    while (request := conn.recv()) is not None:
+        texts, batch_size, warmup, rounds = request
+        conn.send(timed(lambda: st.encode(texts, batch_size=batch_size), torch.device(device), warmup, rounds))
+
+
+class FreshProcess:
+    """sentence-transformers in a child interpreter, as its users run it.
+
+    The packed engine tunes glibc's allocator for its whole process (see ``tune_host_allocator``), which speeds up
+    any PyTorch CPU code in that process, sentence-transformers included. The baseline therefore runs in a fresh
+    process that never loads our engine; it only times what the parent sends, so the two still take turns on the
+    same machine within seconds of each other.
+    """
+
+    def __init__(self, label: str, model_dir: str, device: torch.device):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.label = label
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_sentence_transformers_child, args=(child, model_dir, str(device)),
+                                       daemon=True)
+        self.process.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError("the sentence-transformers process did not start")
+
+    def time(self, texts: list[str], batch_size: int, device: torch.device, warmup: int, rounds: int) -> float:
+        self.conn.send((texts, batch_size, warmup, rounds))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(timeout=30)
+
+
+def engines(device: torch.device, dtypes: list[str]) -> list:
+    """sentence-transformers (fresh process) first, then our engine per dtype, then sentence-transformers again in
+    this process (whose allocator our CPU engine tuned), to show what that setting alone is worth."""
     from sentence_transformers import SentenceTransformer
 
     from minilm_npu.modelfiles import resolve_model
 
-    st = SentenceTransformer(str(resolve_model(None).directory), device=str(device))
-    yield BASELINE, lambda texts, bs: st.encode(texts, batch_size=bs)
+    model_dir = str(resolve_model(None).directory)
+    found = [FreshProcess(BASELINE, model_dir, device)]
     for dtype in dtypes:
         encoder = MiniLMEncoder(device=str(device), dtype=dtype, backend="packed")
-        yield f"minilm-npu packed {dtype}", lambda texts, bs, e=encoder: e.encode(texts, batch_size=bs)
+        found.append(InProcess(f"minilm-npu packed {dtype}",
+                               lambda texts, bs, e=encoder: e.encode(texts, batch_size=bs)))
     if device.type == "cpu" and tune_host_allocator():
-        # The packed engine raised glibc's malloc thresholds for the whole process (see tune_host_allocator);
-        # sentence-transformers ran above with glibc's defaults, as its users run it. Timing it again under the
-        # same allocator shows how much of the ratio that setting alone is worth.
-        yield BASELINE + ", host allocator tuned", lambda texts, bs: st.encode(texts, batch_size=bs)
+        st = SentenceTransformer(model_dir, device=str(device))
+        found.append(InProcess(BASELINE + ", host allocator tuned",
+                               lambda texts, bs: st.encode(texts, batch_size=bs)))
+    return found
+
+
+def time_interleaved(engine_list: list, texts: list[str], batch_size: int, device: torch.device, warmup: int,
+                     rounds: int, passes: int = 2) -> list[float]:
+    """Mean seconds per engine: warm-up once, then ``rounds`` timed rounds split into ``passes`` turns in which the
+    engines take turns, so a machine that slows down or speeds up meanwhile affects them all alike."""
+    chunks = [rounds // passes + (1 if k < rounds % passes else 0) for k in range(min(passes, rounds))]
+    totals = [0.0] * len(engine_list)
+    for turn, chunk in enumerate(chunks):
+        for index, engine in enumerate(engine_list):
+            totals[index] += chunk * engine.time(texts, batch_size, device, warmup if turn == 0 else 0, chunk)
+    return [total / rounds for total in totals]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -184,24 +258,29 @@ def run(args: argparse.Namespace) -> dict:
     if corpus:
         workloads[f"STS-B dev {len(corpus)} sentences, batch 32"] = (
             [len(ids) for ids in tokenizer.encode(corpus)], -(-len(corpus) // 32))
-    for label, encode in engines(device, dtypes):
-        print(f"-- {label}", file=sys.stderr, flush=True)
-        for bs in batch_sizes:
-            seconds = timed(lambda: encode(MIXED_24, bs), device, 3, rounds)
-            results["rows"].append({"engine": label, "workload": f"24 mixed, batch {bs}",
-                                    "sentences_per_s": len(MIXED_24) / seconds, "latency_ms": seconds * 1e3})
-        seconds = timed(lambda: encode([SHORT_SENTENCE], 1), device, 3, rounds * 3)
-        results["rows"].append({"engine": label, "workload": "1 short sentence, batch 1",
-                                "sentences_per_s": 1 / seconds, "latency_ms": seconds * 1e3})
-        if corpus:
-            seconds = timed(lambda: encode(corpus, 32), device, 0, 1 if args.quick else args.corpus_rounds)
-            results["rows"].append({"engine": label, "workload": f"STS-B dev {len(corpus)} sentences, batch 32",
-                                    "sentences_per_s": len(corpus) / seconds, "latency_ms": seconds * 1e3})
+    runs = [(f"24 mixed, batch {bs}", MIXED_24, bs, 3, rounds) for bs in batch_sizes]
+    runs.append(("1 short sentence, batch 1", [SHORT_SENTENCE], 1, 3, rounds * 3))
+    if corpus:
+        runs.append((f"STS-B dev {len(corpus)} sentences, batch 32", corpus, 32, 0,
+                     1 if args.quick else args.corpus_rounds))
+    print("-- machine limits", file=sys.stderr, flush=True)
+    limits_before = machine_limits(device, dtypes)
+    engine_list = engines(device, dtypes)
+    try:
+        for workload, texts, batch_size, warmup, count in runs:
+            print(f"-- {workload}", file=sys.stderr, flush=True)
+            seconds = time_interleaved(engine_list, texts, batch_size, device, warmup, count)
+            for engine, mean in zip(engine_list, seconds):
+                results["rows"].append({"engine": engine.label, "workload": workload,
+                                        "sentences_per_s": len(texts) / mean, "latency_ms": mean * 1e3})
+    finally:
+        for engine in engine_list:
+            engine.close()
     baseline = {r["workload"]: r for r in results["rows"] if r["engine"] == BASELINE}
     for row in results["rows"]:
         row["speedup"] = row["sentences_per_s"] / baseline[row["workload"]]["sentences_per_s"]
-    print("-- machine limits", file=sys.stderr, flush=True)
-    limits = machine_limits(device, dtypes)
+    print("-- machine limits again", file=sys.stderr, flush=True)
+    limits = best_limits(limits_before, machine_limits(device, dtypes))
     results["limits"] = limits
     results["ceilings"] = ceilings(results, workloads, limits, config)
     return results
@@ -212,18 +291,19 @@ def markdown(results: dict) -> str:
              f"{results['machine']}", "",
              "| workload | engine | sentences/s | latency (ms) | vs sentence-transformers |",
              "| --- | --- | ---: | ---: | ---: |"]
-    for row in sorted(results["rows"], key=lambda r: r["workload"]):
+    for row in results["rows"]:  # workload by workload, in the order they ran
         lines.append(f"| {row['workload']} | {row['engine']} | {row['sentences_per_s']:,.1f} | "
                      f"{row['latency_ms']:,.2f} | {row['speedup']:.2f}x |")
     limits = results["limits"]
     rates = ", ".join(f"{dtype} {rate / 1e9:,.0f} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
                       for dtype, rate in limits["ops_per_s"].items())
-    lines += ["", f"What this machine allows: best linear-layer rate {rates}; memory read "
+    lines += ["", f"What this machine allows (best of measurements before and after the runs): linear-layer rate "
+              f"{rates}; memory read "
               f"{limits['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s. Ceiling = sentence-transformers' time / the time of "
               "the real tokens' GEMMs at that rate (or of reading the weights once per forward pass, if longer).", "",
               "| workload | dtype | vs sentence-transformers | ceiling on this machine | target | verdict |",
               "| --- | --- | ---: | ---: | ---: | --- |"]
-    for row in sorted(results["ceilings"], key=lambda r: (r["workload"], r["dtype"])):
+    for row in results["ceilings"]:
         target = row["target"]
         if target is None:
             verdict, shown = "", ""
