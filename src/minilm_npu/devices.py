@@ -191,11 +191,12 @@ _host_allocator_tuned: bool | None = None
 def tune_host_allocator() -> bool:
     """Let the process keep freed activation memory instead of returning it to the OS after every operator.
 
-    Why: glibc serves every allocation above 128 KiB with a fresh ``mmap`` and unmaps it on free, so each
-    activation tensor of a CPU forward pass (a ``[600, 1536]`` feed-forward output is 3.7 MB) is page-faulted in
-    anew: ~10,000 page faults per 24-sentence batch, measured 25-30 % of the CPU engine's time on a 2-core Zen3
-    VM. Raising glibc's mmap and trim thresholds (1 GiB) makes freed blocks reusable, as PyTorch's own CUDA
-    caching allocator or TEI's mimalloc do for theirs. The price: the process holds on to its peak activation
+    Why: glibc serves large allocations with a fresh ``mmap`` (its threshold adapts, up to 32 MiB) and trims the
+    heap behind freed blocks, so activation tensors of a CPU forward pass (a ``[600, 1536]`` feed-forward output is
+    3.7 MB) keep being page-faulted in anew: ~8,000-9,000 page faults per 24-sentence batch, ~250 with the
+    thresholds raised to 1 GiB. Measured on a 2-core Zen3 VM, process against process: up to ~10 % less time on
+    mixed batches, within the noise on batches of short sentences. Freed blocks staying reusable is what PyTorch's
+    CUDA caching allocator or TEI's mimalloc give their engines too. The price: the process holds on to its peak activation
     memory (hundreds of MB at the largest ``max_batch_tokens``) instead of giving it back between batches.
 
     Process-wide and done once; skipped when the process already chose its allocator (``LD_PRELOAD`` of

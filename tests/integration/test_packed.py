@@ -183,8 +183,8 @@ def test_plain_linear_path_is_exact_too(monkeypatch, st_model):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt; ru_minflt")
 def test_cpu_forward_reuses_activation_memory(packed32):
-    """With the host allocator tuned, a warm forward pass stops page-faulting its activations (~10,000 faults per
-    24-sentence batch under glibc's defaults, 25-30 % of the CPU engine's time)."""
+    """With the host allocator tuned, a warm forward pass stops page-faulting its activations (~8,000-9,000 faults
+    per 24-sentence batch under glibc's defaults, ~250 tuned)."""
     import resource
 
     from minilm_npu import devices
