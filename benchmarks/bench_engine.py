@@ -199,17 +199,14 @@ class FreshProcess:
         self.process.join(timeout=30)
 
 
-def engines(device: torch.device, dtypes: list[str]) -> list:
+def engines(device: torch.device, dtypes: list[str], model_dir: str) -> list:
     """sentence-transformers (fresh process) first, then our engine per dtype, then sentence-transformers again in
     this process (whose allocator our CPU engine tuned), to show what that setting alone is worth."""
     from sentence_transformers import SentenceTransformer
 
-    from minilm_npu.modelfiles import resolve_model
-
-    model_dir = str(resolve_model(None).directory)
     found = [FreshProcess(BASELINE, model_dir, device)]
     for dtype in dtypes:
-        encoder = MiniLMEncoder(device=str(device), dtype=dtype, backend="packed")
+        encoder = MiniLMEncoder(model_path=model_dir, device=str(device), dtype=dtype, backend="packed")
         found.append(InProcess(f"minilm-npu packed {dtype}",
                                lambda texts, bs, e=encoder: e.encode(texts, batch_size=bs)))
     if device.type == "cpu" and tune_host_allocator():
@@ -252,20 +249,17 @@ def run(args: argparse.Namespace) -> dict:
     model_files = resolve_model(None)
     config = BertConfig.from_dict(model_files.config)
     tokenizer = Tokenizer(model_files)
-    mixed = [len(ids) for ids in tokenizer.encode(MIXED_24)]
-    workloads = {f"24 mixed, batch {bs}": (mixed, -(-len(mixed) // bs)) for bs in batch_sizes}
-    workloads["1 short sentence, batch 1"] = ([len(tokenizer.encode([SHORT_SENTENCE])[0])], 1)
-    if corpus:
-        workloads[f"STS-B dev {len(corpus)} sentences, batch 32"] = (
-            [len(ids) for ids in tokenizer.encode(corpus)], -(-len(corpus) // 32))
     runs = [(f"24 mixed, batch {bs}", MIXED_24, bs, 3, rounds) for bs in batch_sizes]
     runs.append(("1 short sentence, batch 1", [SHORT_SENTENCE], 1, 3, rounds * 3))
     if corpus:
         runs.append((f"STS-B dev {len(corpus)} sentences, batch 32", corpus, 32, 0,
                      1 if args.quick else args.corpus_rounds))
+    # Per workload, for its ceiling: the real token lengths and how many forward passes it takes.
+    workloads = {workload: ([len(ids) for ids in tokenizer.encode(texts)], -(-len(texts) // batch_size))
+                 for workload, texts, batch_size, _, _ in runs}
     print("-- machine limits", file=sys.stderr, flush=True)
     limits_before = machine_limits(device, dtypes)
-    engine_list = engines(device, dtypes)
+    engine_list = engines(device, dtypes, str(model_files.directory))
     try:
         for workload, texts, batch_size, warmup, count in runs:
             print(f"-- {workload}", file=sys.stderr, flush=True)

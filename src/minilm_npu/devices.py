@@ -196,8 +196,9 @@ def tune_host_allocator() -> bool:
     3.7 MB) keep being page-faulted in anew: ~8,000-9,000 page faults per 24-sentence batch, ~250 with the
     thresholds raised to 1 GiB. Measured on a 2-core Zen3 VM, process against process: up to ~10 % less time on
     mixed batches, within the noise on batches of short sentences. Freed blocks staying reusable is what PyTorch's
-    CUDA caching allocator or TEI's mimalloc give their engines too. The price: the process holds on to its peak activation
-    memory (hundreds of MB at the largest ``max_batch_tokens``) instead of giving it back between batches.
+    CUDA caching allocator or TEI's mimalloc give their engines too. The price: the process holds on to its peak
+    activation memory (hundreds of MB at the largest ``max_batch_tokens``) instead of giving it back between
+    batches.
 
     Process-wide and done once; skipped when the process already chose its allocator (``LD_PRELOAD`` of
     jemalloc/tcmalloc/mimalloc, ``MALLOC_*`` or ``GLIBC_TUNABLES`` settings) or is not on glibc.
