@@ -272,7 +272,11 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     consumed_before = manifest.rows_consumed
     if not manifest.complete:
         reader = CorpusReader(files, settings.text_field, settings.id_field)
-        _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
+        if hasattr(engine, "write_shards"):  # workers write the shards; this process only commits them
+            _run_reports(layout, manifest, engine.write_shards(reader, settings, _cursor(manifest), layout.work),
+                         settings, files)
+        else:
+            _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
     if layout.npy:
         _finish_npy(layout, manifest)
     return _summary(layout, manifest, manifest.rows_consumed - consumed_before, started)
@@ -325,6 +329,48 @@ def _commit_shard(layout: _Layout, manifest: Manifest, records: list[Record], ve
     manifest.skipped_bytes = side.tell()
     manifest.save(layout.work)
     _crash_point("after-manifest", index)
+
+
+def _run_reports(layout: _Layout, manifest: Manifest, reports: Iterator[Any], settings: EmbedSettings,
+                 files: list[InputFile]) -> None:
+    """Commit shards that workers wrote (see :class:`~minilm_npu.corpus.ray_engine.ShardReport`), in input order.
+
+    The shard is already on disk under its final name; it becomes part of the output only when the manifest
+    listing it is replaced, so a crash before that leaves an unlisted file that the next run deletes.
+    """
+    show = settings.progress if settings.progress is not None else sys.stderr.isatty()
+    total = count_rows(files) if show else None
+    with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
+              dynamic_ncols=True, smoothing=0.1) as bar, open(layout.work / SKIPPED_NAME, "ab") as side:
+        for report in reports:
+            if report.bad and settings.on_error == "fail":
+                row, _, error = report.bad[0]
+                raise InputError(f"{files[report.file].path}: row {row}: {error} (rows before this shard are "
+                                 "saved; fix the input or rerun with --on-error skip)")
+            if not report.name and not report.bad:
+                continue  # the range held no row (a file that ended exactly at the previous range)
+            index = len(manifest.shards)
+            if manifest.dimension == 0 and report.dimension:
+                manifest.dimension = report.dimension
+            _crash_point("after-shard", index)
+            if report.bad:
+                for row, ident, error in report.bad:
+                    line = {"file": str(files[report.file].path), "row": row, "id": ident, "error": error}
+                    side.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+                side.flush()
+                os.fsync(side.fileno())
+            end = [report.file, report.last if report.eof else report.hi]
+            manifest.shards.append({"file": report.name, "rows": report.rows, "skipped": len(report.bad),
+                                    "end": end, "bytes": report.size, "sha256": report.sha256 or None})
+            manifest.cursor = end
+            manifest.rows_written += report.rows
+            manifest.rows_skipped += len(report.bad)
+            manifest.skipped_bytes = side.tell()
+            manifest.save(layout.work)
+            _crash_point("after-manifest", index)
+            bar.update(report.rows + len(report.bad))
+    manifest.complete = True
+    manifest.save(layout.work)
 
 
 def _finish_npy(layout: _Layout, manifest: Manifest) -> None:

@@ -1,144 +1,179 @@
-"""The Ray engine: the same job on Ray Data, so it scales from one machine to an existing cluster unchanged.
+"""The Ray engine: workers embed *and write* their shards; the driver only commits small reports.
 
-Pipeline: a Ray Data read (one read task per input file, streaming our own readers, so row numbers, ids and
-bad-row detection are exactly the local engine's) -> ``map_batches`` with an actor pool (the model is loaded once
-per actor; one actor per device: ``num_gpus=1`` on CUDA, ``resources={"NPU": 1}`` on Ascend, CPU actors otherwise)
--> the driver, which receives the rows in input order (``preserve_order``) and writes them with the same
-atomic shards and manifest as the local engine. Writing on the driver is what keeps the output ordered,
-exactly-once and resumable after a crash; it costs ~1.5 KB per row of transfer, far below what one card embeds.
+A unit of work is a row range of one input file, ``(file, lo, hi]`` in the readers' row numbers (line numbers for
+``.txt``/``.jsonl``, record numbers for CSV, row index + 1 for Parquet), ``shard_rows`` wide. A Ray actor (one
+per device, model loaded once) reads its range with the same readers as the local engine — so row numbers, ids and
+bad-row detection are identical — embeds the good rows, writes them as ``part-FFFFFF-RRRRRRRRRRRR.parquet`` (file
+index, first row of the range: deterministic, so a retried unit rewrites the same name, and name order is input
+order) through a temporary name, and returns a :class:`ShardReport` (name, rows, byte size, SHA-256, range, the
+bad rows). No vector reaches the driver: it receives a few hundred bytes per shard and commits reports into the
+manifest in input order, exactly as the local engine commits its shards, so a crash (of the driver or a worker)
+leaves a consistent prefix and a rerun resumes from it; unlisted shards are deleted on resume.
 
-On a cluster, every node must see the input files at the same path and have ``minilm-npu`` installed; the output
-is written where the driver runs. Ray is imported lazily: ``pip install minilm-npu[ray]``.
+The driver does not count rows up front: it keeps ``2 x actors`` units in flight per file and stops issuing
+ranges for a file once a unit reports that the file ended inside it. Actors are restarted by Ray on a lost node
+(``max_restarts``) and their pending units retried (``max_task_retries``); a unit that still fails stops the job,
+whose rerun resumes from the manifest.
+
+On a cluster every node must see the inputs and the output directory at the same path (a shared mount) and have
+``minilm-npu`` installed. Ray is imported lazily: ``pip install minilm-npu[ray]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Iterator
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from .job import EmbedSettings, ShardBatch
-from .readers import CorpusReader, Record
+from .job import EmbedSettings
+from .readers import CorpusReader
+from .writer import TMP_SUFFIX, embeddings_table, fsync_dir
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'minilm-npu[ray]'"
-#: Rows per block coming out of a read task, and per actor call (the encoder sorts by length inside a call).
-BLOCK_ROWS = 1024
 
 
 def import_ray() -> Any:
-    """``ray`` with Ray Data, or InputError with the install command."""
+    """``ray``, or InputError with the install command."""
     try:
         import ray
-        import ray.data  # noqa: F401 - the Data extra, not only core Ray
     except ImportError as err:
         raise InputError(f"{INSTALL_HINT} ({err})") from err
     return ray
 
 
-def _records_table(records: list[Record]):
-    import pyarrow as pa
-
-    return pa.table({
-        "file": pa.array([r.file for r in records], type=pa.int32()),
-        "row": pa.array([r.row for r in records], type=pa.int64()),
-        "id": pa.array([r.id for r in records], type=pa.string()),
-        "text": pa.array([r.text for r in records], type=pa.string()),
-        "error": pa.array([r.error for r in records], type=pa.string()),
-    })
+def unit_shard_name(file: int, lo: int) -> str:
+    """The shard of the unit starting after row ``lo`` of file ``file``: zero-padded so name order is input order."""
+    return f"part-{file:06d}-{lo:012d}.parquet"
 
 
-def _make_datasource(reader: CorpusReader, start_after: tuple[int, int] | None):
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
+@dataclass
+class ShardReport:
+    """What a worker tells the driver about one unit: everything the manifest needs, and no vectors.
 
-    class CorpusDatasource(Datasource):
-        """One read task per input file, each streaming blocks of ``BLOCK_ROWS`` records."""
+    Attributes:
+        file / lo / hi: The unit's input range, rows ``lo < row <= hi`` of input file ``file``.
+        name: The shard's file name in the output directory, None when the unit had no good row.
+        rows: Rows written to the shard.
+        size: The shard's size in bytes.
+        sha256: Hex SHA-256 of the shard's bytes.
+        bad: ``(row, id, error)`` of each row that could not be embedded, in order.
+        last: Row number of the last row read in the range (``lo`` when none).
+        eof: The file ended inside this range.
+        dimension: Embedding width (0 when unknown).
+    """
 
-        def estimate_inmemory_data_size(self) -> int | None:
-            return None
-
-        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                           data_context: Any = None) -> list:
-            tasks = []
-            for index, file in enumerate(reader.files):
-                skip = 0
-                if start_after is not None:
-                    if index < start_after[0]:
-                        continue
-                    skip = start_after[1] if index == start_after[0] else 0
-                meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                     input_files=[str(file.path)])
-                tasks.append(ReadTask(lambda index=index, skip=skip: _read_file(reader, index, skip), meta))
-            return tasks
-
-    return CorpusDatasource()
-
-
-def _read_file(reader: CorpusReader, index: int, skip: int) -> Iterator[Any]:
-    block: list[Record] = []
-    for record in reader.file_records(index, skip):
-        block.append(record)
-        if len(block) >= BLOCK_ROWS:
-            yield _records_table(block)
-            block = []
-    if block:
-        yield _records_table(block)
+    file: int
+    lo: int
+    hi: int
+    name: str | None = None
+    rows: int = 0
+    size: int = 0
+    sha256: str = ""
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+    last: int = 0
+    eof: bool = False
+    dimension: int = 0
 
 
-class EmbedActor:
-    """A Ray actor holding one encoder on one device; called with pyarrow batches of records."""
+def write_unit_shard(directory: Path, name: str, ids: list[str], vectors: np.ndarray,
+                     texts: list[str] | None) -> tuple[int, str]:
+    """Write one shard atomically (temporary name, fsync, rename); returns ``(bytes, sha256)``."""
+    import pyarrow.parquet as pq
 
-    def __init__(self, model_path: str | None, device: str, dtype: str, backend: str | None,
-                 max_batch_tokens: int | None, batch_size: int, keep_text: bool, threads: int | None):
-        from ..encoder import DEFAULT_MAX_BATCH_TOKENS, MiniLMEncoder
+    final = directory / name
+    # Per-process temporary name: a zombie attempt of the same unit never writes into this one's file.
+    tmp = final.with_name(name.replace(".parquet", f".{os.getpid()}.parquet") + TMP_SUFFIX)
+    with open(tmp, "wb") as handle:
+        pq.write_table(embeddings_table(ids, vectors, texts), handle, row_group_size=max(len(ids), 1),
+                       compression="zstd")
+        handle.flush()
+        os.fsync(handle.fileno())
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    size = tmp.stat().st_size
+    os.replace(tmp, final)
+    fsync_dir(directory)
+    return size, digest
 
+
+def embed_unit(encoder: Any, reader: CorpusReader, output: Path, file: int, lo: int, hi: int,
+               batch_size: int, keep_text: bool) -> ShardReport:
+    """Read rows ``lo < row <= hi`` of ``file``, embed the good ones, write their shard; returns its report."""
+    report = ShardReport(file=file, lo=lo, hi=hi, last=lo, eof=True)
+    good = []
+    for record in reader.file_records(file, lo):
+        if record.row > hi:
+            report.eof = False
+            break
+        report.last = record.row
+        if record.error is None:
+            good.append(record)
+        else:
+            report.bad.append((record.row, record.id, record.error))
+    if good:
+        vectors = np.asarray(encoder.encode([r.text for r in good], batch_size=batch_size,
+                                            normalize_embeddings=True), dtype=np.float32)
+        report.name = unit_shard_name(file, lo)
+        report.rows, report.dimension = len(good), int(vectors.shape[1])
+        report.size, report.sha256 = write_unit_shard(output, report.name, [r.id for r in good], vectors,
+                                                      [r.text for r in good] if keep_text else None)
+    return report
+
+
+class EmbedWorker:
+    """The body of a Ray actor: one encoder on one device, embedding and writing units."""
+
+    def __init__(self, reader: CorpusReader, output: str, factory: Callable[[], Any] | None,
+                 encoder_kwargs: dict, threads: int | None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.encoder = MiniLMEncoder(model_path=model_path, device=device, dtype=dtype, backend=backend,
-                                     max_batch_tokens=max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
-        self.batch_size = batch_size
-        self.keep_text = keep_text
+        if factory is None:
+            from ..encoder import MiniLMEncoder
 
-    def __call__(self, batch):
-        import pyarrow as pa
+            self.encoder = MiniLMEncoder(**encoder_kwargs)
+        else:
+            self.encoder = factory()
+        self.reader, self.output = reader, Path(output)
 
-        errors = batch.column("error").to_pylist()
-        texts = batch.column("text").to_pylist()
-        good = [i for i, e in enumerate(errors) if e is None]
-        vectors = np.zeros((len(errors), self.encoder.dimension), dtype=np.float32)
-        if good:
-            vectors[good] = self.encoder.encode([texts[i] for i in good], batch_size=self.batch_size,
-                                                normalize_embeddings=True)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), self.encoder.dimension)
-        if not self.keep_text:
-            batch = batch.drop_columns(["text"])
-        return batch.append_column("embedding", embedding)
+    def run(self, file: int, lo: int, hi: int, batch_size: int, keep_text: bool) -> ShardReport:
+        """Embed and write one unit."""
+        return embed_unit(self.encoder, self.reader, self.output, file, lo, hi, batch_size, keep_text)
 
 
 class RayEngine:
-    """Embeds through Ray Data actors; see the module docstring.
+    """Embeds on Ray actors that write their own shards; see the module docstring.
 
     Args:
         model_path, device, dtype, backend, max_batch_tokens: As for :class:`~minilm_npu.MiniLMEncoder`;
             ``device`` picks the actor kind and count: ``auto`` (NPU, then GPU, then CPU, all the cluster has),
             ``cpu`` / ``cpu,cpu`` (that many CPU actors), ``cuda`` / ``npu`` (every card in the cluster) or a list
             such as ``npu:0,npu:1`` (that many actors).
-        address: An existing cluster (``ray://host:10001`` or ``auto``); None starts a local Ray.
+        address: An existing cluster (``ray://host:10001`` or ``auto``); None starts a local Ray (or uses the
+            one already initialised in this process).
         num_cpus: CPUs for a local Ray (None: all).
         model: Model name for the fingerprint (default: resolved from ``model_path``).
+        encoder_factory: A picklable zero-argument callable building the encoder inside each actor, instead of
+            ``MiniLMEncoder`` (tests use a fake one).
+
+    Attributes:
+        driver_bytes: Pickled bytes of the reports the driver received in the last job (what crossed to it).
     """
 
     def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "float32",
                  backend: str | None = None, max_batch_tokens: int | None = None, address: str | None = None,
-                 num_cpus: int | None = None, model: str | None = None):
+                 num_cpus: int | None = None, model: str | None = None,
+                 encoder_factory: Callable[[], Any] | None = None):
         import_ray()
         if model is None:
             from ..modelfiles import resolve_model
@@ -147,6 +182,8 @@ class RayEngine:
         self.model, self.dtype = model, dtype
         self.model_path, self.device, self.backend = model_path, device, backend
         self.max_batch_tokens, self.address, self.num_cpus = max_batch_tokens, address, num_cpus
+        self.encoder_factory = encoder_factory
+        self.driver_bytes = 0
 
     def _actors(self, ray: Any) -> tuple[str, int, dict]:
         """(device string inside an actor, actor count, ray resource arguments per actor)."""
@@ -161,9 +198,7 @@ class RayEngine:
                              "(cpu, cuda or npu, optionally a list of one kind)")
         if kind == "cpu":
             count = len(spec)
-            cpus = float(resources.get("CPU", 1))
-            # Leave room for the read tasks (0.25 CPU each) so a small local Ray cannot deadlock.
-            share = max(0.5, (cpus - 0.5) / count)
+            share = max(0.5, float(resources.get("CPU", 1)) / count)
             share = float(int(share)) if share >= 1 else share
             return "cpu", count, {"num_cpus": share, "_threads": max(1, int(share))}
         label = "GPU" if kind == "cuda" else "NPU"
@@ -175,19 +210,20 @@ class RayEngine:
         args = {"num_gpus": 1} if kind == "cuda" else {"resources": {"NPU": 1}}
         return f"{kind}:0", count, args
 
-    def stream(self, reader: CorpusReader, settings: EmbedSettings,
-               start_after: tuple[int, int] | None) -> Iterator[ShardBatch]:
+    def write_shards(self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None,
+                     output: Path) -> Iterator[ShardReport]:
+        """Reports of the units after ``start_after``, in input order; the shards are already in ``output``."""
         ray = import_ray()
         for index in range(len(reader.files)):  # a missing column fails here, not inside a Ray task
             next(iter(reader.file_records(index, 0)), None)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar and summary say what matters
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        self.driver_bytes = 0
         try:
-            yield from self._stream(ray, reader, settings, start_after)
+            yield from self._schedule(ray, reader, settings, start_after, output)
         except ray.exceptions.RayError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, InputError):
@@ -197,50 +233,39 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def _stream(self, ray: Any, reader: CorpusReader, settings: EmbedSettings,
-                start_after: tuple[int, int] | None) -> Iterator[ShardBatch]:
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # rows come back in input order
-        context.enable_progress_bars = False  # the job's own bar counts rows
+    def _schedule(self, ray: Any, reader: CorpusReader, settings: EmbedSettings,
+                  start_after: tuple[int, int] | None, output: Path) -> Iterator[ShardReport]:
         device, count, remote = self._actors(ray)
         threads = remote.pop("_threads", None)
-        dataset = ray.data.read_datasource(_make_datasource(reader, start_after), num_cpus=0.25)
-        dataset = dataset.map_batches(
-            EmbedActor, batch_format="pyarrow", batch_size=min(BLOCK_ROWS, settings.shard_rows),
-            compute=ray.data.ActorPoolStrategy(size=count), fn_constructor_kwargs={
-                "model_path": self.model_path, "device": device, "dtype": self.dtype, "backend": self.backend,
-                "max_batch_tokens": self.max_batch_tokens, "batch_size": settings.batch_size,
-                "keep_text": settings.keep_text, "threads": threads},
-            **remote)
-        records: list[Record] = []
-        vectors: list[np.ndarray] = []
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            records.extend(_batch_records(batch, settings.keep_text))
-            vectors.append(_fixed_list(batch.column("embedding")))
-            while len(records) >= settings.shard_rows:
-                yield _cut(records, vectors, settings.shard_rows)
-        if records:
-            yield _cut(records, vectors, len(records))
-
-
-def _batch_records(batch: Any, keep_text: bool) -> list[Record]:
-    columns = [batch.column(name).to_pylist() for name in ("file", "row", "id", "error")]
-    texts = batch.column("text").to_pylist() if keep_text else [None] * batch.num_rows
-    return [Record(f, r, i, t, e) for f, r, i, e, t in zip(*columns, texts)]
-
-
-def _fixed_list(column: Any) -> np.ndarray:
-    from .writer import fixed_list_to_numpy
-
-    return fixed_list_to_numpy(column)
-
-
-def _cut(records: list[Record], vectors: list[np.ndarray], size: int) -> ShardBatch:
-    """Take the first ``size`` records (and their vectors) off the buffers; returns them with good-row vectors."""
-    stacked = np.concatenate(vectors) if len(vectors) > 1 else vectors[0]
-    head, rest = records[:size], records[size:]
-    keep = np.array([r.error is None for r in head], dtype=bool)
-    shard = (head, stacked[:size][keep])
-    records[:] = rest
-    vectors[:] = [stacked[size:]]
-    return shard
+        kwargs = {"model_path": self.model_path, "device": device, "dtype": self.dtype, "backend": self.backend}
+        if self.max_batch_tokens:
+            kwargs["max_batch_tokens"] = self.max_batch_tokens
+        # A lost node's actors are restarted elsewhere and their pending units rerun (same range, same name).
+        actor_class = ray.remote(max_restarts=-1, max_task_retries=-1, **remote)(EmbedWorker)
+        actors = [actor_class.remote(reader, str(output), self.encoder_factory, kwargs, threads)
+                  for _ in range(count)]
+        width = settings.shard_rows
+        file, lo = (start_after[0], start_after[1]) if start_after else (0, 0)
+        pending: list[tuple[Any, int]] = []  # (object ref, file), in input order
+        ended = -1  # files up to this one have been read to their end
+        turn = 0
+        while True:
+            while len(pending) < 2 * count and file < len(reader.files):
+                # Ranges are issued ahead of knowing where the file ends; one past the end reads nothing.
+                actor = actors[turn % count]
+                turn += 1
+                pending.append((actor.run.remote(file, lo, lo + width, settings.batch_size, settings.keep_text),
+                                file))
+                lo += width
+            if not pending:
+                return
+            ref, unit_file = pending.pop(0)
+            report = ray.get(ref)
+            self.driver_bytes += len(pickle.dumps(report))
+            if unit_file <= ended:
+                continue  # a range past the end of its file: nothing was read, nothing written
+            if report.eof:
+                ended = unit_file
+                if file == unit_file:
+                    file, lo = file + 1, 0
+            yield report
