@@ -371,6 +371,7 @@ def _run_reports(layout: _Layout, manifest: Manifest, reports: Iterator[Any], se
             bar.update(report.rows + len(report.bad))
     manifest.complete = True
     manifest.save(layout.work)
+    _tidy(layout, manifest)  # a worker lost mid-unit may have left a temporary file; its retry wrote the shard
 
 
 def _finish_npy(layout: _Layout, manifest: Manifest) -> None:
