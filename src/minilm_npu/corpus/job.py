@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -258,6 +259,8 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     """
     settings = settings or EmbedSettings()
     settings.validate()
+    for spec in [output] + (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]):
+        _reject_uri(spec)
     started = time.perf_counter()
     files = expand_inputs(inputs)
     layout = _Layout(output)
@@ -280,6 +283,14 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     if layout.npy:
         _finish_npy(layout, manifest)
     return _summary(layout, manifest, manifest.rows_consumed - consumed_before, started)
+
+
+def _reject_uri(spec: object) -> None:
+    """A URI (``s3://bucket/prefix``) is refused by name, not taken as a local folder called ``s3:``."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", str(spec))
+    if match and match.group(1).lower() != "file":
+        raise InputError(f"{spec}: {match.group(1)}:// paths are not supported yet; use a local path or a shared "
+                         "mount (every Ray node must see it at the same path)")
 
 
 def _cursor(manifest: Manifest) -> tuple[int, int] | None:
