@@ -1,10 +1,12 @@
-"""Corpus embedding throughput: one process, several device workers, and Ray local, on a generated corpus.
+"""Corpus embedding throughput: one process, several device workers, and Ray with 1 and 2 actors.
 
-    python benchmarks/bench_corpus.py                 # 100,000 lines, all three engines
-    python benchmarks/bench_corpus.py --rows 5000 --device cpu --engines local,multi
+    python benchmarks/bench_corpus.py                 # 100,000 lines, all four engines
+    python benchmarks/bench_corpus.py --rows 5000 --device cpu --engines local,ray1,ray2
 
-Rows/s count the whole job (read, embed, write shards, commit manifests) after the model is loaded; the Ray row
-also includes starting Ray and its actors, which is what a user waits for. Prints a Markdown table.
+Rows/s count the whole job (read, embed, write shards, commit manifests) after the model is loaded; the Ray rows
+also include starting Ray and its actors, which is what a user waits for. For Ray, "to driver" is what reached
+the driver (pickled shard reports: the actors write the shards themselves), beside what the vectors weigh.
+Prints the CPU and a Markdown table.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
             handle.write(" ".join(rng.choices(WORDS, k=rng.randint(4, 60))) + "\n")
 
 
-def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> float:
+def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> tuple[float, int | None]:
     from minilm_npu import MiniLMEncoder
     from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 
@@ -39,18 +41,34 @@ def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> fl
     started = time.perf_counter()
     summary = embed_corpus(src, out, LocalEngine(encoder), EmbedSettings(batch_size=args.batch_size,
                                                                          progress=False))
-    return summary.rows_written / (time.perf_counter() - started)
+    return summary.rows_written / (time.perf_counter() - started), None
 
 
-def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> float:
+def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> tuple[float, int | None]:
     from minilm_npu.corpus.job import EmbedSettings, embed_corpus
     from minilm_npu.corpus.ray_engine import RayEngine
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     engine = RayEngine(device=device, dtype=args.dtype, backend=args.backend, num_cpus=args.ray_cpus)
     started = time.perf_counter()
-    summary = embed_corpus(src, out, engine, EmbedSettings(batch_size=args.batch_size, progress=False))
-    return summary.rows_written / (time.perf_counter() - started)
+    summary = embed_corpus(src, out, engine, EmbedSettings(batch_size=args.batch_size, progress=False,
+                                                           shard_rows=args.shard_rows))
+    return summary.rows_written / (time.perf_counter() - started), engine.driver_bytes
+
+
+def cpu_line() -> str:
+    """The CPU's model and the ISA flags that matter for these kernels."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return f"{model}, {os.cpu_count()} logical CPUs, flags: {' '.join(f for f in wanted if f in flags) or '-'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="single-process device (default: %(default)s)")
     parser.add_argument("--multi-device", default=None,
                         help="multi-worker device list (default: the single device twice, e.g. cpu,cpu)")
-    parser.add_argument("--engines", default="local,multi,ray", help="subset of local,multi,ray")
+    parser.add_argument("--engines", default="local,multi,ray1,ray2", help="subset of local,multi,ray1,ray2")
+    parser.add_argument("--shard-rows", type=int, default=2048, help="rows per Ray unit/shard (default: %(default)s)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -67,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     multi = args.multi_device or f"{args.device},{args.device}"
     runs = {"local": ("one process", args.device, run_local), "multi": ("multi-worker", multi, run_local),
-            "ray": ("Ray local", args.device, run_ray)}
+            "ray1": ("Ray, 1 actor", args.device, run_ray), "ray2": ("Ray, 2 actors", multi, run_ray)}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "corpus.txt"
@@ -76,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
             label, device, fn = runs[name]
             print(f"running {label} on {device} ...", file=sys.stderr, flush=True)
             results.append((label, device, fn(src, Path(tmp) / f"out-{name}", device, args)))
-    base = results[0][2] if results else 0
-    print(f"\n{args.rows:,} rows, dtype {args.dtype}, backend {args.backend or 'default'}, "
-          f"batch size {args.batch_size}\n")
-    print("| engine | device | rows/s | vs first |")
-    print("|---|---|---:|---:|")
-    for label, device, rate in results:
-        print(f"| {label} | {device} | {rate:,.0f} | {rate / base:.2f}x |")
+    base = results[0][2][0] if results else 0
+    vector_bytes = args.rows * 384 * 4
+    print(f"\n{cpu_line()}\n{args.rows:,} rows, dtype {args.dtype}, backend {args.backend or 'default'}, "
+          f"batch size {args.batch_size}; the vectors weigh {vector_bytes:,} bytes\n")
+    print("| engine | device | rows/s | vs first | bytes to driver |")
+    print("|---|---|---:|---:|---:|")
+    for label, device, (rate, driver) in results:
+        to_driver = "-" if driver is None else f"{driver:,} ({driver / vector_bytes:.2%} of vectors)"
+        print(f"| {label} | {device} | {rate:,.0f} | {rate / base:.2f}x | {to_driver} |")
     return 0
 
 

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(fail, default) or list it in a side file and go on (skip)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output and start again")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
-                        help="local (this process, all --device workers) or ray (Ray Data actors)")
+                        help="local (this process, all --device workers) or ray (Ray actors that write their own shards)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
                         help="existing Ray cluster (e.g. auto or ray://head:10001); default: a local Ray")
     parser.add_argument("--shard-rows", "--shard_rows", dest="shard_rows", type=positive_int, default=None,
