@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import TORCH_DTYPES
-from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
+from .bert import BertConfig, DenseLinear, PackedBatch, PackedBert, load_weights, pack
 from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
                       round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
 from .errors import InputError
@@ -200,16 +200,27 @@ class PackedBackend:
         self._gears = round_to_gear if static else None
         self._row_gears = round_to_power_of_two if static else None
 
+    def _pack(self, batch: list[list[int]]) -> PackedBatch:
+        longest = max(len(ids) for ids in batch)
+        if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
+            raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
+        return pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
+
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
         if not batch:
             return torch.empty(0, self.config.hidden_size, device=self.device)
-        longest = max(len(ids) for ids in batch)
-        if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
-            raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
-        packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
+        packed = self._pack(batch)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
+
+    @torch.inference_mode()
+    def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
+        if not batch:
+            return []
+        packed = self._pack(batch)
+        return list(self.model.forward(packed).float().split(packed.lengths))
 
     def warmup(self) -> None:
         """Run the shapes :func:`minilm_npu.devices.warmup_lengths` names once (allocation, kernel choice)."""
