@@ -279,8 +279,12 @@ class SentenceTransformerSurface:
                              f"most {limit} tokens), not {value!r}")
         self.tokenizer.set_max_seq_length(value)
 
-    def get_sentence_embedding_dimension(self) -> int:
+    def get_embedding_dimension(self) -> int:
         """The embedding dimension (384)."""
+        return self.dimension
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The embedding dimension (384); sentence-transformers' name before 6.0."""
         return self.dimension
 
     def get_max_seq_length(self) -> int:
