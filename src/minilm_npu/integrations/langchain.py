@@ -24,14 +24,8 @@ from .source import make_source
 class MiniLMEmbeddings(Embeddings):
     """Normalised all-MiniLM-L6-v2 vectors for LangChain, from one encoder or from a server by URL.
 
-    Args:
-        encoder: A :class:`~minilm_npu.encoder.MiniLMEncoder` to use; by default one is built.
-        url: Base URL of a running ``minilm-npu serve`` instead of a local encoder.
-        api_key: For a server started with an API key (default ``$MINILM_NPU_API_KEY``).
-        model_path: Model for the default encoder (None: the bundled one).
-        device: Device string for the default encoder.
-        batch_size: Texts per forward pass (local) or per request (server).
-        timeout: Seconds per server request.
+    Args: those of :func:`~minilm_npu.integrations.source.make_source` (``encoder`` or ``url``, ``api_key``,
+    ``model_path``, ``device``, ``batch_size``, ``timeout``).
     """
 
     def __init__(self, encoder: Any = None, *, url: str | None = None, api_key: str | None = None,

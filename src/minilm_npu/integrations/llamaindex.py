@@ -26,15 +26,9 @@ from .source import make_source
 class MiniLMEmbedding(BaseEmbedding):
     """Normalised all-MiniLM-L6-v2 vectors for LlamaIndex, from one encoder or from a server by URL.
 
-    Args:
-        encoder: A :class:`~minilm_npu.encoder.MiniLMEncoder` to use; by default one is built.
-        url: Base URL of a running ``minilm-npu serve`` instead of a local encoder.
-        api_key: For a server started with an API key (default ``$MINILM_NPU_API_KEY``).
-        model_path: Model for the default encoder (None: the bundled one).
-        device: Device string for the default encoder.
-        embed_batch_size: Texts LlamaIndex hands over per call (its own batching).
-        timeout: Seconds per server request.
-        **kwargs: Other ``BaseEmbedding`` fields (``callback_manager``, ...).
+    Args: those of :func:`~minilm_npu.integrations.source.make_source` (``encoder`` or ``url``, ``api_key``,
+    ``model_path``, ``device``, ``timeout``), plus ``embed_batch_size`` (texts LlamaIndex hands over per call) and
+    other ``BaseEmbedding`` fields (``callback_manager``, ...).
     """
 
     _source: Any = PrivateAttr()

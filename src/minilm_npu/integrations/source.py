@@ -127,9 +127,16 @@ class RemoteSource:
 def make_source(encoder: Any = None, url: str | None = None, api_key: str | None = None,
                 model_path: str | None = None, device: str = "auto", batch_size: int | None = None,
                 timeout: float = 60.0) -> LocalSource | RemoteSource:
-    """A :class:`RemoteSource` when ``url`` is given, else a :class:`LocalSource`.
+    """A :class:`RemoteSource` when ``url`` is given, else a :class:`LocalSource`: what both adapters take.
 
-    ``batch_size`` is texts per forward pass locally (default 32) or per request to a server (default 256).
+    Args:
+        encoder: A :class:`~minilm_npu.encoder.MiniLMEncoder` to use; by default one is built.
+        url: Base URL of a running ``minilm-npu serve`` instead of a local encoder.
+        api_key: For a server started with an API key (default ``$MINILM_NPU_API_KEY``).
+        model_path: Model for the default encoder (None: the bundled one).
+        device: Device string for the default encoder.
+        batch_size: Texts per forward pass locally (default 32) or per request to a server (default 256).
+        timeout: Seconds per server request.
 
     Raises:
         InputError: both an encoder and a URL.
