@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
-from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
-                      round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
+from .devices import (STATIC_LENGTH_GEARS, attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason,
+                      graph_api, round_to_gear, round_to_power_of_two, tune_host_allocator, uses_static_shapes,
+                      warmup_lengths)
 from .errors import InputError
+from .graphs import MAX_GRAPH_WIDTH, GraphedForwards
 from .modelfiles import ModelFiles
 from .samples import CALIBRATION_TEXTS
 from .tokenization import Tokenizer
@@ -199,6 +201,10 @@ class PackedBackend:
         # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
         self._gears = round_to_gear if static else None
         self._row_gears = round_to_power_of_two if static else None
+        # Small batches on devices with graph capture replay a recorded forward pass (see graphs.py); the CPU has
+        # no launch overhead to save.
+        api = graph_api(device)
+        self.graphs = GraphedForwards(self.model, dtype, self.pooling, api) if api is not None else None
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
@@ -208,6 +214,10 @@ class PackedBackend:
         longest = max(len(ids) for ids in batch)
         if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
             raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
+        if self.graphs is not None:
+            pooled = self.graphs.embed(batch)
+            if pooled is not None:
+                return pooled
         packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
 
@@ -215,4 +225,6 @@ class PackedBackend:
         """Run the shapes :func:`minilm_npu.devices.warmup_lengths` names once (allocation, kernel choice)."""
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+        if self.graphs is not None:  # one query of any length: the latency-critical case
+            self.graphs.capture([(1, width) for width in STATIC_LENGTH_GEARS if width <= MAX_GRAPH_WIDTH])
 
