@@ -10,7 +10,8 @@ Workloads (every engine takes its turn on each workload before the next, so drif
 
 Engines: ours per dtype with device graphs (the default) and eagerly (``MINILM_NPU_GRAPHS=0``), and
 sentence-transformers per dtype (float32 is forced: transformers 5 loads a checkpoint in its stored dtype).
-Timing is :func:`minilm_npu.verify.bench.time_calls` (device-synchronised). Prints a Markdown table with the
+Timing is :func:`minilm_npu.verify.bench.time_calls` (device-synchronised). Both sides tokenize with HF
+tokenizers' default (parallel) batch encoding, as their users run them. Prints a Markdown table with the
 ratio against sentence-transformers at the same dtype and a verdict per target.
 
 Usage: ``python benchmarks/bench_gpu.py --device cuda:0 [--model-path DIR] [--stsb FILE] [--json out.json]``
@@ -24,7 +25,6 @@ import os
 import platform
 from pathlib import Path
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402

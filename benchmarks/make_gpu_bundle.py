@@ -23,9 +23,9 @@ STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev.tsv"
 
 
 def build(out: Path) -> Path:
-    """Write ``out/model`` (float16 weights + every non-weight file) and ``out/stsb-dev.tsv``; return the model dir."""
+    """Write ``out/all-MiniLM-L6-v2-float16`` (float16 weights + every non-weight file) and ``out/stsb-dev.tsv``; return the model dir."""
     source = bundled_model_dir()
-    model = out / "model"
+    model = out / "all-MiniLM-L6-v2-float16"
     if model.exists():
         shutil.rmtree(model)
     shutil.copytree(source, model, ignore=shutil.ignore_patterns("model.safetensors", "*.md", ".gitattributes",

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
-from .devices import (STATIC_LENGTH_GEARS, attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason,
+from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason,
                       graph_api, round_to_gear, round_to_power_of_two, tune_host_allocator, uses_static_shapes,
                       warmup_lengths)
 from .errors import InputError
-from .graphs import MAX_GRAPH_WIDTH, GraphedForwards
+from .graphs import GRAPH_WIDTHS, GraphedForwards
 from .modelfiles import ModelFiles
 from .samples import CALIBRATION_TEXTS
 from .tokenization import Tokenizer
@@ -226,5 +226,5 @@ class PackedBackend:
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
         if self.graphs is not None:  # one query of any length: the latency-critical case
-            self.graphs.capture([(1, width) for width in STATIC_LENGTH_GEARS if width <= MAX_GRAPH_WIDTH])
+            self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
 

@@ -32,6 +32,7 @@ def random_batch(count: int, longest: int, seed: int) -> list[list[int]]:
 def test_gears_round_up_and_respect_the_budget():
     assert gear_for([5], "float16") == (1, 16)
     assert gear_for([17, 3, 3], "float16") == (4, 32)
+    assert gear_for([172], "float16") == (1, 192)       # finer gears than powers of two past 32
     assert gear_for([100] * 64, "float16") == (64, 128)
     assert gear_for([100] * 64, "float32") is None          # 8,192 slots: over float32's budget
     assert gear_for([257], "float16") is None                # wider than any gear
