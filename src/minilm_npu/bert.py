@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
 from .modelfiles import ModelFilesError
 
 ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded")
@@ -195,12 +196,13 @@ class Bucket:
     """Sequences whose attention runs as one padded block.
 
     Attributes:
-        gather: ``[n, width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked).
+        gather: ``[n * width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked);
+            None when the packed tensor already is the block (the static-shape layout of :mod:`.graphs`).
         mask: ``[n, 1, 1, width]`` bool, True on real keys; None when no sequence is padded.
         lengths: The real length of each of the block's sequences.
     """
 
-    gather: torch.Tensor
+    gather: torch.Tensor | None
     mask: torch.Tensor | None
     lengths: list[int]
 
@@ -219,7 +221,7 @@ class PackedBatch:
     lengths: list[int]
     mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
     buckets: list[Bucket]
-    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order
+    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
     strategy: str
 
 
@@ -284,22 +286,28 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
                 valid = torch.cat([valid, valid[:1].expand(extra, -1)])
                 gather = torch.cat([gather, gather[:1].expand(extra, -1)])
                 group_lengths = group_lengths + group_lengths[:1] * extra
-            mask = None if min(group_lengths) == width else valid[:, None, None, :].to(device)
-            buckets.append(Bucket(gather.reshape(-1).to(device), mask, group_lengths))
+            mask = None if min(group_lengths) == width else valid[:, None, None, :]
+            buckets.append(Bucket(gather.reshape(-1), mask, group_lengths))
             rows = offset + torch.arange(padded_rows * width).view(padded_rows, width)
             flat_rows.append((gather[:real][valid[:real]], rows[:real][valid[:real]]))
             offset += padded_rows * width
         packed_rows = torch.cat([g for g, _ in flat_rows])
         block_rows = torch.cat([r for _, r in flat_rows])
-        out_rows = torch.empty(total, dtype=torch.long)
-        out_rows[packed_rows] = block_rows
-        unpad = out_rows.to(device)
+        unpad = torch.empty(total, dtype=torch.long)
+        unpad[packed_rows] = block_rows
     # Mean pooling as one small matmul: index_add_/scatter_add_ over [T, H] is single-threaded and slow on CPUs
     # (tens of ms for a 600-token batch), while [B, T] @ [T, H] is a GEMM every device runs well.
     mean_weights = torch.zeros(len(batch), total)
     mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
-    return PackedBatch(ids.to(device), positions.to(device), seq_index.to(device), starts, lengths,
-                       mean_weights.to(device), buckets, unpad, strategy)
+    # Everything was built on the host; it moves in one pinned, non-blocking copy per dtype (devices.to_device).
+    tensors = [ids, positions, seq_index, mean_weights, unpad]
+    for bucket in buckets:
+        tensors += [bucket.gather, bucket.mask]
+    moved = iter(to_device(tensors, device))
+    ids, positions, seq_index, mean_weights, unpad = (next(moved) for _ in range(5))
+    for bucket in buckets:
+        bucket.gather, bucket.mask = next(moved), next(moved)
+    return PackedBatch(ids, positions, seq_index, starts, lengths, mean_weights, buckets, unpad, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -383,12 +391,13 @@ class PackedBert:
         outputs = []
         for bucket in packed.buckets:
             rows = len(bucket.lengths)
-            block = qkv.index_select(0, bucket.gather).view(rows, -1, 3, heads, head_dim)
+            block = qkv if bucket.gather is None else qkv.index_select(0, bucket.gather)
+            block = block.view(rows, -1, 3, heads, head_dim)
             q, k, v = block.permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask)
             outputs.append(context.transpose(1, 2).reshape(-1, hidden))
         blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return blocks.index_select(0, packed.unpad)
+        return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
     def forward(self, packed: PackedBatch) -> torch.Tensor:
         """Hidden states ``[T, H]`` of the last layer for a packed batch."""

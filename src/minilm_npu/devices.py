@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -155,6 +157,76 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
         return
     device_module(device.type).synchronize(device)
+
+
+def to_device(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+    """Move host tensors to ``device`` in one pinned, non-blocking copy per dtype (None entries stay None).
+
+    Why: a blocking ``.to(device)`` per tensor waits for the queue to drain each time, and a copy from pageable
+    memory is staged through a bounce buffer; Ascend's tuning guide and CUDA's both say to pin host memory and
+    copy once with ``non_blocking=True``. The caching host allocator keeps a pinned buffer alive until its copy has
+    run, so the host may go on at once. On the CPU the tensors are returned as they are.
+    """
+    if device.type == "cpu":
+        return list(tensors)
+    out: list[torch.Tensor | None] = list(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        if tensor is not None:
+            by_dtype.setdefault(tensor.dtype, []).append(index)
+    pin = device.type in ("cuda", "npu")
+    for dtype, indices in by_dtype.items():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices])
+        moved = (flat.pin_memory() if pin else flat).to(device, non_blocking=pin)
+        offset = 0
+        for i in indices:
+            count = tensors[i].numel()
+            out[i] = moved[offset:offset + count].view(tensors[i].shape)
+            offset += count
+    return out
+
+
+#: Set to ``0`` to run accelerators eagerly (no device graphs): an escape hatch and an A/B switch for benchmarks.
+GRAPHS_ENV = "MINILM_NPU_GRAPHS"
+
+
+@dataclass(frozen=True)
+class GraphAPI:
+    """The device-graph calls of one device type: capture a sequence of kernels once, replay it with one launch.
+
+    CUDA: ``torch.cuda.CUDAGraph`` / ``torch.cuda.graph``. Ascend: torch_npu mirrors them as
+    ``torch.npu.NPUGraph`` / ``torch.npu.graph`` (aclgraph) in the releases that have graph mode; the rest
+    (streams, pool handles) has the same names on both device modules.
+    """
+
+    graph_class: type
+    capture: Callable[..., Any]      # context manager: capture(graph, pool=...)
+    pool_handle: Callable[[], Any]   # a memory pool several graphs share (they are replayed one at a time)
+    stream: Callable[..., Any]       # device stream class, for the warm-up runs capture needs
+    use_stream: Callable[..., Any]   # context manager that makes a stream current
+    current_stream: Callable[[], Any]
+
+
+def graph_api(device: torch.device) -> GraphAPI | None:
+    """The device-graph API for ``device``, or None where there is none (CPU, MPS, an NPU stack without
+    graph mode) or ``MINILM_NPU_GRAPHS=0`` asks for eager execution."""
+    import os
+
+    if os.environ.get(GRAPHS_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        return None
+    class_name = {"cuda": "CUDAGraph", "npu": "NPUGraph"}.get(device.type)
+    if class_name is None:
+        return None
+    try:
+        module = device_module(device.type)
+    except (AttributeError, RuntimeError):
+        return None
+    graph_class = getattr(module, class_name, None)
+    names = ("graph", "graph_pool_handle", "Stream", "stream", "current_stream")
+    if graph_class is None or not all(hasattr(module, name) for name in names):
+        return None
+    return GraphAPI(graph_class, module.graph, module.graph_pool_handle, module.Stream, module.stream,
+                    module.current_stream)
 
 
 @dataclass(frozen=True)

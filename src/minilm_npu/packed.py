@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, PackedBatch, PackedBert, load_weights, pack
-from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
-                      round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
+from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason,
+                      graph_api, round_to_gear, round_to_power_of_two, tune_host_allocator, uses_static_shapes,
+                      warmup_lengths)
 from .errors import InputError
+from .graphs import GRAPH_WIDTHS, GraphedForwards
 from .modelfiles import ModelFiles
 from .samples import CALIBRATION_TEXTS
 from .tokenization import Tokenizer
@@ -199,11 +201,17 @@ class PackedBackend:
         # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
         self._gears = round_to_gear if static else None
         self._row_gears = round_to_power_of_two if static else None
+        # Small batches on devices with graph capture replay a recorded forward pass (see graphs.py); the CPU has
+        # no launch overhead to save.
+        api = graph_api(device)
+        self.graphs = GraphedForwards(self.model, dtype, self.pooling, api) if api is not None else None
 
-    def _pack(self, batch: list[list[int]]) -> PackedBatch:
+    def _check_lengths(self, batch: list[list[int]]) -> None:
         longest = max(len(ids) for ids in batch)
         if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
             raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
+
+    def _pack(self, batch: list[list[int]]) -> PackedBatch:
         return pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
 
     @torch.inference_mode()
@@ -211,6 +219,11 @@ class PackedBackend:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
         if not batch:
             return torch.empty(0, self.config.hidden_size, device=self.device)
+        self._check_lengths(batch)
+        if self.graphs is not None:
+            pooled = self.graphs.embed(batch)
+            if pooled is not None:
+                return pooled
         packed = self._pack(batch)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
 
@@ -219,6 +232,7 @@ class PackedBackend:
         """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
         if not batch:
             return []
+        self._check_lengths(batch)
         packed = self._pack(batch)
         return list(self.model.forward(packed).float().split(packed.lengths))
 
@@ -226,4 +240,6 @@ class PackedBackend:
         """Run the shapes :func:`minilm_npu.devices.warmup_lengths` names once (allocation, kernel choice)."""
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+        if self.graphs is not None:  # one query of any length: the latency-critical case
+            self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
 
