@@ -240,13 +240,17 @@ def _crash_point(stage: str, shard: int) -> None:
 
 
 @contextlib.contextmanager
-def _writing(layout: _Layout, manifest: Manifest | None = None) -> Iterator[None]:
+def _writing(layout: _Layout) -> Iterator[None]:
     """Turn a failed write (disk full, read-only, permissions) into one clear OutputError."""
     try:
         yield
     except OSError as err:
-        saved = (f"; the {manifest.rows_consumed} rows committed so far are kept" if manifest is not None
-                 and manifest.rows_consumed else "")
+        try:  # what is on disk is what counts: the manifest in memory may be one shard ahead
+            committed = Manifest.load(layout.work)
+        except (OSError, InputError):
+            committed = None
+        saved = (f"; the {committed.rows_consumed} rows committed so far are kept"
+                 if committed is not None and committed.rows_consumed else "")
         reason = err.strerror or str(err)
         raise OutputError(f"cannot write {layout.output}: {reason}{saved}; free space or fix the permissions, "
                           "then rerun the same command") from err
@@ -319,7 +323,7 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     try:
         _crash_point("locked", 0)
         manifest = _prepare(layout, fingerprint, settings, type(engine).__name__)
-        with _writing(layout, manifest):
+        with _writing(layout):
             _tidy(layout, manifest)
         reader = CorpusReader(files, settings.text_field, settings.id_field)
         repaired = _repair(layout, manifest, engine, reader, settings)
@@ -330,7 +334,7 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
             if not manifest.complete:
                 _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
             if layout.npy:
-                with _writing(layout, manifest):
+                with _writing(layout):
                     _finish_npy(layout, manifest)
             summary = _summary(layout, manifest, manifest.rows_consumed - consumed_before, started)
     finally:
@@ -348,7 +352,7 @@ def _repair(layout: _Layout, manifest: Manifest, engine: Engine, reader: CorpusR
         name = manifest.shards[index]["file"]
         log.warning("%s: %s; re-embedding this shard", layout.work / name, problem)
         records, vectors = reembed_shard(engine, reader, settings, manifest.shards, index)
-        with _writing(layout, manifest):
+        with _writing(layout):
             written = write_shard(layout.work, index, [r.id for r in records if r.error is None], vectors,
                                   [r.text for r in records if r.error is None] if settings.keep_text else None)
             manifest.shards[index].update(bytes=written.bytes, sha256=written.sha256)
@@ -365,17 +369,17 @@ def _run(layout: _Layout, manifest: Manifest, stream: Iterator[ShardBatch], sett
          files: list[InputFile]) -> None:
     show = settings.progress if settings.progress is not None else sys.stderr.isatty()
     total = count_rows(files) if show else None
-    with _writing(layout, manifest):
+    with _writing(layout):
         side = open(layout.work / SKIPPED_NAME, "ab")  # noqa: SIM115 - closed below, after the loop
     with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
               dynamic_ncols=True, smoothing=0.1) as bar, side:
         for records, vectors in stream:
             check_rows(records, settings, files)
-            with _writing(layout, manifest):
+            with _writing(layout):
                 _commit_shard(layout, manifest, records, vectors, settings, files, side)
             bar.update(len(records))
     manifest.complete = True
-    with _writing(layout, manifest):
+    with _writing(layout):
         _save(layout, manifest)
 
 
