@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     line = (f"embedded {summary.rows_written} rows into {summary.output} "
             f"({summary.new_rows} this run in {summary.seconds:.1f} s, {summary.rows_per_second:.1f} rows/s)")
+    if summary.repaired:
+        line += f"; {len(summary.repaired)} damaged shard(s) re-embedded"
     if summary.rows_skipped:
         line += f"; skipped {summary.rows_skipped} bad rows, listed in {summary.skipped_file}"
     print(line, file=sys.stdout)
