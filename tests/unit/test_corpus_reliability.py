@@ -205,13 +205,31 @@ def test_lock_of_a_killed_job_never_blocks(tmp_path):
     assert_whole(out)
 
 
-def test_lock_is_held_in_process_too(tmp_path):
+class ProbingEngine(LocalEngine):
+    """Any engine (Ray's too): the job, not the engine, holds the lock while the engine streams."""
+
+    def stream(self, reader, settings, start_after):
+        import fcntl
+
+        fd = os.open(self.lock_path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        self.probed = True
+        yield from super().stream(reader, settings, start_after)
+
+
+def test_lock_is_held_by_the_job_for_any_engine(tmp_path):
     src = write_txt(tmp_path / "in.txt", 5)
     (tmp_path / "out").mkdir()
     with OutputLock(tmp_path / "out" / LOCK_NAME, tmp_path / "out"):
         with pytest.raises(OutputError, match=f"pid {os.getpid()} on"):
             embed_corpus(src, tmp_path / "out", LocalEngine(FakeEncoder()), settings())
-    assert embed_corpus(src, tmp_path / "out", LocalEngine(FakeEncoder()), settings()).rows_written == 5
+    engine = ProbingEngine(FakeEncoder())
+    engine.lock_path = tmp_path / "out" / LOCK_NAME
+    assert embed_corpus(src, tmp_path / "out", engine, settings()).rows_written == 5 and engine.probed
 
 
 def damage(path: Path, how: str):
