@@ -24,18 +24,18 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError, OutputError
+from .layout import Layout
 from .lock import LOCK_NAME, OutputLock
-from .manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest, describe_change, job_fingerprint
+from .manifest import SKIPPED_NAME, Manifest, describe_change, job_fingerprint
 from .readers import CorpusReader, InputFile, Record, count_rows, expand_inputs
 from .repair import check_shards, reembed_shard
-from .writer import TMP_SUFFIX, assemble_npy, write_shard
+from .writer import assemble_npy, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -180,59 +180,6 @@ class LocalEngine:
         return np.asarray(vectors, dtype=np.float32)
 
 
-class _Layout:
-    """Where things go: a dataset directory, or for ``.npy`` a ``<name>.partial`` work directory."""
-
-    def __init__(self, output: str | os.PathLike):
-        self.output = Path(output)
-        self.npy = self.output.suffix.lower() == ".npy"
-        self.work = self.output.with_name(self.output.name + ".partial") if self.npy else self.output
-        self.skipped_final = (self.output.with_name(self.output.name + ".skipped.jsonl") if self.npy
-                              else self.work / SKIPPED_NAME)
-
-    @staticmethod
-    def ours(name: str) -> bool:
-        base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
-        return base in (MANIFEST_NAME, SKIPPED_NAME, LOCK_NAME) or (base.startswith("part-")
-                                                                    and base.endswith(".parquet"))
-
-    def check_new(self, overwrite: bool) -> None:
-        """Raise InputError unless a job may start here from nothing (run before the lock, and again under it).
-
-        Without a manifest, only the lock file and a first manifest's temporary file can be the job's own (it
-        writes its manifest before anything else), so anything more means the output is someone else's.
-        """
-        if self.work.exists() and not self.work.is_dir():
-            raise InputError(f"{self.work} exists and is not a directory; choose another output")
-        if (self.work / MANIFEST_NAME).exists():
-            return
-        if self.npy and self.output.exists() and not overwrite:
-            raise InputError(f"{self.output} already exists; rerun with --overwrite to replace it")
-        if not self.work.is_dir():
-            return
-        names = [p.name for p in self.work.iterdir() if p.name not in (LOCK_NAME, MANIFEST_NAME + TMP_SUFFIX)]
-        foreign = [name for name in names if not self.ours(name)]
-        if names and not overwrite:
-            raise InputError(f"{self.work}: directory is not empty and holds no minilm-npu manifest; choose "
-                             "an empty or new output, or rerun with --overwrite")
-        if foreign:
-            raise InputError(f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
-                             "choose an empty or new output directory")
-
-    def clear(self) -> None:
-        """Delete what an earlier job wrote (and only that), keeping the lock file this job holds."""
-        if self.npy:
-            for path in (self.output, self.skipped_final):
-                path.unlink(missing_ok=True)
-        foreign = [p.name for p in self.work.iterdir() if not self.ours(p.name)]
-        if foreign:
-            raise InputError(f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
-                             "choose an empty or new output directory")
-        for path in self.work.iterdir():
-            if path.name != LOCK_NAME:
-                path.unlink()
-
-
 def _crash_point(stage: str, shard: int) -> None:
     spec = os.environ.get(CRASH_ENV)
     if spec and spec == f"{stage}:{shard}":
@@ -240,7 +187,7 @@ def _crash_point(stage: str, shard: int) -> None:
 
 
 @contextlib.contextmanager
-def _writing(layout: _Layout) -> Iterator[None]:
+def _writing(layout: Layout) -> Iterator[None]:
     """Turn a failed write (disk full, read-only, permissions) into one clear OutputError."""
     try:
         yield
@@ -256,12 +203,12 @@ def _writing(layout: _Layout) -> Iterator[None]:
                           "then rerun the same command") from err
 
 
-def _save(layout: _Layout, manifest: Manifest) -> None:
+def _save(layout: Layout, manifest: Manifest) -> None:
     """The commit: atomically replace the manifest."""
     manifest.save(layout.work, before_commit=lambda: _crash_point("manifest-tmp", len(manifest.shards)))
 
 
-def _prepare(layout: _Layout, fingerprint: dict, settings: EmbedSettings, engine: str) -> Manifest:
+def _prepare(layout: Layout, fingerprint: dict, settings: EmbedSettings, engine: str) -> Manifest:
     """Under the lock: the manifest to continue from, or a new job's first manifest (written before any shard)."""
     manifest = None if settings.overwrite else Manifest.load(layout.work)
     if manifest is not None:
@@ -276,18 +223,6 @@ def _prepare(layout: _Layout, fingerprint: dict, settings: EmbedSettings, engine
         layout.clear()
         _save(layout, manifest)
     return manifest
-
-
-def _tidy(layout: _Layout, manifest: Manifest) -> None:
-    """Drop what a killed run wrote after its last commit: temp files, unlisted shards, uncommitted skips."""
-    listed = {s["file"] for s in manifest.shards if s.get("file")}
-    for path in layout.work.iterdir():
-        if path.name.endswith(TMP_SUFFIX) or (path.name.startswith("part-") and path.name not in listed):
-            path.unlink()
-    skipped = layout.work / SKIPPED_NAME
-    if skipped.exists():
-        with open(skipped, "rb+") as handle:
-            handle.truncate(manifest.skipped_bytes)
 
 
 def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, engine: Engine,
@@ -311,40 +246,41 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     settings.validate()
     started = time.perf_counter()
     files = expand_inputs(inputs)
-    layout = _Layout(output)
+    layout = Layout(output)
     fingerprint = job_fingerprint(files, engine.model, engine.dtype, {
         "text_field": settings.text_field, "id_field": settings.id_field, "keep_text": settings.keep_text,
         "output": "npy" if layout.npy else "parquet"})
     layout.check_new(settings.overwrite)  # before creating anything: a foreign directory stays untouched
-    with _writing(layout):
+    with _writing(layout):  # an output that cannot be created fails here, before any model loads
         layout.work.mkdir(parents=True, exist_ok=True)
-        lock = OutputLock(layout.work / LOCK_NAME, layout.output)
-        lock.__enter__()
-    try:
-        _crash_point("locked", 0)
-        manifest = _prepare(layout, fingerprint, settings, type(engine).__name__)
+        lock = OutputLock(layout.work / LOCK_NAME, layout.output).acquire()
+    with lock:
+        return _embed_locked(layout, fingerprint, files, engine, settings, started)
+
+
+def _embed_locked(layout: Layout, fingerprint: dict, files: list[InputFile], engine: Engine,
+                  settings: EmbedSettings, started: float) -> EmbedSummary:
+    """The job, with the output's lock held."""
+    _crash_point("locked", 0)
+    manifest = _prepare(layout, fingerprint, settings, type(engine).__name__)
+    with _writing(layout):
+        layout.tidy(manifest)
+    reader = CorpusReader(files, settings.text_field, settings.id_field)
+    repaired = _repair(layout, manifest, engine, reader, settings)
+    consumed_before, was_complete = manifest.rows_consumed, manifest.complete
+    if not manifest.complete:
+        _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
+    if layout.npy:
         with _writing(layout):
-            _tidy(layout, manifest)
-        reader = CorpusReader(files, settings.text_field, settings.id_field)
-        repaired = _repair(layout, manifest, engine, reader, settings)
-        if manifest.complete and not layout.npy:
-            summary = _summary(layout, manifest, 0, started, already_complete=not repaired)
-        else:
-            consumed_before = manifest.rows_consumed
-            if not manifest.complete:
-                _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
-            if layout.npy:
-                with _writing(layout):
-                    _finish_npy(layout, manifest)
-            summary = _summary(layout, manifest, manifest.rows_consumed - consumed_before, started)
-    finally:
-        lock.__exit__(None, None, None)
+            _finish_npy(layout, manifest)
+    already_complete = was_complete and not layout.npy and not repaired
+    summary = _summary(layout, manifest, manifest.rows_consumed - consumed_before, started, already_complete)
     summary.repaired = repaired
-    summary.verified = sum(1 for s in manifest.shards if s.get("file")) if settings.verify else 0
+    summary.verified = sum(1 for s in manifest.shards if s.get("sha256")) if settings.verify else 0
     return summary
 
 
-def _repair(layout: _Layout, manifest: Manifest, engine: Engine, reader: CorpusReader,
+def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusReader,
             settings: EmbedSettings) -> list[str]:
     """Check the committed shards (checksums too with ``verify``) and re-embed each damaged one in place."""
     repaired = []
@@ -365,7 +301,7 @@ def _cursor(manifest: Manifest) -> tuple[int, int] | None:
     return tuple(manifest.cursor) if manifest.cursor else None
 
 
-def _run(layout: _Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
+def _run(layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
          files: list[InputFile]) -> None:
     show = settings.progress if settings.progress is not None else sys.stderr.isatty()
     total = count_rows(files) if show else None
@@ -383,7 +319,7 @@ def _run(layout: _Layout, manifest: Manifest, stream: Iterator[ShardBatch], sett
         _save(layout, manifest)
 
 
-def _commit_shard(layout: _Layout, manifest: Manifest, records: list[Record], vectors: np.ndarray,
+def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vectors: np.ndarray,
                   settings: EmbedSettings, files: list[InputFile], side) -> None:
     good = [r for r in records if r.error is None]
     bad = [r for r in records if r.error is not None]
@@ -420,7 +356,7 @@ def _commit_shard(layout: _Layout, manifest: Manifest, records: list[Record], ve
     _crash_point("after-manifest", index)
 
 
-def _finish_npy(layout: _Layout, manifest: Manifest) -> None:
+def _finish_npy(layout: Layout, manifest: Manifest) -> None:
     shards = [layout.work / s["file"] for s in manifest.shards if s.get("file")]
     assemble_npy(shards, layout.output, manifest.dimension, manifest.rows_written)
     _crash_point("npy-written", 0)
@@ -431,7 +367,7 @@ def _finish_npy(layout: _Layout, manifest: Manifest) -> None:
     shutil.rmtree(layout.work)  # lock file included: the lock is released when this job closes it
 
 
-def _summary(layout: _Layout, manifest: Manifest | None, new_rows: int, started: float,
+def _summary(layout: Layout, manifest: Manifest | None, new_rows: int, started: float,
              already_complete: bool = False) -> EmbedSummary:
     manifest = manifest or Manifest(fingerprint={}, dimension=0)
     skipped = layout.skipped_final if manifest.rows_skipped else None

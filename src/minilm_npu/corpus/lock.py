@@ -31,7 +31,7 @@ def _holder(path: Path) -> str:
 
 
 class OutputLock:
-    """Context manager: hold the exclusive lock on ``path`` (created if missing) or raise :class:`OutputError`.
+    """The exclusive lock on ``path`` (created if missing), held until ``__exit__``; or :class:`OutputError`.
 
     Args:
         path: The lock file, inside the directory it protects (which must exist).
@@ -43,7 +43,8 @@ class OutputLock:
         self.output = output
         self._fd: int | None = None
 
-    def __enter__(self) -> OutputLock:
+    def acquire(self) -> OutputLock:
+        """Take the lock now (``with`` takes it on entry when not yet taken)."""
         import fcntl  # POSIX only; imported here so that importing the job module works everywhere
 
         while True:
@@ -67,12 +68,19 @@ class OutputLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        self._fd = fd
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(sys.argv)}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode("utf-8") + b"\n", 0)
+        try:  # who holds it, for the other process's error message
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode("utf-8") + b"\n", 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         return self
+
+    def __enter__(self) -> OutputLock:
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
