@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,9 @@ def child(src, out, crash=None, gate=None, **popen):
 def forked(crash: str | None, fn) -> int:
     """Run ``fn`` in a forked copy of this process (a real process, without the cost of importing torch again)
     with the fault-injection variable set; returns its exit code (-9 when it SIGKILLed itself)."""
-    pid = os.fork()
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process; the child runs
+        warnings.simplefilter("ignore", DeprecationWarning)  # only the job (numpy, pyarrow), never torch
+        pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 1
         try:
