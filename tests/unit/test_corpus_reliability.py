@@ -30,6 +30,7 @@ from minilm_npu.corpus.lock import LOCK_NAME, OutputLock
 from minilm_npu.corpus.manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest
 from minilm_npu.corpus.search import search_vectors
 from minilm_npu.errors import InputError, OutputError
+from minilm_npu.modelfiles import sha256_of
 
 from .test_corpus_fakes import FakeEncoder
 from .test_corpus_job import read_output, write_txt
@@ -252,7 +253,7 @@ def test_damaged_shard_is_named_and_only_it_is_embedded_again(tmp_path, how):
     embed_corpus(src, out, LocalEngine(FakeEncoder()), settings(keep_text=True))
     entry = Manifest.load(out).shards[1]
     assert entry["bytes"] == (out / entry["file"]).stat().st_size
-    assert entry["sha256"] == writer_module.file_sha256(out / entry["file"])
+    assert entry["sha256"] == sha256_of(out / entry["file"])
     damage(out / "part-000001.parquet", how)
     if how != "flip":  # search reads the manifest's sizes and footers: it names the shard and the remedy
         with pytest.raises(InputError, match=r"part-000001.parquet: damaged shard .*rerun the same `minilm-npu "

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..modelfiles import sha256_of  # the one chunked file hash (it also checks the model's weights)
+
 #: Temporary files carry this suffix; a resumed job deletes leftovers.
 TMP_SUFFIX = ".tmp"
 
@@ -127,15 +129,6 @@ def write_json_atomic(path: Path, obj: object, before_commit: BeforeCommit = Non
     return write_bytes_atomic(path, data, before_commit)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a whole file (``embed --verify`` compares it with the manifest's)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None = None):
     """A pyarrow table with ``id`` (string), ``embedding`` (fixed_size_list<float32>[dim]) and optional ``text``."""
     import pyarrow as pa
@@ -187,7 +180,7 @@ def shard_problem(path: Path, entry: dict, checksum: bool = False) -> str | None
         return f"unreadable Parquet footer ({err})"
     if rows != entry.get("rows", rows):
         return f"{rows} rows, the manifest says {entry['rows']}"
-    if checksum and entry.get("sha256") and file_sha256(path) != entry["sha256"]:
+    if checksum and entry.get("sha256") and sha256_of(path) != entry["sha256"]:
         return "checksum differs from the manifest's"
     return None
 
