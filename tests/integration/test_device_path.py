@@ -65,8 +65,8 @@ def test_static_shape_forward_is_exact(square_mask, engine32, reference, monkeyp
     monkeypatch.setitem(MAX_GRAPH_SLOTS, "float32", 1 << 16)
     graphs = GraphedForwards(backend.model, "float32", backend.pooling, graph_api(DEVICE), square_mask=square_mask)
     ids = engine32.tokenize(BATCH)
-    for size in (1, 3, 8, len(ids)):
-        for start in range(0, len(ids), size):
+    for size in (1, 8, len(ids)):
+        for start in range(0, len(ids), size if size > 1 else 6):  # batch 1: every length class, not every text
             pooled = graphs.embed(ids[start:start + size])
             assert pooled is not None and not graphs.failed
             ours = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
