@@ -61,8 +61,9 @@ class StaticShapeForward:
         pooling: ``"mean"`` or ``"cls"``.
     """
 
-    def __init__(self, model: PackedBert, rows: int, width: int, pooling: str):
+    def __init__(self, model: PackedBert, rows: int, width: int, pooling: str, square_mask: bool = False):
         self.model, self.rows, self.width, self.pooling = model, rows, width, pooling
+        self.square_mask = square_mask
         device = model.device
         # Token ids of every slot, then the length of every row: one buffer, one copy per call.
         self.inputs = torch.full((rows * width + rows,), FILLER_ID, dtype=torch.long, device=device)
@@ -97,8 +98,11 @@ class StaticShapeForward:
         rows, width = self.rows, self.width
         ids, lengths = self.inputs[: rows * width], self.inputs[rows * width:]
         valid = self.slots[None, :] < lengths[:, None]  # [rows, width]
+        mask = valid[:, None, None, :]
+        if self.square_mask:  # devices.attention_plan: kernels that take no broadcast mask (Ascend)
+            mask = mask.expand(-1, -1, width, -1).contiguous()
         packed = PackedBatch(ids=ids, positions=self.positions, seq_index=None, starts=[], lengths=[width] * rows,
-                             mean_weights=None, buckets=[Bucket(None, valid[:, None, None, :], [width] * rows)],
+                             mean_weights=None, buckets=[Bucket(None, mask, [width] * rows)],
                              unpad=None, strategy="padded")
         hidden = self.model.forward(packed).view(rows, width, -1)
         if self.pooling == "cls":
@@ -139,10 +143,13 @@ class GraphedForwards:
         dtype: The engine's dtype (sets the padding budget, :data:`MAX_GRAPH_SLOTS`).
         pooling: ``"mean"`` or ``"cls"``.
         api: The device's graph API; None runs the static-shape passes eagerly (the CPU tests do).
+        square_mask: Full ``[rows, 1, width, width]`` attention masks (see devices.attention_plan).
     """
 
-    def __init__(self, model: PackedBert, dtype: str, pooling: str, api: GraphAPI | None):
+    def __init__(self, model: PackedBert, dtype: str, pooling: str, api: GraphAPI | None,
+                 square_mask: bool = False):
         self.model, self.dtype, self.pooling, self.api = model, dtype, pooling, api
+        self.square_mask = square_mask
         self._runners: dict[tuple[int, int], object] = {}
         self._pool = api.pool_handle() if api is not None else None
         self.failed = False
@@ -150,7 +157,7 @@ class GraphedForwards:
     def _runner(self, gear: tuple[int, int]):
         runner = self._runners.get(gear)
         if runner is None:
-            forward = StaticShapeForward(self.model, gear[0], gear[1], self.pooling)
+            forward = StaticShapeForward(self.model, gear[0], gear[1], self.pooling, self.square_mask)
             runner = (forward, forward.compute)
             if self.api is not None:
                 try:

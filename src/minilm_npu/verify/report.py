@@ -93,6 +93,14 @@ def check_markdown(report: dict) -> str:
                     [[c["device"], c["name"] or "—", _memory(c["total_memory_bytes"]), c["status"],
                       _num(c["min_cosine"]), _num(c["max_abs_error"], sci=True), _num(c["first_encode_s"], 2),
                       c["message"].replace("|", "\\|")] for c in report["checks"]])
+    engines = [c for c in report["checks"] if c.get("engine")]
+    if engines:
+        lines += ["", "## Engine choices", ""]
+        keys = list(dict.fromkeys(k for c in engines for k in c["engine"]))
+        names = {"gelu": "GELU", "torch_npu": "torch_npu / op-plugin"}
+        lines += _table(["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
+                        [[c["device"]] + [c["engine"].get(k, "—").replace("|", "\\|") for k in keys]
+                         for c in engines])
     lines += ["", f"NPU: {report['npu']['summary']}.", "", "## Ascend settings", ""]
     lines += _table(["Setting", "Value", "What it means"],
                     [[("⚠ " if s["warning"] else "") + s["name"], f"`{s['value']}`", s["meaning"]]
