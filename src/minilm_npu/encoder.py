@@ -24,6 +24,8 @@ from .backend import DEFAULT_BACKEND, DTYPES, Backend, create_backend
 from .devices import parse_devices
 from .errors import InputError
 from .modelfiles import ModelFiles, resolve_model
+from .st_compat import SentenceTransformerSurface
+from .st_compat import encode as encode_st_compatible
 from .tokenization import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,12 @@ class _Worker:
             return pooled.float().cpu().numpy()
 
 
-class MiniLMEncoder:
+class MiniLMEncoder(SentenceTransformerSurface):
     """Sentence embeddings with all-MiniLM-L6-v2 (or another BERT-family sentence-transformers model).
+
+    A drop-in for ``SentenceTransformer``: ``encode`` also takes its keyword arguments, and ``similarity``,
+    ``encode_query``, ``max_seq_length`` (settable) and the rest come from
+    :class:`~minilm_npu.st_compat.SentenceTransformerSurface`.
 
     Args:
         model_path: A local sentence-transformers directory, a hub id, or None for the bundled official model.
@@ -110,11 +116,6 @@ class MiniLMEncoder:
     def dimension(self) -> int:
         """Embedding dimension (384)."""
         return self.model_files.hidden_size
-
-    @property
-    def max_seq_length(self) -> int:
-        """Token limit, special tokens included (256), from sentence_bert_config.json."""
-        return self.model_files.max_seq_length
 
     @property
     def model_name(self) -> str:
@@ -158,7 +159,7 @@ class MiniLMEncoder:
 
     # -- core + post -----------------------------------------------------------------------------------------
     def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
-               show_progress_bar: bool = False) -> np.ndarray:
+               show_progress_bar: bool | None = False, **st_options) -> np.ndarray:
         """Embed texts.
 
         Args:
@@ -167,14 +168,37 @@ class MiniLMEncoder:
             batch_size: Most sequences per forward pass.
             normalize_embeddings: L2-normalise each vector (the model's own Normalize module).
             show_progress_bar: Show a tqdm bar.
+            **st_options: sentence-transformers' ``encode`` arguments (``convert_to_tensor``, ``precision``,
+                ``output_value``, ``prompt``, ...), with its meaning and output types; see
+                :func:`minilm_npu.st_compat.encode`. Anything else is an :class:`InputError` naming it.
 
         Returns:
             float32 array ``(N, dimension)`` in input order, or ``(dimension,)`` for a single string.
         """
+        if st_options or show_progress_bar is None:
+            return encode_st_compatible(self, sentences, batch_size, normalize_embeddings, show_progress_bar,
+                                        **st_options)
         single = isinstance(sentences, str)
         texts = [sentences] if single else self._check_texts(sentences)
         vectors = self._encode_ids(self.tokenize(texts), batch_size, normalize_embeddings, show_progress_bar)
         return vectors[0] if single else vectors
+
+    def token_embeddings(self, sentences: Sequence[str], batch_size: int = 32,
+                         show_progress_bar: bool = False) -> list[torch.Tensor]:
+        """Last-layer hidden states per text, special tokens included: float32 ``[tokens, dimension]`` tensors on
+        the first device, in input order (sentence-transformers' ``output_value="token_embeddings"``)."""
+        ids = self.tokenize(self._check_texts(sentences))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
+        worker, out = self._workers[0], [None] * len(ids)
+        with tqdm(total=len(ids), disable=not show_progress_bar, unit="text", desc="encode") as bar:
+            for batch in plan_batches([len(x) for x in ids], batch_size, self.max_batch_tokens):
+                with worker.lock:
+                    states = worker.backend.token_embeddings([ids[i] for i in batch])
+                for index, state in zip(batch, states):
+                    out[index] = state
+                bar.update(len(batch))
+        return out
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
                          normalize_embeddings: bool = True, show_progress_bar: bool = False,
@@ -242,6 +266,12 @@ class MiniLMEncoder:
         if failures:
             device, err = failures[0]
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
+
+    def engine_choices(self) -> dict[str, str]:
+        """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;
+        empty for backends that make no device-dependent choices."""
+        choices = getattr(self._workers[0].backend, "choices", None)
+        return dict(choices()) if choices else {}
 
     def warmup(self) -> None:
         """Run one tiny forward pass on every device (first-call allocation, kernel selection, graph build)."""

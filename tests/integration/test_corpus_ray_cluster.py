@@ -85,4 +85,5 @@ def test_worker_node_lost_mid_job_every_row_once(tmp_path):
     local_ids, local_vectors = read(local)
     assert ids == local_ids == [str(i) for i in range(1, 601)]
     np.testing.assert_array_equal(vectors, local_vectors)
-    assert {p.name for p in out.iterdir()} == {s["file"] for s in Manifest.load(out).shards} | {"_manifest.json"}
+    listed = {s["file"] for s in Manifest.load(out).shards}
+    assert {p.name for p in out.iterdir()} == listed | {"_manifest.json", "_lock"}  # no temporary file left

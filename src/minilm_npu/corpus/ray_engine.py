@@ -21,7 +21,6 @@ On a cluster every node must see the inputs and the output directory at the same
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -35,7 +34,7 @@ import numpy as np
 from ..errors import InputError
 from .job import EmbedSettings
 from .readers import CorpusReader
-from .writer import TMP_SUFFIX, embeddings_table, fsync_dir
+from .writer import write_shard
 
 log = logging.getLogger(__name__)
 
@@ -85,26 +84,6 @@ class ShardReport:
     dimension: int = 0
 
 
-def write_unit_shard(directory: Path, name: str, ids: list[str], vectors: np.ndarray,
-                     texts: list[str] | None) -> tuple[int, str]:
-    """Write one shard atomically (temporary name, fsync, rename); returns ``(bytes, sha256)``."""
-    import pyarrow.parquet as pq
-
-    final = directory / name
-    # Per-process temporary name: a zombie attempt of the same unit never writes into this one's file.
-    tmp = final.with_name(name.replace(".parquet", f".{os.getpid()}.parquet") + TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        pq.write_table(embeddings_table(ids, vectors, texts), handle, row_group_size=max(len(ids), 1),
-                       compression="zstd")
-        handle.flush()
-        os.fsync(handle.fileno())
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    size = tmp.stat().st_size
-    os.replace(tmp, final)
-    fsync_dir(directory)
-    return size, digest
-
-
 def embed_unit(encoder: Any, reader: CorpusReader, output: Path, file: int, lo: int, hi: int,
                batch_size: int, keep_text: bool) -> ShardReport:
     """Read rows ``lo < row <= hi`` of ``file``, embed the good ones, write their shard; returns its report."""
@@ -124,8 +103,9 @@ def embed_unit(encoder: Any, reader: CorpusReader, output: Path, file: int, lo: 
                                             normalize_embeddings=True), dtype=np.float32)
         report.name = unit_shard_name(file, lo)
         report.rows, report.dimension = len(good), int(vectors.shape[1])
-        report.size, report.sha256 = write_unit_shard(output, report.name, [r.id for r in good], vectors,
-                                                      [r.text for r in good] if keep_text else None)
+        written = write_shard(output, 0, [r.id for r in good], vectors,
+                              [r.text for r in good] if keep_text else None, name=report.name)
+        report.size, report.sha256 = written.bytes, written.sha256
     return report
 
 
@@ -210,6 +190,20 @@ class RayEngine:
         args = {"num_gpus": 1} if kind == "cuda" else {"resources": {"NPU": 1}}
         return f"{kind}:0", count, args
 
+    def stream(self, reader: CorpusReader, settings: EmbedSettings,
+               start_after: tuple[int, int] | None) -> Iterator[Any]:
+        """Embed in this process: used only to re-embed a damaged committed shard (the job runs on
+        :meth:`write_shards`), which is rare and small enough not to need actors."""
+        from .job import LocalEngine
+
+        def build() -> Any:
+            from ..encoder import MiniLMEncoder
+
+            return MiniLMEncoder(model_path=self.model_path, device="auto", dtype=self.dtype, backend=self.backend)
+
+        yield from LocalEngine(self.encoder_factory or build, self.model, self.dtype).stream(reader, settings,
+                                                                                            start_after)
+
     def write_shards(self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None,
                      output: Path) -> Iterator[ShardReport]:
         """Reports of the units after ``start_after``, in input order; the shards are already in ``output``."""
@@ -219,7 +213,8 @@ class RayEngine:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         started_here = not ray.is_initialized()
         if started_here:
-            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+            # "local": without an address, start our own Ray, never attach to another cluster on this machine.
+            ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         self.driver_bytes = 0
         try:
