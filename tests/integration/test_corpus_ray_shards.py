@@ -114,3 +114,22 @@ def test_sigkill_driver_then_rerun_resumes_exactly_once(tmp_path, local_ray):
     assert ids == local_ids and len(set(ids)) == local.rows_written
     np.testing.assert_array_equal(vectors, local_vectors)
     assert {p.name for p in out.glob("part-*")} == {s["file"] for s in Manifest.load(out).shards}
+
+
+def test_damaged_ray_shard_is_reembedded_under_its_name(tmp_path, local_ray):
+    from minilm_npu.corpus.ray_engine import RayEngine
+
+    inputs = make_inputs(tmp_path)
+    out = tmp_path / "out"
+    engine = RayEngine(device="cpu", model=FakeEncoder.model_name, encoder_factory=FakeEncoder)
+    embed_corpus(inputs, out, engine, EmbedSettings(**SETTINGS))
+    before_ids, before_vectors = read(out)
+    victim = Manifest.load(out).shards[2]["file"]
+    data = bytearray((out / victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same footer: only the checksum can tell
+    (out / victim).write_bytes(bytes(data))
+    again = embed_corpus(inputs, out, engine, EmbedSettings(**SETTINGS, verify=True))
+    assert [r.split(":")[0] for r in again.repaired] == [victim]
+    ids, vectors = read(out)
+    assert ids == before_ids
+    np.testing.assert_array_equal(vectors, before_vectors)

@@ -196,13 +196,14 @@ class RayEngine:
         :meth:`write_shards`), which is rare and small enough not to need actors."""
         from .job import LocalEngine
 
-        def build() -> Any:
+        def build() -> Any:  # a function, never the factory itself: a class has an ``encode`` attribute too
+            if self.encoder_factory is not None:
+                return self.encoder_factory()
             from ..encoder import MiniLMEncoder
 
             return MiniLMEncoder(model_path=self.model_path, device="auto", dtype=self.dtype, backend=self.backend)
 
-        yield from LocalEngine(self.encoder_factory or build, self.model, self.dtype).stream(reader, settings,
-                                                                                            start_after)
+        yield from LocalEngine(build, self.model, self.dtype).stream(reader, settings, start_after)
 
     def write_shards(self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None,
                      output: Path) -> Iterator[ShardReport]:
