@@ -317,22 +317,29 @@ def _cursor(manifest: Manifest) -> tuple[int, int] | None:
     return tuple(manifest.cursor) if manifest.cursor else None
 
 
-def _run(layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
-         files: list[InputFile]) -> None:
+@contextlib.contextmanager
+def _committing(layout: Layout, manifest: Manifest, settings: EmbedSettings, files: list[InputFile]):
+    """The progress bar and the skipped-rows side file around a commit loop; marks the job complete after it."""
     show = settings.progress if settings.progress is not None else sys.stderr.isatty()
     total = count_rows(files) if show else None
     with _writing(layout):
         side = open(layout.work / SKIPPED_NAME, "ab")  # noqa: SIM115 - closed below, after the loop
     with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
               dynamic_ncols=True, smoothing=0.1) as bar, side:
+        yield bar, side
+    manifest.complete = True
+    with _writing(layout):
+        _save(layout, manifest)
+
+
+def _run(layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
+         files: list[InputFile]) -> None:
+    with _committing(layout, manifest, settings, files) as (bar, side):
         for records, vectors in stream:
             check_rows(records, settings, files)
             with _writing(layout):
                 _commit_shard(layout, manifest, records, vectors, settings, files, side)
             bar.update(len(records))
-    manifest.complete = True
-    with _writing(layout):
-        _save(layout, manifest)
 
 
 def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vectors: np.ndarray,
@@ -379,12 +386,7 @@ def _run_reports(layout: Layout, manifest: Manifest, reports: Iterator[Any], set
     The shard is already in the output directory under its final name; it becomes part of the output only when
     the manifest listing it is replaced, so a crash before that leaves an unlisted file that the next run deletes.
     """
-    show = settings.progress if settings.progress is not None else sys.stderr.isatty()
-    total = count_rows(files) if show else None
-    with _writing(layout):
-        side = open(layout.work / SKIPPED_NAME, "ab")  # noqa: SIM115 - closed below, after the loop
-    with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
-              dynamic_ncols=True, smoothing=0.1) as bar, side:
+    with _committing(layout, manifest, settings, files) as (bar, side):
         for report in reports:
             if report.bad and settings.on_error == "fail":
                 row, _, error = report.bad[0]
@@ -395,9 +397,7 @@ def _run_reports(layout: Layout, manifest: Manifest, reports: Iterator[Any], set
             with _writing(layout):
                 _commit_report(layout, manifest, report, files, side)
             bar.update(report.rows + len(report.bad))
-    manifest.complete = True
     with _writing(layout):
-        _save(layout, manifest)
         layout.tidy(manifest)  # a worker lost mid-unit may have left a temporary file; its retry wrote the shard
 
 
