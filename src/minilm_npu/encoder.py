@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backend import DEFAULT_BACKEND, DTYPES, Backend, create_backend
+from .engine.backend import DEFAULT_BACKEND, DTYPES, Backend, create_backend
 from .devices import parse_devices
 from .errors import InputError
 from .modelfiles import ModelFiles, resolve_model

@@ -76,8 +76,8 @@ def test_batch_invariance_and_order(packed32):
 
 
 def test_cls_pooling_matches_reference(packed32):
-    from minilm_npu.packed import PackedBackend
-    from minilm_npu.reference import TransformersBackend
+    from minilm_npu.engine.packed import PackedBackend
+    from minilm_npu.engine.reference import TransformersBackend
 
     cls_files = dataclasses.replace(packed32.model_files, pooling="cls")
     ids = packed32.tokenize(texts.SHORT + texts.MEDIUM)
@@ -128,7 +128,7 @@ def _pair_scores(encoder: MiniLMEncoder, stsb) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_bad_dtype_device_combinations_fail_clearly(packed32):
-    from minilm_npu.packed import PackedBackend
+    from minilm_npu.engine.packed import PackedBackend
 
     with pytest.raises(InputError, match="float16.*accelerators"):
         MiniLMEncoder(device="cpu", backend="packed", dtype="float16")
@@ -143,7 +143,7 @@ def test_bad_dtype_device_combinations_fail_clearly(packed32):
 @pytest.mark.parametrize("strategy,gears", [("per_sequence", False), ("padded", False), ("padded", True)])
 def test_every_attention_strategy_is_exact(strategy, gears, st_model):
     """The accelerator strategies (one padded block; static-shape gears as on Ascend) run here on the CPU too."""
-    from minilm_npu.devices import round_to_gear, round_to_power_of_two
+    from minilm_npu.engine.policy import round_to_gear, round_to_power_of_two
 
     encoder = MiniLMEncoder(device="cpu", backend="packed")
     backend = encoder._workers[0].backend
@@ -157,7 +157,7 @@ LINEAR_NAMES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 def test_cpu_float_layers_use_prepacked_onednn_weights(packed32):
-    from minilm_npu.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
 
     if not onednn_linear_supported():
         pytest.skip("this torch build has no oneDNN")
@@ -170,8 +170,8 @@ def test_cpu_float_layers_use_prepacked_onednn_weights(packed32):
 
 def test_plain_linear_path_is_exact_too(monkeypatch, st_model):
     """Accelerators (and CPU builds without oneDNN) run F.linear (DenseLinear): keep that path exact as well."""
-    from minilm_npu import packed
-    from minilm_npu.bert import DenseLinear
+    from minilm_npu.engine import packed
+    from minilm_npu.engine.bert import DenseLinear
 
     monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)
     encoder = MiniLMEncoder(device="cpu", backend="packed")
@@ -187,9 +187,9 @@ def test_cpu_forward_reuses_activation_memory(packed32):
     per 24-sentence batch under glibc's defaults, ~250 tuned)."""
     import resource
 
-    from minilm_npu import devices
+    from minilm_npu.engine import policy
 
-    if not devices.tune_host_allocator():
+    if not policy.tune_host_allocator():
         pytest.skip("not glibc, or this process chose its own allocator")
     for _ in range(3):
         packed32.encode(MIXED_24)

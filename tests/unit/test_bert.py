@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from minilm_npu.bert import (BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets)
-from minilm_npu.devices import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
+from minilm_npu.engine.bert import (BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets)
+from minilm_npu.engine.policy import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
 from minilm_npu.modelfiles import ModelFilesError
 
 CONFIG = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 50, "hidden_size": 8,

@@ -64,6 +64,8 @@ def test_describe_cpu():
 
 
 def test_host_allocator_left_alone_when_the_process_chose_one(monkeypatch):
-    monkeypatch.setattr(devices, "_host_allocator_tuned", None)
+    from minilm_npu.engine import policy
+
+    monkeypatch.setattr(policy, "_host_allocator_tuned", None)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    assert devices.tune_host_allocator() is False
+    assert policy.tune_host_allocator() is False

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from minilm_npu import backend as backend_module
+from minilm_npu.engine import backend as backend_module
 from minilm_npu.encoder import MiniLMEncoder
 
 

@@ -10,7 +10,7 @@ from .common import non_negative_float, positive_int
 
 def parse_dtypes(text: str) -> list[str]:
     """``float32``, ``float32,bfloat16`` or ``all`` (every dtype the package knows)."""
-    from ..backend import DTYPES
+    from ..engine.backend import DTYPES
     from ..errors import InputError
 
     if text.strip().lower() == "all":

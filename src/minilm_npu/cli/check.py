@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the doctor; 0 when every requested device passed, 1 otherwise."""
-    from ..backend import DTYPES
+    from ..engine.backend import DTYPES
     from ..errors import InputError
     from ..verify.doctor import run_doctor
     from ..verify.report import check_markdown, to_json, write_check

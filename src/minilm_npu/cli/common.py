@@ -29,7 +29,7 @@ def non_negative_float(text: str) -> float:
 
 def add_encoder_args(parser: argparse.ArgumentParser, device_default: str = "auto") -> None:
     """--model-path, --device, --dtype, --backend, --batch-size, --max-batch-tokens."""
-    from ..backend import BACKENDS, DTYPES  # light: no torch work at import beyond torch itself
+    from ..engine.backend import BACKENDS, DTYPES  # light: no torch work at import beyond torch itself
 
     parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
                         help="model directory or hub id (default: the bundled official all-MiniLM-L6-v2)")

@@ -268,7 +268,7 @@ def run_accuracy(device: str = "cpu", dtypes: Sequence[str] = ("float32",), back
     Raises:
         InputError, DeviceError, ModelFilesError: bad input, an unavailable device, a missing model.
     """
-    from ..backend import DEFAULT_BACKEND, DTYPES
+    from ..engine.backend import DEFAULT_BACKEND, DTYPES
     from ..devices import parse_devices
     from ..encoder import MiniLMEncoder
     from .environment import describe_device, fingerprint

@@ -118,7 +118,7 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
     Returns:
         The JSON-ready report.
     """
-    from ..backend import DEFAULT_BACKEND, DTYPES
+    from ..engine.backend import DEFAULT_BACKEND, DTYPES
     from ..devices import parse_devices, synchronize
     from ..encoder import MiniLMEncoder
     from .environment import describe_device, fingerprint

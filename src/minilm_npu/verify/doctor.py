@@ -127,7 +127,7 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
     Returns:
         The JSON-ready report; ``report["status"]`` is ``"ok"`` only when every requested device passed.
     """
-    from ..backend import DEFAULT_BACKEND
+    from ..engine.backend import DEFAULT_BACKEND
     from ..devices import available_devices, parse_devices
     from ..encoder import MiniLMEncoder
     from ..modelfiles import DEFAULT_MODEL_ID

@@ -268,7 +268,7 @@ def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",
     from .bench import run_bench
     from .doctor import run_doctor
 
-    from ..backend import DEFAULT_BACKEND
+    from ..engine.backend import DEFAULT_BACKEND
     from ..encoder import MiniLMEncoder
     from .accuracy import REFERENCE_BACKEND
 

@@ -1,11 +1,11 @@
 """The packed engine: the default backend. Token ids in, pooled vectors out, with no work spent on padding.
 
-:class:`PackedBackend` loads the lean BERT of :mod:`minilm_npu.bert` once per device and runs each batch as one
+:class:`PackedBackend` loads the lean BERT of :mod:`minilm_npu.engine.bert` once per device and runs each batch as one
 packed ``[total_tokens, hidden]`` tensor. Precision:
 
 * ``float32``: exact (within 1e-5 of sentence-transformers after normalisation);
 * ``bfloat16`` / ``float16``: weights and activations in that dtype; pooling (and the encoder's normalisation)
-  in float32. Which device takes which dtype is decided in :func:`minilm_npu.devices.dtype_unsupported_reason`;
+  in float32. Which device takes which dtype is decided in :func:`minilm_npu.engine.policy.dtype_unsupported_reason`;
 * ``int8`` (CPU): int8 weights with dynamic per-token activation quantization, see :class:`Int8Linear`. Its
   smoothing factors are calibrated at load time on :data:`minilm_npu.samples.CALIBRATION_TEXTS` (tokenized
   here, the one place a backend sees text).
@@ -18,14 +18,14 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+from ..modelfiles import ModelFiles
+from ..samples import CALIBRATION_TEXTS
+from ..tokenization import Tokenizer
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
-from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
-                      round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
-from .errors import InputError
-from .modelfiles import ModelFiles
-from .samples import CALIBRATION_TEXTS
-from .tokenization import Tokenizer
+from .policy import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
+                     round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def onednn_linear_supported() -> bool:
 
 
 def prepack_dense_linears(model: PackedBert) -> None:
-    """Swap every float32 :class:`~minilm_npu.bert.DenseLinear` of a CPU model for a :class:`OneDnnLinear`."""
+    """Swap every float32 :class:`~minilm_npu.engine.bert.DenseLinear` of a CPU model for a :class:`OneDnnLinear`."""
     for layer in model.layers:
         for name in ("qkv", "attn_out", "ffn_in", "ffn_out"):
             linear = getattr(layer, name)
@@ -212,7 +212,7 @@ class PackedBackend:
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
 
     def warmup(self) -> None:
-        """Run the shapes :func:`minilm_npu.devices.warmup_lengths` names once (allocation, kernel choice)."""
+        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice)."""
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
 

@@ -12,16 +12,16 @@ from typing import Protocol
 
 import torch
 
-from .errors import InputError
-from .modelfiles import ModelFiles
+from ..errors import InputError
+from ..modelfiles import ModelFiles
 
 DTYPES = ("float32", "bfloat16", "float16", "int8")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: name -> "module:class". "packed" is the fast engine, "transformers" the reference port's exact method.
 BACKENDS = {
-    "packed": "minilm_npu.packed:PackedBackend",
-    "transformers": "minilm_npu.reference:TransformersBackend",
+    "packed": "minilm_npu.engine.packed:PackedBackend",
+    "transformers": "minilm_npu.engine.reference:TransformersBackend",
 }
 DEFAULT_BACKEND = "packed"
 

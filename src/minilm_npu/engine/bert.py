@@ -3,7 +3,7 @@
 Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor. Embeddings, every linear
 layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so no FLOP is spent on
 padding. Only attention needs to know which token belongs to which sequence; it goes through a strategy chosen
-per device type (see :func:`minilm_npu.devices.attention_strategy`):
+per device type (see :func:`minilm_npu.engine.policy.attention_strategy`):
 
 * ``"per_sequence"``: one ``scaled_dot_product_attention`` call per sequence on a slice of the packed tensor;
 * ``"bucketed"``: sequences of similar length are gathered into small padded blocks (one SDPA call per block,
@@ -13,7 +13,7 @@ per device type (see :func:`minilm_npu.devices.attention_strategy`):
 Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
 Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
 into one linear layer. Linear layers are plain callables, so the int8 engine can swap its own in
-(:mod:`minilm_npu.packed`).
+(:mod:`minilm_npu.engine.packed`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .modelfiles import ModelFilesError
+from ..modelfiles import ModelFilesError
 
 ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded")
 #: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
