@@ -114,6 +114,21 @@ def _parse_one(spec: str) -> list[torch.device]:
     return [torch.device(device_type, int(index))]
 
 
+def split_devices(spec: str | torch.device) -> list[str]:
+    """The entries of a device string, stripped and lower-cased (``"NPU:0, npu:1"`` -> ``["npu:0", "npu:1"]``).
+
+    The syntax half of :func:`parse_devices`, for callers that must not ask this machine what exists (a Ray
+    driver plans actors for the cluster's devices) or that check each entry on its own (the device doctor).
+
+    Raises:
+        DeviceError: an empty string or an empty entry (``"cpu,"``).
+    """
+    parts = [part.strip().lower() for part in str(spec).split(",")]
+    if not parts or any(not part for part in parts):
+        raise _unavailable(str(spec), "is not a device name")
+    return parts
+
+
 def parse_devices(spec: str | torch.device = "auto") -> list[torch.device]:
     """Turn a device string into the list of torch devices it names.
 
@@ -128,13 +143,8 @@ def parse_devices(spec: str | torch.device = "auto") -> list[torch.device]:
     Raises:
         DeviceError: the string names no device, or one that is not available here; the message lists what is.
     """
-    if isinstance(spec, torch.device):
-        spec = str(spec)
-    parts = [part.strip().lower() for part in str(spec).split(",")]
-    if not parts or any(not part for part in parts):
-        raise _unavailable(str(spec), "is not a device name")
     devices: list[torch.device] = []
-    for part in parts:
+    for part in split_devices(spec):
         devices += _parse_one(part)
     return devices
 

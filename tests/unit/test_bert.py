@@ -100,8 +100,10 @@ def test_pack_indices(strategy):
     packed = pack(batch, strategy, torch.device("cpu"))
     assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102]
     assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
-    assert packed.seq_index.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
     assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
+    # Mean pooling weights: 1/length on each sequence's own tokens, nothing elsewhere.
+    rows = torch.arange(10.0)[:, None]
+    assert torch.mm(packed.mean_weights, rows).flatten().tolist() == [1.0, 3.5, 7.0]
     if strategy != "per_sequence":
         # Gathering into blocks and reading back through `unpad` must give every packed row once, in order.
         rows = torch.arange(10.0)[:, None]

@@ -1,6 +1,7 @@
 """The engine interface: token ids in, pooled vectors out, on one device.
 
-A backend sees token ids only (validation happens once, at the edge, in the encoder). It pads or packs as it
+A backend sees token ids only, already checked at the edge (:func:`minilm_npu.tokenization.check_token_ids`):
+non-empty, at most ``max_seq_length`` long, inside the vocabulary. It pads or packs as it
 likes, runs the forward pass on its device and pools (mean or CLS, as the model's files say). Normalisation and
 the copy back to the CPU are the encoder's post stage, shared by every backend.
 """
@@ -8,6 +9,7 @@ the copy back to the CPU are the encoder's post stage, shared by every backend.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -24,6 +26,38 @@ BACKENDS = {
     "transformers": "minilm_npu.engine.reference:TransformersBackend",
 }
 DEFAULT_BACKEND = "packed"
+
+
+def parse_dtype(dtype: object) -> str:
+    """The one dtype check: a name from :data:`DTYPES`, or InputError listing them."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return str(dtype)
+
+
+def parse_dtypes(dtypes: str | Sequence[str]) -> list[str]:
+    """Several dtypes: ``"all"``, a comma list (``"float32, int8"``) or a list of names, each checked by
+    :func:`parse_dtype`; duplicates dropped, order kept.
+
+    Raises:
+        InputError: an unknown name, or none at all.
+    """
+    if isinstance(dtypes, str):
+        if dtypes.strip().lower() == "all":
+            return list(DTYPES)
+        dtypes = dtypes.split(",")
+    names = [str(name).strip().lower() for name in dtypes if str(name).strip()]
+    if not names:
+        raise InputError(f"unknown dtype (none given); choose from {', '.join(DTYPES)} or all")
+    return list(dict.fromkeys(parse_dtype(name) for name in names))
+
+
+def parse_backend(backend: object) -> str:
+    """The one backend check: a name from :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`), or InputError."""
+    backend = DEFAULT_BACKEND if backend is None else backend
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return str(backend)
 
 
 class Backend(Protocol):
@@ -43,10 +77,7 @@ def create_backend(name: str, model_files: ModelFiles, device: torch.device, dty
     Raises:
         InputError: unknown backend or dtype, or a dtype this backend/device cannot run.
     """
-    if name not in BACKENDS:
-        raise InputError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    module_name, class_name = BACKENDS[name].split(":")
+    module_name, class_name = BACKENDS[parse_backend(name)].split(":")
+    parse_dtype(dtype)
     backend_class = getattr(importlib.import_module(module_name), class_name)
     return backend_class(model_files, device, dtype)

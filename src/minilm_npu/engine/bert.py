@@ -12,8 +12,8 @@ per device type (see :func:`minilm_npu.engine.policy.attention_strategy`):
 
 Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
 Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
-into one linear layer. Linear layers are plain callables, so the int8 engine can swap its own in
-(:mod:`minilm_npu.engine.packed`).
+into one linear layer. Linear layers are plain callables built by a factory given at construction, so the CPU
+engines choose theirs (oneDNN float32, int8) before the model exists (:mod:`minilm_npu.engine.packed`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "Ber
 IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+#: Builds one linear layer: ``(layer_index, role, weight, bias, gelu) -> Linear``; ``role`` is one of
+#: :data:`LINEAR_ROLES`, ``weight``/``bias`` are already on the model's device in its dtype.
+LinearFactory = Callable[[int, str, torch.Tensor, torch.Tensor, bool], Linear]
+LINEAR_ROLES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,6 @@ class PackedBatch:
 
     ids: torch.Tensor          # [T] int64
     positions: torch.Tensor    # [T] int64
-    seq_index: torch.Tensor    # [T] int64: which sequence each token belongs to
     starts: list[int]
     lengths: list[int]
     mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
@@ -298,8 +301,8 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
     # (tens of ms for a 600-token batch), while [B, T] @ [T, H] is a GEMM every device runs well.
     mean_weights = torch.zeros(len(batch), total)
     mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
-    return PackedBatch(ids.to(device), positions.to(device), seq_index.to(device), starts, lengths,
-                       mean_weights.to(device), buckets, unpad, strategy)
+    return PackedBatch(ids.to(device), positions.to(device), starts, lengths, mean_weights.to(device), buckets,
+                       unpad, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -335,16 +338,14 @@ class PackedBert:
         config: The architecture.
         weights: Expected name -> tensor, as :func:`load_weights` returns them.
         device: Where the model runs.
-        dtype: Float dtype of activations and dense weights (int8 engines pass float32 and swap linears).
-        make_linear: Builds a linear layer from ``(weight, bias, gelu)``, weights already on ``device`` in
-            ``dtype``, GELU to apply after the bias when ``gelu`` is True; defaults to :class:`DenseLinear`.
+        dtype: Float dtype of activations and dense weights (the int8 engine passes float32).
+        make_linear: Builds each linear layer (see :data:`LinearFactory`); defaults to :class:`DenseLinear`.
     """
 
     def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
-                 dtype: torch.dtype = torch.float32,
-                 make_linear: Callable[..., Linear] | None = None):
+                 dtype: torch.dtype = torch.float32, make_linear: LinearFactory | None = None):
         self.config, self.device, self.dtype = config, device, dtype
-        make_linear = make_linear or DenseLinear
+        make_linear = make_linear or (lambda _n, _role, weight, bias, gelu: DenseLinear(weight, bias, gelu))
 
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype).contiguous()
@@ -361,12 +362,14 @@ class PackedBert:
             qkv_b = torch.cat([weights[p + f"attention.self.{m}.bias"] for m in ("query", "key", "value")])
             cast = lambda t: t.to(device=device, dtype=dtype).contiguous()  # noqa: E731
             self.layers.append(Layer(
-                qkv=make_linear(cast(qkv_w), cast(qkv_b)),
-                attn_out=make_linear(get(p + "attention.output.dense.weight"), get(p + "attention.output.dense.bias")),
+                qkv=make_linear(n, "qkv", cast(qkv_w), cast(qkv_b), False),
+                attn_out=make_linear(n, "attn_out", get(p + "attention.output.dense.weight"),
+                                     get(p + "attention.output.dense.bias"), False),
                 ln1=(get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias")),
-                ffn_in=make_linear(get(p + "intermediate.dense.weight"), get(p + "intermediate.dense.bias"),
-                                   gelu=True),
-                ffn_out=make_linear(get(p + "output.dense.weight"), get(p + "output.dense.bias")),
+                ffn_in=make_linear(n, "ffn_in", get(p + "intermediate.dense.weight"),
+                                   get(p + "intermediate.dense.bias"), True),
+                ffn_out=make_linear(n, "ffn_out", get(p + "output.dense.weight"), get(p + "output.dense.bias"),
+                                    False),
                 ln2=(get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
             ))
 

@@ -23,9 +23,9 @@ from ..modelfiles import ModelFiles
 from ..samples import CALIBRATION_TEXTS
 from ..tokenization import Tokenizer
 from .backend import TORCH_DTYPES
-from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
-from .policy import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
-                     round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
+from .bert import BertConfig, DenseLinear, LinearFactory, PackedBert, load_weights, pack
+from .policy import (AttentionPlan, cpu_has_native_bfloat16, dtype_unsupported_reason, tune_host_allocator,
+                     warmup_lengths)
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,6 @@ def onednn_linear_supported() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def prepack_dense_linears(model: PackedBert) -> None:
-    """Swap every float32 :class:`~minilm_npu.engine.bert.DenseLinear` of a CPU model for a :class:`OneDnnLinear`."""
-    for layer in model.layers:
-        for name in ("qkv", "attn_out", "ffn_in", "ffn_out"):
-            linear = getattr(layer, name)
-            if isinstance(linear, DenseLinear) and linear.weight.dtype == torch.float32:
-                setattr(layer, name, OneDnnLinear(linear.weight, linear.bias, gelu=linear.gelu))
-
-
 class _ActivationMax:
     """Wraps a linear layer during calibration and records max |input| per channel."""
 
@@ -133,25 +124,48 @@ class _ActivationMax:
         return self.linear(x)
 
 
-def quantize_int8(model: PackedBert, calibration: list[list[int]]) -> None:
-    """Turn a float32 CPU :class:`PackedBert` into the int8 engine, in place.
+def float_linear_factory(device: torch.device, dtype: torch.dtype) -> LinearFactory:
+    """Linear layers of a float engine: :class:`OneDnnLinear` for float32 on a CPU with oneDNN, else
+    :class:`~minilm_npu.engine.bert.DenseLinear` (accelerators, bfloat16/float16, CPU builds without oneDNN)."""
+    if device.type == "cpu" and dtype == torch.float32 and onednn_linear_supported():
+        return lambda _n, _role, weight, bias, gelu: OneDnnLinear(weight, bias, gelu)
+    return lambda _n, _role, weight, bias, gelu: DenseLinear(weight, bias, gelu)
 
-    The attention output and both feed-forward layers (~80% of the FLOPs) become :class:`Int8Linear`; the fused
-    QKV projection stays float32: it is the layer most sensitive to quantization (with it in int8, the worst
-    cosine against float32 drops from ~0.992 to ~0.984 on short texts).
+
+#: The int8 engine's quantized layers: the attention output and both feed-forward layers (~80% of the FLOPs).
+#: The fused QKV projection stays float32: it is the layer most sensitive to quantization (with it in int8, the
+#: worst cosine against float32 drops from ~0.992 to ~0.984 on short texts).
+INT8_ROLES = ("attn_out", "ffn_in", "ffn_out")
+
+
+def int8_linear_factory(config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
+                        calibration: list[list[int]]) -> LinearFactory:
+    """Linear layers of the int8 CPU engine, with SmoothQuant factors calibrated on ``calibration``.
+
+    A float32 copy of the model runs the calibration batches once, recording max |input| per channel of every
+    layer in :data:`INT8_ROLES`; the factory returned builds those as :class:`Int8Linear` with their recorded
+    maxima, the rest as float32 layers.
     """
-    names = ("attn_out", "ffn_in", "ffn_out")
-    recorders = [{name: _ActivationMax(getattr(layer, name)) for name in names} for layer in model.layers]
-    for layer, recorder in zip(model.layers, recorders):
-        for name in names:
-            setattr(layer, name, recorder[name])
+    recorders: dict[tuple[int, str], _ActivationMax] = {}
+
+    def recording(n: int, role: str, weight: torch.Tensor, bias: torch.Tensor, gelu: bool):
+        linear = DenseLinear(weight, bias, gelu)
+        if role not in INT8_ROLES:
+            return linear
+        return recorders.setdefault((n, role), _ActivationMax(linear))
+
+    float_model = PackedBert(config, weights, device, torch.float32, recording)
     with torch.inference_mode():
         for start in range(0, len(calibration), 32):
-            model.forward(pack(calibration[start:start + 32], "per_sequence", model.device))
-    for layer, recorder in zip(model.layers, recorders):
-        for name in names:
-            dense = recorder[name].linear
-            setattr(layer, name, Int8Linear(dense.weight, dense.bias, gelu=dense.gelu, act_max=recorder[name].max))
+            float_model.forward(pack(calibration[start:start + 32], "per_sequence", device))
+    float_linear = float_linear_factory(device, torch.float32)
+
+    def make(n: int, role: str, weight: torch.Tensor, bias: torch.Tensor, gelu: bool):
+        if role not in INT8_ROLES:
+            return float_linear(n, role, weight, bias, gelu)
+        return Int8Linear(weight, bias, gelu=gelu, act_max=recorders[n, role].max)
+
+    return make
 
 
 def int8_linear_supported() -> bool:
@@ -166,6 +180,8 @@ class PackedBackend:
         model_files: The resolved model (BERT family, mean or CLS pooling).
         device: Where the model runs.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
+        attention: How attention blocks are laid out; default :meth:`AttentionPlan.for_device` (tests pass
+            another plan to run the accelerators' layouts on a CPU).
 
     Raises:
         InputError: a dtype this device cannot run.
@@ -174,7 +190,8 @@ class PackedBackend:
 
     name = "packed"
 
-    def __init__(self, model_files: ModelFiles, device: torch.device, dtype: str):
+    def __init__(self, model_files: ModelFiles, device: torch.device, dtype: str,
+                 attention: AttentionPlan | None = None):
         reason = dtype_unsupported_reason(device, dtype)
         if reason:
             raise InputError(reason)
@@ -187,28 +204,23 @@ class PackedBackend:
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
+        self.attention = attention or AttentionPlan.for_device(device)
         weights = load_weights(model_files.weights_path, self.config)
-        self.model = PackedBert(self.config, weights, device, TORCH_DTYPES.get(dtype, torch.float32))
+        torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
         if dtype == "int8":
-            quantize_int8(self.model, Tokenizer(model_files).encode(CALIBRATION_TEXTS))
-        if device.type == "cpu" and onednn_linear_supported():
-            prepack_dense_linears(self.model)  # float32 layers (all of them, or int8's QKV)
-        self.strategy = attention_strategy(device)
-        static = uses_static_shapes(device)
-        # Graph-mode devices compile one graph per attention-block shape: round widths to a few gears and the
-        # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
-        self._gears = round_to_gear if static else None
-        self._row_gears = round_to_power_of_two if static else None
+            calibration = Tokenizer(model_files).encode(CALIBRATION_TEXTS)
+            make_linear = int8_linear_factory(self.config, weights, device, calibration)
+        else:
+            make_linear = float_linear_factory(device, torch_dtype)
+        self.model = PackedBert(self.config, weights, device, torch_dtype, make_linear)
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
         if not batch:
             return torch.empty(0, self.config.hidden_size, device=self.device)
-        longest = max(len(ids) for ids in batch)
-        if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
-            raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
-        packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
+        plan = self.attention
+        packed = pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
 
     def warmup(self) -> None:

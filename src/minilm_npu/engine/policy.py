@@ -6,6 +6,9 @@ engine reads it once, when it is built (:class:`~minilm_npu.engine.packed.Packed
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 
@@ -120,3 +123,29 @@ def warmup_lengths(device: torch.device) -> list[list[int]]:
     if uses_static_shapes(device):
         return [[gear] for gear in STATIC_LENGTH_GEARS if gear <= 256]
     return [[8, 3]]
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How the packed engine lays out attention on one device, fixed when the engine is built.
+
+    Attributes:
+        strategy: One of :data:`minilm_npu.engine.bert.ATTENTION_STRATEGIES`.
+        gears: Width rounding of padded attention blocks (static-shape devices), or None.
+        row_gears: Rounding of a padded block's sequence count (static-shape devices), or None.
+    """
+
+    strategy: str
+    gears: Callable[[int], int] | None = None
+    row_gears: Callable[[int], int] | None = None
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> AttentionPlan:
+        """This device's plan: :func:`attention_strategy`, plus gears on static-shape devices.
+
+        Graph-mode devices compile one graph per attention-block shape: widths round to a few gears and the
+        number of sequences in a block to a power of two, so a handful of graphs serve every batch.
+        """
+        if uses_static_shapes(device):
+            return cls(attention_strategy(device), round_to_gear, round_to_power_of_two)
+        return cls(attention_strategy(device))

@@ -46,11 +46,14 @@ def probe_texts() -> list[str]:
 
 def _requested(spec: str | None) -> tuple[list[str], bool]:
     """Devices to check and whether an NPU was explicitly asked for."""
-    from ..devices import available_devices
+    from ..devices import DeviceError, available_devices, split_devices
 
     if spec is None or spec.strip().lower() in ("", "all"):
         return available_devices(), False
-    parts = [p.strip().lower() for p in spec.split(",") if p.strip()]
+    try:
+        parts = split_devices(spec)
+    except DeviceError:  # reported as that entry's failed check, beside the others
+        parts = [spec]
     return parts, any(p.startswith("npu") for p in parts)
 
 

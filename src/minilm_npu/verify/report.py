@@ -15,7 +15,6 @@ from pathlib import Path
 
 CHECK_FILES = ("check.json", "check.md")
 ACCURACY_FILES = ("accuracy.json", "accuracy.md")
-BENCH_FILES = ("bench.json", "bench.md", "bench_throughput.png", "bench_latency.png")
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
