@@ -263,6 +263,12 @@ class MiniLMEncoder:
             device, err = failures[0]
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
 
+    def engine_choices(self) -> dict[str, str]:
+        """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;
+        empty for backends that make no device-dependent choices."""
+        choices = getattr(self.workers[0].backend, "choices", None)
+        return dict(choices()) if choices else {}
+
     def warmup(self) -> None:
         """Run each device's warm-up shapes and one tiny forward pass (first-call allocation, kernel selection,
         graph builds)."""

@@ -14,18 +14,21 @@ packed ``[total_tokens, hidden]`` tensor. Precision:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..devices import exact_gelu, graph_api, torch_npu_module, varlen_attention
 from ..errors import InputError
 from ..modelfiles import ModelFiles
 from ..samples import CALIBRATION_TEXTS
 from ..tokenization import Tokenizer
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, LinearFactory, PackedBert, load_weights, pack
-from .policy import (AttentionPlan, cpu_has_native_bfloat16, dtype_unsupported_reason, tune_host_allocator,
-                     warmup_lengths)
+from .graphs import GRAPH_WIDTHS, GraphedForwards
+from .policy import (AttentionPlan, attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason,
+                     tune_host_allocator, warmup_lengths)
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +127,14 @@ class _ActivationMax:
         return self.linear(x)
 
 
-def float_linear_factory(device: torch.device, dtype: torch.dtype) -> LinearFactory:
+def float_linear_factory(device: torch.device, dtype: torch.dtype,
+                         activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> LinearFactory:
     """Linear layers of a float engine: :class:`OneDnnLinear` for float32 on a CPU with oneDNN, else
-    :class:`~minilm_npu.engine.bert.DenseLinear` (accelerators, bfloat16/float16, CPU builds without oneDNN)."""
+    :class:`~minilm_npu.engine.bert.DenseLinear` with the device's exact GELU ``activation`` (accelerators,
+    bfloat16/float16, CPU builds without oneDNN)."""
     if device.type == "cpu" and dtype == torch.float32 and onednn_linear_supported():
         return lambda _n, _role, weight, bias, gelu: OneDnnLinear(weight, bias, gelu)
-    return lambda _n, _role, weight, bias, gelu: DenseLinear(weight, bias, gelu)
+    return lambda _n, _role, weight, bias, gelu: DenseLinear(weight, bias, gelu, activation)
 
 
 #: The int8 engine's quantized layers: the attention output and both feed-forward layers (~80% of the FLOPs).
@@ -180,7 +185,7 @@ class PackedBackend:
         model_files: The resolved model (BERT family, mean or CLS pooling).
         device: Where the model runs.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
-        attention: How attention blocks are laid out; default :meth:`AttentionPlan.for_device` (tests pass
+        attention: How attention runs; default :func:`~minilm_npu.engine.policy.attention_plan` (tests pass
             another plan to run the accelerators' layouts on a CPU).
 
     Raises:
@@ -204,27 +209,56 @@ class PackedBackend:
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
-        self.attention = attention or AttentionPlan.for_device(device)
+        self.plan = attention or attention_plan(device.type, dtype)
         weights = load_weights(model_files.weights_path, self.config)
         torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
+        # Device choices, made once here: attention strategy, mask shape and gears (engine/policy.py says why),
+        # the device's exact GELU and its packed-sequence attention kernel where it has one (devices.py).
+        gelu, self.gelu_choice = exact_gelu(device.type)
         if dtype == "int8":
             calibration = Tokenizer(model_files).encode(CALIBRATION_TEXTS)
             make_linear = int8_linear_factory(self.config, weights, device, calibration)
         else:
-            make_linear = float_linear_factory(device, torch_dtype)
-        self.model = PackedBert(self.config, weights, device, torch_dtype, make_linear)
+            make_linear = float_linear_factory(device, torch_dtype, gelu)
+        self.model = PackedBert(self.config, weights, device, torch_dtype, make_linear, gelu=gelu,
+                                varlen=varlen_attention(device.type) if self.plan.strategy == "varlen" else None)
+        # Small batches on devices with graph capture replay a recorded forward pass (see graphs.py); the CPU has
+        # no launch overhead to save.
+        api = graph_api(device)
+        self.graphs = (GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
+                       if api is not None else None)
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
         if not batch:
             return torch.empty(0, self.config.hidden_size, device=self.device)
-        plan = self.attention
-        packed = pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears)
+        if self.graphs is not None:
+            pooled = self.graphs.embed(batch)
+            if pooled is not None:
+                return pooled
+        plan = self.plan
+        packed = pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears,
+                      square_mask=plan.square_mask)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
+
+    def choices(self) -> dict[str, str]:
+        """What this engine picked on its device, and why (``minilm-npu check`` reports it)."""
+        graphs = ("off (no graph API on this device, or MINILM_NPU_GRAPHS=0)" if self.graphs is None else
+                  "eager fallback (capture failed)" if self.graphs.failed else
+                  "device graphs for batches up to the padding budget, captured per (rows, width) gear")
+        choices = {"attention": f"{self.plan.strategy}: {self.plan.reason}", "gelu": self.gelu_choice,
+                   "graphs": graphs}
+        if self.device.type == "npu":
+            module = torch_npu_module()
+            choices["torch_npu"] = (f"{getattr(module, '__version__', 'unknown')} (op-plugin is built into "
+                                    "torch_npu; broadcast [rows,1,1,width] masks need op-plugin 26.1.0+)")
+        return choices
 
     def warmup(self) -> None:
         """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice)."""
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+        if self.graphs is not None:  # one query of any length: the latency-critical case
+            self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..devices import varlen_attention
+
 
 # -- host memory ---------------------------------------------------------------------------------------------
 
@@ -92,17 +94,6 @@ def dtype_unsupported_reason(device: torch.device, dtype: str) -> str | None:
     return None
 
 
-def attention_strategy(device: torch.device) -> str:
-    """How the packed engine groups tokens for attention on this device.
-
-    CPU: ``"bucketed"`` — sequences of similar length share one padded SDPA call (measured on a 2-core Zen3:
-    slightly faster than one call per sequence on mixed batches, and far faster than one padded block, whose
-    quadratic attention cost is driven by the longest sequence). Accelerators: ``"padded"`` — one
-    length-sorted padded block, one kernel launch per layer, no host-side loops.
-    """
-    return "bucketed" if device.type == "cpu" else "padded"
-
-
 def uses_static_shapes(device: torch.device) -> bool:
     """Graph-mode devices (Ascend) recompile per new shape, so padded blocks are rounded to a few gears."""
     return device.type == "npu"
@@ -127,25 +118,54 @@ def warmup_lengths(device: torch.device) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """How the packed engine lays out attention on one device, fixed when the engine is built.
+    """How the packed engine runs attention on a device, and why (``minilm-npu check`` prints both); fixed when
+    the engine is built.
 
     Attributes:
-        strategy: One of :data:`minilm_npu.engine.bert.ATTENTION_STRATEGIES`.
+        strategy: ``"per_sequence"``, ``"bucketed"``, ``"padded"`` or ``"varlen"`` (see
+            :mod:`minilm_npu.engine.bert`).
+        square_mask: Padded blocks get a full ``[rows, 1, width, width]`` key mask instead of a broadcast
+            ``[rows, 1, 1, width]`` one.
+        reason: One line on why.
         gears: Width rounding of padded attention blocks (static-shape devices), or None.
         row_gears: Rounding of a padded block's sequence count (static-shape devices), or None.
     """
 
     strategy: str
+    square_mask: bool = False
+    reason: str = ""
     gears: Callable[[int], int] | None = None
     row_gears: Callable[[int], int] | None = None
 
-    @classmethod
-    def for_device(cls, device: torch.device) -> AttentionPlan:
-        """This device's plan: :func:`attention_strategy`, plus gears on static-shape devices.
 
-        Graph-mode devices compile one graph per attention-block shape: widths round to a few gears and the
-        number of sequences in a block to a power of two, so a handful of graphs serve every batch.
-        """
-        if uses_static_shapes(device):
-            return cls(attention_strategy(device), round_to_gear, round_to_power_of_two)
-        return cls(attention_strategy(device))
+def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
+    """Pick the attention strategy for a device type and dtype.
+
+    * CPU: ``"bucketed"``: sequences of similar length share one padded SDPA call (measured on a 2-core Zen3:
+      slightly faster than one call per sequence on mixed batches, far faster than one padded block, whose
+      quadratic cost is driven by the longest sequence).
+    * CUDA (and MPS): ``"padded"``: one length-sorted padded block, one SDPA launch per layer.
+    * Ascend, float16/bfloat16 with torch_npu's ``npu_fusion_attention``: ``"varlen"``: the flash kernel on the
+      packed ``[tokens, heads, head_dim]`` tensor with cumulative lengths (``input_layout="TND"``), as
+      vllm-ascend runs encoder attention: no padding, no gathers, no mask. Its documented query dtypes are
+      float16/bfloat16, so float32 does not take it.
+    * Ascend otherwise: ``"padded"`` with a square mask: SDPA on the NPU dispatches to ``npu_fusion_attention``,
+      which takes bool masks shaped ``[B,N,S,S]``, ``[B,1,S,S]``, ``[1,1,S,S]`` or ``[S,S]``; broadcasting a
+      ``[B,1,1,S]`` mask only arrived in op-plugin 26.1.0 (Ascend/op-plugin), older releases fail with
+      "unsupported atten_mask shape".
+
+    Graph-mode devices (Ascend) compile one graph per attention-block shape, so their padded blocks round widths
+    to :data:`STATIC_LENGTH_GEARS` and sequence counts to powers of two: a handful of graphs serve every batch.
+    """
+    if device_type == "cpu":
+        return AttentionPlan("bucketed", False, "CPU: similar-length sequences share one SDPA call")
+    if device_type != "npu":
+        return AttentionPlan("padded", False, "one length-sorted padded SDPA block per layer")
+    gears = {"gears": round_to_gear, "row_gears": round_to_power_of_two}
+    if dtype in ("float16", "bfloat16") and varlen_attention(device_type) is not None:
+        return AttentionPlan("varlen", False, "torch_npu.npu_fusion_attention, TND layout, cumulative lengths: "
+                                              "packed tokens, no padding, no mask", **gears)
+    why = ("float32: npu_fusion_attention's TND path is documented for float16/bfloat16 only"
+           if dtype not in ("float16", "bfloat16") else "this torch_npu has no npu_fusion_attention")
+    return AttentionPlan("padded", True, f"padded SDPA with a full [rows,1,width,width] mask ({why}; op-plugin "
+                                         "before 26.1.0 rejects broadcast [rows,1,1,width] masks)", **gears)
