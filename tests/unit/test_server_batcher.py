@@ -22,6 +22,18 @@ def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=60))
 
 
+def _embed_once(batcher, ids):
+    """Start the batcher, embed one request, close it."""
+    async def main():
+        batcher.start()
+        try:
+            return await batcher.embed(ids)
+        finally:
+            batcher.close()
+
+    return _run(main())
+
+
 def _requests(fake, n, seed=0):
     rng = random.Random(seed)
     out = []
@@ -57,15 +69,7 @@ def test_token_budget_splits_a_large_request():
     fake = FakeEncoder(max_batch_tokens=100)
     batcher = Batcher(fake)
     ids = [[101] + [2000] * 48 + [102]] * 5  # 50 tokens each: two per batch
-
-    async def main():
-        batcher.start()
-        try:
-            return await batcher.embed(ids)
-        finally:
-            batcher.close()
-
-    out = _run(main())
+    out = _embed_once(batcher, ids)
     assert out.shape == (5, 384) and fake.batches == [2, 2, 1]
 
 
@@ -74,15 +78,7 @@ def test_sequence_cap_bounds_the_forward_batch():
     fake = FakeEncoder(batch_size=3)
     batcher = Batcher(fake)
     ids = [[101, 2000 + i, 102] for i in range(7)]
-
-    async def main():
-        batcher.start()
-        try:
-            return await batcher.embed(ids)
-        finally:
-            batcher.close()
-
-    out = _run(main())
+    out = _embed_once(batcher, ids)
     assert fake.batches == [3, 3, 1]
     np.testing.assert_array_equal(out, np.stack([fake.vector(seq) for seq in ids]))
 
