@@ -1,8 +1,8 @@
 """What the server, the corpus engines and ``verify`` may use of an encoder: the :class:`Encoder` protocol.
 
 :class:`~minilm_npu.encoder.MiniLMEncoder` implements it, and so do the test fakes (a test checks both against
-this protocol, signatures included, so a fake cannot drift from the real thing). Nothing outside the encoder
-reaches past it: no ``getattr(encoder, name, default)`` probing.
+this protocol, signatures included, so a fake cannot drift from the real thing). The server uses nothing
+else and probes nothing (no ``getattr(encoder, name, default)``).
 """
 
 from __future__ import annotations
