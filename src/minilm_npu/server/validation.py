@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..contract import Encoder
+from ..errors import InputError
 from ..tokenization import TokenIdError, check_token_ids
 from .errors import ApiError
 
@@ -74,7 +75,14 @@ def prepare_inputs(inputs: Any, encoder: Encoder, *, max_client_batch_size: int,
         raise ApiError(400, f"{param} has {count} items; this server takes at most {max_client_batch_size} "
                             f"per request (--max-client-batch-size)", param=param)
     if texts is not None:
-        ids = encoder.tokenize(texts, truncate=truncate and check_length)
+        try:
+            ids = encoder.tokenize(texts, truncate=truncate and check_length)
+        except InputError as err:  # e.g. a lone surrogate, which JSON's "\ud800" escapes can carry
+            index, reason = getattr(err, "index", None), getattr(err, "reason", None)
+            if index is None or reason is None:
+                raise ApiError(400, str(err), param=param) from err
+            name = param if isinstance(inputs, str) else f"{param}[{index}]"
+            raise ApiError(400, f"{name} {reason}", param=param) from err
         if check_length and not truncate:
             for index, seq in enumerate(ids):
                 if len(seq) > limit:
