@@ -27,6 +27,8 @@ from .engine.backend import Backend, create_backend
 from .errors import InputError
 from .modelfiles import ModelFiles, resolve_model
 from .scheduling import DevicePool
+from .st_compat import SentenceTransformerSurface
+from .st_compat import encode as encode_st_compatible
 from .tokenization import Tokenizer, check_token_ids
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,12 @@ class DeviceWorker:
                 warmup()
 
 
-class MiniLMEncoder:
+class MiniLMEncoder(SentenceTransformerSurface):
     """Sentence embeddings with all-MiniLM-L6-v2 (or another BERT-family sentence-transformers model).
+
+    A drop-in for ``SentenceTransformer``: ``encode`` also takes its keyword arguments, and ``similarity``,
+    ``encode_query``, ``max_seq_length`` (settable) and the rest come from
+    :class:`~minilm_npu.st_compat.SentenceTransformerSurface`.
 
     Args:
         model_path, device, dtype, backend, max_batch_tokens, batch_size: As :class:`EncoderConfig` (the
@@ -154,11 +160,6 @@ class MiniLMEncoder:
         return self.model_files.hidden_size
 
     @property
-    def max_seq_length(self) -> int:
-        """Token limit, special tokens included (256), from sentence_bert_config.json."""
-        return self.model_files.max_seq_length
-
-    @property
     def model_name(self) -> str:
         """The model's hub id or directory name."""
         return self.model_files.name
@@ -190,7 +191,8 @@ class MiniLMEncoder:
 
     # -- core + post -----------------------------------------------------------------------------------------
     def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
-               normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+               normalize_embeddings: bool = True, show_progress_bar: bool | None = False,
+               **st_options) -> np.ndarray:
         """Embed texts.
 
         Args:
@@ -199,14 +201,36 @@ class MiniLMEncoder:
             batch_size: Most sequences per forward pass (default ``config.batch_size``, 32).
             normalize_embeddings: L2-normalise each vector (the model's own Normalize module).
             show_progress_bar: Show a tqdm bar.
+            **st_options: sentence-transformers' ``encode`` arguments (``convert_to_tensor``, ``precision``,
+                ``output_value``, ``prompt``, ...), with its meaning and output types; see
+                :func:`minilm_npu.st_compat.encode`. Anything else is an :class:`InputError` naming it.
 
         Returns:
             float32 array ``(N, dimension)`` in input order, or ``(dimension,)`` for a single string.
         """
+        if st_options or show_progress_bar is None:
+            return encode_st_compatible(self, sentences, batch_size, normalize_embeddings, show_progress_bar,
+                                        **st_options)
         single = isinstance(sentences, str)
         texts = [sentences] if single else self._check_texts(sentences)
         vectors = self._encode_ids(self.tokenize(texts), batch_size, normalize_embeddings, show_progress_bar)
         return vectors[0] if single else vectors
+
+    def token_embeddings(self, sentences: Sequence[str], batch_size: int | None = None,
+                         show_progress_bar: bool = False) -> list[torch.Tensor]:
+        """Last-layer hidden states per text, special tokens included: float32 ``[tokens, dimension]`` tensors on
+        the first device, in input order (sentence-transformers' ``output_value="token_embeddings"``)."""
+        ids = self.tokenize(self._check_texts(sentences))
+        batch_size = self._batch_size(batch_size)
+        worker, out = self.workers[0], [None] * len(ids)
+        with tqdm(total=len(ids), disable=not show_progress_bar, unit="text", desc="encode") as bar:
+            for batch in plan_batches([len(x) for x in ids], batch_size, self.config.max_batch_tokens):
+                with worker.lock:
+                    states = worker.backend.token_embeddings([ids[i] for i in batch])
+                for index, state in zip(batch, states):
+                    out[index] = state
+                bar.update(len(batch))
+        return out
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
                          normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
@@ -218,11 +242,16 @@ class MiniLMEncoder:
         ids = check_token_ids(token_ids, self.tokenizer.vocab_size, self.max_seq_length)
         return self._encode_ids(ids, batch_size, normalize_embeddings, show_progress_bar)
 
-    def _encode_ids(self, ids: list[list[int]], batch_size: int | None, normalize: bool,
-                    progress: bool) -> np.ndarray:
+    def _batch_size(self, batch_size: int | None) -> int:
+        """``batch_size``, or ``config.batch_size`` for None; InputError unless a positive integer."""
         batch_size = self.config.batch_size if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
+        return batch_size
+
+    def _encode_ids(self, ids: list[list[int]], batch_size: int | None, normalize: bool,
+                    progress: bool) -> np.ndarray:
+        batch_size = self._batch_size(batch_size)
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
             return out

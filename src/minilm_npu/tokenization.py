@@ -73,6 +73,11 @@ class Tokenizer:
         self._full.no_truncation()
         self.vocab_size = self._full.get_vocab_size()
 
+    def set_max_seq_length(self, max_seq_length: int) -> None:
+        """Truncate at ``max_seq_length`` tokens from now on (the caller checks it against the model's limit)."""
+        self.max_seq_length = max_seq_length
+        self._truncating.enable_truncation(max_length=max_seq_length)
+
     def _prepare(self, texts: Sequence[str]) -> list[str]:
         # As sentence-transformers does: surrounding whitespace is stripped, and lower-cased when the
         # sentence-transformers config says so (the BERT normaliser lower-cases this model anyway).

@@ -24,7 +24,10 @@ def _assert_implements(obj, protocol) -> None:
     for name, expected in _protocol_methods(protocol).items():
         got = inspect.signature(getattr(obj, name))
         wanted = [(p.name, p.default) for p in list(expected.parameters.values())[1:]]  # without self
-        assert [(p.name, p.default) for p in got.parameters.values()] == wanted, \
+        # Every parameter of the protocol, in order, with its default; an implementation may take extra keyword
+        # options (**kwargs: the real encode's sentence-transformers options) and nothing else.
+        params = [(p.name, p.default) for p in got.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        assert params == wanted, \
             f"{type(obj).__name__}.{name}{got} differs from {protocol.__name__}.{name}{expected}"
 
 

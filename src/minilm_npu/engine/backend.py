@@ -70,6 +70,9 @@ class Backend(Protocol):
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
 
+    def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
+
 
 def create_backend(name: str, model_files: ModelFiles, device: torch.device, dtype: str) -> Backend:
     """Build backend ``name`` for one device.

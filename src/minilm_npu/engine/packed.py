@@ -25,7 +25,7 @@ from ..modelfiles import ModelFiles
 from ..samples import CALIBRATION_TEXTS
 from ..tokenization import Tokenizer
 from .backend import TORCH_DTYPES
-from .bert import BertConfig, DenseLinear, LinearFactory, PackedBert, load_weights, pack
+from .bert import BertConfig, DenseLinear, LinearFactory, PackedBatch, PackedBert, load_weights, pack
 from .graphs import GRAPH_WIDTHS, GraphedForwards
 from .policy import (AttentionPlan, attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason,
                      tune_host_allocator, warmup_lengths)
@@ -228,6 +228,11 @@ class PackedBackend:
         self.graphs = (GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
                        if api is not None else None)
 
+    def _pack(self, batch: list[list[int]]) -> PackedBatch:
+        plan = self.plan
+        return pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears,
+                    square_mask=plan.square_mask)
+
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
@@ -237,10 +242,16 @@ class PackedBackend:
             pooled = self.graphs.embed(batch)
             if pooled is not None:
                 return pooled
-        plan = self.plan
-        packed = pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears,
-                      square_mask=plan.square_mask)
+        packed = self._pack(batch)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
+
+    @torch.inference_mode()
+    def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
+        if not batch:
+            return []
+        packed = self._pack(batch)
+        return list(self.model.forward(packed).float().split(packed.lengths))
 
     def choices(self) -> dict[str, str]:
         """What this engine picked on its device, and why (``minilm-npu check`` reports it)."""
