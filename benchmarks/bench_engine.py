@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from minilm_npu import MiniLMEncoder  # noqa: E402
-from minilm_npu.devices import (describe, dtype_unsupported_reason, parse_devices, synchronize,  # noqa: E402
-                               tune_host_allocator)
+from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.engine.policy import dtype_unsupported_reason, tune_host_allocator  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
 
 DEFAULT_STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev.tsv"
@@ -78,7 +78,7 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
     """Best measured linear-layer rate per dtype (operations/s) and memory read bandwidth (bytes/s)."""
     import torch.nn.functional as F
 
-    from minilm_npu.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
 
     m, k, n = 2048, 384, 1536
     ops = 2 * m * k * n
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict:
         corpus = corpus[:600]
     results: dict = {"device": describe(device).name, "device_type": device.type, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "machine": platform.platform(), "rows": []}
-    from minilm_npu.bert import BertConfig
+    from minilm_npu.engine.bert import BertConfig
     from minilm_npu.modelfiles import resolve_model
     from minilm_npu.tokenization import Tokenizer
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import EncoderConfig
+from ..devices import split_devices
 from ..errors import InputError
 from .job import EmbedSettings
 from .readers import CorpusReader
@@ -113,7 +115,7 @@ class EmbedWorker:
     """The body of a Ray actor: one encoder on one device, embedding and writing units."""
 
     def __init__(self, reader: CorpusReader, output: str, factory: Callable[[], Any] | None,
-                 encoder_kwargs: dict, threads: int | None):
+                 config: EncoderConfig, threads: int | None):
         if threads:
             import torch
 
@@ -121,7 +123,7 @@ class EmbedWorker:
         if factory is None:
             from ..encoder import MiniLMEncoder
 
-            self.encoder = MiniLMEncoder(**encoder_kwargs)
+            self.encoder = MiniLMEncoder.from_config(config)
         else:
             self.encoder = factory()
         self.reader, self.output = reader, Path(output)
@@ -135,40 +137,40 @@ class RayEngine:
     """Embeds on Ray actors that write their own shards; see the module docstring.
 
     Args:
-        model_path, device, dtype, backend, max_batch_tokens: As for :class:`~minilm_npu.MiniLMEncoder`;
-            ``device`` picks the actor kind and count: ``auto`` (NPU, then GPU, then CPU, all the cluster has),
+        config: The encoder's settings (each actor gets a copy with its own device); ``config.device`` picks the
+            actor kind and count: ``auto`` (NPU, then GPU, then CPU, all the cluster has),
             ``cpu`` / ``cpu,cpu`` (that many CPU actors), ``cuda`` / ``npu`` (every card in the cluster) or a list
             such as ``npu:0,npu:1`` (that many actors).
         address: An existing cluster (``ray://host:10001`` or ``auto``); None starts a local Ray (or uses the
             one already initialised in this process).
         num_cpus: CPUs for a local Ray (None: all).
-        model: Model name for the fingerprint (default: resolved from ``model_path``).
+        model: Model name for the fingerprint (default: resolved from ``config.model_path``).
         encoder_factory: A picklable zero-argument callable building the encoder inside each actor, instead of
             ``MiniLMEncoder`` (tests use a fake one).
+        **settings: Instead of ``config``: its fields (``device="cpu"``, ``dtype=...``).
 
     Attributes:
         driver_bytes: Pickled bytes of the reports the driver received in the last job (what crossed to it).
     """
 
-    def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "float32",
-                 backend: str | None = None, max_batch_tokens: int | None = None, address: str | None = None,
+    def __init__(self, config: EncoderConfig | None = None, address: str | None = None,
                  num_cpus: int | None = None, model: str | None = None,
-                 encoder_factory: Callable[[], Any] | None = None):
+                 encoder_factory: Callable[[], Any] | None = None, **settings: Any):
         import_ray()
+        self.config = config or EncoderConfig(**settings)
         if model is None:
             from ..modelfiles import resolve_model
 
-            model = resolve_model(model_path).name
-        self.model, self.dtype = model, dtype
-        self.model_path, self.device, self.backend = model_path, device, backend
-        self.max_batch_tokens, self.address, self.num_cpus = max_batch_tokens, address, num_cpus
+            model = resolve_model(self.config.model_path).name
+        self.model, self.dtype, self.device = model, self.config.dtype, self.config.device
+        self.address, self.num_cpus = address, num_cpus
         self.encoder_factory = encoder_factory
         self.driver_bytes = 0
 
     def _actors(self, ray: Any) -> tuple[str, int, dict]:
         """(device string inside an actor, actor count, ray resource arguments per actor)."""
         resources = ray.cluster_resources()
-        spec = [s.strip().lower() for s in self.device.split(",") if s.strip()] or ["auto"]
+        spec = split_devices(self.device)
         kind = spec[0].split(":")[0]
         if kind == "auto":
             kind = "npu" if resources.get("NPU", 0) >= 1 else "cuda" if resources.get("GPU", 0) >= 1 else "cpu"
@@ -201,7 +203,7 @@ class RayEngine:
                 return self.encoder_factory()
             from ..encoder import MiniLMEncoder
 
-            return MiniLMEncoder(model_path=self.model_path, device="auto", dtype=self.dtype, backend=self.backend)
+            return MiniLMEncoder.from_config(self.config.replace(device="auto"))
 
         yield from LocalEngine(build, self.model, self.dtype).stream(reader, settings, start_after)
 
@@ -233,12 +235,10 @@ class RayEngine:
                   start_after: tuple[int, int] | None, output: Path) -> Iterator[ShardReport]:
         device, count, remote = self._actors(ray)
         threads = remote.pop("_threads", None)
-        kwargs = {"model_path": self.model_path, "device": device, "dtype": self.dtype, "backend": self.backend}
-        if self.max_batch_tokens:
-            kwargs["max_batch_tokens"] = self.max_batch_tokens
         # A lost node's actors are restarted elsewhere and their pending units rerun (same range, same name).
         actor_class = ray.remote(max_restarts=-1, max_task_retries=-1, **remote)(EmbedWorker)
-        actors = [actor_class.remote(reader, str(output), self.encoder_factory, kwargs, threads)
+        actors = [actor_class.remote(reader, str(output), self.encoder_factory,
+                                     self.config.replace(device=device), threads)
                   for _ in range(count)]
         width = settings.shard_rows
         file, lo = (start_after[0], start_after[1]) if start_after else (0, 0)

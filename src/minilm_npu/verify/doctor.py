@@ -47,11 +47,14 @@ def probe_texts() -> list[str]:
 
 def _requested(spec: str | None) -> tuple[list[str], bool]:
     """Devices to check and whether an NPU was explicitly asked for."""
-    from ..devices import available_devices
+    from ..devices import DeviceError, available_devices, split_devices
 
     if spec is None or spec.strip().lower() in ("", "all"):
         return available_devices(), False
-    parts = [p.strip().lower() for p in spec.split(",") if p.strip()]
+    try:
+        parts = split_devices(spec)
+    except DeviceError:  # reported as that entry's failed check, beside the others
+        parts = [spec]
     return parts, any(p.startswith("npu") for p in parts)
 
 
@@ -129,7 +132,7 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
     Returns:
         The JSON-ready report; ``report["status"]`` is ``"ok"`` only when every requested device passed.
     """
-    from ..backend import DEFAULT_BACKEND
+    from ..engine.backend import DEFAULT_BACKEND
     from ..devices import available_devices, parse_devices
     from ..encoder import MiniLMEncoder
     from ..modelfiles import DEFAULT_MODEL_ID

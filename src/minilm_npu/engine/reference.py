@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+from ..modelfiles import ModelFiles
 from .backend import TORCH_DTYPES
-from .errors import InputError
-from .modelfiles import ModelFiles
 
 
 def pad_batch(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
