@@ -80,6 +80,65 @@ def kernel_plan(flags: frozenset[str] | None = None) -> dict[str, str]:
     return {
         "float32": f"oneDNN linear on a pre-reordered weight ({float32_isa(flags)})",
         "int8": f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in float32",
-        "bfloat16": (f"oneDNN bfloat16 linear ({bf16})" if bf16 else
+        "bfloat16": (f"oneDNN bfloat16 linear on a pre-reordered weight ({bf16})" if bf16 else
                      "torch bfloat16 GEMM, emulated through float32 (no AVX512-BF16/AMX: slower than float32)"),
     }
+
+
+class SmallBatchThreads:
+    """Runs small CPU forwards on one thread or on all of torch's threads, whichever this machine runs faster.
+
+    Why: a forward of a few tokens is a few hundred tiny kernels, each an OpenMP parallel region that ends in a
+    barrier. On a quiet machine two threads still help a little; on a machine whose cores are shared (a busy
+    server, a CI box, a VM), the barrier waits for a thread the OS has not scheduled, and each kernel costs a
+    scheduler time slice: measured on a loaded 2-core Zen 4, one short sentence took 30-140 ms with 2 threads and
+    9-30 ms with 1. Which side wins depends on the load, not on the CPU, so it is measured as the engine runs:
+    both choices are timed on the first calls, then the faster is used, and the other is tried again every
+    ``explore_every`` calls so a change of load is noticed. Large forwards always use every thread.
+
+    ``torch.set_num_threads`` is process-wide: the choice applies to the whole process for the forward's
+    duration (the engine's forward is the only compute a serving process runs).
+
+    Args:
+        max_tokens: Forwards of at most this many tokens are "small".
+        explore_every: Calls between two tries of the currently slower choice.
+    """
+
+    def __init__(self, max_tokens: int = 128, explore_every: int = 32):
+        import torch
+
+        self.max_tokens, self.explore_every = max_tokens, explore_every
+        self.all_threads = torch.get_num_threads()
+        self.seconds_per_token: dict[int, float] = {}
+        self.calls = 0
+
+    def choice(self) -> int:
+        """The thread count the next small forward runs with."""
+        untried = [n for n in (1, self.all_threads) if n not in self.seconds_per_token]
+        if untried:
+            return untried[0]
+        best = min(self.seconds_per_token, key=self.seconds_per_token.get)
+        other = self.all_threads if best == 1 else 1
+        return other if self.calls % self.explore_every == 0 else best
+
+    def run(self, tokens: int, forward):
+        """``forward()``, on the thread count this object picks when ``tokens`` is small."""
+        import time
+
+        import torch
+
+        if tokens > self.max_tokens or self.all_threads <= 1:
+            return forward()
+        self.calls += 1
+        threads = self.choice()
+        if threads != self.all_threads:
+            torch.set_num_threads(threads)
+        start = time.perf_counter()
+        try:
+            return forward()
+        finally:
+            elapsed = (time.perf_counter() - start) / (tokens + 16)  # + fixed per-forward work, as tokens
+            if threads != self.all_threads:
+                torch.set_num_threads(self.all_threads)
+            previous = self.seconds_per_token.get(threads)
+            self.seconds_per_token[threads] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
+from .cpu_kernels import SmallBatchThreads
 from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
                       round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
 from .errors import InputError
@@ -93,14 +94,15 @@ class OneDnnLinear:
     normalisation. GELU stays a separate exact ``F.gelu``: oneDNN's fused erf-GELU post-op measured slower.
 
     Args:
-        weight: ``[out, in]`` float32 weight.
-        bias: ``[out]`` float32 bias.
+        weight: ``[out, in]`` float32 (or, on AVX512-BF16/AMX CPUs, bfloat16) weight.
+        bias: ``[out]`` bias, cast to the weight's dtype.
         gelu: Apply exact GELU after the bias.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False):
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.float().contiguous(), None)
-        self.bias, self.gelu = bias.float().contiguous(), gelu
+        dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float32
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype).contiguous(), None)
+        self.bias, self.gelu = bias.to(dtype).contiguous(), gelu
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
@@ -113,11 +115,14 @@ def onednn_linear_supported() -> bool:
 
 
 def prepack_dense_linears(model: PackedBert) -> None:
-    """Swap every float32 :class:`~minilm_npu.bert.DenseLinear` of a CPU model for a :class:`OneDnnLinear`."""
+    """Swap every :class:`~minilm_npu.bert.DenseLinear` of a CPU model for a :class:`OneDnnLinear`: float32 ones,
+    and bfloat16 ones where the CPU has bfloat16 hardware (there oneDNN's bf16 kernel with a pre-reordered weight
+    measured ~1.6x faster than ``F.linear``'s at a few tokens, the same at hundreds, on a Zen 4)."""
+    kinds = {torch.float32} | ({torch.bfloat16} if cpu_has_native_bfloat16() else set())
     for layer in model.layers:
         for name in ("qkv", "attn_out", "ffn_in", "ffn_out"):
             linear = getattr(layer, name)
-            if isinstance(linear, DenseLinear) and linear.weight.dtype == torch.float32:
+            if isinstance(linear, DenseLinear) and linear.weight.dtype in kinds:
                 setattr(layer, name, OneDnnLinear(linear.weight, linear.bias, gelu=linear.gelu))
 
 
@@ -192,13 +197,15 @@ class PackedBackend:
         if dtype == "int8":
             quantize_int8(self.model, Tokenizer(model_files).encode(CALIBRATION_TEXTS))
         if device.type == "cpu" and onednn_linear_supported():
-            prepack_dense_linears(self.model)  # float32 layers (all of them, or int8's QKV)
+            prepack_dense_linears(self.model)  # float32 layers (all of them, or int8's QKV), native bfloat16
         self.strategy = attention_strategy(device)
         static = uses_static_shapes(device)
         # Graph-mode devices compile one graph per attention-block shape: round widths to a few gears and the
         # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
         self._gears = round_to_gear if static else None
         self._row_gears = round_to_power_of_two if static else None
+        # CPU: small forwards on 1 thread or all, whichever measures faster under this machine's load.
+        self._threads = SmallBatchThreads() if device.type == "cpu" else None
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
@@ -208,6 +215,11 @@ class PackedBackend:
         longest = max(len(ids) for ids in batch)
         if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
             raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
+        if self._threads is not None:
+            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch))
+        return self._embed(batch)
+
+    def _embed(self, batch: list[list[int]]) -> torch.Tensor:
         packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
 
