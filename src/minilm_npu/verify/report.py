@@ -93,7 +93,13 @@ def check_markdown(report: dict) -> str:
                     [[c["device"], c["name"] or "—", _memory(c["total_memory_bytes"]), c["status"],
                       _num(c["min_cosine"]), _num(c["max_abs_error"], sci=True), _num(c["first_encode_s"], 2),
                       c["message"].replace("|", "\\|")] for c in report["checks"]])
-    lines += ["", f"NPU: {report['npu']['summary']}.", "", "## Ascend settings", ""]
+    lines += ["", f"NPU: {report['npu']['summary']}.", ""]
+    if report.get("cpu_kernels"):
+        lines += ["## CPU kernels", "", f"ISA: {report['cpu_kernels']['isa']}", ""]
+        lines += _table(["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
+                        [[dtype, kernel] for dtype, kernel in report["cpu_kernels"]["kernels"].items()])
+        lines += [""]
+    lines += ["## Ascend settings", ""]
     lines += _table(["Setting", "Value", "What it means"],
                     [[("⚠ " if s["warning"] else "") + s["name"], f"`{s['value']}`", s["meaning"]]
                      for s in report["ascend_settings"]])
