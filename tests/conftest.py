@@ -11,15 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STSB_DEV = REPO_ROOT.parent / "shared" / "data" / "stsb-dev.tsv"
+STSB_DEV = Path(os.environ.get("MINILM_TEST_STSB") or REPO_ROOT.parent / "shared" / "data" / "stsb-dev.tsv")
+#: The device tests/integration/test_device_path.py runs on (e.g. ``cuda:0`` on a GPU machine); the rest is CPU.
+TEST_DEVICE = os.environ.get("MINILM_TEST_DEVICE", "cpu")
+#: A model directory to test with instead of the bundled one (a GPU machine gets a float16 copy, see
+#: benchmarks/make_gpu_bundle.py).
+TEST_MODEL = os.environ.get("MINILM_TEST_MODEL") or None
 
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    """The bundled official all-MiniLM-L6-v2 directory."""
+    """The model under test: the bundled official all-MiniLM-L6-v2 directory unless MINILM_TEST_MODEL is set."""
     from minilm_npu.modelfiles import bundled_model_dir
 
-    return bundled_model_dir()
+    return Path(TEST_MODEL) if TEST_MODEL else bundled_model_dir()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ per device type (see :func:`minilm_npu.devices.attention_strategy`):
 * ``"per_sequence"``: one ``scaled_dot_product_attention`` call per sequence on a slice of the packed tensor;
 * ``"bucketed"``: sequences of similar length are gathered into small padded blocks (one SDPA call per block,
   with a key mask), then scattered back — padding only inside attention, and little of it;
-* ``"padded"``: a single padded block (the length-sorted batch); what accelerators like best.
+* ``"padded"``: a single padded block (the length-sorted batch); what accelerators like best;
+* ``"varlen"``: one call of a device kernel that takes the packed tokens and cumulative lengths directly (Ascend's
+  ``npu_fusion_attention`` with ``input_layout="TND"``, given as ``PackedBert(varlen=...)``).
 
 Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
 Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
@@ -27,9 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
 from .modelfiles import ModelFilesError
 
-ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded")
+ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded", "varlen")
 #: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
 BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
 #: Checkpoint entries that are allowed but unused: a buffer and the task heads sentence embeddings never use.
@@ -195,12 +198,13 @@ class Bucket:
     """Sequences whose attention runs as one padded block.
 
     Attributes:
-        gather: ``[n, width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked).
+        gather: ``[n * width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked);
+            None when the packed tensor already is the block (the static-shape layout of :mod:`.graphs`).
         mask: ``[n, 1, 1, width]`` bool, True on real keys; None when no sequence is padded.
         lengths: The real length of each of the block's sequences.
     """
 
-    gather: torch.Tensor
+    gather: torch.Tensor | None
     mask: torch.Tensor | None
     lengths: list[int]
 
@@ -219,7 +223,7 @@ class PackedBatch:
     lengths: list[int]
     mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
     buckets: list[Bucket]
-    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order
+    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
     strategy: str
 
 
@@ -241,7 +245,7 @@ def plan_buckets(lengths: Sequence[int], slack: float = 0.25, max_rows: int = 64
 
 def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, slack: float = 0.25,
          gears: Callable[[int], int] | None = None,
-         row_gears: Callable[[int], int] | None = None) -> PackedBatch:
+         row_gears: Callable[[int], int] | None = None, square_mask: bool = False) -> PackedBatch:
     """Lay a batch of token-id lists end to end and precompute the attention plan.
 
     Args:
@@ -252,6 +256,8 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
         gears: Optional width rounding for padded blocks (static shapes on graph-mode devices).
         row_gears: Optional rounding of a padded block's sequence count (e.g. to a power of two), for the same
             devices; the extra rows repeat the block's first sequence and their outputs are never read back.
+        square_mask: Give padded blocks a full ``[rows, 1, width, width]`` key mask (expanded on the device)
+            instead of a broadcast ``[rows, 1, 1, width]`` one, for kernels that take no broadcast masks (Ascend).
     """
     if strategy not in ATTENTION_STRATEGIES:
         raise ValueError(f"unknown attention strategy {strategy!r}")
@@ -263,7 +269,7 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
     positions = torch.arange(total) - torch.tensor(starts)[seq_index]
     buckets: list[Bucket] = []
     unpad = None
-    if strategy != "per_sequence":
+    if strategy in ("bucketed", "padded"):
         groups = [list(range(len(batch)))] if strategy == "padded" else plan_buckets(lengths, slack)
         flat_rows = []
         offset = 0
@@ -284,36 +290,50 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
                 valid = torch.cat([valid, valid[:1].expand(extra, -1)])
                 gather = torch.cat([gather, gather[:1].expand(extra, -1)])
                 group_lengths = group_lengths + group_lengths[:1] * extra
-            mask = None if min(group_lengths) == width else valid[:, None, None, :].to(device)
-            buckets.append(Bucket(gather.reshape(-1).to(device), mask, group_lengths))
+            mask = None if min(group_lengths) == width else valid[:, None, None, :]
+            buckets.append(Bucket(gather.reshape(-1), mask, group_lengths))
             rows = offset + torch.arange(padded_rows * width).view(padded_rows, width)
             flat_rows.append((gather[:real][valid[:real]], rows[:real][valid[:real]]))
             offset += padded_rows * width
         packed_rows = torch.cat([g for g, _ in flat_rows])
         block_rows = torch.cat([r for _, r in flat_rows])
-        out_rows = torch.empty(total, dtype=torch.long)
-        out_rows[packed_rows] = block_rows
-        unpad = out_rows.to(device)
+        unpad = torch.empty(total, dtype=torch.long)
+        unpad[packed_rows] = block_rows
     # Mean pooling as one small matmul: index_add_/scatter_add_ over [T, H] is single-threaded and slow on CPUs
     # (tens of ms for a 600-token batch), while [B, T] @ [T, H] is a GEMM every device runs well.
     mean_weights = torch.zeros(len(batch), total)
     mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
-    return PackedBatch(ids.to(device), positions.to(device), seq_index.to(device), starts, lengths,
-                       mean_weights.to(device), buckets, unpad, strategy)
+    # Everything was built on the host; it moves in one pinned, non-blocking copy per dtype (devices.to_device).
+    tensors = [ids, positions, seq_index, mean_weights, unpad]
+    for bucket in buckets:
+        tensors += [bucket.gather, bucket.mask]
+    moved = iter(to_device(tensors, device))
+    ids, positions, seq_index, mean_weights, unpad = (next(moved) for _ in range(5))
+    for bucket in buckets:
+        bucket.gather, bucket.mask = next(moved), next(moved)
+        if square_mask and bucket.mask is not None:
+            width = bucket.mask.shape[-1]
+            bucket.mask = bucket.mask.expand(-1, -1, width, -1).contiguous()
+    return PackedBatch(ids, positions, seq_index, starts, lengths, mean_weights, buckets, unpad, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
 
 
 class DenseLinear:
-    """``x @ W.T + b`` in the weights' dtype, optionally followed by exact GELU: the float engines' linear."""
+    """``x @ W.T + b`` in the weights' dtype, optionally followed by exact GELU: the float engines' linear.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False):
-        self.weight, self.bias, self.gelu = weight, bias, gelu
+    ``activation`` is the device's exact GELU (:func:`minilm_npu.devices.exact_gelu`: ``F.gelu`` is not exact on
+    every device).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False,
+                 activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu):
+        self.weight, self.bias, self.gelu, self.activation = weight, bias, gelu, activation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        return F.gelu(out) if self.gelu else out
+        return self.activation(out) if self.gelu else out
 
 
 @dataclass
@@ -337,14 +357,21 @@ class PackedBert:
         device: Where the model runs.
         dtype: Float dtype of activations and dense weights (int8 engines pass float32 and swap linears).
         make_linear: Builds a linear layer from ``(weight, bias, gelu)``, weights already on ``device`` in
-            ``dtype``, GELU to apply after the bias when ``gelu`` is True; defaults to :class:`DenseLinear`.
+            ``dtype``, GELU to apply after the bias when ``gelu`` is True; defaults to :class:`DenseLinear` with
+            ``gelu`` as its activation.
+        gelu: The device's exact GELU (see :func:`minilm_npu.devices.exact_gelu`).
+        varlen: The device's attention over packed sequences (``"varlen"`` strategy), if it has one; see
+            :func:`minilm_npu.devices.varlen_attention`.
     """
 
     def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
                  dtype: torch.dtype = torch.float32,
-                 make_linear: Callable[..., Linear] | None = None):
-        self.config, self.device, self.dtype = config, device, dtype
-        make_linear = make_linear or DenseLinear
+                 make_linear: Callable[..., Linear] | None = None,
+                 gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+                 varlen: Callable[..., torch.Tensor] | None = None):
+        self.config, self.device, self.dtype, self.varlen = config, device, dtype, varlen
+        make_linear = make_linear or (lambda w, b, gelu=False: DenseLinear(w, b, gelu, activation=self.gelu))
+        self.gelu = gelu
 
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype).contiguous()
@@ -374,6 +401,10 @@ class PackedBert:
         """Multi-head self-attention per sequence: ``[T, 3H]`` fused projections in, ``[T, H]`` context out."""
         heads, head_dim = self.config.num_heads, self.config.head_dim
         hidden = heads * head_dim
+        if packed.strategy == "varlen":
+            q, k, v = qkv.view(-1, 3, heads, head_dim).unbind(1)
+            ends = list(itertools.accumulate(packed.lengths))
+            return self.varlen(q, k, v, ends, head_dim ** -0.5).reshape(-1, hidden)
         if packed.strategy == "per_sequence":
             outputs = []
             for start, length in zip(packed.starts, packed.lengths):
@@ -383,12 +414,13 @@ class PackedBert:
         outputs = []
         for bucket in packed.buckets:
             rows = len(bucket.lengths)
-            block = qkv.index_select(0, bucket.gather).view(rows, -1, 3, heads, head_dim)
+            block = qkv if bucket.gather is None else qkv.index_select(0, bucket.gather)
+            block = block.view(rows, -1, 3, heads, head_dim)
             q, k, v = block.permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask)
             outputs.append(context.transpose(1, 2).reshape(-1, hidden))
         blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return blocks.index_select(0, packed.unpad)
+        return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
     def forward(self, packed: PackedBatch) -> torch.Tensor:
         """Hidden states ``[T, H]`` of the last layer for a packed batch."""

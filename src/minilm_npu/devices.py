@@ -2,9 +2,11 @@
 
 All device code goes through generic torch APIs (``torch.device``, ``torch.get_device_module``,
 ``torch.accelerator`` where present) so that an Ascend NPU takes exactly the same path as a CUDA GPU.
-The only Ascend-specific lines live in :func:`_import_torch_npu`: ``import torch_npu`` registers the ``npu``
-device type (``torch.npu``) with torch, after which the generic calls work unchanged. It is imported lazily,
-only when an NPU is asked for or ``"auto"`` is looking for one, so CPU/CUDA users never pay for it.
+The Ascend-specific lines live here only: :func:`_import_torch_npu` (``import torch_npu`` registers the ``npu``
+device type, ``torch.npu``, with torch, after which the generic calls work unchanged) and the short "Ascend
+kernels" section (:func:`varlen_attention`, :func:`exact_gelu`), the two places the engine calls a torch_npu
+kernel instead of a generic op, each with the reason. torch_npu is imported lazily, only when an NPU is asked for
+or ``"auto"`` is looking for one, so CPU/CUDA users never pay for it.
 
 This module imports nothing else of minilm_npu.
 """
@@ -14,9 +16,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 # Order in which "auto" looks for an accelerator: Ascend first (the project's first target), then CUDA, then
 # Apple's MPS, then the CPU.
@@ -157,6 +163,76 @@ def synchronize(device: torch.device) -> None:
     device_module(device.type).synchronize(device)
 
 
+def to_device(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+    """Move host tensors to ``device`` in one pinned, non-blocking copy per dtype (None entries stay None).
+
+    Why: a blocking ``.to(device)`` per tensor waits for the queue to drain each time, and a copy from pageable
+    memory is staged through a bounce buffer; Ascend's tuning guide and CUDA's both say to pin host memory and
+    copy once with ``non_blocking=True``. The caching host allocator keeps a pinned buffer alive until its copy has
+    run, so the host may go on at once. On the CPU the tensors are returned as they are.
+    """
+    if device.type == "cpu":
+        return list(tensors)
+    out: list[torch.Tensor | None] = list(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        if tensor is not None:
+            by_dtype.setdefault(tensor.dtype, []).append(index)
+    pin = device.type in ("cuda", "npu")
+    for dtype, indices in by_dtype.items():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices])
+        moved = (flat.pin_memory() if pin else flat).to(device, non_blocking=pin)
+        offset = 0
+        for i in indices:
+            count = tensors[i].numel()
+            out[i] = moved[offset:offset + count].view(tensors[i].shape)
+            offset += count
+    return out
+
+
+#: Set to ``0`` to run accelerators eagerly (no device graphs): an escape hatch and an A/B switch for benchmarks.
+GRAPHS_ENV = "MINILM_NPU_GRAPHS"
+
+
+@dataclass(frozen=True)
+class GraphAPI:
+    """The device-graph calls of one device type: capture a sequence of kernels once, replay it with one launch.
+
+    CUDA: ``torch.cuda.CUDAGraph`` / ``torch.cuda.graph``. Ascend: torch_npu mirrors them as
+    ``torch.npu.NPUGraph`` / ``torch.npu.graph`` (aclgraph) in the releases that have graph mode; the rest
+    (streams, pool handles) has the same names on both device modules.
+    """
+
+    graph_class: type
+    capture: Callable[..., Any]      # context manager: capture(graph, pool=...)
+    pool_handle: Callable[[], Any]   # a memory pool several graphs share (they are replayed one at a time)
+    stream: Callable[..., Any]       # device stream class, for the warm-up runs capture needs
+    use_stream: Callable[..., Any]   # context manager that makes a stream current
+    current_stream: Callable[[], Any]
+
+
+def graph_api(device: torch.device) -> GraphAPI | None:
+    """The device-graph API for ``device``, or None where there is none (CPU, MPS, an NPU stack without
+    graph mode) or ``MINILM_NPU_GRAPHS=0`` asks for eager execution."""
+    import os
+
+    if os.environ.get(GRAPHS_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        return None
+    class_name = {"cuda": "CUDAGraph", "npu": "NPUGraph"}.get(device.type)
+    if class_name is None:
+        return None
+    try:
+        module = device_module(device.type)
+    except (AttributeError, RuntimeError):
+        return None
+    graph_class = getattr(module, class_name, None)
+    names = ("graph", "graph_pool_handle", "Stream", "stream", "current_stream")
+    if graph_class is None or not all(hasattr(module, name) for name in names):
+        return None
+    return GraphAPI(graph_class, module.graph, module.graph_pool_handle, module.Stream, module.stream,
+                    module.current_stream)
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """What the device doctor and reports say about one device."""
@@ -260,15 +336,97 @@ def dtype_unsupported_reason(device: torch.device, dtype: str) -> str | None:
     return None
 
 
-def attention_strategy(device: torch.device) -> str:
-    """How the packed engine groups tokens for attention on this device.
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How the packed engine runs attention on a device type, and why (``minilm-npu check`` prints both).
 
-    CPU: ``"bucketed"`` — sequences of similar length share one padded SDPA call (measured on a 2-core Zen3:
-    slightly faster than one call per sequence on mixed batches, and far faster than one padded block, whose
-    quadratic attention cost is driven by the longest sequence). Accelerators: ``"padded"`` — one
-    length-sorted padded block, one kernel launch per layer, no host-side loops.
+    Attributes:
+        strategy: ``"bucketed"``, ``"padded"`` or ``"varlen"`` (see :mod:`minilm_npu.bert`).
+        square_mask: Padded blocks get a full ``[rows, 1, width, width]`` key mask instead of a broadcast
+            ``[rows, 1, 1, width]`` one.
+        reason: One line on why.
     """
-    return "bucketed" if device.type == "cpu" else "padded"
+
+    strategy: str
+    square_mask: bool
+    reason: str
+
+
+def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
+    """Pick the attention strategy for a device type and dtype.
+
+    * CPU: ``"bucketed"``: sequences of similar length share one padded SDPA call (measured on a 2-core Zen3:
+      slightly faster than one call per sequence on mixed batches, far faster than one padded block, whose
+      quadratic cost is driven by the longest sequence).
+    * CUDA (and MPS): ``"padded"``: one length-sorted padded block, one SDPA launch per layer.
+    * Ascend, float16/bfloat16 with torch_npu's ``npu_fusion_attention``: ``"varlen"``: the flash kernel on the
+      packed ``[tokens, heads, head_dim]`` tensor with cumulative lengths (``input_layout="TND"``), as
+      vllm-ascend runs encoder attention: no padding, no gathers, no mask. Its documented query dtypes are
+      float16/bfloat16, so float32 does not take it.
+    * Ascend otherwise: ``"padded"`` with a square mask: SDPA on the NPU dispatches to ``npu_fusion_attention``,
+      which takes bool masks shaped ``[B,N,S,S]``, ``[B,1,S,S]``, ``[1,1,S,S]`` or ``[S,S]``; broadcasting a
+      ``[B,1,1,S]`` mask only arrived in op-plugin 26.1.0 (Ascend/op-plugin), older releases fail with
+      "unsupported atten_mask shape".
+    """
+    if device_type == "cpu":
+        return AttentionPlan("bucketed", False, "CPU: similar-length sequences share one SDPA call")
+    if device_type != "npu":
+        return AttentionPlan("padded", False, "one length-sorted padded SDPA block per layer")
+    if dtype in ("float16", "bfloat16") and varlen_attention(device_type) is not None:
+        return AttentionPlan("varlen", False, "torch_npu.npu_fusion_attention, TND layout, cumulative lengths: "
+                                              "packed tokens, no padding, no mask")
+    why = ("float32: npu_fusion_attention's TND path is documented for float16/bfloat16 only"
+           if dtype not in ("float16", "bfloat16") else "this torch_npu has no npu_fusion_attention")
+    return AttentionPlan("padded", True, f"padded SDPA with a full [rows,1,width,width] mask ({why}; op-plugin "
+                                         "before 26.1.0 rejects broadcast [rows,1,1,width] masks)")
+
+
+# -- Ascend kernels (the only code that calls into torch_npu) --------------------------------------------------
+
+
+def torch_npu_module():
+    """The imported ``torch_npu`` module, or None where it is not installed (or fails to import)."""
+    return sys.modules.get("torch_npu") if _import_torch_npu() else None
+
+
+VarlenAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int], float], torch.Tensor]
+
+
+def varlen_attention(device_type: str) -> VarlenAttention | None:
+    """Attention over packed sequences without padding, where the device has such a kernel (Ascend), else None.
+
+    The returned function takes ``q, k, v`` shaped ``[tokens, heads, head_dim]``, the cumulative sequence ends
+    (``[l0, l0 + l1, ...]``, host ints: the kernel reads them on the host) and the softmax scale, and returns
+    ``[tokens, heads, head_dim]``. Not capturable in a device graph (torch_npu documents npu_fusion_attention as
+    such), so a captured NPU forward would need these lengths fixed per gear.
+    """
+    module = torch_npu_module() if device_type == "npu" else None
+    kernel = getattr(module, "npu_fusion_attention", None)
+    if kernel is None:
+        return None
+
+    def attention(q, k, v, cumulative_lengths, scale):
+        ends = tuple(cumulative_lengths)
+        return kernel(q, k, v, q.shape[1], input_layout="TND", scale=scale, actual_seq_qlen=ends,
+                      actual_seq_kvlen=ends)[0]
+
+    return attention
+
+
+def exact_gelu(device_type: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The exact (erf) GELU for a device type, and a line saying which it is.
+
+    Why: on Ascend, ``F.gelu`` ignores ``approximate`` and runs the tanh formula (op-plugin's npu_gelu
+    documentation, Ascend/op-plugin); ``torch_npu.npu_gelu(x, approximate="none")`` is the exact one. BERT was
+    trained with the erf GELU, and float32 exactness depends on it.
+    """
+    module = torch_npu_module() if device_type == "npu" else None
+    npu_gelu = getattr(module, "npu_gelu", None)
+    if npu_gelu is not None:
+        return (lambda x: npu_gelu(x, approximate="none")), "torch_npu.npu_gelu(approximate='none') (exact erf)"
+    if device_type == "npu":
+        return F.gelu, "F.gelu: this torch_npu has no npu_gelu, so the NPU may run the tanh approximation"
+    return F.gelu, "F.gelu (exact erf)"
 
 
 def uses_static_shapes(device: torch.device) -> bool:

@@ -243,6 +243,12 @@ class MiniLMEncoder:
             device, err = failures[0]
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
 
+    def engine_choices(self) -> dict[str, str]:
+        """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;
+        empty for backends that make no device-dependent choices."""
+        choices = getattr(self._workers[0].backend, "choices", None)
+        return dict(choices()) if choices else {}
+
     def warmup(self) -> None:
         """Run one tiny forward pass on every device (first-call allocation, kernel selection, graph build)."""
         ids = self.tokenize(["warm-up"])

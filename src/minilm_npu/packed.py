@@ -20,10 +20,12 @@ import torch.nn.functional as F
 
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
-from .cpu_kernels import SmallBatchThreads
-from .devices import (attention_strategy, cpu_has_native_bfloat16, dtype_unsupported_reason, round_to_gear,
-                      round_to_power_of_two, tune_host_allocator, uses_static_shapes, warmup_lengths)
+from .cpu_kernels import SmallBatchThreads, kernel_plan
+from .devices import (attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason, exact_gelu, graph_api,
+                      round_to_gear, round_to_power_of_two, torch_npu_module, tune_host_allocator, uses_static_shapes,
+                      varlen_attention, warmup_lengths)
 from .errors import InputError
+from .graphs import GRAPH_WIDTHS, GraphedForwards
 from .modelfiles import ModelFiles
 from .samples import CALIBRATION_TEXTS
 from .tokenization import Tokenizer
@@ -193,17 +195,27 @@ class PackedBackend:
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
         weights = load_weights(model_files.weights_path, self.config)
-        self.model = PackedBert(self.config, weights, device, TORCH_DTYPES.get(dtype, torch.float32))
+        # Device choices, made once here (devices.py says why for each): attention strategy and mask shape, the
+        # device's exact GELU, and its packed-sequence attention kernel where it has one.
+        self.plan = attention_plan(device.type, dtype)
+        gelu, self.gelu_choice = exact_gelu(device.type)
+        self.model = PackedBert(self.config, weights, device, TORCH_DTYPES.get(dtype, torch.float32), gelu=gelu,
+                                varlen=varlen_attention(device.type) if self.plan.strategy == "varlen" else None)
         if dtype == "int8":
             quantize_int8(self.model, Tokenizer(model_files).encode(CALIBRATION_TEXTS))
         if device.type == "cpu" and onednn_linear_supported():
             prepack_dense_linears(self.model)  # float32 layers (all of them, or int8's QKV), native bfloat16
-        self.strategy = attention_strategy(device)
+        self.strategy = self.plan.strategy
         static = uses_static_shapes(device)
         # Graph-mode devices compile one graph per attention-block shape: round widths to a few gears and the
         # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
         self._gears = round_to_gear if static else None
         self._row_gears = round_to_power_of_two if static else None
+        # Small batches on devices with graph capture replay a recorded forward pass (see graphs.py); the CPU has
+        # no launch overhead to save.
+        api = graph_api(device)
+        self.graphs = (GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
+                       if api is not None else None)
         # CPU: small forwards on 1 thread or all, whichever measures faster under this machine's load.
         self._threads = SmallBatchThreads() if device.type == "cpu" else None
 
@@ -215,16 +227,41 @@ class PackedBackend:
         longest = max(len(ids) for ids in batch)
         if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
             raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
+        if self.graphs is not None:
+            pooled = self.graphs.embed(batch)
+            if pooled is not None:
+                return pooled
         if self._threads is not None:
             return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch))
         return self._embed(batch)
 
     def _embed(self, batch: list[list[int]]) -> torch.Tensor:
-        packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears)
+        packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears,
+                      square_mask=self.plan.square_mask)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
+
+    def choices(self) -> dict[str, str]:
+        """What this engine picked on its device, and why (``minilm-npu check`` reports it)."""
+        graphs = ("off (no graph API on this device, or MINILM_NPU_GRAPHS=0)" if self.graphs is None else
+                  "eager fallback (capture failed)" if self.graphs.failed else
+                  "device graphs for batches up to the padding budget, captured per (rows, width) gear")
+        choices = {"attention": f"{self.plan.strategy}: {self.plan.reason}", "gelu": self.gelu_choice,
+                   "graphs": graphs}
+        if self.device.type == "cpu":
+            choices["linear"] = (kernel_plan()[self.dtype] if self.dtype in ("float32", "int8", "bfloat16")
+                                 and onednn_linear_supported() else "F.linear")
+            choices["threads"] = (f"forwards of <= {self._threads.max_tokens} tokens on 1 thread or "
+                                  f"{self._threads.all_threads}, whichever measures faster under this load")
+        if self.device.type == "npu":
+            module = torch_npu_module()
+            choices["torch_npu"] = (f"{getattr(module, '__version__', 'unknown')} (op-plugin is built into "
+                                    "torch_npu; broadcast [rows,1,1,width] masks need op-plugin 26.1.0+)")
+        return choices
 
     def warmup(self) -> None:
         """Run the shapes :func:`minilm_npu.devices.warmup_lengths` names once (allocation, kernel choice)."""
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+        if self.graphs is not None:  # one query of any length: the latency-critical case
+            self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
 

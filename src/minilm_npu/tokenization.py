@@ -14,9 +14,44 @@ from collections.abc import Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .errors import InputError
 from .modelfiles import ModelFiles
 
 log = logging.getLogger(__name__)
+
+
+class UntokenizableText(InputError):
+    """A text the tokenizer cannot take (a lone surrogate, ...): bad input, named by its position.
+
+    Attributes:
+        index: Position of the text in the list given to the tokenizer.
+        reason: What is wrong with it, phrased to follow the text's name (``sentences[3] <reason>``).
+    """
+
+    def __init__(self, index: int, reason: str):
+        self.index = index
+        self.reason = reason
+        super().__init__(f"sentences[{index}] {reason}")
+
+
+def _encode_batch(tokenizer: HFTokenizer, texts: list[str]) -> list:
+    """``encode_batch``, with a failure traced to the first text that causes it."""
+    try:
+        return tokenizer.encode_batch(texts)
+    except Exception as err:  # noqa: BLE001 - the tokenizer's errors are untyped (TypeError, Exception)
+        for index, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as bad:
+                # Python strings may hold lone surrogates (e.g. from JSON "\ud800"); UTF-8 and Rust cannot.
+                raise UntokenizableText(index, f"is not valid Unicode: {bad.reason} ({text[bad.start]!r} at "
+                                               f"character {bad.start})") from err
+            try:
+                tokenizer.encode(text)
+            except Exception as single:  # noqa: BLE001 - see above
+                raise UntokenizableText(index, f"cannot be tokenized ({type(single).__name__}: {single})") \
+                    from err
+        raise
 
 
 class Tokenizer:
@@ -55,13 +90,16 @@ class Tokenizer:
 
         Returns:
             One list of ids per text.
+
+        Raises:
+            UntokenizableText: for a text the tokenizer cannot take, with its index.
         """
         if not texts:
             return []
         prepared = self._prepare(texts)
         if not truncate:
-            return [enc.ids for enc in self._full.encode_batch(prepared)]
-        encodings = self._truncating.encode_batch(prepared)
+            return [enc.ids for enc in _encode_batch(self._full, prepared)]
+        encodings = _encode_batch(self._truncating, prepared)
         truncated = sum(1 for enc in encodings if enc.overflowing)
         if truncated:
             self.truncated_total += truncated

@@ -33,13 +33,14 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(*args: str, api_key: str | None = None, timeout: float = 150.0) -> ServerProcess:
-    """Run ``python -m minilm_npu.cli.main serve --port 0 ARGS`` and wait until the port is open."""
+def start_server(*args: str, api_key: str | None = None, timeout: float = 150.0,
+                 command: tuple[str, ...] = ("minilm_npu.cli.main", "serve")) -> ServerProcess:
+    """Run ``python -m minilm_npu.cli.main serve --port 0 ARGS`` (or another ``command``) until the port is open."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.pop("MINILM_NPU_API_KEY", None)
     if api_key is not None:
         env["MINILM_NPU_API_KEY"] = api_key  # the key stays out of the process listing
-    cmd = [sys.executable, "-m", "minilm_npu.cli.main", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    cmd = [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     server = ServerProcess(proc)
     ready = threading.Event()

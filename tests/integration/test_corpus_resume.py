@@ -60,13 +60,15 @@ def test_sigkill_at_several_points_then_resume(tmp_path, encoder, capsys):
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts()), encoding="utf-8")
     out = tmp_path / "out"
     progress = []
-    for crash in ("after-shard:2", "after-manifest:4"):
+    # Killed with the model loaded and the first shard embedded but not committed (the output then holds only
+    # its manifest and lock), then between a shard's rename and its commit, then just after a commit.
+    for crash in ("before-shard:0", "after-shard:2", "after-manifest:4"):
         proc = subprocess.run(embed_cmd(src, out), env=run_env(crash), capture_output=True, text=True, timeout=180)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         progress.append(committed(out))
         if crash.startswith("after-shard"):  # shard 2 renamed into place but not committed
             assert (out / "part-000002.parquet").exists()
-    assert progress == [20, 50]
+    assert progress == [0, 20, 50]
 
     # An outside SIGKILL at whatever point the run has reached once another shard is committed.
     proc = subprocess.Popen(embed_cmd(src, out), env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -86,6 +88,17 @@ def test_sigkill_at_several_points_then_resume(tmp_path, encoder, capsys):
     got = np.concatenate([np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in tables])
     np.testing.assert_allclose(got, encoder.encode(texts()), atol=1e-6, rtol=0)
     assert not list(out.glob("*.tmp"))
+
+    # A damaged shard: the rerun names it and re-embeds only it, with the same vectors as before.
+    shard = out / "part-000003.parquet"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert main(embed_cmd(src, out, "--verify")[3:]) == 0
+    captured = capsys.readouterr()
+    assert "repaired damaged shard part-000003.parquet" in captured.err
+    assert f"embedded {ROWS} rows" in captured.out and "1 damaged shard(s) re-embedded" in captured.out
+    again = np.concatenate([np.stack(pq.read_table(f).column("embedding").to_numpy(zero_copy_only=False))
+                            for f in corpus_files(out)])
+    np.testing.assert_allclose(again, got, atol=1e-6, rtol=0)
 
     # A changed input is refused with a one-line error, before any model loads.
     with open(src, "a", encoding="utf-8") as handle:

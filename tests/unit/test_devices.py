@@ -67,3 +67,25 @@ def test_host_allocator_left_alone_when_the_process_chose_one(monkeypatch):
     monkeypatch.setattr(devices, "_host_allocator_tuned", None)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert devices.tune_host_allocator() is False
+
+
+def test_graph_api_only_on_graph_devices(monkeypatch):
+    from minilm_npu.devices import GRAPHS_ENV, graph_api
+
+    assert graph_api(torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        assert graph_api(torch.device("cuda", 0)) is not None
+        monkeypatch.setenv(GRAPHS_ENV, "0")
+        assert graph_api(torch.device("cuda", 0)) is None
+
+
+def test_to_device_moves_each_tensor_with_its_shape_and_dtype():
+    from minilm_npu.devices import to_device
+
+    host = [torch.arange(6).view(2, 3), None, torch.ones(4, dtype=torch.bool), torch.arange(5), torch.rand(2, 2)]
+    assert to_device(host, torch.device("cpu"))[0] is host[0]
+    moved = to_device(host, torch.device("meta"))  # any non-CPU device takes the grouped path
+    assert moved[1] is None
+    for before, after in zip(host, moved):
+        if before is not None:
+            assert after.device.type == "meta" and after.shape == before.shape and after.dtype == before.dtype

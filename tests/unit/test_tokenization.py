@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from minilm_npu.modelfiles import resolve_model
@@ -38,3 +39,35 @@ def test_untruncated_counts(tokenizer):
 
 def test_decode_tokens(tokenizer):
     assert tokenizer.decode_tokens(tokenizer.encode(["Hello world"])[0]) == ["[CLS]", "hello", "world", "[SEP]"]
+
+
+def test_invalid_unicode_is_an_input_error_naming_the_index(tokenizer, encoder):
+    from minilm_npu.errors import InputError
+    from minilm_npu.tokenization import UntokenizableText
+
+    for truncate in (True, False):
+        with pytest.raises(UntokenizableText, match=r"^sentences\[1\] is not valid Unicode: surrogates not allowed "
+                                                    r"\('\\ud800' at character 4\)") as info:
+            tokenizer.encode(["ok", "bad \ud800", "fine"], truncate=truncate)
+        assert info.value.index == 1
+    with pytest.raises(InputError, match=r"sentences\[2\] is not valid Unicode"):
+        encoder.encode(["ok", "fine", "a\udfffb"])
+    with pytest.raises(InputError, match=r"sentences\[0\] is not valid Unicode"):
+        encoder.encode("\ud800")
+    np.testing.assert_allclose(encoder.encode(["ok"]), encoder.encode(["ok"]))  # the encoder is still usable
+
+
+def test_any_text_the_tokenizer_refuses_is_named():
+    from minilm_npu.tokenization import UntokenizableText, _encode_batch
+
+    class Picky:
+        def encode_batch(self, texts):
+            raise Exception("cannot take it")  # noqa: TRY002 - as untyped as the real tokenizer's errors
+
+        def encode(self, text):
+            if text == "odd":
+                raise Exception("cannot take it")  # noqa: TRY002
+            return text
+
+    with pytest.raises(UntokenizableText, match=r"sentences\[2\] cannot be tokenized \(Exception: cannot take it\)"):
+        _encode_batch(Picky(), ["a", "b", "odd"])

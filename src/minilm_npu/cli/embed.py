@@ -5,7 +5,9 @@ INPUT is a .txt (one text per line), .jsonl, .csv/.tsv (with a header) or .parqu
 (columns id, embedding, and text with --keep-text) or a path ending in .npy for small jobs.
 
 Killed or crashed? Run the same command again: it continues after the last saved shard. If the input, model,
-dtype or settings changed since, it stops instead of mixing results; --overwrite starts again.
+dtype or settings changed since, it stops instead of mixing results; --overwrite starts again. Only one embed
+writes to an output at a time (a second one stops and names the first). Every rerun checks the saved shards'
+sizes and Parquet footers and re-embeds a damaged or missing one; --verify checks their checksums as well.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="bad row (missing/null text, not UTF-8, unreadable file): stop with its row number "
                              "(fail, default) or list it in a side file and go on (skip)")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing output and start again")
+    parser.add_argument("--verify", action="store_true",
+                        help="also check every saved shard's SHA-256 against the manifest (reads them all); "
+                             "a damaged shard is re-embedded")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local (this process, all --device workers) or ray (Ray Data actors)")
     parser.add_argument("--ray-address", "--ray_address", dest="ray_address", default=None,
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--ray-address needs --engine ray")
     settings = EmbedSettings(text_field=args.text_field, id_field=args.id_field, keep_text=args.keep_text,
                              on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size,
-                             shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS, progress=args.progress)
+                             shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS, progress=args.progress,
+                             verify=args.verify)
     model = resolve_model(args.model_path).name  # cheap: the fingerprint needs it before any model loads
     if args.engine == "ray":
         from ..corpus.ray_engine import RayEngine
@@ -66,12 +72,17 @@ def run(args: argparse.Namespace) -> int:
 
         engine = LocalEngine(lambda: build_encoder(args), model=model, dtype=args.dtype)
     summary = embed_corpus(args.input, args.output, engine, settings)
+    for problem in summary.repaired:
+        print(f"repaired damaged shard {problem}", file=sys.stderr)
     if summary.already_complete:
+        checked = f"; {summary.verified} shards' checksums verified" if args.verify else ""
         print(f"{summary.output} is already complete: {summary.rows_written} rows "
-              f"({summary.rows_skipped} skipped); nothing to do")
+              f"({summary.rows_skipped} skipped){checked}; nothing to do")
         return 0
     line = (f"embedded {summary.rows_written} rows into {summary.output} "
             f"({summary.new_rows} this run in {summary.seconds:.1f} s, {summary.rows_per_second:.1f} rows/s)")
+    if summary.repaired:
+        line += f"; {len(summary.repaired)} damaged shard(s) re-embedded"
     if summary.rows_skipped:
         line += f"; skipped {summary.rows_skipped} bad rows, listed in {summary.skipped_file}"
     print(line, file=sys.stdout)

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_bench_args(parser)
     parser.add_argument("--texts", default=None, help="extra texts for the accuracy run, one per line")
     parser.add_argument("--sts", default=None, help="STS file (stsb-dev.tsv layout) for the accuracy run")
+    parser.add_argument("--reference-model-path", "--reference_model_path", dest="reference_model_path", default=None,
+                        help="model for the CPU float32 reference side (default: the bundled official files)")
     parser.add_argument("--out", required=True, help="directory for the reports (created if missing)")
     parser.set_defaults(func=run)
 
@@ -32,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
                          model_path=args.model_path, batch_sizes=args.batch_sizes, warmup=args.warmup,
                          rounds=args.rounds, sts_path=args.sts,
                          user_texts=load_texts(args.texts) if args.texts else (), compare_cpu=args.compare_cpu,
-                         compare=args.compare, progress=sys.stderr.isatty())
+                         compare=args.compare, progress=sys.stderr.isatty(),
+                         reference_model_path=args.reference_model_path)
     ok = reports["check"]["status"] == "ok" and reports["accuracy"]["status"] == PASS
     print(f"check {reports['check']['status']}, accuracy {reports['accuracy']['status']}; "
           f"reports in {reports['index']}", file=sys.stderr)

@@ -1,13 +1,17 @@
 """The resumable embedding job: input rows in, Parquet shards (or one ``.npy``) out, every row exactly once.
 
-The loop reads a shard's worth of rows, embeds the good ones, writes the shard atomically, appends any skipped
-rows to the side file, and only then commits by atomically replacing the manifest. After ``kill -9`` at any point
-the manifest still describes a consistent prefix of the input; the next run deletes what was written after it and
-continues from the manifest's cursor. Engines (in-process encoder, Ray) only supply the embedded rows.
+The job first takes the output's lock (one writer at a time) and writes its manifest, before any other file of
+its own, so a directory it touched is always recognisably its own. Then the loop reads a shard's worth of rows,
+embeds the good ones, writes the shard atomically (recording its size and checksum), appends any skipped rows to
+the side file, and only then commits by atomically replacing the manifest. After ``kill -9`` at any point the
+manifest still describes a consistent prefix of the input; the next run checks the committed shards, deletes what
+was written after the last commit and continues from the manifest's cursor. Engines (in-process encoder, Ray) only
+supply the embedded rows; both run through :func:`embed_corpus`, so both hold the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,26 +23,35 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import InputError
-from .manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest, describe_change, job_fingerprint
+from ..errors import InputError, OutputError
+from .layout import Layout
+from .lock import LOCK_NAME, OutputLock
+from .manifest import SKIPPED_NAME, Manifest, describe_change, job_fingerprint
 from .readers import CorpusReader, InputFile, Record, count_rows, expand_inputs
-from .writer import TMP_SUFFIX, assemble_npy, write_shard
+from .repair import check_shards, reembed_shard
+from .writer import assemble_npy, write_shard
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("fail", "skip")
 #: Rows per shard: the most work a crash can lose, and the unit handed to the encoder at once.
 DEFAULT_SHARD_ROWS = 8192
-#: Fault injection for the kill-and-resume tests: ``STAGE:SHARD`` (stages: before-shard, after-shard,
-#: after-manifest) makes the process SIGKILL itself at that point, so the worst moments are hit exactly.
+#: Fault injection for the kill-and-resume tests: ``STAGE:N`` makes the process SIGKILL itself at that point, so
+#: the worst moments are hit exactly. Stages, in commit order (N is the shard index): ``locked`` (lock taken, no
+#: manifest yet), ``before-shard``, ``shard-tmp`` (written and synced, not renamed), ``after-shard``,
+#: ``skipped-partial`` (half the shard's skipped-row lines appended), ``after-skipped``, ``manifest-tmp`` (new
+#: manifest written, not renamed; N is the number of shards it lists, 0 for the job's first manifest),
+#: ``after-manifest``; for ``.npy`` output ``npy-written`` and ``npy-moved`` (N is 0).
 CRASH_ENV = "MINILM_NPU_CORPUS_CRASH"
+#: Stages of :data:`CRASH_ENV`, for the tests that visit every one.
+CRASH_STAGES = ("locked", "before-shard", "shard-tmp", "after-shard", "skipped-partial", "after-skipped",
+                "manifest-tmp", "after-manifest", "npy-written", "npy-moved")
 
 #: What an engine yields per shard: the shard's input rows (good and bad, in order) and the good rows' vectors.
 ShardBatch = tuple[list[Record], np.ndarray]
@@ -56,6 +69,7 @@ class EmbedSettings:
     batch_size: int = 32
     shard_rows: int = DEFAULT_SHARD_ROWS
     progress: bool | None = None  # None: a bar when stderr is a terminal
+    verify: bool = False  # check every committed shard's checksum, not only its size and footer
 
     def validate(self) -> None:
         """Raises InputError for a setting out of range."""
@@ -79,6 +93,8 @@ class EmbedSummary:
     seconds: float
     skipped_file: str | None
     already_complete: bool = False
+    repaired: list[str] = field(default_factory=list)  # "name: what was wrong" per re-embedded shard
+    verified: int = 0  # shards whose checksum was checked (``verify``)
 
     @property
     def rows_per_second(self) -> float:
@@ -164,79 +180,49 @@ class LocalEngine:
         return np.asarray(vectors, dtype=np.float32)
 
 
-class _Layout:
-    """Where things go: a dataset directory, or for ``.npy`` a ``<name>.partial`` work directory."""
-
-    def __init__(self, output: str | os.PathLike):
-        self.output = Path(output)
-        self.npy = self.output.suffix.lower() == ".npy"
-        self.work = self.output.with_name(self.output.name + ".partial") if self.npy else self.output
-        self.skipped_final = (self.output.with_name(self.output.name + ".skipped.jsonl") if self.npy
-                              else self.work / SKIPPED_NAME)
-
-    @staticmethod
-    def ours(name: str) -> bool:
-        base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
-        return base in (MANIFEST_NAME, SKIPPED_NAME) or (base.startswith("part-") and base.endswith(".parquet"))
-
-    def clear(self) -> None:
-        """Delete what an earlier job wrote (and only that)."""
-        if self.npy:
-            for path in (self.output, self.skipped_final):
-                path.unlink(missing_ok=True)
-        if self.work.is_dir():
-            foreign = [p.name for p in self.work.iterdir() if not self.ours(p.name)]
-            if foreign:
-                raise InputError(f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
-                                 "choose an empty or new output directory")
-            for path in self.work.iterdir():
-                path.unlink()
-            if self.npy:
-                self.work.rmdir()
-
-
 def _crash_point(stage: str, shard: int) -> None:
     spec = os.environ.get(CRASH_ENV)
     if spec and spec == f"{stage}:{shard}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prepare(layout: _Layout, fingerprint: dict, settings: EmbedSettings, engine: str) -> Manifest | None:
-    """The manifest to continue from (a fresh one to start), or None when the output is already complete."""
-    if layout.npy and layout.output.exists() and not layout.work.exists():
-        if not settings.overwrite:
-            raise InputError(f"{layout.output} already exists; rerun with --overwrite to replace it")
-        layout.clear()
-    if layout.work.exists() and not layout.work.is_dir():
-        raise InputError(f"{layout.work} exists and is not a directory; choose another output")
-    manifest = Manifest.load(layout.work) if layout.work.is_dir() and not settings.overwrite else None
+@contextlib.contextmanager
+def _writing(layout: Layout) -> Iterator[None]:
+    """Turn a failed write (disk full, read-only, permissions) into one clear OutputError."""
+    try:
+        yield
+    except OSError as err:
+        try:  # what is on disk is what counts: the manifest in memory may be one shard ahead
+            committed = Manifest.load(layout.work)
+        except (OSError, InputError):
+            committed = None
+        saved = (f"; the {committed.rows_consumed} rows committed so far are kept"
+                 if committed is not None and committed.rows_consumed else "")
+        reason = err.strerror or str(err)
+        raise OutputError(f"cannot write {layout.output}: {reason}{saved}; free space or fix the permissions, "
+                          "then rerun the same command") from err
+
+
+def _save(layout: Layout, manifest: Manifest) -> None:
+    """The commit: atomically replace the manifest."""
+    manifest.save(layout.work, before_commit=lambda: _crash_point("manifest-tmp", len(manifest.shards)))
+
+
+def _prepare(layout: Layout, fingerprint: dict, settings: EmbedSettings, engine: str) -> Manifest:
+    """Under the lock: the manifest to continue from, or a new job's first manifest (written before any shard)."""
+    manifest = None if settings.overwrite else Manifest.load(layout.work)
     if manifest is not None:
         change = describe_change(manifest.fingerprint, fingerprint)
         if change:
             raise InputError(f"{layout.output}: {change} since this output was started; rerun with --overwrite "
                              "to start again, or choose another output")
-        if manifest.complete and not layout.npy:
-            return None
         return manifest
-    if layout.work.is_dir() and any(layout.work.iterdir()):
-        if not settings.overwrite:
-            raise InputError(f"{layout.work}: directory is not empty and holds no minilm-npu manifest; choose "
-                             "an empty or new output, or rerun with --overwrite")
+    layout.check_new(settings.overwrite)
+    manifest = Manifest(fingerprint=fingerprint, dimension=0, engine=engine)
+    with _writing(layout):
         layout.clear()
-    layout.work.mkdir(parents=True, exist_ok=True)
-    return Manifest(fingerprint=fingerprint, dimension=0, engine=engine)
-
-
-def _tidy(layout: _Layout, manifest: Manifest) -> None:
-    """Drop what a killed run wrote after its last commit: temp files, unlisted shards, uncommitted skips."""
-    listed = {s["file"] for s in manifest.shards if s.get("file")}
-    for path in layout.work.iterdir():
-        if path.name.endswith(TMP_SUFFIX) or (path.name.startswith("part-") and path.name not in listed):
-            path.unlink()
-    skipped = layout.work / SKIPPED_NAME
-    if skipped.exists():
-        with open(skipped, "rb+") as handle:
-            handle.truncate(manifest.skipped_bytes)
+        _save(layout, manifest)
+    return manifest
 
 
 def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, engine: Engine,
@@ -260,43 +246,80 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     settings.validate()
     started = time.perf_counter()
     files = expand_inputs(inputs)
-    layout = _Layout(output)
+    layout = Layout(output)
     fingerprint = job_fingerprint(files, engine.model, engine.dtype, {
         "text_field": settings.text_field, "id_field": settings.id_field, "keep_text": settings.keep_text,
         "output": "npy" if layout.npy else "parquet"})
+    layout.check_new(settings.overwrite)  # before creating anything: a foreign directory stays untouched
+    with _writing(layout):  # an output that cannot be created fails here, before any model loads
+        layout.work.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(layout.work / LOCK_NAME, layout.output).acquire()
+    with lock:
+        return _embed_locked(layout, fingerprint, files, engine, settings, started)
+
+
+def _embed_locked(layout: Layout, fingerprint: dict, files: list[InputFile], engine: Engine,
+                  settings: EmbedSettings, started: float) -> EmbedSummary:
+    """The job, with the output's lock held."""
+    _crash_point("locked", 0)
     manifest = _prepare(layout, fingerprint, settings, type(engine).__name__)
-    if manifest is None:
-        done = Manifest.load(layout.work)
-        return _summary(layout, done, 0, started, already_complete=True)
-    _tidy(layout, manifest)
-    consumed_before = manifest.rows_consumed
+    with _writing(layout):
+        layout.tidy(manifest)
+    reader = CorpusReader(files, settings.text_field, settings.id_field)
+    repaired = _repair(layout, manifest, engine, reader, settings)
+    consumed_before, was_complete = manifest.rows_consumed, manifest.complete
     if not manifest.complete:
-        reader = CorpusReader(files, settings.text_field, settings.id_field)
         _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
     if layout.npy:
-        _finish_npy(layout, manifest)
-    return _summary(layout, manifest, manifest.rows_consumed - consumed_before, started)
+        with _writing(layout):
+            _finish_npy(layout, manifest)
+    already_complete = was_complete and not layout.npy and not repaired
+    summary = _summary(layout, manifest, manifest.rows_consumed - consumed_before, started, already_complete)
+    summary.repaired = repaired
+    summary.verified = sum(1 for s in manifest.shards if s.get("sha256")) if settings.verify else 0
+    return summary
+
+
+def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusReader,
+            settings: EmbedSettings) -> list[str]:
+    """Check the committed shards (checksums too with ``verify``) and re-embed each damaged one in place."""
+    repaired = []
+    for index, problem in check_shards(layout.work, manifest.shards, checksum=settings.verify):
+        name = manifest.shards[index]["file"]
+        log.warning("%s: %s; re-embedding this shard", layout.work / name, problem)
+        records, vectors = reembed_shard(engine, reader, settings, manifest.shards, index)
+        with _writing(layout):
+            written = write_shard(layout.work, index, [r.id for r in records if r.error is None], vectors,
+                                  [r.text for r in records if r.error is None] if settings.keep_text else None)
+            manifest.shards[index].update(bytes=written.bytes, sha256=written.sha256)
+            _save(layout, manifest)
+        repaired.append(f"{name}: {problem}")
+    return repaired
 
 
 def _cursor(manifest: Manifest) -> tuple[int, int] | None:
     return tuple(manifest.cursor) if manifest.cursor else None
 
 
-def _run(layout: _Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
+def _run(layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
          files: list[InputFile]) -> None:
     show = settings.progress if settings.progress is not None else sys.stderr.isatty()
     total = count_rows(files) if show else None
+    with _writing(layout):
+        side = open(layout.work / SKIPPED_NAME, "ab")  # noqa: SIM115 - closed below, after the loop
     with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
-              dynamic_ncols=True, smoothing=0.1) as bar, open(layout.work / SKIPPED_NAME, "ab") as side:
+              dynamic_ncols=True, smoothing=0.1) as bar, side:
         for records, vectors in stream:
             check_rows(records, settings, files)
-            _commit_shard(layout, manifest, records, vectors, settings, files, side)
+            with _writing(layout):
+                _commit_shard(layout, manifest, records, vectors, settings, files, side)
             bar.update(len(records))
     manifest.complete = True
-    manifest.save(layout.work)
+    with _writing(layout):
+        _save(layout, manifest)
 
 
-def _commit_shard(layout: _Layout, manifest: Manifest, records: list[Record], vectors: np.ndarray,
+def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vectors: np.ndarray,
                   settings: EmbedSettings, files: list[InputFile], side) -> None:
     good = [r for r in records if r.error is None]
     bad = [r for r in records if r.error is not None]
@@ -306,37 +329,45 @@ def _commit_shard(layout: _Layout, manifest: Manifest, records: list[Record], ve
     if manifest.dimension == 0 and vectors.ndim == 2:
         manifest.dimension = int(vectors.shape[1])
     _crash_point("before-shard", index)
-    name = None
+    last = records[-1]
+    entry = {"file": None, "rows": len(good), "skipped": len(bad), "end": [last.file, last.row]}
     if good:
-        name = write_shard(layout.work, index, [r.id for r in good], vectors,
-                           [r.text for r in good] if settings.keep_text else None)
+        written = write_shard(layout.work, index, [r.id for r in good], vectors,
+                              [r.text for r in good] if settings.keep_text else None,
+                              before_commit=lambda: _crash_point("shard-tmp", index))
+        entry.update(file=written.file, bytes=written.bytes, sha256=written.sha256)
     _crash_point("after-shard", index)
     if bad:
-        for r in bad:
-            line = {"file": str(files[r.file].path), "row": r.row, "id": r.id, "error": r.error}
-            side.write((json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
+        lines = b"".join((json.dumps({"file": str(files[r.file].path), "row": r.row, "id": r.id,
+                                      "error": r.error}, ensure_ascii=False) + "\n").encode("utf-8") for r in bad)
+        side.write(lines[:len(lines) // 2])
+        side.flush()
+        _crash_point("skipped-partial", index)  # a torn line: the resumed job truncates it away
+        side.write(lines[len(lines) // 2:])
         side.flush()
         os.fsync(side.fileno())
-    last = records[-1]
-    manifest.shards.append({"file": name, "rows": len(good), "skipped": len(bad), "end": [last.file, last.row]})
+        _crash_point("after-skipped", index)
+    manifest.shards.append(entry)
     manifest.cursor = [last.file, last.row]
     manifest.rows_written += len(good)
     manifest.rows_skipped += len(bad)
     manifest.skipped_bytes = side.tell()
-    manifest.save(layout.work)
+    _save(layout, manifest)
     _crash_point("after-manifest", index)
 
 
-def _finish_npy(layout: _Layout, manifest: Manifest) -> None:
+def _finish_npy(layout: Layout, manifest: Manifest) -> None:
     shards = [layout.work / s["file"] for s in manifest.shards if s.get("file")]
     assemble_npy(shards, layout.output, manifest.dimension, manifest.rows_written)
+    _crash_point("npy-written", 0)
     skipped = layout.work / SKIPPED_NAME
-    if manifest.rows_skipped:
+    if manifest.rows_skipped and skipped.exists():  # a run killed after this move finds it done already
         os.replace(skipped, layout.skipped_final)
-    shutil.rmtree(layout.work)
+    _crash_point("npy-moved", 0)
+    shutil.rmtree(layout.work)  # lock file included: the lock is released when this job closes it
 
 
-def _summary(layout: _Layout, manifest: Manifest | None, new_rows: int, started: float,
+def _summary(layout: Layout, manifest: Manifest | None, new_rows: int, started: float,
              already_complete: bool = False) -> EmbedSummary:
     manifest = manifest or Manifest(fingerprint={}, dimension=0)
     skipped = layout.skipped_final if manifest.rows_skipped else None

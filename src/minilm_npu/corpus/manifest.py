@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .readers import InputFile
-from .writer import write_json_atomic
+from .writer import BeforeCommit, write_json_atomic
 
 MANIFEST_NAME = "_manifest.json"
 SKIPPED_NAME = "_skipped.jsonl"
@@ -73,8 +73,9 @@ class Manifest:
     Attributes:
         fingerprint: From :func:`job_fingerprint`.
         dimension: Embedding width.
-        shards: ``{"file": name | None, "rows": written, "skipped": n, "end": [file, row]}`` per shard, in order;
-            ``file`` is None for a shard whose rows were all skipped.
+        shards: ``{"file": name | None, "rows": written, "skipped": n, "end": [file, row], "bytes": size,
+            "sha256": hex}`` per shard, in order; ``file`` (and size and checksum) is None for a shard whose rows
+            were all skipped. Size and checksum are of the bytes as written, so a rerun can tell a damaged shard.
         cursor: ``[file, row]`` of the last input row consumed, None before the first shard.
         rows_written / rows_skipped: Totals over ``shards``.
         skipped_bytes: Committed length of the skipped-rows side file; a resumed job truncates it to this.
@@ -99,10 +100,10 @@ class Manifest:
         """Input rows dealt with so far, written or skipped."""
         return self.rows_written + self.rows_skipped
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, before_commit: BeforeCommit = None) -> None:
         """Atomically replace the manifest in ``directory`` (the job's commit point)."""
         self.updated = time.time()
-        write_json_atomic(directory / MANIFEST_NAME, asdict(self))
+        write_json_atomic(directory / MANIFEST_NAME, asdict(self), before_commit)
 
     @classmethod
     def load(cls, directory: Path) -> Manifest | None:

@@ -8,6 +8,7 @@ hits, from the row groups that hold them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ import numpy as np
 
 from ..errors import InputError
 from .manifest import Manifest
+from .writer import shard_problem
 
+#: How to mend a damaged shard of an embed output: the job re-embeds exactly the shards that fail its checks.
+REPAIR_HINT = "rerun the same `minilm-npu embed` command to re-embed it"
 #: Vectors scored per step: 65,536 x 384 float32 = 96 MiB.
 DEFAULT_BATCH_ROWS = 65536
 
@@ -49,7 +53,14 @@ def corpus_files(corpus: str | os.PathLike) -> list[Path]:
     if manifest is not None:
         if not manifest.complete:
             raise InputError(f"{path}: the embedding job has not finished; rerun `minilm-npu embed` to complete it")
-        return [path / s["file"] for s in manifest.shards if s.get("file")]
+        files = []
+        for entry in manifest.shards:
+            if entry.get("file"):
+                problem = shard_problem(path / entry["file"], entry)
+                if problem:
+                    raise InputError(f"{path / entry['file']}: damaged shard ({problem}); {REPAIR_HINT}")
+                files.append(path / entry["file"])
+        return files
     files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         raise InputError(f"{path}: holds no .parquet files")
@@ -113,7 +124,7 @@ def search_vectors(corpus: str | os.PathLike, queries: np.ndarray, k: int = 10,
         if "embedding" not in parquet.schema_arrow.names:
             raise InputError(f"{path}: no 'embedding' column")
         offsets.append(offset)
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=["embedding"]):
+        for batch in _batches(path, parquet, batch_rows):
             emb = _batch_vectors(batch.column(0))
             if emb.shape[1] != q.shape[1]:
                 raise InputError(f"{path}: corpus vectors have {emb.shape[1]} dimensions, the query "
@@ -140,7 +151,19 @@ def _open(path: Path):
     try:
         return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as err:
-        raise InputError(f"{path}: unreadable Parquet file ({err})") from err
+        raise InputError(f"{path}: unreadable Parquet file ({err}); if it came from `minilm-npu embed`, "
+                         f"{REPAIR_HINT}") from err
+
+
+def _batches(path: Path, parquet: Any, batch_rows: int) -> Iterator[Any]:
+    """The embedding column in record batches; a page that cannot be decoded names its file."""
+    import pyarrow as pa
+
+    try:
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=["embedding"])
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(f"{path}: damaged Parquet data ({err}); if it came from `minilm-npu embed`, "
+                         f"{REPAIR_HINT}") from err
 
 
 def _top(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

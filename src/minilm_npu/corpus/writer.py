@@ -2,17 +2,23 @@
 
 Atomic means: write a temporary file in the same directory, ``fsync`` it, ``os.replace`` it over the final name,
 then ``fsync`` the directory so the rename itself survives a power cut. A reader (or a resumed job) therefore sees
-either the old file or the complete new one, never a torn write.
+either the old file or the complete new one, never a torn write. Shards are hashed on their way to disk, so the
+manifest can record a checksum without reading the file back; a write that fails (e.g. disk full) removes its
+temporary file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..modelfiles import sha256_of  # the one chunked file hash (it also checks the model's weights)
 
 #: Temporary files carry this suffix; a resumed job deletes leftovers.
 TMP_SUFFIX = ".tmp"
@@ -37,24 +43,90 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _commit(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+#: Called between a temporary file's fsync and its rename (the kill-and-resume tests stop the process there).
+BeforeCommit = Callable[[], None] | None
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically."""
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file as written: its name, byte size and the SHA-256 of those bytes."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+class HashingSink:
+    """A write-only binary stream over ``handle`` that counts and hashes every byte on its way to disk.
+
+    pyarrow writes through any object with ``write`` (wrapped in a ``PythonFile``), so the checksum comes free
+    with the write instead of from reading the shard back.
+    """
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._handle.write(view)
+        self.digest.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:  # the caller owns the handle (it still has to fsync it)
+        self.closed = True
+
+    @staticmethod
+    def writable() -> bool:
+        return True
+
+    @staticmethod
+    def readable() -> bool:
+        return False
+
+    @staticmethod
+    def seekable() -> bool:
+        return False
+
+
+def _write_atomic(path: Path, write: Callable[[HashingSink], None], before_commit: BeforeCommit = None) \
+        -> WrittenFile:
+    """Write ``path`` through a temporary file; on any failure the temporary file is removed (frees the space)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _commit(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            sink = HashingSink(handle)
+            write(sink)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if before_commit is not None:
+        before_commit()
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return WrittenFile(path.name, sink.size, sink.digest.hexdigest())
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
+def write_bytes_atomic(path: Path, data: bytes, before_commit: BeforeCommit = None) -> WrittenFile:
+    """Replace ``path`` with ``data`` atomically."""
+    return _write_atomic(path, lambda sink: sink.write(data), before_commit)
+
+
+def write_json_atomic(path: Path, obj: object, before_commit: BeforeCommit = None) -> WrittenFile:
     """Replace ``path`` with ``obj`` as indented JSON, atomically."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    data = (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    return write_bytes_atomic(path, data, before_commit)
 
 
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None = None):
@@ -75,20 +147,42 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[st
 
 
 def write_shard(directory: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
-                texts: Sequence[str] | None = None) -> str:
-    """Write shard ``index`` atomically into ``directory``; returns its file name."""
+                texts: Sequence[str] | None = None, before_commit: BeforeCommit = None) -> WrittenFile:
+    """Write shard ``index`` atomically into ``directory``; returns its name, size and checksum."""
     import pyarrow.parquet as pq
 
     table = embeddings_table(ids, vectors, texts)
-    final = directory / shard_name(index)
-    tmp = final.with_name(final.name + TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        # One row group per shard: shards are already sized for memory, and search reads them one at a time.
-        pq.write_table(table, handle, row_group_size=max(len(ids), 1), compression="zstd")
-        handle.flush()
-        os.fsync(handle.fileno())
-    _commit(tmp, final)
-    return final.name
+    # One row group per shard: shards are already sized for memory, and search reads them one at a time.
+    return _write_atomic(directory / shard_name(index),
+                         lambda sink: pq.write_table(table, sink, row_group_size=max(len(ids), 1),
+                                                     compression="zstd"),
+                         before_commit)
+
+
+def shard_problem(path: Path, entry: dict, checksum: bool = False) -> str | None:
+    """What is wrong with a committed shard compared with its manifest entry, or None when it looks whole.
+
+    The cheap check (every rerun) is the size and the Parquet footer's row count; ``checksum`` adds the
+    SHA-256 of the whole file. Entries written before sizes were recorded are checked for the footer only.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if entry.get("bytes") is not None and size != entry["bytes"]:
+        return f"{size} bytes, the manifest says {entry['bytes']}"
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as err:
+        return f"unreadable Parquet footer ({err})"
+    if rows != entry.get("rows", rows):
+        return f"{rows} rows, the manifest says {entry['rows']}"
+    if checksum and entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+        return "checksum differs from the manifest's"
+    return None
 
 
 def read_vectors(path: Path) -> np.ndarray:
@@ -111,16 +205,21 @@ def fixed_list_to_numpy(column) -> np.ndarray:
 def assemble_npy(shards: list[Path], output: Path, dimension: int, rows: int) -> None:
     """Concatenate shard vectors into ``output`` (``.npy``) through a memory map, atomically."""
     tmp = output.with_name(output.name + TMP_SUFFIX)
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dimension))
-    start = 0
-    for shard in shards:
-        vectors = read_vectors(shard)
-        array[start:start + len(vectors)] = vectors
-        start += len(vectors)
-    if start != rows:
-        raise RuntimeError(f"shards hold {start} rows, the manifest says {rows}")
-    array.flush()
-    del array
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    _commit(tmp, output)
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dimension))
+        start = 0
+        for shard in shards:
+            vectors = read_vectors(shard)
+            array[start:start + len(vectors)] = vectors
+            start += len(vectors)
+        if start != rows:
+            raise RuntimeError(f"shards hold {start} rows, the manifest says {rows}")
+        array.flush()
+        del array
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, output)
+    fsync_dir(output.parent)

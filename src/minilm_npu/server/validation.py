@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InputError
 from .errors import ApiError
 
 
@@ -72,7 +73,14 @@ def prepare_inputs(inputs: Any, encoder: Any, *, max_client_batch_size: int, tru
         raise ApiError(400, f"{param} has {count} items; this server takes at most {max_client_batch_size} "
                             f"per request (--max-client-batch-size)", param=param)
     if texts is not None:
-        ids = encoder.tokenize(texts, truncate=truncate and check_length)
+        try:
+            ids = encoder.tokenize(texts, truncate=truncate and check_length)
+        except InputError as err:  # e.g. a lone surrogate, which JSON's "\ud800" escapes can carry
+            index, reason = getattr(err, "index", None), getattr(err, "reason", None)
+            if index is None or reason is None:
+                raise ApiError(400, str(err), param=param) from err
+            name = param if isinstance(inputs, str) else f"{param}[{index}]"
+            raise ApiError(400, f"{name} {reason}", param=param) from err
         if check_length and not truncate:
             for index, seq in enumerate(ids):
                 if len(seq) > limit:

@@ -87,9 +87,9 @@ def _sentence_transformers_encode(model_dir: str, device: str, dtype: str) -> En
     import torch
 
     model = SentenceTransformer(model_dir, device=device)
-    # Same precision as ours where sentence-transformers can run it; int8 is compared against its float32.
-    if dtype in ("float16", "bfloat16"):
-        model = model.to(getattr(torch, dtype))
+    # Same precision as ours where sentence-transformers can run it; int8 is compared against its float32. Set it
+    # explicitly: transformers 5 loads a checkpoint in its stored dtype (a float16 copy would run float16).
+    model = model.to(getattr(torch, dtype if dtype in ("float16", "bfloat16") else "float32"))
     return lambda batch, batch_size: model.encode(batch, batch_size=batch_size, convert_to_numpy=True)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ class DeviceCheck:
     max_abs_error: float | None = None
     first_encode_s: float | None = None
     message: str = ""
+    engine: dict[str, str] = field(default_factory=dict)  # what the engine picked on this device, and why
 
 
 def probe_texts() -> list[str]:
@@ -77,6 +78,7 @@ def check_device(spec: str, reference: Callable[[], np.ndarray], texts: list[str
             encoder = MiniLMEncoder(model_path=model_path, device=str(device), dtype=dtype, backend=backend)
             vectors = encoder.encode(texts, batch_size=len(texts))
             check.first_encode_s = time.perf_counter() - start
+            check.engine = encoder.engine_choices()
         except Exception as err:  # noqa: BLE001 - any failure on a device is the finding, reported in one line
             check.message = f"{type(err).__name__}: {err}"
             checks.append(check)

@@ -93,6 +93,14 @@ def check_markdown(report: dict) -> str:
                     [[c["device"], c["name"] or "—", _memory(c["total_memory_bytes"]), c["status"],
                       _num(c["min_cosine"]), _num(c["max_abs_error"], sci=True), _num(c["first_encode_s"], 2),
                       c["message"].replace("|", "\\|")] for c in report["checks"]])
+    engines = [c for c in report["checks"] if c.get("engine")]
+    if engines:
+        lines += ["", "## Engine choices", ""]
+        keys = list(dict.fromkeys(k for c in engines for k in c["engine"]))
+        names = {"gelu": "GELU", "torch_npu": "torch_npu / op-plugin"}
+        lines += _table(["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
+                        [[c["device"]] + [c["engine"].get(k, "—").replace("|", "\\|") for k in keys]
+                         for c in engines])
     lines += ["", f"NPU: {report['npu']['summary']}.", ""]
     if report.get("cpu_kernels"):
         lines += ["## CPU kernels", "", f"ISA: {report['cpu_kernels']['isa']}", ""]
@@ -264,8 +272,10 @@ def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",
                model_path: str | None = None, batch_sizes: Sequence[int] = (1, 4, 16, 32, 64), warmup: int = 3,
                rounds: int = 10, sts_path: str | Path | None = None, user_texts: Sequence[str] = (),
                compare_cpu: bool = False, compare: str | None = None, progress: bool = False,
-               texts: Sequence[str] | None = None) -> dict:
+               texts: Sequence[str] | None = None, reference_model_path: str | None = None) -> dict:
     """Run check, accuracy and bench for ``device`` and write everything plus ``index.md`` into ``out``.
+
+    ``reference_model_path`` is the model of the CPU float32 reference side (None: the bundled official files).
 
     Returns:
         ``{"check": ..., "accuracy": ..., "bench": ..., "index": Path}`` with the three reports.
@@ -280,9 +290,10 @@ def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",
 
     out = _out_dir(out)
     # One reference model for the doctor and the accuracy run, one model per dtype for accuracy and bench.
-    reference = MiniLMEncoder(device="cpu", dtype="float32", backend=REFERENCE_BACKEND)
+    reference = MiniLMEncoder(model_path=reference_model_path, device="cpu", dtype="float32",
+                              backend=REFERENCE_BACKEND)
     check = run_doctor(device, dtype=dtypes[0], backend=backend, model_path=model_path,
-                       reference_encoder=reference if model_path is None else None)
+                       reference_encoder=reference if model_path == reference_model_path else None)
     write_check(check, out)
     encoders: dict[str, object] = {}
     load_seconds: dict[str, float] = {}

@@ -1,0 +1,45 @@
+"""``minilm-npu serve`` with the real model behind a device that can be made to fail, for the failure tests.
+
+Usage: ``python -m tests.integration.flaky_server FAIL_FILE SERVE_ARGS...``. While ``FAIL_FILE`` holds a positive
+number, each forward pass fails (``RuntimeError``) and the number goes down by one: ``1`` fails exactly the next
+batch, a large number is a device that keeps failing, ``0`` heals it. Everything else is the real command.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from minilm_npu.cli import common, serve
+
+
+class FlakyDevice:
+    """The real encoder, except that ``encode_token_ids`` fails while the fail file counts down."""
+
+    def __init__(self, encoder, fail_file: Path):
+        self._encoder = encoder
+        self._fail_file = fail_file
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_token_ids(self, *args, **kwargs):
+        with self._lock:
+            left = int(self._fail_file.read_text() or 0) if self._fail_file.exists() else 0
+            if left > 0:
+                self._fail_file.write_text(str(left - 1))
+                raise RuntimeError("injected device failure")
+        return self._encoder.encode_token_ids(*args, **kwargs)
+
+
+def main(argv: list[str]) -> int:
+    fail_file = Path(argv[0])
+    build = common.build_encoder
+    common.build_encoder = lambda args: FlakyDevice(build(args), fail_file)
+    return serve.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,120 @@
+"""The Ascend code paths, proven on the CPU: everything but torch_npu's kernels themselves.
+
+A stand-in ``torch_npu`` module provides reference implementations of the two kernels the engine calls on an NPU:
+``npu_fusion_attention`` with ``input_layout="TND"`` (per-sequence SDPA over the cumulative lengths, the kernel's
+documented semantics) and ``npu_gelu`` (exact erf GELU). With it, the engine's NPU choices run end to end on the
+real model and are compared with sentence-transformers; only the kernels are unverified here.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minilm_npu import devices
+from minilm_npu.bert import BertConfig, PackedBert, load_weights, pack
+from minilm_npu.modelfiles import resolve_model
+from minilm_npu.samples import MIXED_24
+from minilm_npu.tokenization import Tokenizer
+from tests import texts
+
+BATCH = texts.ALL + MIXED_24
+
+
+def reference_tnd_attention(query, key, value, head_num, *, input_layout, scale, actual_seq_qlen, actual_seq_kvlen,
+                            **unused):
+    """npu_fusion_attention's TND semantics: tokens of sequence i are rows [ends[i-1], ends[i]) of [T, N, D]."""
+    assert input_layout == "TND" and query.dim() == 3 and query.shape[1] == head_num
+    assert tuple(actual_seq_qlen) == tuple(actual_seq_kvlen) and actual_seq_qlen[-1] == query.shape[0]
+    outputs, start = [], 0
+    for end in actual_seq_qlen:
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+        outputs.append(F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(0, 1))
+        start = end
+    return torch.cat(outputs), None, None, None, 0, 0, 0
+
+
+@pytest.fixture()
+def fake_torch_npu(monkeypatch):
+    module = types.ModuleType("torch_npu")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch_npu", None)
+    module.gelu_calls = []
+
+    def npu_gelu(x, approximate="none"):
+        module.gelu_calls.append(approximate)
+        assert approximate == "none"
+        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+    module.npu_fusion_attention = reference_tnd_attention
+    module.npu_gelu = npu_gelu
+    monkeypatch.setitem(__import__("sys").modules, "torch_npu", module)
+    monkeypatch.setattr(devices, "_torch_npu_state", None)
+    yield module
+    devices._torch_npu_state = None
+
+
+@pytest.fixture(scope="module")
+def real():
+    files = resolve_model(None)
+    config = BertConfig.from_dict(files.config)
+    return config, load_weights(files.weights_path, config), Tokenizer(files).encode(BATCH)
+
+
+def test_attention_plan_per_device(fake_torch_npu, monkeypatch):
+    assert devices.attention_plan("cpu", "float32").strategy == "bucketed"
+    cuda = devices.attention_plan("cuda", "float16")
+    assert cuda.strategy == "padded" and not cuda.square_mask
+    npu16 = devices.attention_plan("npu", "float16")
+    assert npu16.strategy == "varlen" and not npu16.square_mask
+    npu32 = devices.attention_plan("npu", "float32")
+    assert npu32.strategy == "padded" and npu32.square_mask and "float32" in npu32.reason
+    monkeypatch.delattr(fake_torch_npu, "npu_fusion_attention")
+    older = devices.attention_plan("npu", "bfloat16")
+    assert older.strategy == "padded" and older.square_mask
+
+
+def test_exact_gelu_choice(fake_torch_npu, monkeypatch):
+    gelu, why = devices.exact_gelu("npu")
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(gelu(x), F.gelu(x), atol=1e-6, rtol=0)
+    assert fake_torch_npu.gelu_calls == ["none"] and "npu_gelu" in why
+    assert devices.exact_gelu("cuda")[0] is F.gelu
+    monkeypatch.delattr(fake_torch_npu, "npu_gelu")
+    assert "tanh" in devices.exact_gelu("npu")[1]
+
+
+def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, st_model, monkeypatch):
+    """The NPU's choices (TND varlen attention, npu_gelu) on the real model, in float32 arithmetic on the CPU."""
+    config, weights, ids = real
+    plan = devices.attention_plan("npu", "float16")
+    gelu, _ = devices.exact_gelu("npu")
+    model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an Ascend path called F.gelu, which runs the tanh approximation on an NPU")
+
+    monkeypatch.setattr(torch.nn.functional, "gelu", forbidden)
+    packed = pack(ids, plan.strategy, model.device)
+    with torch.inference_mode():
+        ours = F.normalize(model.pool(model.forward(packed), packed, "mean"), dim=1).numpy()
+    monkeypatch.undo()
+    assert fake_torch_npu.gelu_calls  # the exact kernel ran
+    np.testing.assert_allclose(ours, st_model.encode(BATCH), atol=1e-5, rtol=0)
+
+
+def test_square_mask_equals_broadcast_mask(real):
+    config, weights, ids = real
+    model = PackedBert(config, weights, torch.device("cpu"))
+    with torch.inference_mode():
+        outputs = []
+        for square in (False, True):
+            packed = pack(ids, "padded", model.device, square_mask=square)
+            outputs.append(model.pool(model.forward(packed), packed, "mean"))
+    assert packed.buckets[0].mask.shape[-2:] == (packed.buckets[0].mask.shape[-1],) * 2
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)
