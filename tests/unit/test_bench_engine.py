@@ -44,6 +44,22 @@ def test_engines_take_turns_and_means_cover_every_round(bench):
     assert calls == [("st", 0, 1), ("ours", 0, 1)]
 
 
+class PausableEngine(FakeEngine):
+    def pause(self):
+        self.calls.append(("pause", self.label))
+
+    def resume(self):
+        self.calls.append(("resume", self.label))
+
+
+def test_engines_not_on_turn_are_paused_while_one_is_timed(bench):
+    calls = []
+    engines = [PausableEngine("st", 2.0, calls), PausableEngine("ort", 1.0, calls)]
+    bench.time_interleaved(engines, ["x"], 1, torch.device("cpu"), warmup=0, rounds=1)
+    assert calls == [("pause", "ort"), ("st", 0, 1), ("resume", "ort"),
+                     ("pause", "st"), ("ort", 0, 1), ("resume", "st")]
+
+
 def test_real_work_and_weight_bytes(bench):
     per_token_linear = 2 * (4 * 384 * 384 + 2 * 384 * 1536)  # 3.5 MFLOP per token per layer
     assert bench.real_work([10], MINILM) == 6 * (10 * per_token_linear + 4 * 100 * 384)
