@@ -43,8 +43,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minilm_npu.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
-from minilm_npu.devices import describe, dtype_unsupported_reason, parse_devices, synchronize  # noqa: E402
+from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
+from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.engine.policy import dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
 from minilm_npu.verify.accuracy import load_sts, row_cosines, spearman  # noqa: E402
 from minilm_npu.verify.bench import time_calls  # noqa: E402
@@ -259,7 +260,7 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
     """Best measured linear-layer rate per dtype (operations/s) and memory read bandwidth (bytes/s)."""
     import torch.nn.functional as F
 
-    from minilm_npu.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
 
     def best_seconds(fn, tries: int) -> float:
         return min(time_calls(lambda *_: fn(), lambda: synchronize(device), [], 1, 1)["mean_ms"]
@@ -373,7 +374,7 @@ def quality(vectors: dict[str, dict[str, np.ndarray]], scores: np.ndarray | None
 
 
 def run(args: argparse.Namespace) -> dict:
-    from minilm_npu.bert import BertConfig
+    from minilm_npu.engine.bert import BertConfig
     from minilm_npu.modelfiles import resolve_model
     from minilm_npu.tokenization import Tokenizer
 

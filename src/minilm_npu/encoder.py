@@ -3,15 +3,16 @@
 Three stages, as the reference port and infinity split them:
 
 * **pre** (CPU): validate once, tokenize with HF ``tokenizers`` at the model's real limit (256), sort by length;
-* **core** (device): the backend's forward pass and pooling on token ids only, one batch at a time, one worker
-  (and one model copy) per device;
+* **core** (device): the backend's forward pass and pooling on token ids only, one batch at a time, one
+  :class:`DeviceWorker` (and one model copy) per device, driven by :class:`~minilm_npu.scheduling.DevicePool`;
 * **post**: L2 normalisation in float32, ``.cpu()``, rows written back to their input positions.
+
+It implements :class:`minilm_npu.contract.Encoder`, the only part of it the server, corpus and verify use.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -20,17 +21,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backend import DEFAULT_BACKEND, DTYPES, Backend, create_backend
+from .config import DEFAULT_MAX_BATCH_TOKENS, EncoderConfig
 from .devices import parse_devices
+from .engine.backend import Backend, create_backend
 from .errors import InputError
 from .modelfiles import ModelFiles, resolve_model
-from .tokenization import Tokenizer
+from .scheduling import DevicePool
+from .st_compat import SentenceTransformerSurface
+from .st_compat import encode as encode_st_compatible
+from .tokenization import Tokenizer, check_token_ids
 
 log = logging.getLogger(__name__)
 
-#: Default cap on real (unpadded) tokens per forward pass: large enough to keep a card busy, small enough that
-#: activations of a 6-layer, 384-wide model stay well under 100 MB.
-DEFAULT_MAX_BATCH_TOKENS = 16384
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "DeviceWorker", "EncoderConfig", "MiniLMEncoder", "plan_batches"]
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
@@ -55,56 +58,101 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int)
     return batches
 
 
-class _Worker:
-    """One device, one model copy, one lock: a backend is never run by two threads at once."""
+class DeviceWorker:
+    """One device, one model copy, one lock: a backend is never run by two threads at once.
+
+    Args:
+        backend: The engine on this worker's device.
+    """
 
     def __init__(self, backend: Backend):
         self.backend = backend
         self.lock = threading.Lock()
 
-    def run(self, batch: list[list[int]], normalize: bool) -> np.ndarray:
+    @property
+    def device(self) -> torch.device:
+        """Where this worker's model runs."""
+        return self.backend.device
+
+    def run(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        """Exactly this batch as one forward pass: ids already validated, vectors back on the CPU, in order."""
         with self.lock:
-            pooled = self.backend.embed(batch)
+            pooled = self.backend.embed(ids)
             if normalize:
                 pooled = F.normalize(pooled.float(), p=2, dim=1)
             return pooled.float().cpu().numpy()
 
+    def warmup(self) -> None:
+        """The backend's own warm-up shapes (e.g. every static-shape gear on an NPU), then one tiny batch."""
+        with self.lock:
+            warmup = getattr(self.backend, "warmup", None)  # optional in the Backend protocol
+            if warmup is not None:
+                warmup()
 
-class MiniLMEncoder:
+
+class MiniLMEncoder(SentenceTransformerSurface):
     """Sentence embeddings with all-MiniLM-L6-v2 (or another BERT-family sentence-transformers model).
 
+    A drop-in for ``SentenceTransformer``: ``encode`` also takes its keyword arguments, and ``similarity``,
+    ``encode_query``, ``max_seq_length`` (settable) and the rest come from
+    :class:`~minilm_npu.st_compat.SentenceTransformerSurface`.
+
     Args:
-        model_path: A local sentence-transformers directory, a hub id, or None for the bundled official model.
-        device: One string: ``"auto"`` (npu → cuda → mps → cpu), ``"cpu"``, ``"npu:0"``, ``"cuda:1"``, or a
-            comma-separated list (``"npu:0,npu:1"``) for one worker per device. ``"cuda"``/``"npu"`` mean every
-            visible card.
-        dtype: ``"float32"`` (exact), ``"bfloat16"``, ``"float16"`` or ``"int8"``.
-        backend: ``"packed"`` (the fast engine) or ``"transformers"`` (the reference port's method).
-        max_batch_tokens: Cap on real tokens per forward pass.
+        model_path, device, dtype, backend, max_batch_tokens, batch_size: As :class:`EncoderConfig` (the
+            defaults are its defaults); ``device`` may also be a ``torch.device``.
+        config: All of them at once; when given, the other arguments must be left out.
 
     Raises:
         ModelFilesError, DeviceError, InputError: with a message that says what to do.
     """
 
-    def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "float32",
-                 backend: str | None = None, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
-        if dtype not in DTYPES:
-            raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
-            raise InputError(f"max_batch_tokens must be a positive integer, not {max_batch_tokens!r}")
-        self.model_files: ModelFiles = resolve_model(model_path)
-        self.devices: list[torch.device] = parse_devices(device)
-        self.dtype = dtype
-        self.backend_name = backend or DEFAULT_BACKEND
-        self.max_batch_tokens = max_batch_tokens
+    def __init__(self, model_path: str | None = None, device: str | torch.device | None = None,
+                 dtype: str | None = None, backend: str | None = None, max_batch_tokens: int | None = None,
+                 batch_size: int | None = None, *, config: EncoderConfig | None = None):
+        given = {name: value for name, value in (("model_path", model_path), ("device", device), ("dtype", dtype),
+                                                 ("backend", backend), ("max_batch_tokens", max_batch_tokens),
+                                                 ("batch_size", batch_size)) if value is not None}
+        if config is not None and given:
+            raise InputError(f"pass either config or settings ({', '.join(given)}), not both")
+        if "device" in given:
+            given["device"] = str(device)
+        self.config: EncoderConfig = config or EncoderConfig(**given)
+        self.model_files: ModelFiles = resolve_model(self.config.model_path)
+        devices = parse_devices(self.config.device)
         self.tokenizer = Tokenizer(self.model_files)
-        self._workers = [_Worker(create_backend(self.backend_name, self.model_files, dev, dtype))
-                         for dev in self.devices]
+        self.workers: list[DeviceWorker] = [
+            DeviceWorker(create_backend(self.config.backend, self.model_files, dev, self.config.dtype))
+            for dev in devices]
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig) -> MiniLMEncoder:
+        """The encoder ``config`` describes."""
+        return cls(config=config)
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device the model runs on, one worker each."""
+        return [worker.device for worker in self.workers]
 
     @property
     def device(self) -> torch.device:
         """The (first) device the model runs on."""
-        return self.devices[0]
+        return self.workers[0].device
+
+    @property
+    def dtype(self) -> str:
+        """``config.dtype``."""
+        return self.config.dtype
+
+    @property
+    def backend_name(self) -> str:
+        """``config.backend``."""
+        return self.config.backend
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """``config.max_batch_tokens``."""
+        return self.config.max_batch_tokens
 
     @property
     def dimension(self) -> int:
@@ -112,14 +160,14 @@ class MiniLMEncoder:
         return self.model_files.hidden_size
 
     @property
-    def max_seq_length(self) -> int:
-        """Token limit, special tokens included (256), from sentence_bert_config.json."""
-        return self.model_files.max_seq_length
-
-    @property
     def model_name(self) -> str:
         """The model's hub id or directory name."""
         return self.model_files.name
+
+    @property
+    def pooling(self) -> str:
+        """``"mean"`` or ``"cls"``, as the model's files say."""
+        return self.model_files.pooling
 
     def __repr__(self) -> str:
         devices = ",".join(str(d) for d in self.devices)
@@ -141,68 +189,77 @@ class MiniLMEncoder:
                 raise InputError(f"sentences[{index}] is {type(text).__name__}, not a string")
         return texts
 
-    def _check_ids(self, token_ids: Sequence[Sequence[int]]) -> list[list[int]]:
-        checked = []
-        vocab = self.tokenizer.vocab_size
-        for index, ids in enumerate(token_ids):
-            ids = list(ids)
-            if not ids:
-                raise InputError(f"token_ids[{index}] is empty")
-            if len(ids) > self.max_seq_length:
-                raise InputError(f"token_ids[{index}] has {len(ids)} tokens; the model takes at most "
-                                 f"{self.max_seq_length}")
-            if not all(isinstance(i, (int, np.integer)) and 0 <= i < vocab for i in ids):
-                raise InputError(f"token_ids[{index}] holds a value that is not a token id in [0, {vocab})")
-            checked.append([int(i) for i in ids])
-        return checked
-
     # -- core + post -----------------------------------------------------------------------------------------
-    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
-               show_progress_bar: bool = False) -> np.ndarray:
+    def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
+               normalize_embeddings: bool = True, show_progress_bar: bool | None = False,
+               **st_options) -> np.ndarray:
         """Embed texts.
 
         Args:
             sentences: One string or a list of strings. Empty strings are embedded (``[CLS] [SEP]``), as in the
                 reference; texts over ``max_seq_length`` tokens are truncated (logged at info level).
-            batch_size: Most sequences per forward pass.
+            batch_size: Most sequences per forward pass (default ``config.batch_size``, 32).
             normalize_embeddings: L2-normalise each vector (the model's own Normalize module).
             show_progress_bar: Show a tqdm bar.
+            **st_options: sentence-transformers' ``encode`` arguments (``convert_to_tensor``, ``precision``,
+                ``output_value``, ``prompt``, ...), with its meaning and output types; see
+                :func:`minilm_npu.st_compat.encode`. Anything else is an :class:`InputError` naming it.
 
         Returns:
             float32 array ``(N, dimension)`` in input order, or ``(dimension,)`` for a single string.
         """
+        if st_options or show_progress_bar is None:
+            return encode_st_compatible(self, sentences, batch_size, normalize_embeddings, show_progress_bar,
+                                        **st_options)
         single = isinstance(sentences, str)
         texts = [sentences] if single else self._check_texts(sentences)
         vectors = self._encode_ids(self.tokenize(texts), batch_size, normalize_embeddings, show_progress_bar)
         return vectors[0] if single else vectors
 
-    def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32,
-                         normalize_embeddings: bool = True, show_progress_bar: bool = False,
-                         device_index: int | None = None) -> np.ndarray:
+    def token_embeddings(self, sentences: Sequence[str], batch_size: int | None = None,
+                         show_progress_bar: bool = False) -> list[torch.Tensor]:
+        """Last-layer hidden states per text, special tokens included: float32 ``[tokens, dimension]`` tensors on
+        the first device, in input order (sentence-transformers' ``output_value="token_embeddings"``)."""
+        ids = self.tokenize(self._check_texts(sentences))
+        batch_size = self._batch_size(batch_size)
+        worker, out = self.workers[0], [None] * len(ids)
+        with tqdm(total=len(ids), disable=not show_progress_bar, unit="text", desc="encode") as bar:
+            for batch in plan_batches([len(x) for x in ids], batch_size, self.config.max_batch_tokens):
+                with worker.lock:
+                    states = worker.backend.token_embeddings([ids[i] for i in batch])
+                for index, state in zip(batch, states):
+                    out[index] = state
+                bar.update(len(batch))
+        return out
+
+    def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
+                         normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
         """Embed already-tokenized inputs (ids as :meth:`tokenize` returns them); same output as :meth:`encode`.
 
-        Args:
-            device_index: Run on ``devices[device_index]`` only (a server's per-device worker drives its own
-                card this way); by default the work is spread over every device.
+        Raises:
+            InputError: an empty list, one over ``max_seq_length`` ids, or a value outside the vocabulary.
         """
-        if device_index is not None and not 0 <= device_index < len(self._workers):
-            raise InputError(f"device_index {device_index} is out of range: {len(self._workers)} device(s)")
-        return self._encode_ids(self._check_ids(token_ids), batch_size, normalize_embeddings, show_progress_bar,
-                                device_index)
+        ids = check_token_ids(token_ids, self.tokenizer.vocab_size, self.max_seq_length)
+        return self._encode_ids(ids, batch_size, normalize_embeddings, show_progress_bar)
 
-    def _encode_ids(self, ids: list[list[int]], batch_size: int, normalize: bool, progress: bool,
-                    device_index: int | None = None) -> np.ndarray:
+    def _batch_size(self, batch_size: int | None) -> int:
+        """``batch_size``, or ``config.batch_size`` for None; InputError unless a positive integer."""
+        batch_size = self.config.batch_size if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
+        return batch_size
+
+    def _encode_ids(self, ids: list[list[int]], batch_size: int | None, normalize: bool,
+                    progress: bool) -> np.ndarray:
+        batch_size = self._batch_size(batch_size)
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
             return out
-        batches = plan_batches([len(x) for x in ids], batch_size, self.max_batch_tokens)
+        batches = plan_batches([len(x) for x in ids], batch_size, self.config.max_batch_tokens)
         with tqdm(total=len(ids), disable=not progress, unit="text", desc="encode") as bar:
-            if len(self._workers) == 1 or device_index is not None:
-                worker = self._workers[device_index or 0]
+            if len(self.workers) == 1:  # the common case: no threads to start
                 for batch in batches:
-                    out[batch] = worker.run([ids[i] for i in batch], normalize)
+                    out[batch] = self.workers[0].run([ids[i] for i in batch], normalize)
                     bar.update(len(batch))
             else:
                 self._run_parallel(ids, batches, normalize, out, bar)
@@ -210,35 +267,27 @@ class MiniLMEncoder:
 
     def _run_parallel(self, ids: list[list[int]], batches: list[list[int]], normalize: bool,
                       out: np.ndarray, bar: tqdm) -> None:
-        """One thread per device pulls batches from a shared queue, so faster cards take more of the work."""
-        work: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
-        for batch in batches:
-            work.put(batch)
+        """Every device pulls the next planned batch when it is free, so faster cards take more of the work."""
+        pending = iter(batches)
+        lock = threading.Lock()
         failures: list[tuple[torch.device, BaseException]] = []
-        stop = threading.Event()
-        bar_lock = threading.Lock()
 
-        def serve(worker: _Worker) -> None:
-            while not stop.is_set():
-                try:
-                    batch = work.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    out[batch] = worker.run([ids[i] for i in batch], normalize)
-                except BaseException as err:  # noqa: BLE001 - reported below with the device's name
-                    failures.append((worker.backend.device, err))
-                    stop.set()
-                    return
-                with bar_lock:
-                    bar.update(len(batch))
+        def next_batch() -> list[int] | None:
+            with lock:
+                return None if failures else next(pending, None)
 
-        threads = [threading.Thread(target=serve, args=(w,), name=f"minilm-{w.backend.device}", daemon=True)
-                   for w in self._workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        def run(worker: DeviceWorker, batch: list[int]) -> None:
+            try:
+                out[batch] = worker.run([ids[i] for i in batch], normalize)
+            except BaseException as err:  # noqa: BLE001 - reported below with the device's name
+                with lock:
+                    failures.append((worker.device, err))
+                return
+            with lock:
+                bar.update(len(batch))
+
+        pool = DevicePool(self.workers, next_batch, run, name="minilm-encode").start()
+        pool.join()
         if failures:
             device, err = failures[0]
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
@@ -246,15 +295,13 @@ class MiniLMEncoder:
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;
         empty for backends that make no device-dependent choices."""
-        choices = getattr(self._workers[0].backend, "choices", None)
+        choices = getattr(self.workers[0].backend, "choices", None)
         return dict(choices()) if choices else {}
 
     def warmup(self) -> None:
-        """Run one tiny forward pass on every device (first-call allocation, kernel selection, graph build)."""
+        """Run each device's warm-up shapes and one tiny forward pass (first-call allocation, kernel selection,
+        graph builds)."""
         ids = self.tokenize(["warm-up"])
-        for worker in self._workers:
-            with worker.lock:
-                warmup = getattr(worker.backend, "warmup", None)
-                if warmup is not None:  # the backend knows its shapes (e.g. every static-shape gear on an NPU)
-                    warmup()
+        for worker in self.workers:
+            worker.warmup()
             worker.run(ids, normalize=True)

@@ -51,6 +51,8 @@ class ModelFiles:
         do_lower_case: ``sentence_bert_config.json``'s do_lower_case (the tokenizer may lowercase on its own too).
         pooling: ``"mean"`` or ``"cls"``, from ``1_Pooling/config.json``.
         normalize: Whether ``modules.json`` ends in a Normalize module.
+        prompts: Named prompts from ``config_sentence_transformers.json`` over sentence-transformers' defaults
+            (empty ``query`` and ``document`` prompts); all-MiniLM-L6-v2 has only those.
     """
 
     directory: Path
@@ -60,6 +62,7 @@ class ModelFiles:
     do_lower_case: bool
     pooling: str
     normalize: bool
+    prompts: dict[str, str] = field(default_factory=lambda: {"query": "", "document": ""}, repr=False)
 
     @property
     def weights_path(self) -> Path:
@@ -130,6 +133,8 @@ def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles
     modules = _read_json(modules_path) if modules_path.is_file() else []
     max_positions = int(config.get("max_position_embeddings", 512))
     max_seq_length = int(st_config.get("max_seq_length") or max_positions)
+    prompts_path = directory / "config_sentence_transformers.json"
+    prompts = _read_json(prompts_path).get("prompts") if prompts_path.is_file() else None
     return ModelFiles(
         directory=directory,
         name=name or directory.name,
@@ -138,6 +143,7 @@ def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         pooling=_pooling_mode(directory, modules),
         normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
+        prompts={"query": "", "document": "", **(prompts if isinstance(prompts, dict) else {})},
     )
 
 

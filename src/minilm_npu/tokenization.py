@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import InputError
@@ -71,8 +72,11 @@ class Tokenizer:
         self._full.no_padding()
         self._full.no_truncation()
         self.vocab_size = self._full.get_vocab_size()
-        self.pad_id = self._full.token_to_id("[PAD]") or 0
-        self.truncated_total = 0
+
+    def set_max_seq_length(self, max_seq_length: int) -> None:
+        """Truncate at ``max_seq_length`` tokens from now on (the caller checks it against the model's limit)."""
+        self.max_seq_length = max_seq_length
+        self._truncating.enable_truncation(max_length=max_seq_length)
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
         # As sentence-transformers does: surrounding whitespace is stripped, and lower-cased when the
@@ -102,15 +106,52 @@ class Tokenizer:
         encodings = _encode_batch(self._truncating, prepared)
         truncated = sum(1 for enc in encodings if enc.overflowing)
         if truncated:
-            self.truncated_total += truncated
             log.info("%d of %d input(s) were longer than %d tokens and were truncated",
                      truncated, len(encodings), self.max_seq_length)
         return [enc.ids for enc in encodings]
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Untruncated token counts (special tokens included), to enforce limits at the edge."""
-        return [len(ids) for ids in self.encode(texts, truncate=False)]
-
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
         """The token strings for ids (for ``/tokenize``-style output)."""
         return [self._full.id_to_token(int(i)) or "[UNK]" for i in ids]
+
+
+class TokenIdError(InputError):
+    """Token ids a model cannot take. ``empty`` tells the server's error kind apart (an empty list)."""
+
+    def __init__(self, message: str, empty: bool = False):
+        super().__init__(message)
+        self.empty = empty
+
+
+def check_token_ids(token_ids: Sequence[Sequence[int]], vocab_size: int, max_length: int,
+                    name: str = "token_ids") -> list[list[int]]:
+    """The one token-id check, at the edge (the encoder's ``encode_token_ids`` and the server's requests).
+
+    Everything behind it (batcher, device workers, engines) takes the ids as valid.
+
+    Args:
+        token_ids: Id lists, e.g. as :meth:`Tokenizer.encode` returns them.
+        vocab_size: Ids must lie in ``[0, vocab_size)``.
+        max_length: Most ids per list (the model's ``max_seq_length``).
+        name: How the input is named in messages (``token_ids``, ``input``, ``inputs``).
+
+    Returns:
+        The ids as lists of Python ints.
+
+    Raises:
+        TokenIdError: naming the first bad list: empty, too long, or holding something that is not a token id.
+    """
+    checked = []
+    for index, ids in enumerate(token_ids):
+        if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
+            raise TokenIdError(f"{name}[{index}] is {type(ids).__name__}, not a list of token ids")
+        ids = list(ids)
+        if not ids:
+            raise TokenIdError(f"{name}[{index}] is an empty list of token ids", empty=True)
+        if len(ids) > max_length:
+            raise TokenIdError(f"{name}[{index}] has {len(ids)} token ids; the model takes at most {max_length}")
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < vocab_size
+                   for i in ids):
+            raise TokenIdError(f"{name}[{index}] holds a value that is not a token id in [0, {vocab_size})")
+        checked.append([int(i) for i in ids])
+    return checked

@@ -1,7 +1,7 @@
 """``minilm-npu serve`` with the real model behind a device that can be made to fail, for the failure tests.
 
 Usage: ``python -m tests.integration.flaky_server FAIL_FILE SERVE_ARGS...``. While ``FAIL_FILE`` holds a positive
-number, each forward pass fails (``RuntimeError``) and the number goes down by one: ``1`` fails exactly the next
+number, each forward pass on a device worker fails (``RuntimeError``) and the number goes down by one: ``1`` fails exactly the next
 batch, a large number is a device that keeps failing, ``0`` heals it. Everything else is the real command.
 """
 
@@ -14,30 +14,39 @@ from pathlib import Path
 from minilm_npu.cli import common, serve
 
 
-class FlakyDevice:
-    """The real encoder, except that ``encode_token_ids`` fails while the fail file counts down."""
+class FlakyWorker:
+    """One real device worker, except that ``run`` fails while the fail file counts down."""
 
-    def __init__(self, encoder, fail_file: Path):
-        self._encoder = encoder
-        self._fail_file = fail_file
-        self._lock = threading.Lock()
+    def __init__(self, worker, fail_file: Path, lock: threading.Lock):
+        self._worker, self._fail_file, self._lock = worker, fail_file, lock
 
-    def __getattr__(self, name):
-        return getattr(self._encoder, name)
+    @property
+    def device(self):
+        return self._worker.device
 
-    def encode_token_ids(self, *args, **kwargs):
+    def warmup(self):
+        self._worker.warmup()
+
+    def run(self, ids, normalize):
         with self._lock:
             left = int(self._fail_file.read_text() or 0) if self._fail_file.exists() else 0
             if left > 0:
                 self._fail_file.write_text(str(left - 1))
                 raise RuntimeError("injected device failure")
-        return self._encoder.encode_token_ids(*args, **kwargs)
+        return self._worker.run(ids, normalize)
+
+
+def flaky(encoder, fail_file: Path):
+    """The real encoder with every device worker made flaky (the server runs its batches through ``workers``)."""
+    lock = threading.Lock()
+    encoder.workers = [FlakyWorker(worker, fail_file, lock) for worker in encoder.workers]
+    return encoder
 
 
 def main(argv: list[str]) -> int:
     fail_file = Path(argv[0])
     build = common.build_encoder
-    common.build_encoder = lambda args: FlakyDevice(build(args), fail_file)
+    common.build_encoder = lambda args: flaky(build(args), fail_file)
     return serve.main(argv[1:])
 
 

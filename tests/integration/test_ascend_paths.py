@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from minilm_npu import devices
-from minilm_npu.bert import BertConfig, PackedBert, load_weights, pack
+from minilm_npu.engine import policy
+from minilm_npu.engine.bert import BertConfig, PackedBert, load_weights, pack
 from minilm_npu.modelfiles import resolve_model
 from minilm_npu.samples import MIXED_24
 from minilm_npu.tokenization import Tokenizer
@@ -67,15 +68,15 @@ def real():
 
 
 def test_attention_plan_per_device(fake_torch_npu, monkeypatch):
-    assert devices.attention_plan("cpu", "float32").strategy == "bucketed"
-    cuda = devices.attention_plan("cuda", "float16")
+    assert policy.attention_plan("cpu", "float32").strategy == "bucketed"
+    cuda = policy.attention_plan("cuda", "float16")
     assert cuda.strategy == "padded" and not cuda.square_mask
-    npu16 = devices.attention_plan("npu", "float16")
+    npu16 = policy.attention_plan("npu", "float16")
     assert npu16.strategy == "varlen" and not npu16.square_mask
-    npu32 = devices.attention_plan("npu", "float32")
+    npu32 = policy.attention_plan("npu", "float32")
     assert npu32.strategy == "padded" and npu32.square_mask and "float32" in npu32.reason
     monkeypatch.delattr(fake_torch_npu, "npu_fusion_attention")
-    older = devices.attention_plan("npu", "bfloat16")
+    older = policy.attention_plan("npu", "bfloat16")
     assert older.strategy == "padded" and older.square_mask
 
 
@@ -92,7 +93,7 @@ def test_exact_gelu_choice(fake_torch_npu, monkeypatch):
 def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, st_model, monkeypatch):
     """The NPU's choices (TND varlen attention, npu_gelu) on the real model, in float32 arithmetic on the CPU."""
     config, weights, ids = real
-    plan = devices.attention_plan("npu", "float16")
+    plan = policy.attention_plan("npu", "float16")
     gelu, _ = devices.exact_gelu("npu")
     model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
 

@@ -16,7 +16,7 @@ import torch
 
 from minilm_npu import MiniLMEncoder
 from minilm_npu.devices import graph_api, parse_devices
-from minilm_npu.graphs import MAX_GRAPH_SLOTS, GraphedForwards
+from minilm_npu.engine.graphs import MAX_GRAPH_SLOTS, GraphedForwards
 from minilm_npu.samples import MIXED_24
 from minilm_npu.verify.accuracy import spearman
 from tests import texts
@@ -61,7 +61,7 @@ def test_float32_equals_sentence_transformers(batch_size, engine32, reference):
 def test_static_shape_forward_is_exact(square_mask, engine32, reference, monkeypatch):
     """Every gear this batch pads to, run as the device graphs run it (captured and replayed where the device has a
     graph API, eagerly on the CPU), with broadcast and with full square masks (what Ascend gets)."""
-    backend = engine32._workers[0].backend
+    backend = engine32.workers[0].backend
     monkeypatch.setitem(MAX_GRAPH_SLOTS, "float32", 1 << 16)
     graphs = GraphedForwards(backend.model, "float32", backend.pooling, graph_api(DEVICE), square_mask=square_mask)
     ids = engine32.tokenize(BATCH)
@@ -75,7 +75,7 @@ def test_static_shape_forward_is_exact(square_mask, engine32, reference, monkeyp
 
 @pytest.mark.skipif(graph_api(DEVICE) is None, reason="the device under test has no graph API")
 def test_small_batches_replay_graphs(engine32):
-    backend = engine32._workers[0].backend
+    backend = engine32.workers[0].backend
     engine32.encode(["one query"])
     assert backend.graphs is not None and not backend.graphs.failed and backend.graphs._runners
 

@@ -76,8 +76,8 @@ def test_batch_invariance_and_order(packed32):
 
 
 def test_cls_pooling_matches_reference(packed32):
-    from minilm_npu.packed import PackedBackend
-    from minilm_npu.reference import TransformersBackend
+    from minilm_npu.engine.packed import PackedBackend
+    from minilm_npu.engine.reference import TransformersBackend
 
     cls_files = dataclasses.replace(packed32.model_files, pooling="cls")
     ids = packed32.tokenize(texts.SHORT + texts.MEDIUM)
@@ -128,7 +128,7 @@ def _pair_scores(encoder: MiniLMEncoder, stsb) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_bad_dtype_device_combinations_fail_clearly(packed32):
-    from minilm_npu.packed import PackedBackend
+    from minilm_npu.engine.packed import PackedBackend
 
     with pytest.raises(InputError, match="float16.*accelerators"):
         MiniLMEncoder(device="cpu", backend="packed", dtype="float16")
@@ -141,41 +141,42 @@ def test_bad_dtype_device_combinations_fail_clearly(packed32):
 
 
 @pytest.mark.parametrize("strategy,gears", [("per_sequence", False), ("padded", False), ("padded", True)])
-def test_every_attention_strategy_is_exact(strategy, gears, st_model):
+def test_every_attention_strategy_is_exact(strategy, gears, packed32, st_model):
     """The accelerator strategies (one padded block; static-shape gears as on Ascend) run here on the CPU too."""
-    from minilm_npu.devices import round_to_gear, round_to_power_of_two
+    from minilm_npu.engine.packed import PackedBackend
+    from minilm_npu.engine.policy import AttentionPlan, round_to_gear, round_to_power_of_two
 
-    encoder = MiniLMEncoder(device="cpu", backend="packed")
-    backend = encoder._workers[0].backend
-    backend.strategy, backend._gears = strategy, (round_to_gear if gears else None)
-    backend._row_gears = round_to_power_of_two if gears else None
+    plan = AttentionPlan(strategy, round_to_gear, round_to_power_of_two) if gears else AttentionPlan(strategy)
+    backend = PackedBackend(packed32.model_files, torch.device("cpu"), "float32", attention=plan)
     batch = texts.ALL + MIXED_24
-    np.testing.assert_allclose(encoder.encode(batch, batch_size=16), st_model.encode(batch), atol=1e-5, rtol=0)
+    pooled = torch.cat([backend.embed(packed32.tokenize(batch[i:i + 16])) for i in range(0, len(batch), 16)])
+    ours = torch.nn.functional.normalize(pooled, dim=1).numpy()
+    np.testing.assert_allclose(ours, st_model.encode(batch), atol=1e-5, rtol=0)
 
 
 LINEAR_NAMES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 def test_cpu_float_layers_use_prepacked_onednn_weights(packed32):
-    from minilm_npu.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
 
     if not onednn_linear_supported():
         pytest.skip("this torch build has no oneDNN")
-    layers = packed32._workers[0].backend.model.layers
+    layers = packed32.workers[0].backend.model.layers
     assert all(isinstance(getattr(layer, name), OneDnnLinear) for layer in layers for name in LINEAR_NAMES)
-    int8_layers = MiniLMEncoder(device="cpu", dtype="int8")._workers[0].backend.model.layers
+    int8_layers = MiniLMEncoder(device="cpu", dtype="int8").workers[0].backend.model.layers
     assert all(isinstance(layer.qkv, OneDnnLinear) for layer in int8_layers)
     assert all(isinstance(getattr(layer, name), Int8Linear) for layer in int8_layers for name in LINEAR_NAMES[1:])
 
 
 def test_plain_linear_path_is_exact_too(monkeypatch, st_model):
     """Accelerators (and CPU builds without oneDNN) run F.linear (DenseLinear): keep that path exact as well."""
-    from minilm_npu import packed
-    from minilm_npu.bert import DenseLinear
+    from minilm_npu.engine import packed
+    from minilm_npu.engine.bert import DenseLinear
 
     monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)
     encoder = MiniLMEncoder(device="cpu", backend="packed")
-    layers = encoder._workers[0].backend.model.layers
+    layers = encoder.workers[0].backend.model.layers
     assert all(isinstance(getattr(layer, name), DenseLinear) for layer in layers for name in LINEAR_NAMES)
     batch = texts.ALL + MIXED_24
     np.testing.assert_allclose(encoder.encode(batch, batch_size=16), st_model.encode(batch), atol=1e-5, rtol=0)
@@ -187,9 +188,9 @@ def test_cpu_forward_reuses_activation_memory(packed32):
     per 24-sentence batch under glibc's defaults, ~250 tuned)."""
     import resource
 
-    from minilm_npu import devices
+    from minilm_npu.engine import policy
 
-    if not devices.tune_host_allocator():
+    if not policy.tune_host_allocator():
         pytest.skip("not glibc, or this process chose its own allocator")
     for _ in range(3):
         packed32.encode(MIXED_24)

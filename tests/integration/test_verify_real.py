@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from minilm_npu.backend import DEFAULT_BACKEND, DTYPES
+from minilm_npu.engine.backend import DEFAULT_BACKEND, DTYPES
 from minilm_npu.samples import MIXED_24
 from minilm_npu.verify.accuracy import PASS, UNSUPPORTED, run_accuracy
 from minilm_npu.verify.bench import run_bench

@@ -1,4 +1,8 @@
-"""A fake encoder that satisfies the encode contract, for fast server plumbing tests."""
+"""A fake encoder that implements :class:`minilm_npu.contract.Encoder`, for fast server (and corpus) plumbing tests.
+
+``test_encoder_contract.py`` checks it, and the real encoder, against the protocol (signatures included), so the
+fake cannot drift from what the server may use.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,29 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from minilm_npu.config import EncoderConfig
+
 CLS, SEP, VOCAB = 101, 102, 30522
+
+
+class FakeWorker:
+    """One fake device: runs exactly the batch it gets, recording its size."""
+
+    def __init__(self, device: str, encoder: FakeEncoder):
+        self.device, self.encoder = device, encoder
+
+    def run(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        enc = self.encoder
+        if enc.fail:
+            raise RuntimeError("device lost")
+        with enc.lock:
+            enc.batches.append(len(ids))
+        if enc.delay_s:
+            time.sleep(enc.delay_s)
+        out = np.stack([enc.vector(seq) for seq in ids])
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
 
 
 class FakeEncoder:
@@ -18,11 +44,11 @@ class FakeEncoder:
     dimension = 384
     max_seq_length = 256
     model_name = "fake/minilm"
-    dtype = "float32"
-    backend_name = "fake"
+    pooling = "mean"
 
-    def __init__(self, devices=("cpu",), delay_s: float = 0.0):
-        self.devices = list(devices)
+    def __init__(self, devices=("cpu",), delay_s: float = 0.0, **config):
+        self.config = EncoderConfig(device=",".join(devices), **config)
+        self.workers = [FakeWorker(device, self) for device in devices]
         self.delay_s = delay_s
         self.fail = False
         self.batches: list[int] = []
@@ -46,23 +72,18 @@ class FakeEncoder:
         names = {CLS: "[CLS]", SEP: "[SEP]"}
         return [names.get(i, f"tok{i}") for i in ids]
 
-    @staticmethod
-    def vector(ids) -> np.ndarray:
+    def vector(self, ids) -> np.ndarray:
         rng = np.random.default_rng(zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes()))
-        return rng.standard_normal(384).astype(np.float32)
+        return rng.standard_normal(self.dimension).astype(np.float32)
 
-    def encode_token_ids(self, ids, batch_size=32, normalize_embeddings=True, show_progress_bar=False,
-                         device_index=None):
-        if self.fail:
-            raise RuntimeError("device lost")
-        with self.lock:
-            self.batches.append(len(ids))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        out = np.stack([self.vector(seq) for seq in ids])
-        if normalize_embeddings:
-            out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out
+    def encode_token_ids(self, token_ids, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
+        return self.workers[0].run([list(ids) for ids in token_ids], normalize_embeddings)
+
+    def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
+        single = isinstance(sentences, str)
+        out = self.encode_token_ids(self.tokenize([sentences] if single else list(sentences)), batch_size,
+                                    normalize_embeddings)
+        return out[0] if single else out
 
     def expected(self, texts, normalize=True) -> np.ndarray:
         out = np.stack([self.vector(seq) for seq in self.tokenize(texts)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from minilm_npu.bert import BertConfig
+from minilm_npu.engine.bert import BertConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_engine.py"
 MINILM = BertConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,

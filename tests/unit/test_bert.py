@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from minilm_npu.bert import (BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets)
-from minilm_npu.devices import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
+from minilm_npu.engine.bert import (BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets)
+from minilm_npu.engine.policy import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
 from minilm_npu.modelfiles import ModelFilesError
 
 CONFIG = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 50, "hidden_size": 8,
@@ -100,8 +100,10 @@ def test_pack_indices(strategy):
     packed = pack(batch, strategy, torch.device("cpu"))
     assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102]
     assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
-    assert packed.seq_index.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
     assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
+    # Mean pooling weights: 1/length on each sequence's own tokens, nothing elsewhere.
+    rows = torch.arange(10.0)[:, None]
+    assert torch.mm(packed.mean_weights, rows).flatten().tolist() == [1.0, 3.5, 7.0]
     if strategy != "per_sequence":
         # Gathering into blocks and reading back through `unpad` must give every packed row once, in order.
         rows = torch.arange(10.0)[:, None]

@@ -6,15 +6,19 @@ import hashlib
 
 import numpy as np
 
+from .server_fakes import FakeEncoder as ProtocolFake
 
-class FakeEncoder:
-    """Satisfies the encoder's ``encode`` contract with an 8-dimensional, text-determined unit vector."""
+
+class FakeEncoder(ProtocolFake):
+    """An :class:`~minilm_npu.contract.Encoder` whose ``encode`` gives an 8-dimensional, text-determined unit
+    vector."""
 
     dimension = 8
     model_name = "fake/model"
     dtype = "float32"
 
     def __init__(self):
+        super().__init__()
         self.calls = 0
         self.rows = 0
 
@@ -24,7 +28,7 @@ class FakeEncoder:
         vec = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
         return vec / np.linalg.norm(vec)
 
-    def encode(self, sentences, batch_size=32, normalize_embeddings=True, show_progress_bar=False):
+    def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         self.calls += 1

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from minilm_npu.cpu_kernels import SmallBatchThreads, int8_isa, isa_summary, kernel_plan
+from minilm_npu.engine.cpu_kernels import SmallBatchThreads, int8_isa, isa_summary, kernel_plan
 
 ZEN3 = frozenset({"avx2", "fma", "sse4_2"})
 ZEN4 = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}
@@ -42,9 +42,12 @@ def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
     policy = _fake_policy()
     ran_with = []
 
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+
     def forward():  # on this "machine" (a loaded one) one thread is three times faster
         ran_with.append(state["threads"])
-        time.sleep(0.002 if state["threads"] == 1 else 0.006)
+        clock["now"] += 0.002 if state["threads"] == 1 else 0.006
         return "out"
 
     assert [policy.run(10, forward) for _ in range(10)] == ["out"] * 10

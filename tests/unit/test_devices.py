@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -44,14 +44,35 @@ def test_unavailable_npu_says_why():
         parse_devices("npu:0")
 
 
-def test_torch_npu_is_not_imported_for_cpu_work():
-    parse_devices("cpu")
-    if devices._torch_npu_state is None:
-        assert "torch_npu" not in sys.modules
+def test_torch_npu_is_not_imported_for_cpu_work(monkeypatch):
+    imported = []
+    monkeypatch.setattr(devices, "_torch_npu_state", None)
+    monkeypatch.setattr(devices.importlib, "import_module", lambda name: imported.append(name))
+    assert parse_devices("cpu") == [torch.device("cpu")]
+    assert parse_devices("cpu,cpu") == [torch.device("cpu")] * 2
+    assert imported == [] and devices._torch_npu_state is None
 
 
-def test_synchronize_cpu_is_a_noop():
+def test_asking_for_an_npu_imports_torch_npu_once(monkeypatch):
+    imported = []
+    monkeypatch.setattr(devices, "_torch_npu_state", None)
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(devices.importlib, "import_module", lambda name: imported.append(name))
+    monkeypatch.setattr(torch, "get_device_module", lambda kind: SimpleNamespace(is_available=lambda: False))
+    with pytest.raises(DeviceError, match="npu:0"):
+        parse_devices("npu:0")
+    devices.device_count("npu")
+    assert imported == ["torch_npu"] and devices._torch_npu_state is True
+
+
+def test_synchronize_waits_on_the_device_module_and_skips_the_cpu(monkeypatch):
+    calls = []
+    module = SimpleNamespace(synchronize=lambda device: calls.append(device))
+    monkeypatch.setattr(devices, "device_module", lambda kind: module if kind == "cuda" else pytest.fail(kind))
     devices.synchronize(torch.device("cpu"))
+    assert calls == []
+    devices.synchronize(torch.device("cuda", 1))
+    assert calls == [torch.device("cuda", 1)]
 
 
 def test_available_devices_lists_cpu_first():
@@ -64,9 +85,11 @@ def test_describe_cpu():
 
 
 def test_host_allocator_left_alone_when_the_process_chose_one(monkeypatch):
-    monkeypatch.setattr(devices, "_host_allocator_tuned", None)
+    from minilm_npu.engine import policy
+
+    monkeypatch.setattr(policy, "_host_allocator_tuned", None)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    assert devices.tune_host_allocator() is False
+    assert policy.tune_host_allocator() is False
 
 
 def test_graph_api_only_on_graph_devices(monkeypatch):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from minilm_npu import backend as backend_module
+from minilm_npu.engine import backend as backend_module
 from minilm_npu.encoder import MiniLMEncoder
 
 
@@ -27,6 +28,7 @@ class LengthBackend:
         if self.fail_on_device == self.ident:
             raise RuntimeError("device lost")
         LengthBackend.calls.append((self.ident, threading.get_ident()))
+        time.sleep(0.001)  # a device takes time: the other worker's thread gets to start before the work is gone
         out = torch.zeros((len(batch), self.hidden))
         for row, ids in enumerate(batch):
             out[row, 0], out[row, 1], out[row, 2] = len(ids), ids[1] if len(ids) > 2 else -1, 1.0
@@ -60,7 +62,7 @@ def test_two_workers_share_the_work_and_keep_order(fake_backend):
 
 def test_a_failing_device_is_named_and_nothing_hangs(fake_backend):
     encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
-    fake_backend.fail_on_device = encoder._workers[1].backend.ident
+    fake_backend.fail_on_device = encoder.workers[1].backend.ident
     with pytest.raises(RuntimeError, match="encoding failed on device cpu: RuntimeError: device lost"):
         encoder.encode([f"text {i}" for i in range(200)], batch_size=2)
 
@@ -83,13 +85,26 @@ def test_unknown_backend_and_dtype():
         MiniLMEncoder(device="cpu", dtype="int8", backend="transformers")
 
 
-def test_device_index_pins_the_work_to_one_worker(fake_backend):
-    from minilm_npu.errors import InputError
-
+def test_each_worker_runs_exactly_the_batch_it_is_given(fake_backend):
+    """The server hands a formed batch to one device's worker: no re-planning, no other device involved."""
     encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
     ids = encoder.tokenize([f"text number {i}" for i in range(40)])
-    out = encoder.encode_token_ids(ids, batch_size=2, normalize_embeddings=False, device_index=1)
+    out = encoder.workers[1].run(ids, normalize=False)
     assert out[:, 0].tolist() == [len(x) for x in ids]
-    assert {ident for ident, _ in fake_backend.calls} == {encoder._workers[1].backend.ident}
-    with pytest.raises(InputError, match="out of range"):
-        encoder.encode_token_ids(ids, device_index=2)
+    assert [ident for ident, _ in fake_backend.calls] == [encoder.workers[1].backend.ident]
+
+
+def test_settings_come_from_one_config(fake_backend):
+    from minilm_npu.config import EncoderConfig
+
+    config = EncoderConfig(device="cpu", backend="fake", batch_size=3, max_batch_tokens=1000)
+    encoder = MiniLMEncoder.from_config(config)
+    assert encoder.config is config and (encoder.dtype, encoder.backend_name) == ("float32", "fake")
+    encoder.encode([f"text {i}" for i in range(10)], normalize_embeddings=False)
+    assert len(fake_backend.calls) == 4  # config.batch_size is encode's default: 3 + 3 + 3 + 1
+    from minilm_npu.errors import InputError
+
+    with pytest.raises(InputError, match="either config or settings"):
+        MiniLMEncoder(device="cpu", config=config)
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        EncoderConfig(batch_size=0)

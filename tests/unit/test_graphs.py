@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from minilm_npu.bert import BertConfig, PackedBert, expected_shapes, pack
+from minilm_npu.engine.bert import BertConfig, PackedBert, expected_shapes, pack
 from minilm_npu.devices import GraphAPI
-from minilm_npu.graphs import MAX_GRAPH_SLOTS, GraphedForwards, StaticShapeForward, gear_for
+from minilm_npu.engine.graphs import MAX_GRAPH_SLOTS, GraphedForwards, StaticShapeForward, gear_for
 
 CONFIG = BertConfig(vocab_size=200, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                     layer_norm_eps=1e-12, max_position_embeddings=300, type_vocab_size=2)

@@ -12,6 +12,7 @@ pytest.importorskip("fastapi")
 
 from minilm_npu.server.batcher import Batcher  # noqa: E402
 from minilm_npu.server.errors import ApiError  # noqa: E402
+from minilm_npu.server.settings import ServerSettings  # noqa: E402
 from minilm_npu.server.vectors import finish  # noqa: E402
 
 from .server_fakes import FakeEncoder  # noqa: E402
@@ -19,6 +20,18 @@ from .server_fakes import FakeEncoder  # noqa: E402
 
 def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=60))
+
+
+def _embed_once(batcher, ids):
+    """Start the batcher, embed one request, close it."""
+    async def main():
+        batcher.start()
+        try:
+            return await batcher.embed(ids)
+        finally:
+            batcher.close()
+
+    return _run(main())
 
 
 def _requests(fake, n, seed=0):
@@ -32,8 +45,8 @@ def _requests(fake, n, seed=0):
 
 @pytest.mark.parametrize("devices", [("cpu",), ("cpu:0", "cpu:1", "cpu:2")])
 def test_concurrent_requests_get_exactly_their_vectors(devices):
-    fake = FakeEncoder(devices=devices, delay_s=0.002)
-    batcher = Batcher(fake, max_batch_tokens=300, max_wait_ms=2)
+    fake = FakeEncoder(devices=devices, delay_s=0.002, max_batch_tokens=300)
+    batcher = Batcher(fake, ServerSettings(max_wait_ms=2))
     requests = _requests(fake, 64)
 
     async def main():
@@ -53,23 +66,25 @@ def test_concurrent_requests_get_exactly_their_vectors(devices):
 
 
 def test_token_budget_splits_a_large_request():
-    fake = FakeEncoder()
-    batcher = Batcher(fake, max_batch_tokens=100, max_wait_ms=0)
+    fake = FakeEncoder(max_batch_tokens=100)
+    batcher = Batcher(fake)
     ids = [[101] + [2000] * 48 + [102]] * 5  # 50 tokens each: two per batch
-
-    async def main():
-        batcher.start()
-        try:
-            return await batcher.embed(ids)
-        finally:
-            batcher.close()
-
-    out = _run(main())
+    out = _embed_once(batcher, ids)
     assert out.shape == (5, 384) and fake.batches == [2, 2, 1]
 
 
+def test_sequence_cap_bounds_the_forward_batch():
+    """The batcher forms the forward batch once: at most config.batch_size sequences, oldest first."""
+    fake = FakeEncoder(batch_size=3)
+    batcher = Batcher(fake)
+    ids = [[101, 2000 + i, 102] for i in range(7)]
+    out = _embed_once(batcher, ids)
+    assert fake.batches == [3, 3, 1]
+    np.testing.assert_array_equal(out, np.stack([fake.vector(seq) for seq in ids]))
+
+
 def test_admission_limit_is_429():
-    batcher = Batcher(FakeEncoder(), max_concurrent_requests=2)
+    batcher = Batcher(FakeEncoder(), ServerSettings(max_concurrent_requests=2))
     with batcher.admit(), batcher.admit():
         with pytest.raises(ApiError) as info:
             with batcher.admit():
@@ -81,7 +96,7 @@ def test_admission_limit_is_429():
 
 def test_inference_error_reaches_every_request_and_worker_survives():
     fake = FakeEncoder()
-    batcher = Batcher(fake, max_wait_ms=5)
+    batcher = Batcher(fake, ServerSettings(max_wait_ms=5))
 
     async def main():
         batcher.start()
@@ -100,8 +115,8 @@ def test_inference_error_reaches_every_request_and_worker_survives():
 
 
 def test_cancelled_request_is_dropped_from_the_queue():
-    fake = FakeEncoder(delay_s=0.2)
-    batcher = Batcher(fake, max_batch_tokens=4, max_wait_ms=0)
+    fake = FakeEncoder(delay_s=0.2, max_batch_tokens=4)
+    batcher = Batcher(fake)
 
     async def main():
         batcher.start()
@@ -120,8 +135,8 @@ def test_cancelled_request_is_dropped_from_the_queue():
 
 
 def test_close_finishes_queued_work_then_refuses():
-    fake = FakeEncoder(delay_s=0.01)
-    batcher = Batcher(fake, max_batch_tokens=10, max_wait_ms=0)
+    fake = FakeEncoder(delay_s=0.01, max_batch_tokens=10)
+    batcher = Batcher(fake)
 
     async def main():
         batcher.start()

@@ -32,9 +32,35 @@ def test_no_padding_and_empty_text(tokenizer):
     assert tokenizer.encode([]) == []
 
 
-def test_untruncated_counts(tokenizer):
-    assert tokenizer.count_tokens(texts.LONG)[0] > 256
-    assert tokenizer.truncated_total >= 0
+def test_untruncated_ids_keep_every_token(tokenizer):
+    full, = tokenizer.encode(texts.LONG, truncate=False)
+    cut, = tokenizer.encode(texts.LONG)
+    assert len(full) > 256 and len(cut) == 256
+    assert cut[:255] == full[:255] and cut[-1] == full[-1] == 102
+
+
+@pytest.mark.parametrize("ids,message", [
+    ([[]], r"token_ids\[0\] is an empty list"),
+    ([[101, 102], [101] * 257], r"token_ids\[1\] has 257 token ids; the model takes at most 256"),
+    ([[101, 30522]], r"not a token id in \[0, 30522\)"),
+    ([[101, -1]], "not a token id"),
+    ([[101, 1.0]], "not a token id"),
+    ([[101, True]], "not a token id"),
+    (["101"], "str, not a list of token ids"),
+])
+def test_check_token_ids_refuses_what_the_model_cannot_take(ids, message):
+    from minilm_npu.tokenization import TokenIdError, check_token_ids
+
+    with pytest.raises(TokenIdError, match=message):
+        check_token_ids(ids, 30522, 256)
+
+
+def test_check_token_ids_passes_valid_ids_as_ints():
+    import numpy as np
+
+    from minilm_npu.tokenization import check_token_ids
+
+    assert check_token_ids([np.array([101, 7, 102]), (101, 102)], 30522, 256) == [[101, 7, 102], [101, 102]]
 
 
 def test_decode_tokens(tokenizer):

@@ -160,7 +160,7 @@ def test_json_is_strict():
 def test_cli_argument_types():
     import argparse
 
-    from minilm_npu.backend import DTYPES
+    from minilm_npu.engine.backend import DTYPES
     from minilm_npu.cli.accuracy import parse_dtypes
     from minilm_npu.cli.common import non_negative_float
     from minilm_npu.cli.bench import batch_sizes

@@ -10,17 +10,9 @@ from .common import non_negative_float, positive_int
 
 def parse_dtypes(text: str) -> list[str]:
     """``float32``, ``float32,bfloat16`` or ``all`` (every dtype the package knows)."""
-    from ..backend import DTYPES
-    from ..errors import InputError
+    from ..engine.backend import parse_dtypes as parse
 
-    if text.strip().lower() == "all":
-        return list(DTYPES)
-    dtypes = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown or not dtypes:
-        raise InputError(f"unknown dtype {', '.join(unknown) or repr(text)}; choose from {', '.join(DTYPES)} "
-                         "or all")
-    return list(dict.fromkeys(dtypes))
+    return parse(text)
 
 
 def add_target_args(parser: argparse.ArgumentParser) -> None:

@@ -28,14 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the doctor; 0 when every requested device passed, 1 otherwise."""
-    from ..backend import DTYPES
-    from ..errors import InputError
+    from ..engine.backend import parse_dtype
     from ..verify.doctor import run_doctor
     from ..verify.report import check_markdown, to_json, write_check
 
-    if args.dtype not in DTYPES:
-        raise InputError(f"unknown dtype {args.dtype!r}; choose one of: {', '.join(DTYPES)}")
-    report = run_doctor(args.device, dtype=args.dtype, backend=args.backend, model_path=args.model_path)
+    report = run_doctor(args.device, dtype=parse_dtype(args.dtype), backend=args.backend, model_path=args.model_path)
     if args.out:
         write_check(report, args.out)
     sys.stdout.write(to_json(report) if args.json else check_markdown(report))

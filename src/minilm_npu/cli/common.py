@@ -27,26 +27,35 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_encoder_args(parser: argparse.ArgumentParser, device_default: str = "auto") -> None:
-    """--model-path, --device, --dtype, --backend, --batch-size, --max-batch-tokens."""
-    from ..backend import BACKENDS, DTYPES  # light: no torch work at import beyond torch itself
+def add_encoder_args(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
+    """--model-path, --device, --dtype, --backend, --batch-size, --max-batch-tokens (defaults: EncoderConfig's)."""
+    from ..config import EncoderConfig  # light: no torch work at import beyond torch itself
+    from ..engine.backend import BACKENDS, DTYPES
 
-    parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
+    d = EncoderConfig
+    parser.add_argument("--model-path", "--model_path", dest="model_path", default=d.model_path,
                         help="model directory or hub id (default: the bundled official all-MiniLM-L6-v2)")
-    parser.add_argument("--device", default=device_default,
+    parser.add_argument("--device", default=device_default or d.device,
                         help="auto, cpu, cuda, cuda:1, npu, npu:0, or a list such as npu:0,npu:1 (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="default: %(default)s (exact)")
-    parser.add_argument("--backend", default=None, choices=sorted(BACKENDS),
+    parser.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="default: %(default)s (exact)")
+    parser.add_argument("--backend", default=d.backend, choices=sorted(BACKENDS),
                         help="packed (fast engine, default) or transformers (the reference port's method)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32,
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=d.batch_size,
                         help="most texts per forward pass (default: %(default)s)")
     parser.add_argument("--max-batch-tokens", "--max_batch_tokens", dest="max_batch_tokens", type=positive_int,
-                        default=None, help="most real tokens per forward pass (default: 16384)")
+                        default=d.max_batch_tokens, help="most real tokens per forward pass (default: %(default)s)")
+
+
+def encoder_config(args: argparse.Namespace):
+    """The :class:`~minilm_npu.config.EncoderConfig` the arguments of :func:`add_encoder_args` describe."""
+    from ..config import EncoderConfig
+
+    return EncoderConfig(model_path=args.model_path, device=args.device, dtype=args.dtype, backend=args.backend,
+                         max_batch_tokens=args.max_batch_tokens, batch_size=args.batch_size)
 
 
 def build_encoder(args: argparse.Namespace):
     """A MiniLMEncoder from the arguments added by :func:`add_encoder_args`."""
-    from ..encoder import DEFAULT_MAX_BATCH_TOKENS, MiniLMEncoder
+    from ..encoder import MiniLMEncoder
 
-    return MiniLMEncoder(model_path=args.model_path, device=args.device, dtype=args.dtype, backend=args.backend,
-                         max_batch_tokens=args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
+    return MiniLMEncoder.from_config(encoder_config(args))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_encoder_args, positive_int
+from .common import add_encoder_args, encoder_config, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,16 +61,16 @@ def run(args: argparse.Namespace) -> int:
                              on_error=args.on_error, overwrite=args.overwrite, batch_size=args.batch_size,
                              shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS, progress=args.progress,
                              verify=args.verify)
-    model = resolve_model(args.model_path).name  # cheap: the fingerprint needs it before any model loads
+    config = encoder_config(args)
+    model = resolve_model(config.model_path).name  # cheap: the fingerprint needs it before any model loads
     if args.engine == "ray":
         from ..corpus.ray_engine import RayEngine
 
-        engine = RayEngine(model_path=args.model_path, device=args.device, dtype=args.dtype, backend=args.backend,
-                           max_batch_tokens=args.max_batch_tokens, address=args.ray_address, model=model)
+        engine = RayEngine(config, address=args.ray_address, model=model)
     else:
-        from .common import build_encoder
+        from ..encoder import MiniLMEncoder
 
-        engine = LocalEngine(lambda: build_encoder(args), model=model, dtype=args.dtype)
+        engine = LocalEngine(lambda: MiniLMEncoder.from_config(config), model=model, dtype=config.dtype)
     summary = embed_corpus(args.input, args.output, engine, settings)
     for problem in summary.repaired:
         print(f"repaired damaged shard {problem}", file=sys.stderr)

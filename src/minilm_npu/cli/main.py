@@ -49,6 +49,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    args_given = sys.argv[1:] if argv is None else argv
+    if next((a for a in args_given if not a.startswith("-")), None) == "serve":
+        from .serve import apply_serving_env
+
+        apply_serving_env()  # before build_parser imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

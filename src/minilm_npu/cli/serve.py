@@ -9,10 +9,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .common import non_negative_float, positive_int
 
 API_KEY_ENV = "MINILM_NPU_API_KEY"
+
+#: OpenMP settings a server wants, applied unless the user set them. Why PASSIVE: after each forward pass the
+#: OpenMP worker threads otherwise spin for their wake-up (libgomp: up to ~0.3 s), taking the cores the event loop,
+#: HTTP parsing and tokenization need between batches; on a 2-core VM that spinning more than doubled one-client
+#: latency. A batch job keeps the default (spinning there costs nothing and saves wake-ups).
+SERVING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def apply_serving_env(environ: dict[str, str] | None = None) -> None:
+    """Set :data:`SERVING_ENV` where the user has not; call before torch is imported (OpenMP reads it once)."""
+    environ = os.environ if environ is None else environ
+    if "torch" in sys.modules:
+        return  # too late to matter; leave the process as it is
+    for name, value in SERVING_ENV.items():
+        environ.setdefault(name, value)
 
 
 def _port(text: str) -> int:
@@ -66,19 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..encoder import DEFAULT_MAX_BATCH_TOKENS
     from ..errors import InputError
     from ..server import ServerSettings, create_app
     from .common import build_encoder
 
-    max_batch_tokens = args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     try:
         settings = ServerSettings(
-            served_model_name=args.served_model_name, api_key=api_key, max_batch_tokens=max_batch_tokens,
+            served_model_name=args.served_model_name, api_key=api_key,
             max_client_batch_size=args.max_client_batch_size, max_concurrent_requests=args.max_concurrent_requests,
-            max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
-            encoder_batch_size=args.batch_size)
+            max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes)
     except ValueError as err:
         raise InputError(str(err)) from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -94,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``serve`` alone (``python -m minilm_npu.cli.serve``), e.g. where the full CLI is not installed."""
-    import sys
-
+    apply_serving_env()  # before anything imports torch
     from ..errors import USER_ERRORS
 
     parser = argparse.ArgumentParser(prog="minilm-npu")

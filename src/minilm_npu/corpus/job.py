@@ -66,7 +66,7 @@ class EmbedSettings:
     keep_text: bool = False
     on_error: str = "fail"
     overwrite: bool = False
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the encoder's own (EncoderConfig.batch_size)
     shard_rows: int = DEFAULT_SHARD_ROWS
     progress: bool | None = None  # None: a bar when stderr is a terminal
     verify: bool = False  # check every committed shard's checksum, not only its size and footer
@@ -77,6 +77,8 @@ class EmbedSettings:
             raise InputError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self.on_error!r}")
         for name in ("batch_size", "shard_rows"):
             value = getattr(self, name)
+            if value is None and name == "batch_size":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer, not {value!r}")
 
@@ -172,7 +174,7 @@ class LocalEngine:
                 records, future = pending.popleft()
                 yield records, future.result()
 
-    def _embed(self, records: list[Record], batch_size: int) -> np.ndarray:
+    def _embed(self, records: list[Record], batch_size: int | None) -> np.ndarray:
         texts = [r.text for r in records if r.error is None]
         if not texts:
             return np.empty((0, getattr(self.encoder, "dimension", 0)), dtype=np.float32)

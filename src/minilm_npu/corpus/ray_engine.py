@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import EncoderConfig
+from ..devices import split_devices
 from ..errors import InputError
 from .job import EmbedSettings, ShardBatch
 from .readers import CorpusReader, Record
@@ -94,16 +96,14 @@ def _read_file(reader: CorpusReader, index: int, skip: int) -> Iterator[Any]:
 class EmbedActor:
     """A Ray actor holding one encoder on one device; called with pyarrow batches of records."""
 
-    def __init__(self, model_path: str | None, device: str, dtype: str, backend: str | None,
-                 max_batch_tokens: int | None, batch_size: int, keep_text: bool, threads: int | None):
-        from ..encoder import DEFAULT_MAX_BATCH_TOKENS, MiniLMEncoder
+    def __init__(self, config: EncoderConfig, batch_size: int | None, keep_text: bool, threads: int | None):
+        from ..encoder import MiniLMEncoder
 
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.encoder = MiniLMEncoder(model_path=model_path, device=device, dtype=dtype, backend=backend,
-                                     max_batch_tokens=max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS)
+        self.encoder = MiniLMEncoder.from_config(config)
         self.batch_size = batch_size
         self.keep_text = keep_text
 
@@ -127,31 +127,31 @@ class RayEngine:
     """Embeds through Ray Data actors; see the module docstring.
 
     Args:
-        model_path, device, dtype, backend, max_batch_tokens: As for :class:`~minilm_npu.MiniLMEncoder`;
-            ``device`` picks the actor kind and count: ``auto`` (NPU, then GPU, then CPU, all the cluster has),
+        config: The encoder's settings (each actor gets a copy with its own device); ``config.device`` picks the
+            actor kind and count: ``auto`` (NPU, then GPU, then CPU, all the cluster has),
             ``cpu`` / ``cpu,cpu`` (that many CPU actors), ``cuda`` / ``npu`` (every card in the cluster) or a list
             such as ``npu:0,npu:1`` (that many actors).
         address: An existing cluster (``ray://host:10001`` or ``auto``); None starts a local Ray.
         num_cpus: CPUs for a local Ray (None: all).
-        model: Model name for the fingerprint (default: resolved from ``model_path``).
+        model: Model name for the fingerprint (default: resolved from ``config.model_path``).
+        **settings: Instead of ``config``: its fields (``device="cpu"``, ``dtype=...``).
     """
 
-    def __init__(self, model_path: str | None = None, device: str = "auto", dtype: str = "float32",
-                 backend: str | None = None, max_batch_tokens: int | None = None, address: str | None = None,
-                 num_cpus: int | None = None, model: str | None = None):
+    def __init__(self, config: EncoderConfig | None = None, address: str | None = None,
+                 num_cpus: int | None = None, model: str | None = None, **settings: Any):
         import_ray()
+        self.config = config or EncoderConfig(**settings)
         if model is None:
             from ..modelfiles import resolve_model
 
-            model = resolve_model(model_path).name
-        self.model, self.dtype = model, dtype
-        self.model_path, self.device, self.backend = model_path, device, backend
-        self.max_batch_tokens, self.address, self.num_cpus = max_batch_tokens, address, num_cpus
+            model = resolve_model(self.config.model_path).name
+        self.model, self.dtype, self.device = model, self.config.dtype, self.config.device
+        self.address, self.num_cpus = address, num_cpus
 
     def _actors(self, ray: Any) -> tuple[str, int, dict]:
         """(device string inside an actor, actor count, ray resource arguments per actor)."""
         resources = ray.cluster_resources()
-        spec = [s.strip().lower() for s in self.device.split(",") if s.strip()] or ["auto"]
+        spec = split_devices(self.device)
         kind = spec[0].split(":")[0]
         if kind == "auto":
             kind = "npu" if resources.get("NPU", 0) >= 1 else "cuda" if resources.get("GPU", 0) >= 1 else "cpu"
@@ -208,8 +208,7 @@ class RayEngine:
         dataset = dataset.map_batches(
             EmbedActor, batch_format="pyarrow", batch_size=min(BLOCK_ROWS, settings.shard_rows),
             compute=ray.data.ActorPoolStrategy(size=count), fn_constructor_kwargs={
-                "model_path": self.model_path, "device": device, "dtype": self.dtype, "backend": self.backend,
-                "max_batch_tokens": self.max_batch_tokens, "batch_size": settings.batch_size,
+                "config": self.config.replace(device=device), "batch_size": settings.batch_size,
                 "keep_text": settings.keep_text, "threads": threads},
             **remote)
         records: list[Record] = []

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from ..contract import Encoder
 from .batcher import Batcher
 from .errors import install_error_handlers
 from .metrics import ServerMetrics
@@ -23,7 +24,7 @@ from .state import ServerState
 log = logging.getLogger(__name__)
 
 
-def create_app(encoder: Any, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> FastAPI:
     """Build the embedding server around an encoder.
 
     Start-up (the ASGI lifespan, which uvicorn completes before it opens the port) starts one batcher worker per
@@ -31,9 +32,8 @@ def create_app(encoder: Any, settings: ServerSettings | None = None) -> FastAPI:
     pass fails. Shutdown lets queued work finish, then stops the workers.
 
     Args:
-        encoder: A :class:`~minilm_npu.MiniLMEncoder` or anything with the same ``encode_token_ids``,
-            ``tokenize``, ``tokenizer``, ``devices``, ``dimension``, ``max_seq_length``, ``model_name`` and
-            ``dtype``.
+        encoder: A :class:`~minilm_npu.MiniLMEncoder`, or anything else that implements
+            :class:`minilm_npu.contract.Encoder` (its ``config`` bounds the forward batches).
         settings: Limits and options; defaults as :class:`ServerSettings`.
 
     Returns:
@@ -41,22 +41,18 @@ def create_app(encoder: Any, settings: ServerSettings | None = None) -> FastAPI:
     """
     settings = settings or ServerSettings()
     metrics = ServerMetrics()
-    batcher = Batcher(encoder, max_batch_tokens=settings.max_batch_tokens,
-                      max_concurrent_requests=settings.max_concurrent_requests, max_wait_ms=settings.max_wait_ms,
-                      encoder_batch_size=settings.encoder_batch_size, metrics=metrics)
+    batcher = Batcher(encoder, settings, metrics=metrics)
     state = ServerState(encoder=encoder, settings=settings, batcher=batcher, metrics=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
-        warmup = getattr(encoder, "warmup", None)
-        if callable(warmup):
-            await asyncio.to_thread(warmup)  # every device, not only the one the probe below lands on
+        await asyncio.to_thread(encoder.warmup)  # every device, not only the one the probe below lands on
         if not await batcher.health(max(settings.health_timeout_s, 60.0)):
             await asyncio.to_thread(batcher.close, 5.0)
             raise RuntimeError("warm-up failed: the model could not embed a test input (see the log above)")
         log.info("model %s warmed up on %s; serving", state.model_name,
-                 ", ".join(str(d) for d in getattr(encoder, "devices", [])))
+                 ", ".join(str(worker.device) for worker in encoder.workers))
         try:
             yield
         finally:

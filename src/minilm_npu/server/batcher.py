@@ -1,13 +1,16 @@
 """Dynamic batching: inputs from concurrent requests share device batches.
 
-Requests are admitted up to ``max_concurrent_requests`` (beyond that: 429). Each admitted request is tokenized
-in a small thread pool (never on the event loop), then its sequences join one FIFO queue. One worker thread per
-device takes sequences off the queue, oldest first, until the batch reaches ``max_batch_tokens`` real tokens or
-the oldest sequence has waited ``max_wait_ms``; it runs ``encoder.encode_token_ids`` on the batch and writes
-every row back to its own request at its own position, so each request gets exactly its vectors, in its order.
-A request's sequences may be spread over several batches (and devices); it completes when its last row lands.
+Requests are admitted up to ``max_concurrent_requests`` (beyond that: 429). Each admitted request is validated and
+tokenized in a small thread pool (never on the event loop), then its sequences join one FIFO queue. This queue is
+the only place a forward batch is formed: whenever a device's worker is free (the encoder's
+:class:`~minilm_npu.contract.DeviceWorker`, driven by :class:`~minilm_npu.scheduling.DevicePool`), it takes the
+queued sequences, oldest first, up to the encoder's ``max_batch_tokens`` real tokens and ``batch_size``
+sequences, and runs exactly that batch, as text-embeddings-inference does. An idle device does not wait for
+company unless ``max_wait_ms`` asks it to. Every row goes back to its own request at its own position, so each
+request gets exactly its vectors, in its order. A request's sequences may be spread over several batches (and
+devices); it completes when its last row lands.
 
-The encoder returns raw pooled vectors here (``normalize_embeddings=False``); normalisation and ``dimensions``
+The workers return raw pooled vectors here (``normalize=False``); normalisation and ``dimensions``
 are per request (TEI's ``normalize: false`` and mixed ``dimensions`` can share one batch), see ``vectors.py``.
 """
 
@@ -25,8 +28,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..contract import DeviceWorker, Encoder
+from ..scheduling import DevicePool
 from .errors import ApiError
 from .metrics import ServerMetrics
+from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,63 +68,57 @@ class Batcher:
     """Merges concurrent requests into device batches and runs them, one worker thread per device.
 
     Args:
-        encoder: Provides ``encode_token_ids``, ``tokenize``, ``devices`` and ``dimension``.
-        max_batch_tokens: Real tokens per device batch.
-        max_concurrent_requests: Requests admitted at once; more are refused with 429.
-        max_wait_ms: Longest a not-yet-full batch waits for company.
-        encoder_batch_size: ``batch_size`` passed to the encoder (it sorts and splits a batch by length).
+        encoder: The :class:`~minilm_npu.contract.Encoder`; its ``workers`` run the batches, its
+            ``config.max_batch_tokens`` and ``config.batch_size`` bound them.
+        settings: ``max_concurrent_requests`` (more are refused with 429) and ``max_wait_ms`` (how long an idle
+            device waits for a batch to fill; 0, the default, means not at all).
         metrics: Where queue and batch figures go.
         tokenizer_threads: Size of the pool that runs tokenization and validation.
     """
 
-    def __init__(self, encoder: Any, *, max_batch_tokens: int = 16384, max_concurrent_requests: int = 512,
-                 max_wait_ms: float = 2.0, encoder_batch_size: int = 32, metrics: ServerMetrics | None = None,
-                 tokenizer_threads: int = 2):
+    def __init__(self, encoder: Encoder, settings: ServerSettings | None = None, *,
+                 metrics: ServerMetrics | None = None, tokenizer_threads: int = 2):
+        settings = settings or ServerSettings()
         self.encoder = encoder
-        self.max_batch_tokens = max_batch_tokens
-        self.max_concurrent_requests = max_concurrent_requests
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.encoder_batch_size = encoder_batch_size
+        self.max_batch_tokens = encoder.config.max_batch_tokens
+        self.max_batch_size = encoder.config.batch_size
+        self.max_concurrent_requests = settings.max_concurrent_requests
+        self.max_wait_s = settings.max_wait_ms / 1000.0
         self.metrics = metrics or ServerMetrics()
         self.dimension = int(encoder.dimension)
         self._queue: deque[tuple[_Job, int]] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._threads: list[threading.Thread] = []
+        self._pool: DevicePool | None = None
         self._in_flight = 0
-        self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="minilm-tokenize")
+        self._preprocess_pool = ThreadPoolExecutor(max_workers=tokenizer_threads,
+                                                   thread_name_prefix="minilm-tokenize")
         self._probe_ids: list[list[int]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
     def workers_alive(self) -> int:
         """How many device workers are running."""
-        return sum(thread.is_alive() for thread in self._threads)
+        return self._pool.alive if self._pool else 0
 
     def start(self) -> None:
         """Start one worker thread per encoder device."""
-        devices = list(getattr(self.encoder, "devices", None) or ["cpu"])
-        for index, device in enumerate(devices):
-            # With several devices each worker drives its own card, so a batch never queues behind a busy one.
-            pinned = index if len(devices) > 1 else None
-            thread = threading.Thread(target=self._work, args=(pinned,), name=f"minilm-batcher-{device}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._pool = DevicePool(self.encoder.workers, self._take_batch, self._run_batch,
+                                name="minilm-batcher").start()
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is queued, stop the workers, and fail anything left (server shutting down)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
+        if self._pool:
+            self._pool.join(timeout)
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
         for job, _ in left:
             self._fail(job, ApiError(503, "the server is shutting down", kind="unhealthy"))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- request side (event loop) -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -138,7 +138,7 @@ class Batcher:
     async def preprocess(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU work (validation and tokenization) in the tokenizer pool, off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self._preprocess_pool, lambda: fn(*args, **kwargs))
 
     async def embed(self, ids: list[list[int]]) -> np.ndarray:
         """Raw pooled vectors ``(len(ids), dimension)`` for already-validated token ids, in their order."""
@@ -174,23 +174,24 @@ class Batcher:
 
     # -- device side (worker threads) --------------------------------------------------------------------------
     def _take_batch(self) -> list[tuple[_Job, int]] | None:
-        """Block until a batch is ready; None when closing and drained. Called with no lock held."""
+        """Block until work is queued, then form one batch; None when closing and drained (no lock held)."""
         with self._cond:
             while True:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if not self._queue:
                     return None
-                # Wait for company until the oldest sequence is max_wait old or the budget is full.
-                deadline = self._queue[0][0].enqueued + self.max_wait_s
-                while self._queue and not self._closing and self._queued_tokens() < self.max_batch_tokens:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                if self.max_wait_s > 0:  # only when asked: wait for company until the oldest is max_wait old
+                    deadline = self._queue[0][0].enqueued + self.max_wait_s
+                    while (self._queue and not self._closing and len(self._queue) < self.max_batch_size
+                           and self._queued_tokens() < self.max_batch_tokens):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
                 batch: list[tuple[_Job, int]] = []
                 tokens = 0
-                while self._queue:
+                while self._queue and len(batch) < self.max_batch_size:
                     job, index = self._queue[0]
                     if job.done:
                         self._queue.popleft()
@@ -216,32 +217,27 @@ class Batcher:
                 break
         return total
 
-    def _work(self, device_index: int | None = None) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
-                return
-            now = time.monotonic()
-            for job, _ in batch:
-                if not job.started:
-                    job.started = True
-                    self.metrics.queue_time.observe(now - job.enqueued)
-            ids = [job.ids[index] for job, index in batch]
-            self.metrics.batch_size.observe(len(ids))
-            self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
-            try:
-                pin = {} if device_index is None else {"device_index": device_index}
-                vectors = self.encoder.encode_token_ids(ids, batch_size=self.encoder_batch_size,
-                                                        normalize_embeddings=False, **pin)
-            except Exception as err:  # noqa: BLE001 - every request in the batch learns, the worker lives on
-                log.exception("inference failed on a batch of %d inputs", len(ids))
-                error = ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend")
-                for job in {id(job): job for job, _ in batch}.values():
-                    self._fail(job, error)
-                continue
-            finally:
-                self.metrics.inference_time.observe(time.monotonic() - now)
-            self._deliver(batch, vectors)
+    def _run_batch(self, worker: DeviceWorker, batch: list[tuple[_Job, int]]) -> None:
+        """Run one formed batch on one device's worker and hand every row back (a device thread)."""
+        now = time.monotonic()
+        for job, _ in batch:
+            if not job.started:
+                job.started = True
+                self.metrics.queue_time.observe(now - job.enqueued)
+        ids = [job.ids[index] for job, index in batch]
+        self.metrics.batch_size.observe(len(ids))
+        self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
+        try:
+            vectors = worker.run(ids, normalize=False)
+        except Exception as err:  # noqa: BLE001 - every request in the batch learns, the worker lives on
+            log.exception("inference failed on a batch of %d inputs", len(ids))
+            error = ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend")
+            for job in {id(job): job for job, _ in batch}.values():
+                self._fail(job, error)
+            return
+        finally:
+            self.metrics.inference_time.observe(time.monotonic() - now)
+        self._deliver(batch, vectors)
 
     def _deliver(self, batch: list[tuple[_Job, int]], vectors: np.ndarray) -> None:
         finished: list[_Job] = []

@@ -28,18 +28,16 @@ async def info(request: Request) -> Info:
 
     state = get_state(request)
     encoder, settings = state.encoder, state.settings
-    model_files = getattr(encoder, "model_files", None)
-    pooling = getattr(model_files, "pooling", "mean")
     return Info(
         model_id=state.model_name,
-        model_dtype=str(encoder.dtype),
-        model_type={"embedding": {"pooling": pooling}},
-        backend=str(getattr(encoder, "backend_name", "unknown")),
+        model_dtype=encoder.config.dtype,
+        model_type={"embedding": {"pooling": encoder.pooling}},
+        backend=encoder.config.backend,
         dimension=int(encoder.dimension),
         max_input_length=int(encoder.max_seq_length),
-        devices=[str(d) for d in getattr(encoder, "devices", [])],
+        devices=[str(worker.device) for worker in encoder.workers],
         max_concurrent_requests=settings.max_concurrent_requests,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=encoder.config.max_batch_tokens,
         max_client_batch_size=settings.max_client_batch_size,
         max_wait_ms=settings.max_wait_ms,
         max_body_bytes=settings.max_body_bytes,

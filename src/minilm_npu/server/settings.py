@@ -1,4 +1,8 @@
-"""Server limits and options, in one immutable object shared by the app, the batcher and the CLI."""
+"""Server limits and options, in one immutable object shared by the app, the batcher and the CLI.
+
+The forward batch's bounds (``max_batch_tokens``, ``batch_size``) are the encoder's, in its
+:class:`~minilm_npu.config.EncoderConfig`: one setting, one route.
+"""
 
 from __future__ import annotations
 
@@ -12,29 +16,24 @@ class ServerSettings:
     Attributes:
         served_model_name: Name reported in responses and ``/info``; None means the model's own name.
         api_key: When set, every route except ``/health`` and ``/metrics`` needs ``Authorization: Bearer <key>``.
-        max_batch_tokens: Real (unpadded) tokens per device batch that the batcher assembles.
         max_client_batch_size: Most inputs one request may carry.
         max_concurrent_requests: Requests admitted at once (tokenizing, queued or running); more get 429.
-        max_wait_ms: How long a device waits for more requests to join a batch that is not yet full.
+        max_wait_ms: How long an idle device waits for more requests to join a batch that is not yet full; 0
+            (the default) runs whatever is queued as soon as a device is free, as text-embeddings-inference does.
         max_body_bytes: Largest request body accepted; larger bodies get 413 before they are parsed.
-        encoder_batch_size: Most sequences per forward pass inside one device batch (the encoder sorts a batch
-            by length and splits it, which keeps padding low on padded backends).
         health_timeout_s: How long ``/health`` waits for its forward pass before answering 503.
     """
 
     served_model_name: str | None = None
     api_key: str | None = None
-    max_batch_tokens: int = 16384
     max_client_batch_size: int = 256
     max_concurrent_requests: int = 512
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_body_bytes: int = 2_000_000
-    encoder_batch_size: int = 32
     health_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_client_batch_size", "max_concurrent_requests", "max_body_bytes",
-                     "encoder_batch_size"):
+        for name in ("max_client_batch_size", "max_concurrent_requests", "max_body_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request
 
+from ..contract import Encoder
 from .batcher import Batcher
 from .metrics import ServerMetrics
 from .settings import ServerSettings
@@ -16,7 +16,7 @@ from .settings import ServerSettings
 class ServerState:
     """The encoder, the limits, the batcher and the metrics of one app."""
 
-    encoder: Any
+    encoder: Encoder
     settings: ServerSettings
     batcher: Batcher
     metrics: ServerMetrics

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract import Encoder
 from ..errors import InputError
+from ..tokenization import TokenIdError, check_token_ids
 from .errors import ApiError
 
 
@@ -40,7 +42,7 @@ def _as_batch(inputs: Any) -> tuple[list[str] | None, list[list[int]] | None]:
                         "of token ids", param="input")
 
 
-def prepare_inputs(inputs: Any, encoder: Any, *, max_client_batch_size: int, truncate: bool = True,
+def prepare_inputs(inputs: Any, encoder: Encoder, *, max_client_batch_size: int, truncate: bool = True,
                    dimensions: int | None = None, param: str = "input", check_length: bool = True) -> PreparedInput:
     """Validate one request's input and turn it into token ids.
 
@@ -48,7 +50,7 @@ def prepare_inputs(inputs: Any, encoder: Any, *, max_client_batch_size: int, tru
         inputs: A string, a list of strings, a list of token ids or a list of lists of token ids (as the
             request models admit them). An empty string is valid and embeds as ``[CLS] [SEP]``, as
             sentence-transformers does.
-        encoder: Provides ``tokenize``, ``max_seq_length``, ``dimension`` and ``tokenizer.vocab_size``.
+        encoder: The encoder (``tokenize``, ``max_seq_length``, ``dimension``, ``tokenizer.vocab_size``).
         max_client_batch_size: Most inputs per request.
         truncate: Cut texts over ``max_seq_length`` tokens; with False such a text is an error.
         dimensions: Requested output dimensions, checked against the model's.
@@ -87,15 +89,8 @@ def prepare_inputs(inputs: Any, encoder: Any, *, max_client_batch_size: int, tru
                     raise ApiError(400, f"{param}[{index}] has {len(seq)} tokens; the model takes at most {limit} "
                                         f"(send truncate: true to cut it)", param=param)
     else:
-        ids = id_lists
-        vocab = encoder.tokenizer.vocab_size
-        for index, seq in enumerate(ids):
-            if not seq:
-                raise ApiError(400, f"{param}[{index}] is an empty list of token ids", kind="empty", param=param)
-            if len(seq) > limit:
-                raise ApiError(400, f"{param}[{index}] has {len(seq)} token ids; the model takes at most {limit}",
-                               param=param)
-            if not all(0 <= token < vocab for token in seq):
-                raise ApiError(400, f"{param}[{index}] holds a value that is not a token id in [0, {vocab})",
-                               param=param)
+        try:
+            ids = check_token_ids(id_lists, encoder.tokenizer.vocab_size, limit, name=param)
+        except TokenIdError as err:
+            raise ApiError(400, str(err), kind="empty" if err.empty else "validation", param=param) from None
     return PreparedInput(ids=ids, prompt_tokens=sum(len(seq) for seq in ids))

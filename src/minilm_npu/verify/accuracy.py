@@ -268,14 +268,12 @@ def run_accuracy(device: str = "cpu", dtypes: Sequence[str] = ("float32",), back
     Raises:
         InputError, DeviceError, ModelFilesError: bad input, an unavailable device, a missing model.
     """
-    from ..backend import DEFAULT_BACKEND, DTYPES
+    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from ..devices import parse_devices
     from ..encoder import MiniLMEncoder
     from .environment import describe_device, fingerprint
 
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown or not dtypes:
-        raise InputError(f"unknown dtype {', '.join(unknown) or '(none)'}; choose from: {', '.join(DTYPES)}")
+    dtypes = parse_dtypes(dtypes)
     devices = parse_devices(device)  # fails early, and clearly, for a device this machine lacks
     all_texts = list(texts if texts is not None else builtin_texts()) + list(user_texts)
     if not all_texts:

@@ -118,7 +118,7 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
     Returns:
         The JSON-ready report.
     """
-    from ..backend import DEFAULT_BACKEND, DTYPES
+    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from ..devices import parse_devices, synchronize
     from ..encoder import MiniLMEncoder
     from .environment import describe_device, fingerprint
@@ -129,9 +129,7 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
         raise InputError("warmup and rounds must each be at least 1")
     if compare is not None and compare not in COMPARE_CHOICES:
         raise InputError(f"--compare takes {', '.join(COMPARE_CHOICES)}, not {compare!r}")
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown or not dtypes:
-        raise InputError(f"unknown dtype {', '.join(unknown) or '(none)'}; choose from: {', '.join(DTYPES)}")
+    dtypes = parse_dtypes(dtypes)
     target = parse_devices(device)[0]
     texts = list(texts if texts is not None else builtin_texts())
     if make_encoder is None:

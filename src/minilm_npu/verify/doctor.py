@@ -47,11 +47,14 @@ def probe_texts() -> list[str]:
 
 def _requested(spec: str | None) -> tuple[list[str], bool]:
     """Devices to check and whether an NPU was explicitly asked for."""
-    from ..devices import available_devices
+    from ..devices import DeviceError, available_devices, split_devices
 
     if spec is None or spec.strip().lower() in ("", "all"):
         return available_devices(), False
-    parts = [p.strip().lower() for p in spec.split(",") if p.strip()]
+    try:
+        parts = split_devices(spec)
+    except DeviceError:  # reported as that entry's failed check, beside the others
+        parts = [spec]
     return parts, any(p.startswith("npu") for p in parts)
 
 
@@ -100,8 +103,8 @@ def check_device(spec: str, reference: Callable[[], np.ndarray], texts: list[str
 
 def cpu_kernels() -> dict[str, object]:
     """The CPU's ISA flags that matter and, per CPU dtype, the linear-layer kernel the packed engine picks here."""
-    from ..cpu_kernels import isa_summary, kernel_plan
-    from ..packed import int8_linear_supported, onednn_linear_supported
+    from ..engine.cpu_kernels import isa_summary, kernel_plan
+    from ..engine.packed import int8_linear_supported, onednn_linear_supported
 
     plan = kernel_plan()
     if not onednn_linear_supported():
@@ -142,7 +145,7 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
     Returns:
         The JSON-ready report; ``report["status"]`` is ``"ok"`` only when every requested device passed.
     """
-    from ..backend import DEFAULT_BACKEND
+    from ..engine.backend import DEFAULT_BACKEND
     from ..devices import available_devices, parse_devices
     from ..encoder import MiniLMEncoder
     from ..modelfiles import DEFAULT_MODEL_ID

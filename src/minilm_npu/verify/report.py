@@ -15,7 +15,6 @@ from pathlib import Path
 
 CHECK_FILES = ("check.json", "check.md")
 ACCURACY_FILES = ("accuracy.json", "accuracy.md")
-BENCH_FILES = ("bench.json", "bench.md", "bench_throughput.png", "bench_latency.png")
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -284,7 +283,7 @@ def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",
     from .bench import run_bench
     from .doctor import run_doctor
 
-    from ..backend import DEFAULT_BACKEND
+    from ..engine.backend import DEFAULT_BACKEND
     from ..encoder import MiniLMEncoder
     from .accuracy import REFERENCE_BACKEND
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InputError
+from ..modelfiles import ModelFiles
 from .backend import TORCH_DTYPES
-from .errors import InputError
-from .modelfiles import ModelFiles
 
 
 def pad_batch(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,12 +51,22 @@ class TransformersBackend:
         model = AutoModel.from_pretrained(str(model_files.directory), use_safetensors=True)
         self.model = model.to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
 
-    @torch.inference_mode()
-    def embed(self, batch: list[list[int]]) -> torch.Tensor:
+    def _forward(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids, attention_mask = pad_batch(batch)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
                             token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        return hidden, attention_mask
+
+    @torch.inference_mode()
+    def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
+        hidden = self._forward(batch)[0].float()
+        return [hidden[row, :len(ids)] for row, ids in enumerate(batch)]
+
+    @torch.inference_mode()
+    def embed(self, batch: list[list[int]]) -> torch.Tensor:
+        hidden, attention_mask = self._forward(batch)
         if self.pooling == "cls":
             return hidden[:, 0].float()
         # Pool in float32 whatever the model's dtype: summing up to 256 bf16 vectors loses digits for nothing.

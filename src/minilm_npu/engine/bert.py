@@ -3,7 +3,7 @@
 Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor. Embeddings, every linear
 layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so no FLOP is spent on
 padding. Only attention needs to know which token belongs to which sequence; it goes through a strategy chosen
-per device type (see :func:`minilm_npu.devices.attention_strategy`):
+per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
 
 * ``"per_sequence"``: one ``scaled_dot_product_attention`` call per sequence on a slice of the packed tensor;
 * ``"bucketed"``: sequences of similar length are gathered into small padded blocks (one SDPA call per block,
@@ -14,8 +14,8 @@ per device type (see :func:`minilm_npu.devices.attention_strategy`):
 
 Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
 Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
-into one linear layer. Linear layers are plain callables, so the int8 engine can swap its own in
-(:mod:`minilm_npu.packed`).
+into one linear layer. Linear layers are plain callables built by a factory given at construction, so the CPU
+engines choose theirs (oneDNN float32, int8) before the model exists (:mod:`minilm_npu.engine.packed`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .devices import to_device
-from .modelfiles import ModelFilesError
+from ..devices import to_device
+from ..modelfiles import ModelFilesError
 
 ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded", "varlen")
 #: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
@@ -39,6 +39,10 @@ BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "Ber
 IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+#: Builds one linear layer: ``(layer_index, role, weight, bias, gelu) -> Linear``; ``role`` is one of
+#: :data:`LINEAR_ROLES`, ``weight``/``bias`` are already on the model's device in its dtype.
+LinearFactory = Callable[[int, str, torch.Tensor, torch.Tensor, bool], Linear]
+LINEAR_ROLES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,6 @@ class PackedBatch:
 
     ids: torch.Tensor          # [T] int64
     positions: torch.Tensor    # [T] int64
-    seq_index: torch.Tensor    # [T] int64: which sequence each token belongs to
     starts: list[int]
     lengths: list[int]
     mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
@@ -304,17 +307,17 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
     mean_weights = torch.zeros(len(batch), total)
     mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
     # Everything was built on the host; it moves in one pinned, non-blocking copy per dtype (devices.to_device).
-    tensors = [ids, positions, seq_index, mean_weights, unpad]
+    tensors = [ids, positions, mean_weights, unpad]
     for bucket in buckets:
         tensors += [bucket.gather, bucket.mask]
     moved = iter(to_device(tensors, device))
-    ids, positions, seq_index, mean_weights, unpad = (next(moved) for _ in range(5))
+    ids, positions, mean_weights, unpad = (next(moved) for _ in range(4))
     for bucket in buckets:
         bucket.gather, bucket.mask = next(moved), next(moved)
         if square_mask and bucket.mask is not None:
             width = bucket.mask.shape[-1]
             bucket.mask = bucket.mask.expand(-1, -1, width, -1).contiguous()
-    return PackedBatch(ids, positions, seq_index, starts, lengths, mean_weights, buckets, unpad, strategy)
+    return PackedBatch(ids, positions, starts, lengths, mean_weights, buckets, unpad, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -355,9 +358,8 @@ class PackedBert:
         config: The architecture.
         weights: Expected name -> tensor, as :func:`load_weights` returns them.
         device: Where the model runs.
-        dtype: Float dtype of activations and dense weights (int8 engines pass float32 and swap linears).
-        make_linear: Builds a linear layer from ``(weight, bias, gelu)``, weights already on ``device`` in
-            ``dtype``, GELU to apply after the bias when ``gelu`` is True; defaults to :class:`DenseLinear` with
+        dtype: Float dtype of activations and dense weights (the int8 engine passes float32).
+        make_linear: Builds each linear layer (see :data:`LinearFactory`); defaults to :class:`DenseLinear` with
             ``gelu`` as its activation.
         gelu: The device's exact GELU (see :func:`minilm_npu.devices.exact_gelu`).
         varlen: The device's attention over packed sequences (``"varlen"`` strategy), if it has one; see
@@ -365,13 +367,11 @@ class PackedBert:
     """
 
     def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
-                 dtype: torch.dtype = torch.float32,
-                 make_linear: Callable[..., Linear] | None = None,
+                 dtype: torch.dtype = torch.float32, make_linear: LinearFactory | None = None,
                  gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
                  varlen: Callable[..., torch.Tensor] | None = None):
-        self.config, self.device, self.dtype, self.varlen = config, device, dtype, varlen
-        make_linear = make_linear or (lambda w, b, gelu=False: DenseLinear(w, b, gelu, activation=self.gelu))
-        self.gelu = gelu
+        self.config, self.device, self.dtype, self.varlen, self.gelu = config, device, dtype, varlen, gelu
+        make_linear = make_linear or (lambda _n, _role, weight, bias, act: DenseLinear(weight, bias, act, gelu))
 
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype).contiguous()
@@ -388,12 +388,14 @@ class PackedBert:
             qkv_b = torch.cat([weights[p + f"attention.self.{m}.bias"] for m in ("query", "key", "value")])
             cast = lambda t: t.to(device=device, dtype=dtype).contiguous()  # noqa: E731
             self.layers.append(Layer(
-                qkv=make_linear(cast(qkv_w), cast(qkv_b)),
-                attn_out=make_linear(get(p + "attention.output.dense.weight"), get(p + "attention.output.dense.bias")),
+                qkv=make_linear(n, "qkv", cast(qkv_w), cast(qkv_b), False),
+                attn_out=make_linear(n, "attn_out", get(p + "attention.output.dense.weight"),
+                                     get(p + "attention.output.dense.bias"), False),
                 ln1=(get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias")),
-                ffn_in=make_linear(get(p + "intermediate.dense.weight"), get(p + "intermediate.dense.bias"),
-                                   gelu=True),
-                ffn_out=make_linear(get(p + "output.dense.weight"), get(p + "output.dense.bias")),
+                ffn_in=make_linear(n, "ffn_in", get(p + "intermediate.dense.weight"),
+                                   get(p + "intermediate.dense.bias"), True),
+                ffn_out=make_linear(n, "ffn_out", get(p + "output.dense.weight"), get(p + "output.dense.bias"),
+                                    False),
                 ln2=(get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
             ))
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from .bert import Bucket, PackedBatch, PackedBert
-from .devices import GraphAPI, round_to_gear, round_to_power_of_two
+from ..devices import GraphAPI
+from .policy import round_to_gear, round_to_power_of_two
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ class StaticShapeForward:
         ids, lengths = self.inputs[: rows * width], self.inputs[rows * width:]
         valid = self.slots[None, :] < lengths[:, None]  # [rows, width]
         mask = valid[:, None, None, :]
-        if self.square_mask:  # devices.attention_plan: kernels that take no broadcast mask (Ascend)
+        if self.square_mask:  # policy.attention_plan: kernels that take no broadcast mask (Ascend)
             mask = mask.expand(-1, -1, width, -1).contiguous()
-        packed = PackedBatch(ids=ids, positions=self.positions, seq_index=None, starts=[], lengths=[width] * rows,
+        packed = PackedBatch(ids=ids, positions=self.positions, starts=[], lengths=[width] * rows,
                              mean_weights=None, buckets=[Bucket(None, mask, [width] * rows)],
                              unpad=None, strategy="padded")
         hidden = self.model.forward(packed).view(rows, width, -1)
@@ -143,7 +144,7 @@ class GraphedForwards:
         dtype: The engine's dtype (sets the padding budget, :data:`MAX_GRAPH_SLOTS`).
         pooling: ``"mean"`` or ``"cls"``.
         api: The device's graph API; None runs the static-shape passes eagerly (the CPU tests do).
-        square_mask: Full ``[rows, 1, width, width]`` attention masks (see devices.attention_plan).
+        square_mask: Full ``[rows, 1, width, width]`` attention masks (see policy.attention_plan).
     """
 
     def __init__(self, model: PackedBert, dtype: str, pooling: str, api: GraphAPI | None,

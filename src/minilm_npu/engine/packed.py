@@ -1,11 +1,11 @@
 """The packed engine: the default backend. Token ids in, pooled vectors out, with no work spent on padding.
 
-:class:`PackedBackend` loads the lean BERT of :mod:`minilm_npu.bert` once per device and runs each batch as one
+:class:`PackedBackend` loads the lean BERT of :mod:`minilm_npu.engine.bert` once per device and runs each batch as one
 packed ``[total_tokens, hidden]`` tensor. Precision:
 
 * ``float32``: exact (within 1e-5 of sentence-transformers after normalisation);
 * ``bfloat16`` / ``float16``: weights and activations in that dtype; pooling (and the encoder's normalisation)
-  in float32. Which device takes which dtype is decided in :func:`minilm_npu.devices.dtype_unsupported_reason`;
+  in float32. Which device takes which dtype is decided in :func:`minilm_npu.engine.policy.dtype_unsupported_reason`;
 * ``int8`` (CPU): int8 weights with dynamic per-token activation quantization, see :class:`Int8Linear`. Its
   smoothing factors are calibrated at load time on :data:`minilm_npu.samples.CALIBRATION_TEXTS` (tokenized
   here, the one place a backend sees text).
@@ -14,21 +14,22 @@ packed ``[total_tokens, hidden]`` tensor. Precision:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..devices import exact_gelu, graph_api, torch_npu_module, varlen_attention
+from ..errors import InputError
+from ..modelfiles import ModelFiles
+from ..samples import CALIBRATION_TEXTS
+from ..tokenization import Tokenizer
 from .backend import TORCH_DTYPES
-from .bert import BertConfig, DenseLinear, PackedBert, load_weights, pack
+from .bert import BertConfig, DenseLinear, LinearFactory, PackedBatch, PackedBert, load_weights, pack
 from .cpu_kernels import SmallBatchThreads, kernel_plan
-from .devices import (attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason, exact_gelu, graph_api,
-                      round_to_gear, round_to_power_of_two, torch_npu_module, tune_host_allocator, uses_static_shapes,
-                      varlen_attention, warmup_lengths)
-from .errors import InputError
 from .graphs import GRAPH_WIDTHS, GraphedForwards
-from .modelfiles import ModelFiles
-from .samples import CALIBRATION_TEXTS
-from .tokenization import Tokenizer
+from .policy import (AttentionPlan, attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason,
+                     tune_host_allocator, warmup_lengths)
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,6 @@ def onednn_linear_supported() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def prepack_dense_linears(model: PackedBert) -> None:
-    """Swap every :class:`~minilm_npu.bert.DenseLinear` of a CPU model for a :class:`OneDnnLinear`: float32 ones,
-    and bfloat16 ones where the CPU has bfloat16 hardware (there oneDNN's bf16 kernel with a pre-reordered weight
-    measured ~1.6x faster than ``F.linear``'s at a few tokens, the same at hundreds, on a Zen 4)."""
-    kinds = {torch.float32} | ({torch.bfloat16} if cpu_has_native_bfloat16() else set())
-    for layer in model.layers:
-        for name in ("qkv", "attn_out", "ffn_in", "ffn_out"):
-            linear = getattr(layer, name)
-            if isinstance(linear, DenseLinear) and linear.weight.dtype in kinds:
-                setattr(layer, name, OneDnnLinear(linear.weight, linear.bias, gelu=linear.gelu))
-
-
 class _ActivationMax:
     """Wraps a linear layer during calibration and records max |input| per channel."""
 
@@ -140,25 +129,53 @@ class _ActivationMax:
         return self.linear(x)
 
 
-def quantize_int8(model: PackedBert, calibration: list[list[int]]) -> None:
-    """Turn a float32 CPU :class:`PackedBert` into the int8 engine, in place.
+def float_linear_factory(device: torch.device, dtype: torch.dtype,
+                         activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> LinearFactory:
+    """Linear layers of a float engine: :class:`OneDnnLinear` for float32 (and native bfloat16) on a CPU with oneDNN, else
+    :class:`~minilm_npu.engine.bert.DenseLinear` with the device's exact GELU ``activation`` (accelerators,
+    bfloat16/float16, CPU builds without oneDNN)."""
+    # bfloat16 too where the CPU has bfloat16 hardware: oneDNN's bf16 kernel on a pre-reordered weight measured
+    # ~1.6x faster than F.linear's at a few tokens, the same at hundreds (Zen 4, AVX512-BF16).
+    prepacked = {torch.float32} | ({torch.bfloat16} if cpu_has_native_bfloat16() else set())
+    if device.type == "cpu" and dtype in prepacked and onednn_linear_supported():
+        return lambda _n, _role, weight, bias, gelu: OneDnnLinear(weight, bias, gelu)
+    return lambda _n, _role, weight, bias, gelu: DenseLinear(weight, bias, gelu, activation)
 
-    The attention output and both feed-forward layers (~80% of the FLOPs) become :class:`Int8Linear`; the fused
-    QKV projection stays float32: it is the layer most sensitive to quantization (with it in int8, the worst
-    cosine against float32 drops from ~0.992 to ~0.984 on short texts).
+
+#: The int8 engine's quantized layers: the attention output and both feed-forward layers (~80% of the FLOPs).
+#: The fused QKV projection stays float32: it is the layer most sensitive to quantization (with it in int8, the
+#: worst cosine against float32 drops from ~0.992 to ~0.984 on short texts).
+INT8_ROLES = ("attn_out", "ffn_in", "ffn_out")
+
+
+def int8_linear_factory(config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
+                        calibration: list[list[int]]) -> LinearFactory:
+    """Linear layers of the int8 CPU engine, with SmoothQuant factors calibrated on ``calibration``.
+
+    A float32 copy of the model runs the calibration batches once, recording max |input| per channel of every
+    layer in :data:`INT8_ROLES`; the factory returned builds those as :class:`Int8Linear` with their recorded
+    maxima, the rest as float32 layers.
     """
-    names = ("attn_out", "ffn_in", "ffn_out")
-    recorders = [{name: _ActivationMax(getattr(layer, name)) for name in names} for layer in model.layers]
-    for layer, recorder in zip(model.layers, recorders):
-        for name in names:
-            setattr(layer, name, recorder[name])
+    recorders: dict[tuple[int, str], _ActivationMax] = {}
+
+    def recording(n: int, role: str, weight: torch.Tensor, bias: torch.Tensor, gelu: bool):
+        linear = DenseLinear(weight, bias, gelu)
+        if role not in INT8_ROLES:
+            return linear
+        return recorders.setdefault((n, role), _ActivationMax(linear))
+
+    float_model = PackedBert(config, weights, device, torch.float32, recording)
     with torch.inference_mode():
         for start in range(0, len(calibration), 32):
-            model.forward(pack(calibration[start:start + 32], "per_sequence", model.device))
-    for layer, recorder in zip(model.layers, recorders):
-        for name in names:
-            dense = recorder[name].linear
-            setattr(layer, name, Int8Linear(dense.weight, dense.bias, gelu=dense.gelu, act_max=recorder[name].max))
+            float_model.forward(pack(calibration[start:start + 32], "per_sequence", device))
+    float_linear = float_linear_factory(device, torch.float32)
+
+    def make(n: int, role: str, weight: torch.Tensor, bias: torch.Tensor, gelu: bool):
+        if role not in INT8_ROLES:
+            return float_linear(n, role, weight, bias, gelu)
+        return Int8Linear(weight, bias, gelu=gelu, act_max=recorders[n, role].max)
+
+    return make
 
 
 def int8_linear_supported() -> bool:
@@ -173,6 +190,8 @@ class PackedBackend:
         model_files: The resolved model (BERT family, mean or CLS pooling).
         device: Where the model runs.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
+        attention: How attention runs; default :func:`~minilm_npu.engine.policy.attention_plan` (tests pass
+            another plan to run the accelerators' layouts on a CPU).
 
     Raises:
         InputError: a dtype this device cannot run.
@@ -181,7 +200,8 @@ class PackedBackend:
 
     name = "packed"
 
-    def __init__(self, model_files: ModelFiles, device: torch.device, dtype: str):
+    def __init__(self, model_files: ModelFiles, device: torch.device, dtype: str,
+                 attention: AttentionPlan | None = None):
         reason = dtype_unsupported_reason(device, dtype)
         if reason:
             raise InputError(reason)
@@ -194,23 +214,19 @@ class PackedBackend:
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
+        self.plan = attention or attention_plan(device.type, dtype)
         weights = load_weights(model_files.weights_path, self.config)
-        # Device choices, made once here (devices.py says why for each): attention strategy and mask shape, the
-        # device's exact GELU, and its packed-sequence attention kernel where it has one.
-        self.plan = attention_plan(device.type, dtype)
+        torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
+        # Device choices, made once here: attention strategy, mask shape and gears (engine/policy.py says why),
+        # the device's exact GELU and its packed-sequence attention kernel where it has one (devices.py).
         gelu, self.gelu_choice = exact_gelu(device.type)
-        self.model = PackedBert(self.config, weights, device, TORCH_DTYPES.get(dtype, torch.float32), gelu=gelu,
-                                varlen=varlen_attention(device.type) if self.plan.strategy == "varlen" else None)
         if dtype == "int8":
-            quantize_int8(self.model, Tokenizer(model_files).encode(CALIBRATION_TEXTS))
-        if device.type == "cpu" and onednn_linear_supported():
-            prepack_dense_linears(self.model)  # float32 layers (all of them, or int8's QKV), native bfloat16
-        self.strategy = self.plan.strategy
-        static = uses_static_shapes(device)
-        # Graph-mode devices compile one graph per attention-block shape: round widths to a few gears and the
-        # number of sequences in a block to a power of two, so a handful of graphs serve every batch.
-        self._gears = round_to_gear if static else None
-        self._row_gears = round_to_power_of_two if static else None
+            calibration = Tokenizer(model_files).encode(CALIBRATION_TEXTS)
+            make_linear = int8_linear_factory(self.config, weights, device, calibration)
+        else:
+            make_linear = float_linear_factory(device, torch_dtype, gelu)
+        self.model = PackedBert(self.config, weights, device, torch_dtype, make_linear, gelu=gelu,
+                                varlen=varlen_attention(device.type) if self.plan.strategy == "varlen" else None)
         # Small batches on devices with graph capture replay a recorded forward pass (see graphs.py); the CPU has
         # no launch overhead to save.
         api = graph_api(device)
@@ -219,14 +235,16 @@ class PackedBackend:
         # CPU: small forwards on 1 thread or all, whichever measures faster under this machine's load.
         self._threads = SmallBatchThreads() if device.type == "cpu" else None
 
+    def _pack(self, batch: list[list[int]]) -> PackedBatch:
+        plan = self.plan
+        return pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears,
+                    square_mask=plan.square_mask)
+
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
         if not batch:
             return torch.empty(0, self.config.hidden_size, device=self.device)
-        longest = max(len(ids) for ids in batch)
-        if min(len(ids) for ids in batch) == 0 or longest > self.config.max_position_embeddings:
-            raise InputError(f"every sequence needs 1 to {self.config.max_position_embeddings} tokens")
         if self.graphs is not None:
             pooled = self.graphs.embed(batch)
             if pooled is not None:
@@ -236,9 +254,16 @@ class PackedBackend:
         return self._embed(batch)
 
     def _embed(self, batch: list[list[int]]) -> torch.Tensor:
-        packed = pack(batch, self.strategy, self.device, gears=self._gears, row_gears=self._row_gears,
-                      square_mask=self.plan.square_mask)
+        packed = self._pack(batch)
         return self.model.pool(self.model.forward(packed), packed, self.pooling)
+
+    @torch.inference_mode()
+    def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
+        """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
+        if not batch:
+            return []
+        packed = self._pack(batch)
+        return list(self.model.forward(packed).float().split(packed.lengths))
 
     def choices(self) -> dict[str, str]:
         """What this engine picked on its device, and why (``minilm-npu check`` reports it)."""
@@ -259,7 +284,7 @@ class PackedBackend:
         return choices
 
     def warmup(self) -> None:
-        """Run the shapes :func:`minilm_npu.devices.warmup_lengths` names once (allocation, kernel choice)."""
+        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice)."""
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
         if self.graphs is not None:  # one query of any length: the latency-critical case

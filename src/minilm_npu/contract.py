@@ -1,0 +1,83 @@
+"""What the server, the corpus engines and ``verify`` may use of an encoder: the :class:`Encoder` protocol.
+
+:class:`~minilm_npu.encoder.MiniLMEncoder` implements it, and so do the test fakes (a test checks both against
+this protocol, signatures included, so a fake cannot drift from the real thing). The server uses nothing
+else and probes nothing (no ``getattr(encoder, name, default)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import EncoderConfig
+
+
+@runtime_checkable
+class TokenizerInfo(Protocol):
+    """The part of the tokenizer an encoder's users see."""
+
+    vocab_size: int
+
+    def decode_tokens(self, ids: Sequence[int]) -> list[str]:
+        """Token strings for ids."""
+
+
+@runtime_checkable
+class DeviceWorker(Protocol):
+    """One device with its own model copy; runs exactly the batch it is given."""
+
+    @property
+    def device(self) -> object:
+        """The device (a ``torch.device`` for the real encoder)."""
+
+    def run(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        """Vectors ``(len(ids), dimension)`` float32 for already-validated ids, in their order, as one forward
+        pass; L2-normalised when ``normalize``."""
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Sentence embeddings: texts (or token ids) in, float32 vectors out, in input order.
+
+    Attributes:
+        config: The settings it was built with (dtype, backend, batch sizes, ...).
+        workers: One :class:`DeviceWorker` per device, in the order of ``config.device``.
+        dimension: Vector width.
+        max_seq_length: Most tokens per input, special tokens included.
+        model_name: The model's hub id or directory name.
+        pooling: ``"mean"`` or ``"cls"``.
+        tokenizer: Vocabulary size and id-to-token decoding.
+    """
+
+    config: EncoderConfig
+    workers: Sequence[DeviceWorker]
+    tokenizer: TokenizerInfo
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def pooling(self) -> str: ...
+
+    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
+        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``."""
+
+    def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
+               normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+        """Vectors for texts: ``(N, dimension)``, or ``(dimension,)`` for one string."""
+
+    def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
+                         normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+        """Vectors for token ids (checked here, the edge for in-process callers)."""
+
+    def warmup(self) -> None:
+        """Run each device's warm-up shapes once (allocation, kernel choice, graph builds)."""

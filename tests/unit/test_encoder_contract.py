@@ -1,0 +1,61 @@
+"""The Encoder protocol: the real encoder and every test fake implement it, signatures included."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from minilm_npu.contract import DeviceWorker, Encoder
+from minilm_npu.encoder import MiniLMEncoder
+
+from .server_fakes import FakeEncoder
+from .test_corpus_fakes import FakeEncoder as CorpusFakeEncoder
+from .test_encoder_workers import fake_backend  # noqa: F401 - fixture
+
+
+def _protocol_methods(protocol) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(member) for name, member in vars(protocol).items()
+            if callable(member) and not name.startswith("_")}
+
+
+def _assert_implements(obj, protocol) -> None:
+    assert isinstance(obj, protocol), f"{type(obj).__name__} lacks a member of {protocol.__name__}"
+    for name, expected in _protocol_methods(protocol).items():
+        got = inspect.signature(getattr(obj, name))
+        wanted = [(p.name, p.default) for p in list(expected.parameters.values())[1:]]  # without self
+        # Every parameter of the protocol, in order, with its default; an implementation may take extra keyword
+        # options (**kwargs: the real encode's sentence-transformers options) and nothing else.
+        params = [(p.name, p.default) for p in got.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        assert params == wanted, \
+            f"{type(obj).__name__}.{name}{got} differs from {protocol.__name__}.{name}{expected}"
+
+
+@pytest.fixture
+def real_encoder(fake_backend):  # noqa: F811 - the real MiniLMEncoder, with a fake engine behind it
+    return MiniLMEncoder(device="cpu,cpu", backend="fake")
+
+
+def test_the_real_encoder_implements_the_protocol(real_encoder):
+    _assert_implements(real_encoder, Encoder)
+    for worker in real_encoder.workers:
+        _assert_implements(worker, DeviceWorker)
+
+
+@pytest.mark.parametrize("fake", [FakeEncoder, CorpusFakeEncoder])
+def test_the_fakes_implement_the_protocol(fake):
+    encoder = fake()
+    _assert_implements(encoder, Encoder)
+    for worker in encoder.workers:
+        _assert_implements(worker, DeviceWorker)
+
+
+def test_a_drifted_fake_is_caught():
+    class Drifted(FakeEncoder):
+        def tokenize(self, texts):  # lost the truncate flag
+            return super().tokenize(texts)
+
+    with pytest.raises(AssertionError, match="Drifted.tokenize"):
+        _assert_implements(Drifted(), Encoder)
+    with pytest.raises(AssertionError, match="lacks a member"):
+        _assert_implements(object(), Encoder)
