@@ -1,77 +1,259 @@
-"""Benchmark the packed engine against sentence-transformers, in one process, with the port report's protocol.
+"""Benchmark the packed engine against the CPU peers a user would pick: ONNX Runtime and sentence-transformers.
 
-Workloads:
+Engines, each in its own fresh process (its own allocator settings and thread pool: ONNX Runtime's threads spin
+after every run and would slow anything sharing their process):
 
-* the 24 mixed sentences of :data:`minilm_npu.samples.MIXED_24` at batch sizes 1/4/16/32/64
-  (3 warm-up rounds, mean of 10 timed rounds; one round = encoding all 24);
-* the 3,000 sentences of STS-B dev at batch 32 (one warm-up on a slice, then 1 timed round, 3 with --rounds);
-* one short sentence at batch 1 (latency).
+* ``sentence-transformers float32``: its ``encode`` on the torch backend;
+* ``onnxruntime float32`` / ``onnxruntime int8`` (CPU only): the official weights exported once with
+  ``torch.onnx.export`` and quantized with ``onnxruntime.quantization.quantize_dynamic`` using the settings of
+  sentence-transformers' ``export_dynamic_quantized_onnx_model(model, "avx512_vnni", ...)`` (optimum's
+  ``AutoQuantizationConfig.avx512_vnni(is_static=False)``: QOperator/IntegerOps, uint8 asymmetric activations,
+  int8 symmetric weights, per-channel, no reduce_range, operators MatMul and Add), run through
+  ``onnxruntime.InferenceSession`` with the same tokenizer, padding to the batch's longest and mean pooling, as
+  fastembed does. The exported files are cached in ``benchmarks/.onnx-cache/`` (git-ignored);
+* ``minilm-npu packed <dtype>``: our engine.
 
-Every engine in every requested dtype and sentence-transformers' own ``encode`` (in a fresh child process, see
-:class:`FreshProcess`) take turns on each workload in the same run on the same device, so the ratios hold even on a
-busy machine. Prints a Markdown table for the README; ``--json`` saves the numbers.
+Workloads (issue 12's table): one short sentence (latency), the 24 mixed sentences of
+:data:`minilm_npu.samples.MIXED_24` at batch 1 and batch 32, and the 3,000 STS-B dev sentences at batch 32. The
+engines take turns on every workload (timing through :func:`minilm_npu.verify.bench.time_calls`), so a busy machine
+slows them alike; the verdicts are same-run ratios. Quality is checked on the same run: float32 within 1e-5 of
+sentence-transformers, int8 minimum cosine >= 0.99 and STS-B Spearman drop <= 0.005.
 
-It also measures what the machine allows: the best GEMM rate of each dtype (a ``[2048, 384] x [384, 1536]`` linear
-with the fastest kernel this torch build has) and the memory read bandwidth. From them and the FLOPs and weight bytes
-the real tokens of a workload need, it derives the *ceiling*: the speed-up over sentence-transformers an engine
-would reach if it did nothing but those GEMMs at that rate (or nothing but read its weights once per forward pass,
-whichever is slower). A target above its ceiling cannot be met on this machine by any engine using these kernels.
+It also measures what the machine allows (best linear-layer rate per dtype and memory bandwidth) and prints, per
+target, the *ceiling*: the ratio an engine doing nothing but its real tokens' GEMMs at that rate (or reading its
+weights once per forward pass, if longer) would reach against the peer.
 
 Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--quick] [--json out.json]``
+Needs the ``bench`` extra for the ONNX Runtime columns: ``pip install 'minilm-npu[bench]'``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
-import statistics
+import signal
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minilm_npu import MiniLMEncoder  # noqa: E402
+from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
 from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
-from minilm_npu.engine.policy import dtype_unsupported_reason, tune_host_allocator  # noqa: E402
+from minilm_npu.engine.policy import dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
+from minilm_npu.verify.accuracy import load_sts, row_cosines, spearman  # noqa: E402
+from minilm_npu.verify.bench import time_calls  # noqa: E402
+from minilm_npu.verify.environment import cpu_model  # noqa: E402
 
 DEFAULT_STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev.tsv"
-BATCH_SIZES = (1, 4, 16, 32, 64)
+ONNX_CACHE = Path(__file__).resolve().parent / ".onnx-cache"
 BASELINE = "sentence-transformers float32"
+ORT = "onnxruntime"
+OURS = "minilm-npu packed"
+BEST_PEER = "best peer"
+SHORT, MIXED_1, MIXED_32, STSB = ("1 short sentence, batch 1", "24 mixed, batch 1", "24 mixed, batch 32",
+                                  "STS-B dev")
+
+#: Issue 12's same-run targets: (workload prefix, our dtype, peer engine, minimum ratio of the peer's time to ours).
+TARGETS = [(SHORT, "float32", f"{ORT} float32", 1.0), (SHORT, "int8", f"{ORT} int8", 1.25),
+           (MIXED_1, "float32", f"{ORT} float32", 1.0), (MIXED_1, "int8", f"{ORT} int8", 1.0),
+           (MIXED_32, "float32", BEST_PEER, 4.0), (MIXED_32, "int8", BEST_PEER, 4.0),
+           (STSB, "float32", f"{ORT} float32", 1.25), (STSB, "int8", f"{ORT} int8", 1.2)]
+#: Quality bounds: float32 max |difference| from sentence-transformers; int8 min cosine and STS-B Spearman drop.
+FLOAT32_MAX_ABS, INT8_MIN_COSINE, INT8_MAX_SPEARMAN_DROP = 1e-5, 0.99, 0.005
+BENCH_EXTRA_MISSING = ("the ONNX Runtime columns need the 'bench' extra: pip install 'minilm-npu[bench]' "
+                       "(onnxruntime, onnx); or pass --no-onnxruntime to time without them")
 
 
-def timed(fn, device: torch.device, warmup: int, rounds: int) -> float:
-    """Mean seconds of ``rounds`` calls after ``warmup`` untimed ones (device synchronised around each)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.fmean(times)
+# -- the engines, one process each ---------------------------------------------------------------------------
 
 
-def read_stsb(path: Path) -> list[str]:
-    """All 3,000 sentences of STS-B dev (both columns, duplicates kept: the corpus as it comes)."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
+def _ort_encoder(onnx_path: str, model_dir: str):
+    """``(texts, batch_size) -> unit vectors`` through ONNX Runtime, tokenized and pooled as fastembed does."""
+    import onnxruntime
+
+    from minilm_npu.modelfiles import resolve_model
+    from minilm_npu.tokenization import Tokenizer
+
+    tokenizer = Tokenizer(resolve_model(model_dir))
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+    def encode(texts: list[str], batch_size: int) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer.encode(texts[start:start + batch_size])
+            width = max(len(ids) for ids in batch)
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, seq in enumerate(batch):
+                ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                        "token_type_ids": np.zeros_like(ids)})[0]
+            pooled = (hidden * mask[..., None]).sum(1) / np.clip(mask.sum(1, keepdims=True), 1e-9, None)
+            out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+        return np.concatenate(out)
+
+    return encode
 
 
-#: Issue 3's targets, measured on the project's 2-core CPU: (workload prefix, dtype) -> minimum speed-up.
-CPU_TARGETS = {("24 mixed, batch 32", "float32"): 8.0, ("24 mixed, batch 32", "int8"): 20.0,
-               ("1 short sentence, batch 1", "float32"): 5.0, ("1 short sentence, batch 1", "int8"): 5.0,
-               ("STS-B dev", "float32"): 2.0, ("STS-B dev", "int8"): 5.0}
+def _make_encoder(kind: str, model_dir: str, device: str, option: str):
+    if kind == "st":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(model_dir, device=device)
+        return lambda texts, bs: st.encode(texts, batch_size=bs, convert_to_numpy=True, normalize_embeddings=True)
+    if kind == "ort":
+        return _ort_encoder(option, model_dir)
+    from minilm_npu import MiniLMEncoder
+
+    encoder = MiniLMEncoder(model_path=model_dir, device=device, dtype=option, backend="packed")
+    return lambda texts, bs: encoder.encode(texts, batch_size=bs)
+
+
+def _engine_child(conn, kind: str, model_dir: str, device: str, option: str) -> None:
+    """Child process: build one engine, then time or embed whatever the parent asks for."""
+    encode = _make_encoder(kind, model_dir, device, option)
+    target = torch.device(device)
+    conn.send("ready")
+    while (request := conn.recv()) is not None:
+        if request[0] == "embed":
+            _, texts, batch_size = request
+            conn.send(np.asarray(encode(texts, batch_size), dtype=np.float32))
+        else:
+            _, texts, batch_size, warmup, rounds = request
+            stats = time_calls(lambda batch, _: encode(batch, batch_size), lambda: synchronize(target), texts,
+                               warmup, rounds)
+            conn.send(stats["mean_ms"] / 1e3)
+
+
+class EngineProcess:
+    """One engine in a fresh child interpreter, as its users run it; the parent only sends work and reads times."""
+
+    def __init__(self, label: str, kind: str, model_dir: str, device: torch.device, option: str = ""):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.label = label
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_engine_child, args=(child, kind, model_dir, str(device), option),
+                                       daemon=True)
+        self.process.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError(f"the {label} process did not start")
+
+    def time(self, texts: list[str], batch_size: int, device: torch.device, warmup: int, rounds: int) -> float:
+        """Mean seconds of one round (all of ``texts`` at ``batch_size``) over ``rounds`` after ``warmup``."""
+        self.conn.send(("time", texts, batch_size, warmup, rounds))
+        return self.conn.recv()
+
+    def embed(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Unit vectors of ``texts``."""
+        self.conn.send(("embed", texts, batch_size))
+        return self.conn.recv()
+
+    def pause(self) -> None:
+        """Stop the process while another engine is timed: idle thread pools (ONNX Runtime's spin after every
+        run) would otherwise take cores from it. Measured: with two ONNX Runtime processes left running, our
+        float32 STS-B rate fell from 1.3x sentence-transformers' to 0.2x on a 2-core machine."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(timeout=30)
+
+
+def onnx_models(model_dir: str, cache: Path = ONNX_CACHE) -> dict[str, Path]:
+    """The float32 and int8 ONNX files of the model, exported once and then read from ``cache``.
+
+    Raises:
+        SystemExit: the ``bench`` extra (onnx, onnxruntime) is not installed.
+    """
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export needs it
+        import onnxruntime
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        sys.exit(f"error: {BENCH_EXTRA_MISSING}")
+    tag = f"{Path(model_dir).name}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}"
+    paths = {"float32": cache / f"{tag}-float32.onnx", "int8": cache / f"{tag}-int8-avx512_vnni.onnx"}
+    cache.mkdir(parents=True, exist_ok=True)
+    if not paths["float32"].is_file():
+        print("-- exporting the ONNX model (once)", file=sys.stderr, flush=True)
+        export_onnx(model_dir, paths["float32"])
+    if not paths["int8"].is_file():
+        # optimum's AutoQuantizationConfig.avx512_vnni(is_static=False), as sentence-transformers' export uses it.
+        partial = paths["int8"].with_suffix(".partial")
+        quantize_dynamic(paths["float32"], partial, op_types_to_quantize=["MatMul", "Add"], per_channel=True,
+                         reduce_range=False, weight_type=QuantType.QInt8,
+                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        partial.replace(paths["int8"])
+    return paths
+
+
+def export_onnx(model_dir: str, path: Path) -> None:
+    """The transformer (token embeddings out) with dynamic batch and length axes, legacy TorchScript exporter."""
+    from transformers import AutoModel
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    model = LastHidden(AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval())
+    ids = torch.tensor([[101, 7592, 2088, 102]])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    partial = path.with_suffix(".partial")
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(partial),
+                          input_names=names, output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names + ["last_hidden_state"]})
+    partial.replace(path)
+
+
+def start_engines(device: torch.device, dtypes: list[str], model_dir: str, with_ort: bool) -> list[EngineProcess]:
+    """sentence-transformers, ONNX Runtime float32 and int8 (CPU), then our engine per dtype."""
+    found = [EngineProcess(BASELINE, "st", model_dir, device)]
+    if with_ort:
+        for dtype, path in onnx_models(model_dir).items():
+            found.append(EngineProcess(f"{ORT} {dtype}", "ort", model_dir, device, str(path)))
+    found += [EngineProcess(f"{OURS} {dtype}", "ours", model_dir, device, dtype) for dtype in dtypes]
+    return found
+
+
+def time_interleaved(engine_list: list, texts: list[str], batch_size: int, device: torch.device, warmup: int,
+                     rounds: int, passes: int = 2) -> list[float]:
+    """Mean seconds per engine: warm-up once, then ``rounds`` timed rounds split into ``passes`` turns in which the
+    engines take turns, so a machine that slows down or speeds up meanwhile affects them all alike. The engines
+    not on turn are paused (SIGSTOP) so that none of their threads competes with the one being timed."""
+    chunks = [rounds // passes + (1 if k < rounds % passes else 0) for k in range(min(passes, rounds))]
+    totals = [0.0] * len(engine_list)
+    for turn, chunk in enumerate(chunks):
+        for index, engine in enumerate(engine_list):
+            others = [e for e in engine_list if e is not engine and hasattr(e, "pause")]
+            for other in others:
+                other.pause()
+            try:
+                totals[index] += chunk * engine.time(texts, batch_size, device, warmup if turn == 0 else 0, chunk)
+            finally:
+                for other in others:
+                    other.resume()
+    return [total / rounds for total in totals]
+
+
+# -- what the machine allows ---------------------------------------------------------------------------------
 
 
 def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
@@ -80,8 +262,11 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
 
     from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
 
+    def best_seconds(fn, tries: int) -> float:
+        return min(time_calls(lambda *_: fn(), lambda: synchronize(device), [], 1, 1)["mean_ms"]
+                   for _ in range(tries)) / 1e3
+
     m, k, n = 2048, 384, 1536
-    ops = 2 * m * k * n
     x = torch.randn(m, k, device=device)
     weight, bias = torch.randn(n, k, device=device) * 0.05, torch.zeros(n, device=device)
     rates = {}
@@ -96,11 +281,9 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
             if dtype == "float32" and device.type == "cpu" and onednn_linear_supported():
                 candidates.append(OneDnnLinear(weight, bias))
         a = x if dtype == "int8" else x.to(getattr(torch, dtype))
-        best = min(min(timed(lambda f=f: f(a), device, 1, 1) for _ in range(10)) for f in candidates)
-        rates[dtype] = ops / best
+        rates[dtype] = 2 * m * k * n / min(best_seconds(lambda f=f: f(a), 10) for f in candidates)
     big = torch.ones(64 << 20, device=device)  # 256 MiB: far larger than any cache
-    bandwidth = big.numel() * 4 / min(timed(big.sum, device, 1, 1) for _ in range(5))
-    return {"ops_per_s": rates, "bandwidth_bytes_per_s": bandwidth}
+    return {"ops_per_s": rates, "bandwidth_bytes_per_s": big.numel() * 4 / best_seconds(big.sum, 5)}
 
 
 def best_limits(*measured: dict) -> dict:
@@ -124,142 +307,108 @@ def weight_bytes(config, dtype: str) -> float:
     return config.num_layers * (4 * h * h + 2 * h * i) * torch.finfo(getattr(torch, dtype)).bits // 8
 
 
-def ceilings(results: dict, workloads: dict, limits: dict, config) -> list[dict]:
-    """For each (workload, dtype): measured speed-up, ceiling on this machine, and issue 3's target if any."""
-    baseline = {r["workload"]: r for r in results["rows"] if r["engine"] == BASELINE}
+# -- verdicts ------------------------------------------------------------------------------------------------
+
+
+def verdicts(results: dict, workloads: dict, limits: dict, config) -> list[dict]:
+    """Per target of :data:`TARGETS` whose engines ran: ratio (peer's time / ours), ceiling, target, verdict."""
+    by = {(r["workload"], r["engine"]): r for r in results["rows"]}
     rows = []
-    for row in results["rows"]:
-        if not row["engine"].startswith("minilm-npu packed "):
-            continue
-        dtype = row["engine"].rsplit(" ", 1)[1]
-        lengths, forwards = workloads[row["workload"]]
-        floor = max(real_work(lengths, config) / limits["ops_per_s"][dtype],
-                    forwards * weight_bytes(config, dtype) / limits["bandwidth_bytes_per_s"])
-        ceiling = baseline[row["workload"]]["latency_ms"] / 1e3 / floor
-        target = None
-        if results["device_type"] == "cpu":
-            target = next((v for (w, d), v in CPU_TARGETS.items() if row["workload"].startswith(w) and d == dtype),
-                          None)
-        rows.append({"workload": row["workload"], "dtype": dtype, "speedup": row["speedup"], "ceiling": ceiling,
-                     "target": target})
+    for workload in dict.fromkeys(r["workload"] for r in results["rows"]):
+        for prefix, dtype, peer, target in TARGETS:
+            ours = by.get((workload, f"{OURS} {dtype}"))
+            if not workload.startswith(prefix) or ours is None:
+                continue
+            if peer == BEST_PEER:
+                peers = [r for (w, e), r in by.items() if w == workload and not e.startswith(OURS)]
+                peer_row = min(peers, key=lambda r: r["latency_ms"])
+            elif (workload, peer) in by:
+                peer_row = by[(workload, peer)]
+            else:
+                continue
+            lengths, forwards = workloads[workload]
+            floor = max(real_work(lengths, config) / limits["ops_per_s"][dtype],
+                        forwards * weight_bytes(config, dtype) / limits["bandwidth_bytes_per_s"])
+            ratio = peer_row["latency_ms"] / ours["latency_ms"]
+            ceiling = peer_row["latency_ms"] / 1e3 / floor
+            verdict = "met" if ratio >= target else "beyond this machine" if ceiling < target else "not met"
+            rows.append({"workload": workload, "dtype": dtype, "peer": peer_row["engine"], "ratio": ratio,
+                         "target": target, "ceiling": ceiling, "verdict": verdict})
     return rows
 
 
-class InProcess:
-    """An engine timed in this process."""
+def quality(vectors: dict[str, dict[str, np.ndarray]], scores: np.ndarray | None) -> list[dict]:
+    """Per engine against sentence-transformers: max |difference|, min cosine, STS-B Spearman and its drop.
 
-    def __init__(self, label: str, encode):
-        self.label, self.encode = label, encode
-
-    def time(self, texts: list[str], batch_size: int, device: torch.device, warmup: int, rounds: int) -> float:
-        return timed(lambda: self.encode(texts, batch_size), device, warmup, rounds)
-
-    def close(self) -> None:
-        pass
-
-
-def _sentence_transformers_child(conn, model_dir: str, device: str) -> None:
-    """Child process: load sentence-transformers, then time whatever the parent asks for."""
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(model_dir, device=device)
-    conn.send("ready")
-    while (request := conn.recv()) is not None:
-        texts, batch_size, warmup, rounds = request
-        conn.send(timed(lambda: st.encode(texts, batch_size=batch_size), torch.device(device), warmup, rounds))
-
-
-class FreshProcess:
-    """sentence-transformers in a child interpreter, as its users run it.
-
-    The packed engine tunes glibc's allocator for its whole process (see ``tune_host_allocator``), which speeds up
-    any PyTorch CPU code in that process, sentence-transformers included. The baseline therefore runs in a fresh
-    process that never loads our engine; it only times what the parent sends, so the two still take turns on the
-    same machine within seconds of each other.
+    Args:
+        vectors: engine label -> {"mixed": 24 mixed vectors, "sts": STS-B first column then second column}.
+        scores: The STS-B gold scores (None when the file is absent).
     """
+    def sts_spearman(sts: np.ndarray) -> float:
+        half = len(sts) // 2
+        return spearman((sts[:half] * sts[half:]).sum(1), scores)
 
-    def __init__(self, label: str, model_dir: str, device: torch.device):
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
-        self.label = label
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_sentence_transformers_child, args=(child, model_dir, str(device)),
-                                       daemon=True)
-        self.process.start()
-        if self.conn.recv() != "ready":
-            raise RuntimeError("the sentence-transformers process did not start")
-
-    def time(self, texts: list[str], batch_size: int, device: torch.device, warmup: int, rounds: int) -> float:
-        self.conn.send((texts, batch_size, warmup, rounds))
-        return self.conn.recv()
-
-    def close(self) -> None:
-        self.conn.send(None)
-        self.process.join(timeout=30)
-
-
-def engines(device: torch.device, dtypes: list[str], model_dir: str) -> list:
-    """sentence-transformers (fresh process) first, then our engine per dtype, then sentence-transformers again in
-    this process (whose allocator our CPU engine tuned), to show what that setting alone is worth."""
-    from sentence_transformers import SentenceTransformer
-
-    found = [FreshProcess(BASELINE, model_dir, device)]
-    for dtype in dtypes:
-        encoder = MiniLMEncoder(model_path=model_dir, device=str(device), dtype=dtype, backend="packed")
-        found.append(InProcess(f"minilm-npu packed {dtype}",
-                               lambda texts, bs, e=encoder: e.encode(texts, batch_size=bs)))
-    if device.type == "cpu" and tune_host_allocator():
-        st = SentenceTransformer(model_dir, device=str(device))
-        found.append(InProcess(BASELINE + ", host allocator tuned",
-                               lambda texts, bs: st.encode(texts, batch_size=bs)))
-    return found
+    reference = vectors[BASELINE]
+    reference_spearman = sts_spearman(reference["sts"]) if scores is not None else None
+    rows = []
+    for label, found in vectors.items():
+        parts = [k for k in ("mixed", "sts") if k in found]
+        diff = max(float(np.abs(found[k] - reference[k]).max()) for k in parts)
+        cosine = min(float(row_cosines(found[k], reference[k]).min()) for k in parts)
+        row = {"engine": label, "max_abs": diff, "min_cosine": cosine, "spearman": None, "spearman_drop": None}
+        if scores is not None:
+            row["spearman"] = sts_spearman(found["sts"])
+            row["spearman_drop"] = reference_spearman - row["spearman"]
+        bound = None
+        if label == f"{OURS} float32":
+            bound = diff <= FLOAT32_MAX_ABS
+        elif label == f"{OURS} int8":
+            bound = cosine >= INT8_MIN_COSINE and (row["spearman_drop"] is None
+                                                   or row["spearman_drop"] <= INT8_MAX_SPEARMAN_DROP)
+        row["within_bounds"] = bound
+        rows.append(row)
+    return rows
 
 
-def time_interleaved(engine_list: list, texts: list[str], batch_size: int, device: torch.device, warmup: int,
-                     rounds: int, passes: int = 2) -> list[float]:
-    """Mean seconds per engine: warm-up once, then ``rounds`` timed rounds split into ``passes`` turns in which the
-    engines take turns, so a machine that slows down or speeds up meanwhile affects them all alike."""
-    chunks = [rounds // passes + (1 if k < rounds % passes else 0) for k in range(min(passes, rounds))]
-    totals = [0.0] * len(engine_list)
-    for turn, chunk in enumerate(chunks):
-        for index, engine in enumerate(engine_list):
-            totals[index] += chunk * engine.time(texts, batch_size, device, warmup if turn == 0 else 0, chunk)
-    return [total / rounds for total in totals]
+# -- the run -------------------------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> dict:
+    from minilm_npu.engine.bert import BertConfig
+    from minilm_npu.modelfiles import resolve_model
+    from minilm_npu.tokenization import Tokenizer
+
     device = parse_devices(args.device)[0]
     dtypes = [d for d in args.dtypes.split(",") if d]
     for dtype in dtypes:
         reason = dtype_unsupported_reason(device, dtype)
         if reason:
             sys.exit(f"error: {reason}")
-    batch_sizes = (1, 32) if args.quick else BATCH_SIZES
+    with_ort = device.type == "cpu" and not args.no_onnxruntime
     rounds = 3 if args.quick else 10
-    corpus = read_stsb(args.stsb) if args.stsb.is_file() else []
-    if args.quick:
-        corpus = corpus[:600]
-    results: dict = {"device": describe(device).name, "device_type": device.type, "torch": torch.__version__,
-                     "threads": torch.get_num_threads(), "machine": platform.platform(), "rows": []}
-    from minilm_npu.engine.bert import BertConfig
-    from minilm_npu.modelfiles import resolve_model
-    from minilm_npu.tokenization import Tokenizer
-
+    first, second, scores = load_sts(args.stsb, limit=300 if args.quick else None) if args.stsb.is_file() \
+        else ([], [], None)
+    corpus = first + second
     model_files = resolve_model(None)
+    model_dir = str(model_files.directory)
     config = BertConfig.from_dict(model_files.config)
     tokenizer = Tokenizer(model_files)
-    runs = [(f"24 mixed, batch {bs}", MIXED_24, bs, 3, rounds) for bs in batch_sizes]
-    runs.append(("1 short sentence, batch 1", [SHORT_SENTENCE], 1, 3, rounds * 3))
+    runs = [(SHORT, [SHORT_SENTENCE], 1, 3, rounds * 3), (MIXED_1, MIXED_24, 1, 3, rounds),
+            (MIXED_32, MIXED_24, 32, 3, rounds)]
     if corpus:
-        runs.append((f"STS-B dev {len(corpus)} sentences, batch 32", corpus, 32, 0,
+        runs.append((f"{STSB} {len(corpus):,} sentences, batch 32", corpus, 32, 0,
                      1 if args.quick else args.corpus_rounds))
     # Per workload, for its ceiling: the real token lengths and how many forward passes it takes.
     workloads = {workload: ([len(ids) for ids in tokenizer.encode(texts)], -(-len(texts) // batch_size))
                  for workload, texts, batch_size, _, _ in runs}
+    results: dict = {"device": describe(device).name, "device_type": device.type, "cpu": cpu_model(),
+                     "isa": isa_summary(), "kernels": kernel_plan() if device.type == "cpu" else {},
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
+                     "rows": []}
     print("-- machine limits", file=sys.stderr, flush=True)
     limits_before = machine_limits(device, dtypes)
-    engine_list = engines(device, dtypes, str(model_files.directory))
+    engine_list = start_engines(device, dtypes, model_dir, with_ort)
+    vectors: dict[str, dict[str, np.ndarray]] = {}
     try:
         for workload, texts, batch_size, warmup, count in runs:
             print(f"-- {workload}", file=sys.stderr, flush=True)
@@ -267,46 +416,67 @@ def run(args: argparse.Namespace) -> dict:
             for engine, mean in zip(engine_list, seconds):
                 results["rows"].append({"engine": engine.label, "workload": workload,
                                         "sentences_per_s": len(texts) / mean, "latency_ms": mean * 1e3})
+        print("-- quality", file=sys.stderr, flush=True)
+        for engine in engine_list:
+            vectors[engine.label] = {"mixed": engine.embed(MIXED_24, 32)}
+            if corpus:
+                vectors[engine.label]["sts"] = engine.embed(corpus, 32)
     finally:
         for engine in engine_list:
             engine.close()
-    baseline = {r["workload"]: r for r in results["rows"] if r["engine"] == BASELINE}
-    for row in results["rows"]:
-        row["speedup"] = row["sentences_per_s"] / baseline[row["workload"]]["sentences_per_s"]
     print("-- machine limits again", file=sys.stderr, flush=True)
-    limits = best_limits(limits_before, machine_limits(device, dtypes))
-    results["limits"] = limits
-    results["ceilings"] = ceilings(results, workloads, limits, config)
+    results["limits"] = best_limits(limits_before, machine_limits(device, dtypes))
+    results["verdicts"] = verdicts(results, workloads, results["limits"], config)
+    results["quality"] = quality(vectors, scores if corpus else None)
     return results
 
 
+def _short_label(engine: str) -> str:
+    return (engine.replace("sentence-transformers", "ST torch").replace(OURS, "ours").replace(ORT, "ORT")
+            .replace("float32", "fp32"))
+
+
 def markdown(results: dict) -> str:
-    lines = [f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, "
-             f"{results['machine']}", "",
-             "| workload | engine | sentences/s | latency (ms) | vs sentence-transformers |",
-             "| --- | --- | ---: | ---: | ---: |"]
-    for row in results["rows"]:  # workload by workload, in the order they ran
-        lines.append(f"| {row['workload']} | {row['engine']} | {row['sentences_per_s']:,.1f} | "
-                     f"{row['latency_ms']:,.2f} | {row['speedup']:.2f}x |")
+    """The report: engines side by side per workload, then the targets' verdicts, then quality."""
+    engines = list(dict.fromkeys(r["engine"] for r in results["rows"]))
+    by = {(r["workload"], r["engine"]): r for r in results["rows"]}
+    lines = [f"CPU: {results['cpu']}; ISA: {results['isa']}",
+             f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, "
+             f"{results['machine']}"]
+    lines += [f"Kernels picked ({dtype}): {kernel}" for dtype, kernel in results.get("kernels", {}).items()]
+    lines += ["", "Sentences/s (the short sentence: latency in ms), each engine in its own process, turns "
+              "interleaved:", "",
+              "| workload | " + " | ".join(_short_label(e) for e in engines) + " |",
+              "| --- |" + " ---: |" * len(engines)]
+    for workload in dict.fromkeys(r["workload"] for r in results["rows"]):
+        cells = []
+        for engine in engines:
+            row = by.get((workload, engine))
+            cells.append("" if row is None else f"{row['latency_ms']:,.2f} ms" if workload == SHORT
+                         else f"{row['sentences_per_s']:,.0f}")
+        lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     limits = results["limits"]
     rates = ", ".join(f"{dtype} {rate / 1e9:,.0f} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
                       for dtype, rate in limits["ops_per_s"].items())
-    lines += ["", f"What this machine allows (best of measurements before and after the runs): linear-layer rate "
-              f"{rates}; memory read "
-              f"{limits['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s. Ceiling = sentence-transformers' time / the time of "
-              "the real tokens' GEMMs at that rate (or of reading the weights once per forward pass, if longer).", "",
-              "| workload | dtype | vs sentence-transformers | ceiling on this machine | target | verdict |",
-              "| --- | --- | ---: | ---: | ---: | --- |"]
-    for row in results["ceilings"]:
-        target = row["target"]
-        if target is None:
-            verdict, shown = "", ""
-        else:
-            shown = f"{target:g}x"
-            verdict = ("met" if row["speedup"] >= target else
-                       "beyond this machine" if row["ceiling"] < target else "not met")
-        lines.append(f"| {row['workload']} | {row['dtype']} | {row['speedup']:.2f}x | {row['ceiling']:.1f}x | "
-                     f"{shown} | {verdict} |")
+    lines += ["", f"What this machine allows (best of before and after the runs): linear-layer rate {rates}; memory "
+              f"read {limits['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s. Ratio = peer's time / ours; ceiling = peer's "
+              "time / the time of our real tokens' GEMMs at that rate (or of reading the weights once per forward "
+              "pass, if longer).", "",
+              "| workload | ours | against | ratio | target | ceiling | verdict |",
+              "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for row in results["verdicts"]:
+        lines.append(f"| {row['workload']} | {row['dtype']} | {_short_label(row['peer'])} | {row['ratio']:.2f}x | "
+                     f">= {row['target']:g}x | {row['ceiling']:.1f}x | {row['verdict']} |")
+    lines += ["", f"Quality against sentence-transformers (24 mixed + STS-B sentences; bounds: float32 max abs <= "
+              f"{FLOAT32_MAX_ABS:g}, int8 min cosine >= {INT8_MIN_COSINE}, Spearman drop <= "
+              f"{INT8_MAX_SPEARMAN_DROP}):", "",
+              "| engine | max abs | min cosine | STS-B Spearman | drop | bounds |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for row in results["quality"]:
+        spear = "" if row["spearman"] is None else f"{row['spearman']:.4f}"
+        drop = "" if row["spearman_drop"] is None else f"{row['spearman_drop']:+.4f}"
+        bound = {True: "within", False: "OUTSIDE", None: ""}[row["within_bounds"]]
+        lines.append(f"| {_short_label(row['engine'])} | {row['max_abs']:.1e} | {row['min_cosine']:.4f} | {spear} | "
+                     f"{drop} | {bound} |")
     return "\n".join(lines)
 
 
@@ -315,13 +485,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="one device: cpu, cuda:0, npu:0 (default: cpu)")
     parser.add_argument("--dtypes", default=None,
                         help="comma-separated (default: float32,int8 on CPU, float32,float16,bfloat16 elsewhere)")
-    parser.add_argument("--quick", action="store_true", help="batch 1 and 32 only, 3 rounds, 600 STS-B sentences")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 600 STS-B sentences, 1 corpus round")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB, help="stsb-dev.tsv (skipped when absent)")
-    parser.add_argument("--corpus-rounds", type=int, default=3, help="timed rounds of the STS-B run")
+    parser.add_argument("--corpus-rounds", type=int, default=2, help="timed rounds of the STS-B run")
+    parser.add_argument("--no-onnxruntime", action="store_true", help="leave out the ONNX Runtime columns")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.dtypes is None:
         args.dtypes = "float32,int8" if parse_devices(args.device)[0].type == "cpu" else "float32,float16,bfloat16"
+    if parse_devices(args.device)[0].type == "cpu" and not args.no_onnxruntime:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            sys.exit(f"error: {BENCH_EXTRA_MISSING}")
     results = run(args)
     print(markdown(results))
     if args.json:

@@ -77,6 +77,10 @@ def test_check_reports_cpu_ok_and_no_npu(tmp_path):
     markdown = (tmp_path / "check.md").read_text()
     assert "# Device check: OK" in markdown and "| ⚠ ASCEND_RT_VISIBLE_DEVICES |" in markdown
     assert "NPU: no NPU" in markdown
+    # The CPU kernels the engine picks, from this CPU's flags (whatever CPU runs the test).
+    from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan
+    assert report["cpu_kernels"] == {"isa": isa_summary(), "kernels": kernel_plan()}
+    assert "## CPU kernels" in markdown and f"| int8 | {kernel_plan()['int8']} |" in markdown
 
 
 def test_check_npu_fails_clearly_here():

@@ -101,6 +101,19 @@ def check_device(spec: str, reference: Callable[[], np.ndarray], texts: list[str
     return checks
 
 
+def cpu_kernels() -> dict[str, object]:
+    """The CPU's ISA flags that matter and, per CPU dtype, the linear-layer kernel the packed engine picks here."""
+    from ..engine.cpu_kernels import isa_summary, kernel_plan
+    from ..engine.packed import int8_linear_supported, onednn_linear_supported
+
+    plan = kernel_plan()
+    if not onednn_linear_supported():
+        plan["float32"] = "F.linear (this torch build has no oneDNN linear)"
+    if not int8_linear_supported():
+        plan["int8"] = "unavailable (this torch build has no oneDNN int8 kernels)"
+    return {"isa": isa_summary(), "kernels": plan}
+
+
 def _npu_summary() -> dict[str, object]:
     import importlib.util
 
@@ -172,6 +185,7 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
         "devices_visible": all_visible,
         "npu": npu,
         "ascend_settings": [s.as_dict() for s in ascend_settings(npu["count"] > 0, chip)],
+        "cpu_kernels": cpu_kernels(),
         "checks": [asdict(c) for c in checks],
         "probe_texts": len(texts),
         "pass_min_cosine": PASS_MIN_COSINE,

@@ -100,7 +100,13 @@ def check_markdown(report: dict) -> str:
         lines += _table(["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
                         [[c["device"]] + [c["engine"].get(k, "—").replace("|", "\\|") for k in keys]
                          for c in engines])
-    lines += ["", f"NPU: {report['npu']['summary']}.", "", "## Ascend settings", ""]
+    lines += ["", f"NPU: {report['npu']['summary']}.", ""]
+    if report.get("cpu_kernels"):
+        lines += ["## CPU kernels", "", f"ISA: {report['cpu_kernels']['isa']}", ""]
+        lines += _table(["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
+                        [[dtype, kernel] for dtype, kernel in report["cpu_kernels"]["kernels"].items()])
+        lines += [""]
+    lines += ["## Ascend settings", ""]
     lines += _table(["Setting", "Value", "What it means"],
                     [[("⚠ " if s["warning"] else "") + s["name"], f"`{s['value']}`", s["meaning"]]
                      for s in report["ascend_settings"]])

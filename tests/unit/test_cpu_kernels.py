@@ -1,0 +1,80 @@
+"""Kernel choice from CPU flags, and the small-forward thread policy."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from minilm_npu.engine.cpu_kernels import SmallBatchThreads, int8_isa, isa_summary, kernel_plan
+
+ZEN3 = frozenset({"avx2", "fma", "sse4_2"})
+ZEN4 = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}
+SAPPHIRE_RAPIDS = ZEN4 | {"amx_tile", "amx_int8", "amx_bf16"}
+
+
+def test_kernels_follow_the_flags_of_the_cpu_that_loads_the_model():
+    assert int8_isa(ZEN3).startswith("AVX2 (vpmaddubsw, no VNNI)")
+    assert int8_isa(ZEN4).startswith("AVX512-VNNI")
+    assert int8_isa(SAPPHIRE_RAPIDS).startswith("AMX-INT8")
+    assert int8_isa(frozenset({"avx2", "fma", "avx_vnni"})).startswith("AVX-VNNI")
+    assert "emulated" in kernel_plan(ZEN3)["bfloat16"]
+    assert "AVX512-BF16" in kernel_plan(ZEN4)["bfloat16"] and "AMX-BF16" in kernel_plan(SAPPHIRE_RAPIDS)["bfloat16"]
+    assert "AVX-512 FMA" in kernel_plan(ZEN4)["float32"] and "AVX2 FMA" in kernel_plan(ZEN3)["float32"]
+    assert isa_summary(ZEN3) == "avx2 fma" and isa_summary(frozenset()).startswith("none of")
+
+
+def _fake_policy(threads: int = 4) -> SmallBatchThreads:
+    policy = SmallBatchThreads(max_tokens=64, explore_every=4)
+    policy.all_threads = threads
+    return policy
+
+
+def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
+    state = {"threads": 4}
+    calls = []
+
+    def set_threads(n):
+        calls.append(n)
+        state["threads"] = n
+
+    monkeypatch.setattr(torch, "set_num_threads", set_threads)
+    policy = _fake_policy()
+    ran_with = []
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+
+    def forward():  # on this "machine" (a loaded one) one thread is three times faster
+        ran_with.append(state["threads"])
+        clock["now"] += 0.002 if state["threads"] == 1 else 0.006
+        return "out"
+
+    assert [policy.run(10, forward) for _ in range(10)] == ["out"] * 10
+    assert ran_with[:2] == [1, 4]  # both tried first
+    assert ran_with[2:] == [1, 4, 1, 1, 1, 4, 1, 1]  # then the faster, the slower re-tried every 4th call
+    assert state["threads"] == 4 and calls[::2] == [1] * len(calls[::2])  # always restored afterwards
+
+
+def test_large_forwards_and_single_thread_processes_are_left_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    policy = _fake_policy()
+    assert policy.run(65, lambda: 7) == 7 and policy.calls == 0 and not calls
+    single = _fake_policy(threads=1)
+    assert single.run(5, lambda: 8) == 8 and not calls
+
+
+def test_threads_are_restored_when_the_forward_fails(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    policy = _fake_policy()
+
+    def boom():
+        raise RuntimeError("boom")
+
+    try:
+        policy.run(5, boom)  # first call tries one thread
+    except RuntimeError:
+        pass
+    assert calls == [1, 4]
