@@ -100,3 +100,18 @@ def test_half_precision_quality(dtype, model_dir, engine32, reference, stsb):
     ours = encoder.encode(BATCH)
     assert (ours * reference).sum(axis=1).min() >= 0.999
     assert sts_spearman(engine32, stsb) - sts_spearman(encoder, stsb) <= 0.001
+
+
+def test_sentence_transformers_surface_on_device(engine32, st_device):
+    """The drop-in surface (issue 15) on the device under test: tensors stay on it, values match ST's there."""
+    batch = BATCH[:8]
+    ours, theirs = (model.encode(batch, convert_to_tensor=True) for model in (engine32, st_device))
+    assert ours.device == theirs.device and ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    for ours, theirs in zip(*(model.encode(batch, output_value="token_embeddings") for model in (engine32, st_device))):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours.float().cpu(), theirs.float().cpu(), atol=1e-4, rtol=0)
+    # Quantized end to end, a value within float rounding of a bucket edge may land one bucket over.
+    ours, theirs = (model.encode(batch, precision="int8") for model in (engine32, st_device))
+    assert ours.dtype == theirs.dtype == np.int8
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
