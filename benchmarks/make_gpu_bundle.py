@@ -23,17 +23,19 @@ STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev.tsv"
 
 
 def build(out: Path) -> Path:
-    """Write ``out/all-MiniLM-L6-v2-float16`` (float16 weights + every non-weight file) and ``out/stsb-dev.tsv``; return the model dir."""
+    """Write ``out/all-MiniLM-L6-v2-float16`` (float16 weights + every non-weight file) and ``out/stsb-dev.tsv``.
+
+    Returns:
+        The model directory.
+    """
     source = bundled_model_dir()
     model = out / "all-MiniLM-L6-v2-float16"
     if model.exists():
         shutil.rmtree(model)
     shutil.copytree(source, model, ignore=shutil.ignore_patterns("model.safetensors", "*.md", ".gitattributes",
                                                                     "data_config.json"))
-    weights = {name: tensor.half().contiguous() for name, tensor in load_file(source / "model.safetensors").items()
-               if tensor.is_floating_point()}
-    weights.update({name: tensor for name, tensor in load_file(source / "model.safetensors").items()
-                    if not tensor.is_floating_point()})
+    weights = {name: tensor.half().contiguous() if tensor.is_floating_point() else tensor
+               for name, tensor in load_file(source / "model.safetensors").items()}
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     if STSB.is_file():
         shutil.copy(STSB, out / "stsb-dev.tsv")

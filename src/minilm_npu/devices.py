@@ -6,8 +6,9 @@ The Ascend-specific lines live here only: :func:`_import_torch_npu` (``import to
 device type, ``torch.npu``, with torch, after which the generic calls work unchanged) and the short "Ascend
 kernels" section (:func:`varlen_attention`, :func:`exact_gelu`), the two places the engine calls a torch_npu
 kernel instead of a generic op, each with the reason. How the engine runs on each kind of device (attention
-strategy, gears, dtypes, host allocator) is engine policy, in :mod:`minilm_npu.engine.policy`. torch_npu is imported lazily, only when an NPU is asked for
-or ``"auto"`` is looking for one, so CPU/CUDA users never pay for it.
+strategy, gears, dtypes, host allocator) is engine policy, in :mod:`minilm_npu.engine.policy`. torch_npu is
+imported lazily, only when an NPU is asked for or ``"auto"`` is looking for one, so CPU/CUDA users never pay for
+it.
 
 This module imports nothing else of minilm_npu.
 """

@@ -131,8 +131,8 @@ class _ActivationMax:
 
 def float_linear_factory(device: torch.device, dtype: torch.dtype,
                          activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> LinearFactory:
-    """Linear layers of a float engine: :class:`OneDnnLinear` for float32 (and native bfloat16) on a CPU with oneDNN, else
-    :class:`~minilm_npu.engine.bert.DenseLinear` with the device's exact GELU ``activation`` (accelerators,
+    """Linear layers of a float engine: :class:`OneDnnLinear` for float32 (and native bfloat16) on a CPU with
+    oneDNN, else :class:`~minilm_npu.engine.bert.DenseLinear` with the device's exact GELU ``activation`` (accelerators,
     bfloat16/float16, CPU builds without oneDNN)."""
     # bfloat16 too where the CPU has bfloat16 hardware: oneDNN's bf16 kernel on a pre-reordered weight measured
     # ~1.6x faster than F.linear's at a few tokens, the same at hundreds (Zen 4, AVX512-BF16).
