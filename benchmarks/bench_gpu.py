@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from minilm_npu import MiniLMEncoder  # noqa: E402
-from minilm_npu.devices import GRAPHS_ENV, describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.devices import GRAPHS_ENV, DeviceError, describe, parse_devices, synchronize  # noqa: E402
 from minilm_npu.errors import InputError  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
 from minilm_npu.verify.accuracy import load_sts  # noqa: E402
@@ -74,7 +75,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    device = parse_devices(args.device)[0]
+    try:
+        device = parse_devices(args.device)[0]
+    except DeviceError as err:
+        sys.exit(f"error: {err}")
     sync = lambda: synchronize(device)  # noqa: E731
     model_path = args.model_path
     if model_path is None:
