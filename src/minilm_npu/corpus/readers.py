@@ -19,9 +19,10 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from ..errors import InputError
 
@@ -122,9 +123,37 @@ def _is_supported(path: Path) -> bool:
     return True
 
 
-def _open_binary(file: InputFile):
-    raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's context manager
+def open_input(file: InputFile) -> BinaryIO:
+    """The one place an input's bytes are opened: a seekable binary file (the caller closes it)."""
+    return open(file.path, "rb")  # noqa: SIM115 - closed by the caller's context manager
+
+
+def _open_binary(file: InputFile) -> BinaryIO:
+    raw = open_input(file)
     return gzip.GzipFile(fileobj=raw, mode="rb") if file.gzip else raw
+
+
+def open_parquet(file: InputFile):
+    """The input as a ``pyarrow.parquet.ParquetFile`` (metadata is read; row groups on demand)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(file.path)
+
+
+def read_range(stream: BinaryIO, start: int, stop: int) -> bytes:
+    """Bytes ``start`` to ``stop`` of an open binary file: a seek, then one read of exactly that range."""
+    stream.seek(start)
+    return stream.read(stop - start)
+
+
+def numbered_lines(stream: Iterable[bytes], first: int = 1) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)`` from ``first``, without the line ending; a BOM is dropped from line 1 only."""
+    for number, line in enumerate(stream, start=first):
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        yield number, line
 
 
 class CorpusReader:
@@ -163,14 +192,24 @@ class CorpusReader:
         if chunk:
             yield chunk
 
-    def file_records(self, index: int, skip: int = 0) -> Iterator[Record]:
-        """Rows of file ``index`` with a row number above ``skip``; a read failure ends the file with a bad row."""
+    def file_records(self, index: int, skip: int = 0, unit: Any = None) -> Iterator[Record]:
+        """Rows of file ``index`` with a row number above ``skip``; a read failure ends the file with a bad row.
+
+        Args:
+            index: The file's index in :attr:`files`.
+            skip: Rows numbered up to this are not yielded (resuming).
+            unit: Read only this part of the file, a :class:`~minilm_npu.corpus.units.Unit`: its byte range
+                (``.txt``/``.jsonl``) or row groups (Parquet), yielding exactly the records the whole-file read
+                yields for those rows; None (or a whole-file unit) reads the file from its start.
+        """
         file = self.files[index]
         reader = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv,
                   "parquet": self._parquet}[file.format]
+        if unit is not None and unit.kind == "file":
+            unit = None
         last = skip
         try:
-            for record in reader(index, file, skip):
+            for record in reader(index, file, skip, unit):
                 last = record.row
                 yield record
         except InputError:
@@ -207,17 +246,18 @@ class CorpusReader:
         return Record(index, row, ident, text)
 
     # -- formats --------------------------------------------------------------------------------------------
-    def _lines(self, file: InputFile) -> Iterator[tuple[int, bytes]]:
-        with _open_binary(file) as stream:
-            for number, line in enumerate(stream, start=1):
-                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                yield number, line
+    def _lines(self, file: InputFile, unit: Any) -> Iterator[tuple[int, bytes]]:
+        if unit is None:
+            with _open_binary(file) as stream:
+                yield from numbered_lines(stream)
+            return
+        # A unit's range starts just after a newline (or at 0), so its first line is line ``unit.lo + 1``.
+        with open_input(file) as stream:
+            data = read_range(stream, unit.start, unit.stop)
+        yield from numbered_lines(io.BytesIO(data), unit.lo + 1)
 
-    def _txt(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
-        for number, line in self._lines(file):
+    def _txt(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+        for number, line in self._lines(file, unit):
             if number <= skip:
                 continue
             try:
@@ -228,8 +268,8 @@ class CorpusReader:
                 continue
             yield self._make(index, file, number, text, _MISSING, fields=False)
 
-    def _jsonl(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
-        for number, line in self._lines(file):
+    def _jsonl(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+        for number, line in self._lines(file, unit):
             if number <= skip or not line.strip():
                 continue
             fallback = self._default_id(file, number)
@@ -247,7 +287,8 @@ class CorpusReader:
             ident = obj.get(self.id_field, _MISSING) if self.id_field else _MISSING
             yield self._make(index, file, number, obj.get(self.text_field, _MISSING), ident, fields=True)
 
-    def _csv(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
+    def _csv(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+        # Never split (units.py): a quoted cell may hold newlines, so a record boundary needs the file's start.
         with _open_binary(file) as binary:
             # surrogateescape keeps undecodable bytes so a bad row is reported instead of failing the file.
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
@@ -275,17 +316,17 @@ class CorpusReader:
                              "choose one with --text-field / --id-field")
         return names.index(field)
 
-    def _parquet(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(file.path)
+    def _parquet(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+        parquet = open_parquet(file)
         names = parquet.schema_arrow.names
         columns = [names[self._column(file, names, self.text_field)]]
         if self.id_field:
             columns.append(names[self._column(file, names, self.id_field)])
         # Jump straight to the row group holding the first wanted row, so resuming a big file is cheap.
-        groups, start = [], 0
-        for group in range(parquet.num_row_groups):
+        # A unit is a range of whole row groups; ``unit.lo`` counts the rows of the groups before it.
+        first, stop, start = (unit.start, unit.stop, unit.lo) if unit is not None else (0, parquet.num_row_groups, 0)
+        groups = []
+        for group in range(first, stop):
             rows = parquet.metadata.row_group(group).num_rows
             if start + rows > skip or groups:
                 groups.append(group)
@@ -334,9 +375,7 @@ def count_rows(files: list[InputFile]) -> int:
     for file in files:
         try:
             if file.format == "parquet":
-                import pyarrow.parquet as pq
-
-                total += pq.ParquetFile(file.path).metadata.num_rows
+                total += open_parquet(file).metadata.num_rows
                 continue
             lines, last = 0, b"\n"
             with _open_binary(file) as stream:
