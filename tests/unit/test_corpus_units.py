@@ -26,6 +26,16 @@ JSONL = (b"\xef\xbb\xbf" + json.dumps({"text": "first", "id": 1}).encode() + b"\
          + b"[1]\n" + json.dumps({"text": None}).encode() + b"\n\xff\xfe\n\n\n" + b'{"text": "end"}')
 
 
+def cuts_of(data: bytes, every: int) -> tuple[list[int], int, int]:
+    found = line_cuts(io.BytesIO(data), every)
+    cuts = []
+    while True:
+        try:
+            cuts.append(next(found))
+        except StopIteration as end:
+            return (cuts, *end.value)
+
+
 def whole_and_units(path, shard_rows, **fields):
     reader = CorpusReader(expand_inputs(path), **fields)
     planned = list(plan_units(reader.files, shard_rows))
@@ -55,7 +65,8 @@ def test_random_files_and_every_cut_width(tmp_path):
     rng = random.Random(7)
     pieces = [b"", b"x", b"\r", b"\xff", "é".encode(), b"\xef\xbb\xbf", b"word word"]
     for trial in range(25):
-        body = b"".join(rng.choice(pieces) + (b"\n" if rng.random() < 0.5 else b"") for _ in range(rng.randint(0, 60)))
+        body = b"".join(rng.choice(pieces) + (b"\n" if rng.random() < 0.5 else b"")
+                        for _ in range(rng.randint(0, 60)))
         path = tmp_path / f"r{trial}.txt"
         path.write_bytes(body)
         for shard_rows in (1, 2, 3, 11):
@@ -67,11 +78,12 @@ def test_random_files_and_every_cut_width(tmp_path):
 def test_line_cuts_land_just_after_newlines_whatever_the_block_size(monkeypatch, block):
     monkeypatch.setattr(units, "BLOCK_BYTES", block)
     data = b"a\nbb\n\nccc\nd"
-    assert line_cuts(io.BytesIO(data), 1) == ([2, 5, 6, 10], 5, 11)
-    assert line_cuts(io.BytesIO(data), 2) == ([5, 10], 5, 11)
-    assert line_cuts(io.BytesIO(b"a\nb\n"), 2) == ([], 2, 4)  # a cut at the very end is no cut
-    assert line_cuts(io.BytesIO(b"a\nb\n"), 1) == ([2], 2, 4)
-    assert line_cuts(io.BytesIO(b""), 3) == ([], 0, 0)
+    assert cuts_of(data, 1) == ([2, 5, 6, 10], 5, 11)
+    assert cuts_of(data, 2) == ([5, 10], 5, 11)
+    assert cuts_of(b"a\nb\n", 2) == ([4], 2, 4)  # a cut at the very end: the file's end
+    assert cuts_of(b"a\nb\n", 1) == ([2, 4], 2, 4)
+    assert cuts_of(b"", 3) == ([], 0, 0)
+    assert cuts_of(b"\n\n\n", 5) == ([], 3, 3)
 
 
 def test_parquet_units_are_row_group_ranges(tmp_path):
@@ -163,7 +175,7 @@ def test_embed_unit_writes_one_shard_per_unit_and_splits_long_units(tmp_path):
     written = pq.read_table(out / unit_shard_name(0, 15)).column("id").to_pylist()
     assert written == [str(r) for r in rows if 15 < r <= 20]
     # Planned line units of the same width are exactly one shard each, with the same names.
-    planned = [r for u in file_units(0, reader.files[0], 5) for r in embed_unit(FakeEncoder(), reader, out, u, 5,
-                                                                              None, False)]
+    planned = [r for unit in file_units(0, reader.files[0], 5)
+               for r in embed_unit(FakeEncoder(), reader, out, unit, 5, None, False)]
     assert [(r.lo, r.rows, r.name) for r in planned] == [(r.lo, r.rows, r.name) for r in reports]
     assert np.all([not r.eof for r in planned])

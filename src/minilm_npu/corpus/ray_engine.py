@@ -27,7 +27,7 @@ import logging
 import os
 import pickle
 import socket
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +187,7 @@ class RayEngine:
 
     Attributes:
         driver_bytes: Pickled bytes of the reports the driver received in the last job (what crossed to it).
+        workers: Shards written per worker process (``host:pid``) in the last job: how the units were spread.
     """
 
     def __init__(self, config: EncoderConfig | None = None, address: str | None = None,
@@ -202,6 +203,7 @@ class RayEngine:
         self.address, self.num_cpus = address, num_cpus
         self.encoder_factory = encoder_factory
         self.driver_bytes = 0
+        self.workers: Counter[str] = Counter()
 
     def _actors(self, ray: Any) -> tuple[str, int, dict]:
         """(device string inside an actor, actor count, ray resource arguments per actor)."""
@@ -256,6 +258,7 @@ class RayEngine:
             ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         self.driver_bytes = 0
+        self.workers = Counter()
         try:
             yield from self._schedule(ray, reader, settings, start_after, output)
         except ray.exceptions.RayError as err:
@@ -295,6 +298,7 @@ class RayEngine:
             ref, _ = pending.popleft()
             reports = ray.get(ref)  # reports are committed in input order, whatever order units finish in
             self.driver_bytes += len(pickle.dumps(reports))
+            self.workers.update(report.worker for report in reports)
             for done in [ref] + ray.wait(list(running), num_returns=len(running), timeout=0)[0]:
                 if done in running:
                     load[running.pop(done)] -= 1
