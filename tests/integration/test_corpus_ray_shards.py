@@ -75,6 +75,11 @@ def test_workers_write_driver_commits_same_rows_as_local(tmp_path, local_ray):
     manifest = Manifest.load(out)
     names = [s["file"] for s in manifest.shards]
     assert names == sorted(names) and names[0] == "part-000000-000000000000.parquet"
+    # Each shard's input range: rows (start, end], and the bytes its unit read (where a resume plans from).
+    first_bytes = len("".join(f"line {i}\n" for i in range(1, 41)))
+    assert manifest.shards[0]["start"] == [0, 0] and manifest.shards[0]["end"] == [0, 40]
+    assert manifest.shards[0]["input_bytes"] == [0, first_bytes]
+    assert manifest.shards[1]["input_bytes"][0] == first_bytes
     for shard in manifest.shards:
         data = (out / shard["file"]).read_bytes()
         assert shard["bytes"] == len(data)

@@ -179,3 +179,18 @@ def test_embed_unit_writes_one_shard_per_unit_and_splits_long_units(tmp_path):
                for r in embed_unit(FakeEncoder(), reader, out, unit, 5, None, False)]
     assert [(r.lo, r.rows, r.name) for r in planned] == [(r.lo, r.rows, r.name) for r in reports]
     assert np.all([not r.eof for r in planned])
+
+
+def test_resume_plans_from_the_recorded_byte_offset_without_rescanning(tmp_path, monkeypatch):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(json.dumps({"text": f"t{i}"}).encode() + (b"\n\n" if i % 4 else b"\r\n")
+                              for i in range(1, 60)) + b'{"text": "last"}')
+    files = expand_inputs(path)
+    full = list(plan_units(files, 10))
+    cursor_unit = full[3]
+    monkeypatch.setattr(units, "open_input", lambda file: CountingFile(file.path, "r"))
+    CountingFile.reads = []
+    resumed = list(plan_units(files, 10, start_after=(0, cursor_unit.hi), offset=cursor_unit.stop))
+    assert resumed == full[4:]
+    assert min(start for start, _ in CountingFile.reads) == cursor_unit.stop  # nothing before the offset is read
+    assert list(plan_units(files, 10, start_after=(0, full[-1].hi), offset=full[-1].stop)) == []

@@ -79,6 +79,8 @@ class ShardReport:
         eof: The file ended inside this range.
         dimension: Embedding width (0 when unknown).
         worker: ``host:pid`` of the process that wrote the shard.
+        input_bytes: ``[start, stop)`` byte offsets of the unit read, for a ``.txt``/``.jsonl`` byte-range unit
+            (on its last shard): a resumed job plans from ``stop`` instead of scanning the file again.
     """
 
     file: int
@@ -93,6 +95,7 @@ class ShardReport:
     eof: bool = False
     dimension: int = 0
     worker: str = ""
+    input_bytes: tuple[int, int] | None = None
 
 
 def embed_unit(encoder: Any, reader: CorpusReader, output: Path, unit: Unit, shard_rows: int,
@@ -141,6 +144,8 @@ def embed_unit(encoder: Any, reader: CorpusReader, output: Path, unit: Unit, sha
             shard.bad.append((record.row, record.id, record.error))
     if seen:
         shard.eof = unit.hi is None  # a whole-file unit ends where the file does, not at a planned row
+        if unit.kind == "lines":
+            shard.input_bytes = (unit.start, unit.stop)
         flush(shard, good)
     return reports
 
@@ -246,8 +251,12 @@ class RayEngine:
         yield from LocalEngine(build, self.model, self.dtype).stream(reader, settings, start_after)
 
     def write_shards(self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None,
-                     output: Path) -> Iterator[ShardReport]:
-        """Reports of the units after ``start_after``, in input order; the shards are already in ``output``."""
+                     output: Path, offset: int | None = None) -> Iterator[ShardReport]:
+        """Reports of the units after ``start_after``, in input order; the shards are already in ``output``.
+
+        ``offset`` is the byte offset just after ``start_after``'s row when the manifest recorded it (see
+        :func:`~minilm_npu.corpus.units.plan_units`).
+        """
         ray = import_ray()
         for index in range(len(reader.files)):  # a missing column fails here, not inside a Ray task
             next(iter(reader.file_records(index, 0)), None)
@@ -260,7 +269,8 @@ class RayEngine:
         self.driver_bytes = 0
         self.workers = Counter()
         try:
-            yield from self._schedule(ray, reader, settings, start_after, output)
+            yield from self._schedule(ray, reader, settings, plan_units(reader.files, settings.shard_rows,
+                                                                        start_after, offset), output)
         except ray.exceptions.RayError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, InputError):
@@ -270,8 +280,8 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def _schedule(self, ray: Any, reader: CorpusReader, settings: EmbedSettings,
-                  start_after: tuple[int, int] | None, output: Path) -> Iterator[ShardReport]:
+    def _schedule(self, ray: Any, reader: CorpusReader, settings: EmbedSettings, plan: Iterator[Unit],
+                  output: Path) -> Iterator[ShardReport]:
         device, count, remote = self._actors(ray)
         threads = remote.pop("_threads", None)
         # A lost node's actors are restarted elsewhere and their pending units rerun (same range, same name).
@@ -279,7 +289,6 @@ class RayEngine:
         actors = [actor_class.remote(reader, str(output), self.encoder_factory,
                                      self.config.replace(device=device), threads)
                   for _ in range(count)]
-        plan = plan_units(reader.files, settings.shard_rows, start_after)
         args = (settings.shard_rows, settings.batch_size, settings.keep_text, settings.on_error == "fail")
         pending: deque[tuple[Any, int]] = deque()  # (object ref, actor), in input order
         load = [0] * count  # units queued or running per actor

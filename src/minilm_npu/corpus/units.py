@@ -87,10 +87,12 @@ def line_cuts(stream, every: int) -> Generator[int, None, tuple[int, int]]:
     return lines + (size > 0 and last != b"\n"), size
 
 
-def file_units(index: int, file: InputFile, shard_rows: int) -> Iterator[Unit]:
+def file_units(index: int, file: InputFile, shard_rows: int, offset: int = 0, lo: int = 0) -> Iterator[Unit]:
     """The units of one input file in order (see the module docstring for how each format is cut).
 
     A text file's units come out while it is still being scanned, so work starts before a huge file is planned.
+    ``offset`` / ``lo`` start a text file's plan at a byte offset just after line ``lo`` (a resume: the manifest
+    records where each committed unit's bytes ended), so the part before it is not scanned again.
     """
     if file.gzip or file.format not in ("txt", "jsonl", "parquet"):
         yield Unit(index, "file")
@@ -105,31 +107,38 @@ def file_units(index: int, file: InputFile, shard_rows: int) -> Iterator[Unit]:
                 first, lo, rows = group + 1, lo + rows, 0
         return
     with open_input(file) as stream:
+        stream.seek(offset)
         cuts = line_cuts(stream, shard_rows)
-        start = lo = 0
+        start, first = offset, lo
         while True:
             try:
-                cut = next(cuts)
+                cut = offset + next(cuts)
             except StopIteration as end:
                 lines, size = end.value
                 break
             yield Unit(index, "lines", start, cut, lo, lo + shard_rows, lo)
             start, lo = cut, lo + shard_rows
-    if size > start:  # the lines after the last cut
-        yield Unit(index, "lines", start, size, lo, lines, lo)
+    if offset + size > start:  # the lines after the last cut
+        yield Unit(index, "lines", start, offset + size, lo, first + lines, lo)
 
 
-def plan_units(files: list[InputFile], shard_rows: int,
-               start_after: tuple[int, int] | None = None) -> Iterator[Unit]:
+def plan_units(files: list[InputFile], shard_rows: int, start_after: tuple[int, int] | None = None,
+               offset: int | None = None) -> Iterator[Unit]:
     """Every unit of the input in input order, beginning after ``start_after = (file, row)`` (a resume cursor).
 
     A unit wholly before the cursor is left out; one the cursor falls inside is kept with ``skip`` at the
     cursor (possible only when the job was started with other unit boundaries, e.g. by the local engine).
-    Files are planned one at a time as the caller advances, so work can start before a big input is planned.
+    ``offset``, the byte offset just after the cursor's row in a ``.txt``/``.jsonl`` file, lets the plan start
+    there instead of scanning the file's committed part again. Files are planned one at a time as the caller
+    advances, so work can start before a big input is planned.
     """
     first_file, cursor = start_after if start_after else (0, 0)
     for index in range(first_file, len(files)):
-        for unit in file_units(index, files[index], shard_rows):
+        resume = index == first_file and offset is not None and not files[index].gzip \
+            and files[index].format in ("txt", "jsonl")
+        planned = file_units(index, files[index], shard_rows, offset, cursor) if resume else \
+            file_units(index, files[index], shard_rows)
+        for unit in planned:
             if index > first_file or cursor <= unit.lo:
                 yield unit
             elif unit.hi is None or cursor < unit.hi:
