@@ -194,3 +194,19 @@ def test_resume_plans_from_the_recorded_byte_offset_without_rescanning(tmp_path,
     assert resumed == full[4:]
     assert min(start for start, _ in CountingFile.reads) == cursor_unit.stop  # nothing before the offset is read
     assert list(plan_units(files, 10, start_after=(0, full[-1].hi), offset=full[-1].stop)) == []
+
+
+def test_embed_unit_stops_after_the_first_bad_shard_in_fail_mode(tmp_path):
+    import gzip
+
+    path = tmp_path / "in.txt.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(b"".join(b"t%d\n" % i if i != 7 else b"\xff\n" for i in range(1, 21)))
+    reader = CorpusReader(expand_inputs(path))
+    out = tmp_path / "out"
+    out.mkdir()
+    reports = embed_unit(FakeEncoder(), reader, out, Unit(0, "file"), 5, None, False, stop_at_bad=True)
+    assert [(r.lo, r.rows, [b[0] for b in r.bad]) for r in reports] == [(0, 5, []), (5, 4, [7])]
+    assert sorted(p.name for p in out.iterdir()) == [unit_shard_name(0, 0), unit_shard_name(0, 5)]
+    everything = embed_unit(FakeEncoder(), reader, out, Unit(0, "file"), 5, None, False)
+    assert [r.lo for r in everything] == [0, 5, 10, 15] and everything[-1].eof

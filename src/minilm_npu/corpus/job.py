@@ -400,8 +400,6 @@ def _run_reports(layout: Layout, manifest: Manifest, reports: Iterator[Any], set
                 row, _, error = report.bad[0]
                 raise InputError(f"{files[report.file].path}: row {row}: {error} (rows before this shard are "
                                  "saved; fix the input or rerun with --on-error skip)")
-            if not report.name and not report.bad:
-                continue  # the range held no row (a file that ended exactly at the previous range)
             with _writing(layout):
                 _commit_report(layout, manifest, report, files, side)
             bar.update(report.rows + len(report.bad))

@@ -60,23 +60,23 @@ def import_ray() -> Any:
 
 
 def unit_shard_name(file: int, lo: int) -> str:
-    """The shard of the unit starting after row ``lo`` of file ``file``: zero-padded so name order is input order."""
+    """The shard starting after row ``lo`` of input file ``file``: zero-padded so name order is input order."""
     return f"part-{file:06d}-{lo:012d}.parquet"
 
 
 @dataclass
 class ShardReport:
-    """What a worker tells the driver about one unit: everything the manifest needs, and no vectors.
+    """What a worker tells the driver about one shard it wrote: everything the manifest needs, and no vectors.
 
     Attributes:
-        file / lo / hi: The unit's input range, rows ``lo < row <= hi`` of input file ``file``.
-        name: The shard's file name in the output directory, None when the unit had no good row.
+        file / lo / hi: The shard's input range, rows ``lo < row <= hi`` of input file ``file``.
+        name: The shard's file name in the output directory, None when every row in its range was bad.
         rows: Rows written to the shard.
         size: The shard's size in bytes.
         sha256: Hex SHA-256 of the shard's bytes.
         bad: ``(row, id, error)`` of each row that could not be embedded, in order.
         last: Row number of the last row read in the range (``lo`` when none).
-        eof: The file ended inside this range.
+        eof: The file ended inside this range (a whole-file unit's last shard; ``hi`` is then only a bound).
         dimension: Embedding width (0 when unknown).
         worker: ``host:pid`` of the process that wrote the shard.
         input_bytes: ``[start, stop)`` byte offsets of the unit read, for a ``.txt``/``.jsonl`` byte-range unit

@@ -13,7 +13,8 @@ A :class:`Unit` is a slice of one input file that a worker reads on its own, wit
 - ``.csv`` / ``.tsv`` and anything gzipped: **one unit per file**, read from its start by one worker. Such a file
   cannot be entered part-way: a quoted CSV cell may hold newlines, so a newline is a record boundary only if the
   parsing from the file's start says so, and a gzip stream can only be decompressed from its start. Cutting them
-  into row ranges would make every range re-read (or re-parse) the file up to its start.
+  into row ranges would make every range re-read (or re-parse) the file up to its start. Its shards are committed
+  when the whole file is done, so a driver killed mid-file redoes that file.
 
 A worker writes a unit's rows as shards of at most ``shard_rows`` rows, the shard boundaries counted from the
 unit's first row, so a line unit is exactly one shard. The plan depends only on the input files' bytes and
