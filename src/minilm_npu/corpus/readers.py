@@ -22,9 +22,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # units.py imports this module; the reader only reads a unit's fields
+    from .units import Unit
 
 #: File name endings we read, mapped to a format; each may also end in ``.gz``.
 SUFFIXES = {"txt": "txt", "text": "txt", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv",
@@ -192,7 +195,7 @@ class CorpusReader:
         if chunk:
             yield chunk
 
-    def file_records(self, index: int, skip: int = 0, unit: Any = None) -> Iterator[Record]:
+    def file_records(self, index: int, skip: int = 0, unit: Unit | None = None) -> Iterator[Record]:
         """Rows of file ``index`` with a row number above ``skip``; a read failure ends the file with a bad row.
 
         Args:
@@ -246,7 +249,7 @@ class CorpusReader:
         return Record(index, row, ident, text)
 
     # -- formats --------------------------------------------------------------------------------------------
-    def _lines(self, file: InputFile, unit: Any) -> Iterator[tuple[int, bytes]]:
+    def _lines(self, file: InputFile, unit: Unit | None) -> Iterator[tuple[int, bytes]]:
         if unit is None:
             with _open_binary(file) as stream:
                 yield from numbered_lines(stream)
@@ -256,7 +259,7 @@ class CorpusReader:
             data = read_range(stream, unit.start, unit.stop)
         yield from numbered_lines(io.BytesIO(data), unit.lo + 1)
 
-    def _txt(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+    def _txt(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
         for number, line in self._lines(file, unit):
             if number <= skip:
                 continue
@@ -268,7 +271,7 @@ class CorpusReader:
                 continue
             yield self._make(index, file, number, text, _MISSING, fields=False)
 
-    def _jsonl(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+    def _jsonl(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
         for number, line in self._lines(file, unit):
             if number <= skip or not line.strip():
                 continue
@@ -287,7 +290,7 @@ class CorpusReader:
             ident = obj.get(self.id_field, _MISSING) if self.id_field else _MISSING
             yield self._make(index, file, number, obj.get(self.text_field, _MISSING), ident, fields=True)
 
-    def _csv(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+    def _csv(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
         # Never split (units.py): a quoted cell may hold newlines, so a record boundary needs the file's start.
         with _open_binary(file) as binary:
             # surrogateescape keeps undecodable bytes so a bad row is reported instead of failing the file.
@@ -316,7 +319,7 @@ class CorpusReader:
                              "choose one with --text-field / --id-field")
         return names.index(field)
 
-    def _parquet(self, index: int, file: InputFile, skip: int, unit: Any) -> Iterator[Record]:
+    def _parquet(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
         parquet = open_parquet(file)
         names = parquet.schema_arrow.names
         columns = [names[self._column(file, names, self.text_field)]]
