@@ -150,7 +150,7 @@ class Lease:
         info = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
                 "started": self._started, "expires": now + self.ttl, "command": " ".join(sys.argv)}
         data = json.dumps(info).encode("utf-8") + b"\n"
-        with self.directory.fs.open_output_stream(self.directory._key(LOCK_NAME)) as stream:
+        with self.directory.fs.open_output_stream(self.directory._key(LOCK_NAME), compression=None) as stream:
             stream.write(data)  # one PUT: not guarded, the lease is what the guard checks
         self._valid_until = monotonic + self.ttl
 

@@ -2,10 +2,10 @@
 
 The same interface as :class:`~minilm_npu.corpus.storage.LocalDirectory`, with object-store semantics:
 
-- **No rename.** :meth:`ObjectDirectory.write` uploads straight to the final key. The object appears only when the
-  upload completes (S3 PUT and CompleteMultipartUpload are atomic), so a crash mid-write leaves either nothing
-  or, when the write itself raised, a partial object that is deleted on the spot; a shard not yet listed in the
-  manifest is ignored by readers and deleted by the next run. The manifest is replaced by one PUT per commit.
+- **No rename.** :meth:`ObjectDirectory.write` uploads the finished bytes straight to the final key. The object
+  appears (or replaces the previous one) only when the upload completes — S3 PUT and CompleteMultipartUpload are
+  atomic — so a crash mid-write leaves the old object or none, never a torn one; a shard not yet listed in the
+  manifest is ignored by readers and deleted by the next run. The manifest is replaced by one upload per commit.
 - **No append.** The skipped-rows side file is kept in memory and uploaded whole by :meth:`ObjectAppendFile.sync`
   (only shards that hold bad rows pay for it).
 - **No flock.** The job lock is a lease object (:class:`~minilm_npu.corpus.lock.Lease`); every write first calls
@@ -14,6 +14,7 @@ The same interface as :class:`~minilm_npu.corpus.storage.LocalDirectory`, with o
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -27,12 +28,14 @@ class ObjectDirectory:
     Args:
         uri: ``scheme://bucket/prefix``; credentials and endpoint come from the environment (see
             :mod:`.storage`).
+        fs / path: An already opened ``pyarrow.fs`` filesystem and the prefix's path in it, instead of resolving
+            ``uri`` (tests use pyarrow's in-memory mock filesystem); such a directory pickles as its ``uri``.
     """
 
     local = False
 
-    def __init__(self, uri: str):
-        self.root = RemotePath(uri)
+    def __init__(self, uri: str, fs: Any = None, path: str | None = None):
+        self.root = RemotePath(uri, fs, path)
         self.uri = self.root.uri
         self.guard: Callable[[], None] | None = None  # set by the lease: raises once the lease is lost
 
@@ -124,41 +127,28 @@ class ObjectDirectory:
 
     def write(self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None,
               tmp: str | None = None) -> WrittenFile:
-        """Upload ``name`` in one go; it becomes visible, whole, when the upload completes.
+        """Write ``name`` whole: it becomes visible, and replaces the previous object, when its upload completes.
 
-        ``tmp`` is accepted for the local interface and unused: there is no rename to stage for. If ``fill``
-        raises, the stream is still closed by pyarrow (which completes the upload), so the partial object is
-        deleted at once; a process killed mid-upload never completes it, and nothing appears.
+        The bytes are first produced in memory (a shard is already in memory as a table; the copy is its encoded
+        size), and only then uploaded in one go: pyarrow's output stream completes the upload when closed, even
+        after an error, so streaming ``fill`` straight into it could publish a partial object, or replace a
+        committed manifest with one. ``before_commit`` and the lease's :attr:`guard` run before the upload starts.
+        ``tmp`` is accepted for the local interface and unused: there is no rename to stage for.
         """
-        key = self._key(name)
-        stream = self.fs.open_output_stream(key)
-        try:
-            sink = HashingSink(stream)
-            fill(sink)
-            if before_commit is not None:
-                before_commit()
-            if self.guard is not None:
-                self.guard()
-        except BaseException:
-            _close_and_delete(self.fs, stream, key)
-            raise
-        stream.close()  # completes the upload: the object appears, whole
+        buffer = io.BytesIO()
+        sink = HashingSink(buffer)
+        fill(sink)
+        if before_commit is not None:
+            before_commit()
+        if self.guard is not None:
+            self.guard()
+        with self.fs.open_output_stream(self._key(name), compression=None) as stream:
+            stream.write(buffer.getbuffer())
         return WrittenFile(name, sink.size, sink.digest.hexdigest())
 
     def append_file(self, name: str) -> ObjectAppendFile:
         """The side file ``name`` for appending: what is there now, plus what is appended, uploaded on sync."""
         return ObjectAppendFile(self, name, self.read_bytes(name) or b"")
-
-
-def _close_and_delete(fs: Any, stream: Any, key: str) -> None:
-    try:
-        stream.close()
-    except OSError:
-        pass
-    try:
-        fs.delete_file(key)
-    except OSError:
-        pass
 
 
 class ObjectAppendFile:

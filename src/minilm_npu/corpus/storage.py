@@ -16,6 +16,7 @@ the AWS SDK inside pyarrow (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -357,8 +358,9 @@ class RemotePath:
         return _Stat(info.size or 0, info.mtime_ns or 0)
 
     def open_stream(self):
-        """A sequential binary stream (no transparent decompression: the readers handle ``.gz`` themselves)."""
-        return self.fs.open_input_stream(self.path, compression=None)
+        """A buffered sequential binary stream, iterable by lines like ``open(path, "rb")`` (pyarrow's own stream
+        is not); no transparent decompression: the readers handle ``.gz`` themselves."""
+        return io.BufferedReader(self.fs.open_input_stream(self.path, compression=None), buffer_size=1 << 20)
 
     def open_random(self):
         """A random-access file, for Parquet footers and row groups."""
