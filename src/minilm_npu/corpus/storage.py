@@ -352,7 +352,7 @@ class RemotePath:
     def resolve(self) -> RemotePath:
         return self
 
-    def stat(self) -> os.stat_result:
+    def stat(self) -> _Stat:
         """Size and modification time (what the job's input fingerprint uses)."""
         info = self.info()
         return _Stat(info.size or 0, info.mtime_ns or 0)
