@@ -10,7 +10,11 @@ PUT replaces the previous object atomically. A shard written before a crash is t
 and the job's manifest (replaced by one PUT per commit) stays the only thing readers trust: a shard it does not
 list is ignored and deleted on resume. Credentials and the endpoint come from the standard AWS variables, read by
 the AWS SDK inside pyarrow (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-``AWS_PROFILE``, ``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL``, honoured by pyarrow >= 15 itself).
+``AWS_PROFILE``, ``AWS_DEFAULT_REGION``) and by pyarrow itself for the endpoint (``AWS_ENDPOINT_URL``,
+``AWS_ENDPOINT_URL_S3``: Arrow >= 15 reads them in ``FileSystem.from_uri``, apache/arrow GH-36770 and GH-38663).
+Only ``from_uri`` does so — a directly constructed ``S3FileSystem()`` ignores them (apache/arrow#49643) — which
+is why every filesystem here comes from :func:`resolve`, and why no ``endpoint_override`` is passed by hand.
+An ``endpoint_url`` in ``~/.aws/config`` is not read by pyarrow (apache/arrow#44119): use the variable.
 """
 
 from __future__ import annotations
