@@ -146,8 +146,10 @@ def test_s3_output_matches_local_row_for_row_and_search_reads_it(tmp_path, s3):
     assert again.already_complete and again.verified == local.shards
 
 
-@pytest.mark.parametrize("stage", ["before-shard", "shard-tmp", "after-shard", "skipped-partial", "after-skipped",
-                                   "manifest-tmp", "after-manifest"])
+# The steps where object storage differs from a local directory: a shard's upload not yet made, a shard uploaded
+# but not committed, skipped-row lines not yet uploaded, a manifest's upload not yet made (the rest of the commit
+# sequence is the same code as locally, tested in test_corpus_reliability.py).
+@pytest.mark.parametrize("stage", ["shard-tmp", "after-shard", "skipped-partial", "manifest-tmp"])
 def test_s3_resume_after_a_crash_at_each_stage(tmp_path, s3, monkeypatch, stage):
     src = write_txt(tmp_path / "in.txt", ROWS, bad=BAD)
     out = s3.uri("out")
@@ -156,7 +158,7 @@ def test_s3_resume_after_a_crash_at_each_stage(tmp_path, s3, monkeypatch, stage)
     with pytest.raises(Crash):
         embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())
     monkeypatch.setattr(job_module, "_crash_point", lambda at, n: None)
-    if stage in ("after-shard", "skipped-partial", "after-skipped"):  # written but not committed: not trusted
+    if stage in ("after-shard", "skipped-partial"):  # uploaded but not committed: not trusted
         assert "out/part-000003.parquet" in s3.keys()
         assert "part-000003.parquet" not in [s["file"] for s in Manifest.load(out).shards]
     s3.put("out/part-000042.parquet", b"left by some killed run")
@@ -187,6 +189,30 @@ def test_s3_input_directory_reads_like_a_local_one(tmp_path, s3):
     s3.put("in/a.txt", b"changed\n")
     with pytest.raises(InputError, match=r"s3://.*/in/a.txt changed \(size\)"):
         embed_corpus(s3.uri("in"), tmp_path / "out2", LocalEngine(FakeEncoder()), settings())
+
+
+def test_s3_sigkill_mid_commit_then_resume_in_real_processes(tmp_path, s3):
+    """Real processes killed (SIGKILL) holding the lease, mid-upload of a shard and mid-upload of a manifest; each
+    rerun takes over the dead holder's lease at once (same host) and the last one finishes every row once."""
+    from .test_corpus_reliability import child
+
+    src = write_txt(tmp_path / "in.txt", ROWS, bad=BAD)
+    out = s3.uri("killed")
+    for crash, rows in (("locked:0", None), ("shard-tmp:1", 4), ("manifest-tmp:3", 8)):
+        proc = child(src, out, crash)
+        assert proc.returncode == -9, proc.stderr[-2000:]
+        manifest = Manifest.load(out)
+        assert (manifest.rows_consumed if manifest else None) == rows, crash
+        assert f"killed/{LOCK_NAME}" in s3.keys()  # the dead run's lease stays behind
+    proc = child(src, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["rows", "19", "skipped", "2", "new", "13"]
+    assert read(out)[0] == GOOD
+    np.testing.assert_array_equal(read(out)[1], np.stack([FakeEncoder.vector(f"text number {i}") for i in
+                                                          map(int, GOOD)]))
+    listed = [s["file"] for s in Manifest.load(out).shards if s["file"]]
+    assert s3.keys() == sorted([f"killed/{MANIFEST_NAME}", f"killed/{SKIPPED_NAME}"]
+                               + [f"killed/{name}" for name in listed])
 
 
 # -- the lease ----------------------------------------------------------------------------------------------------
