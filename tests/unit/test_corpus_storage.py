@@ -21,7 +21,7 @@ from minilm_npu.corpus.manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest
 from minilm_npu.corpus.objectstore import ObjectDirectory
 from minilm_npu.corpus.search import corpus_files, search_vectors
 from minilm_npu.corpus.storage import (LocalDirectory, RemotePath, input_path, is_uri, local_path, open_directory,
-                                       parquet_source, resolve)
+                                       open_input, parquet_source, resolve)
 from minilm_npu.errors import InputError, OutputError
 
 from ..s3 import moto_endpoint, s3  # noqa: F401 - fixtures
@@ -186,6 +186,10 @@ def test_s3_input_directory_reads_like_a_local_one(tmp_path, s3):
     np.testing.assert_array_equal(read(tmp_path / "out2")[1], read(tmp_path / "out")[1])
     inputs = Manifest.load(tmp_path / "out2").fingerprint["inputs"]
     assert [i["path"] for i in inputs] == [s3.uri("in/a.txt"), s3.uri("in/b.parquet")]
+    with open_input(input_path(s3.uri("in/a.txt"))) as handle:  # like open(path, "rb"): lines, seek, tell
+        assert next(iter(handle)) == b"text number 1\n"
+        handle.seek(len(b"text number 1\ntext "))
+        assert (handle.readline(), handle.tell()) == (b"number 2\n", 28)
     s3.put("in/a.txt", b"changed\n")
     with pytest.raises(InputError, match=r"s3://.*/in/a.txt changed \(size\)"):
         embed_corpus(s3.uri("in"), tmp_path / "out2", LocalEngine(FakeEncoder()), settings())

@@ -362,9 +362,10 @@ class RemotePath:
         return _Stat(info.size or 0, info.mtime_ns or 0)
 
     def open_stream(self):
-        """A buffered sequential binary stream, iterable by lines like ``open(path, "rb")`` (pyarrow's own stream
-        is not); no transparent decompression: the readers handle ``.gz`` themselves."""
-        return io.BufferedReader(self.fs.open_input_stream(self.path, compression=None), buffer_size=1 << 20)
+        """A buffered binary file like ``open(path, "rb")``: iterable by lines (pyarrow's own file is not) and
+        seekable (a byte range of a large input is read by seeking, as locally); no transparent decompression:
+        the readers handle ``.gz`` themselves."""
+        return io.BufferedReader(self.fs.open_input_file(self.path), buffer_size=1 << 20)
 
     def open_random(self):
         """A random-access file, for Parquet footers and row groups."""
