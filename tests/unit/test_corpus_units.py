@@ -148,7 +148,7 @@ def test_a_unit_reads_only_its_own_bytes(tmp_path, monkeypatch):
     files = expand_inputs(path)
     planned = list(plan_units(files, 100))
     assert len(planned) == 10
-    monkeypatch.setattr(readers, "open_input", lambda file: CountingFile(file.path, "r"))
+    monkeypatch.setattr(readers, "open_input", lambda path: CountingFile(path, "r"))
     reader = CorpusReader(files)
     for unit in planned:
         CountingFile.reads = []
@@ -188,7 +188,7 @@ def test_resume_plans_from_the_recorded_byte_offset_without_rescanning(tmp_path,
     files = expand_inputs(path)
     full = list(plan_units(files, 10))
     cursor_unit = full[3]
-    monkeypatch.setattr(units, "open_input", lambda file: CountingFile(file.path, "r"))
+    monkeypatch.setattr(units, "open_input", lambda path: CountingFile(path, "r"))
     CountingFile.reads = []
     resumed = list(plan_units(files, 10, start_after=(0, cursor_unit.hi), offset=cursor_unit.stop))
     assert resumed == full[4:]

@@ -17,7 +17,8 @@ start while later inputs are still being planned. Actors are restarted by Ray on
 and their pending units retried (``max_task_retries``); a unit that still fails stops the job, whose rerun
 resumes from the manifest.
 
-On a cluster every node must see the inputs and the output directory at the same path (a shared mount) and have
+On a cluster every node must see the inputs and the output at the same path (a shared mount) or URI (``s3://…``:
+actors get the URI and write their shards there themselves, see :mod:`.storage`) and have
 ``minilm-npu`` installed. Ray is imported lazily: ``pip install minilm-npu[ray]``.
 """
 
@@ -40,6 +41,7 @@ from ..devices import split_devices
 from ..errors import InputError
 from .job import EmbedSettings
 from .readers import CorpusReader
+from .storage import open_directory
 from .units import Unit, plan_units
 from .writer import write_shard
 
@@ -165,7 +167,7 @@ class EmbedWorker:
             self.encoder = MiniLMEncoder.from_config(config)
         else:
             self.encoder = factory()
-        self.reader, self.output = reader, Path(output)
+        self.reader, self.output = reader, open_directory(output)  # a local path or a storage URI
 
     def run(self, unit: Unit, shard_rows: int, batch_size: int | None, keep_text: bool,
             stop_at_bad: bool) -> list[ShardReport]:

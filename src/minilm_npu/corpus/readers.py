@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import InputError
+from .storage import RemotePath, input_path, open_input, parquet_source
 
 if TYPE_CHECKING:  # units.py imports this module; the reader only reads a unit's fields
     from .units import Unit
@@ -64,7 +65,7 @@ class Record:
 class InputFile:
     """One input file: where it is, how to read it, and the label used in ids and messages."""
 
-    path: Path
+    path: Path | RemotePath  # RemotePath: an object on object storage (s3://bucket/key)
     format: str
     gzip: bool
     label: str
@@ -99,7 +100,7 @@ def expand_inputs(spec: str | os.PathLike | list) -> list[InputFile]:
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     paths: list[Path] = []
     for item in specs:
-        path = Path(item)
+        path = input_path(item)  # a Path, or a RemotePath for s3:// and other storage URIs
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
                            and _is_supported(p))
@@ -126,13 +127,8 @@ def _is_supported(path: Path) -> bool:
     return True
 
 
-def open_input(file: InputFile) -> BinaryIO:
-    """The one place an input's bytes are opened: a seekable binary file (the caller closes it)."""
-    return open(file.path, "rb")  # noqa: SIM115 - closed by the caller's context manager
-
-
 def _open_binary(file: InputFile) -> BinaryIO:
-    raw = open_input(file)
+    raw = open_input(file.path)  # closed by the caller's context manager
     return gzip.GzipFile(fileobj=raw, mode="rb") if file.gzip else raw
 
 
@@ -140,7 +136,7 @@ def open_parquet(file: InputFile):
     """The input as a ``pyarrow.parquet.ParquetFile`` (metadata is read; row groups on demand)."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(file.path)
+    return pq.ParquetFile(parquet_source(file.path))
 
 
 def read_range(stream: BinaryIO, start: int, stop: int) -> bytes:
@@ -255,7 +251,7 @@ class CorpusReader:
                 yield from numbered_lines(stream)
             return
         # A unit's range starts just after a newline (or at 0), so its first line is line ``unit.lo + 1``.
-        with open_input(file) as stream:
+        with open_input(file.path) as stream:
             data = read_range(stream, unit.start, unit.stop)
         yield from numbered_lines(io.BytesIO(data), unit.lo + 1)
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .readers import InputFile, open_input, open_parquet
+from .readers import InputFile, open_parquet
+from .storage import open_input
 
 #: Bytes read at a time while counting newlines: large enough that the count runs at memory speed.
 BLOCK_BYTES = 16 << 20
@@ -107,7 +108,7 @@ def file_units(index: int, file: InputFile, shard_rows: int, offset: int = 0, lo
                 yield Unit(index, "groups", first, group + 1, lo, lo + rows, lo)
                 first, lo, rows = group + 1, lo + rows, 0
         return
-    with open_input(file) as stream:
+    with open_input(file.path) as stream:
         stream.seek(offset)
         cuts = line_cuts(stream, shard_rows)
         start, first = offset, lo
