@@ -51,8 +51,9 @@ def test_serve_process_gets_the_serving_openmp_settings():
     import subprocess
     import sys
 
-    code = ("import os; from minilm_npu.cli.main import main; import sys; sys.argv=['minilm-npu','serve','--help'];"
-            "\ntry: main()\nexcept SystemExit: pass\nprint(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    code = ("import os, sys\nfrom minilm_npu.cli.main import main\nsys.argv = ['minilm-npu', 'serve', '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "PASSIVE 10000"
