@@ -21,6 +21,8 @@ def test_kernels_follow_the_flags_of_the_cpu_that_loads_the_model():
     assert "emulated" in kernel_plan(ZEN3)["bfloat16"]
     assert "AVX512-BF16" in kernel_plan(ZEN4)["bfloat16"] and "AMX-BF16" in kernel_plan(SAPPHIRE_RAPIDS)["bfloat16"]
     assert "AVX-512 FMA" in kernel_plan(ZEN4)["float32"] and "AVX2 FMA" in kernel_plan(ZEN3)["float32"]
+    assert kernel_plan(ZEN3)["int8"].endswith("QKV in float32 (no bfloat16 hardware)")
+    assert kernel_plan(ZEN4)["int8"].endswith("QKV in bfloat16 (AVX512-BF16 (vdpbf16ps))")
     assert isa_summary(ZEN3) == "avx2 fma" and isa_summary(frozenset()).startswith("none of")
 
 

@@ -79,7 +79,8 @@ def kernel_plan(flags: frozenset[str] | None = None) -> dict[str, str]:
     bf16 = bfloat16_isa(flags)
     return {
         "float32": f"oneDNN linear on a pre-reordered weight ({float32_isa(flags)})",
-        "int8": f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in float32",
+        "int8": (f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in "
+                 + (f"bfloat16 ({bf16})" if bf16 else "float32 (no bfloat16 hardware)")),
         "bfloat16": (f"oneDNN bfloat16 linear on a pre-reordered weight ({bf16})" if bf16 else
                      "torch bfloat16 GEMM, emulated through float32 (no AVX512-BF16/AMX: slower than float32)"),
     }

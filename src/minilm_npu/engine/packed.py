@@ -112,6 +112,22 @@ class OneDnnLinear:
         return F.gelu(out) if self.gelu else out
 
 
+class Bfloat16Linear:
+    """A float32-in, float32-out linear layer computed in bfloat16 on CPUs with bfloat16 hardware.
+
+    The int8 engine's QKV projection: it is the layer int8 hurts most (see :data:`INT8_ROLES`), and in float32 it
+    was half of the int8 engine's GEMM time on a batch of short sentences. bfloat16 keeps float32's range (so no
+    activation scales) with an 8-bit mantissa, and oneDNN runs it at about twice float32's rate on AVX512-BF16/AMX
+    (measured on a Zen 4: 1.8x at 450 tokens, 1.4x at 9). Attention itself stays float32.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False):
+        self.linear = OneDnnLinear(weight.to(torch.bfloat16), bias, gelu)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.to(torch.bfloat16)).float()
+
+
 def onednn_linear_supported() -> bool:
     """Whether this torch build has oneDNN's float32 linear with pre-reordered weights (x86 builds do)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -143,8 +159,9 @@ def float_linear_factory(device: torch.device, dtype: torch.dtype,
 
 
 #: The int8 engine's quantized layers: the attention output and both feed-forward layers (~80% of the FLOPs).
-#: The fused QKV projection stays float32: it is the layer most sensitive to quantization (with it in int8, the
-#: worst cosine against float32 drops from ~0.992 to ~0.984 on short texts).
+#: The fused QKV projection is not quantized: it is the layer most sensitive to quantization (with it in int8, the
+#: worst cosine against float32 drops from ~0.992 to ~0.984 on short texts). It runs in bfloat16 where the CPU
+#: has bfloat16 hardware (:class:`Bfloat16Linear`), else in float32.
 INT8_ROLES = ("attn_out", "ffn_in", "ffn_out")
 
 
@@ -169,9 +186,12 @@ def int8_linear_factory(config: BertConfig, weights: dict[str, torch.Tensor], de
         for start in range(0, len(calibration), 32):
             float_model.forward(pack(calibration[start:start + 32], "per_sequence", device))
     float_linear = float_linear_factory(device, torch.float32)
+    bfloat16_qkv = cpu_has_native_bfloat16() and onednn_linear_supported()
 
     def make(n: int, role: str, weight: torch.Tensor, bias: torch.Tensor, gelu: bool):
         if role not in INT8_ROLES:
+            if bfloat16_qkv:
+                return Bfloat16Linear(weight, bias, gelu)
             return float_linear(n, role, weight, bias, gelu)
         return Int8Linear(weight, bias, gelu=gelu, act_max=recorders[n, role].max)
 
