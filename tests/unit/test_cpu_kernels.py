@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from minilm_npu.engine.cpu_kernels import SmallBatchThreads, int8_isa, isa_summary, kernel_plan
+from minilm_npu.engine.cpu_kernels import AdaptiveThreads, int8_isa, isa_summary, kernel_plan
 
 ZEN3 = frozenset({"avx2", "fma", "sse4_2"})
 ZEN4 = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}
@@ -26,8 +26,8 @@ def test_kernels_follow_the_flags_of_the_cpu_that_loads_the_model():
     assert isa_summary(ZEN3) == "avx2 fma" and isa_summary(frozenset()).startswith("none of")
 
 
-def _fake_policy(threads: int = 4) -> SmallBatchThreads:
-    policy = SmallBatchThreads(max_tokens=64, explore_every=4)
+def _fake_policy(threads: int = 4) -> AdaptiveThreads:
+    policy = AdaptiveThreads(explore_every=4)
     policy.all_threads = threads
     return policy
 
@@ -58,13 +58,34 @@ def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
     assert state["threads"] == 4 and calls[::2] == [1] * len(calls[::2])  # always restored afterwards
 
 
-def test_large_forwards_and_single_thread_processes_are_left_alone(monkeypatch):
+def test_each_size_class_keeps_its_own_choice(monkeypatch):
+    """A loaded machine can favour one thread for a query and all threads for a large batch: both are learnt."""
+    state = {"threads": 4}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    policy = _fake_policy()
+    ran_with = {10: [], 5000: []}
+
+    def forward(tokens):
+        ran_with[tokens].append(state["threads"])
+        one_thread_faster = tokens < 100
+        clock["now"] += 0.002 if (state["threads"] == 1) == one_thread_faster else 0.006
+        return tokens
+
+    for _ in range(6):
+        assert policy.run(10, lambda: forward(10)) == 10
+        assert policy.run(5000, lambda: forward(5000)) == 5000
+    assert ran_with[10] == [1, 4, 1, 4, 1, 1]     # small: tries both, keeps 1, re-tries 4 on its 4th call
+    assert ran_with[5000] == [1, 4, 4, 1, 4, 4]   # large: tries both, keeps 4, re-tries 1 on its 4th call
+    assert policy.size_class(128) == 0 and policy.size_class(129) == 1 and policy.size_class(10**6) == 2
+
+
+def test_single_thread_processes_are_left_alone(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    policy = _fake_policy()
-    assert policy.run(65, lambda: 7) == 7 and policy.calls == 0 and not calls
     single = _fake_policy(threads=1)
-    assert single.run(5, lambda: 8) == 8 and not calls
+    assert single.run(5, lambda: 8) == 8 and single.run(5000, lambda: 9) == 9 and not calls
 
 
 def test_threads_are_restored_when_the_forward_fails(monkeypatch):

@@ -26,7 +26,7 @@ from ..samples import CALIBRATION_TEXTS
 from ..tokenization import Tokenizer
 from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, LinearFactory, PackedBatch, PackedBert, load_weights, pack
-from .cpu_kernels import SmallBatchThreads, kernel_plan
+from .cpu_kernels import AdaptiveThreads, kernel_plan
 from .graphs import GRAPH_WIDTHS, GraphedForwards
 from .policy import (AttentionPlan, attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason,
                      tune_host_allocator, warmup_lengths)
@@ -252,8 +252,8 @@ class PackedBackend:
         api = graph_api(device)
         self.graphs = (GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
                        if api is not None else None)
-        # CPU: small forwards on 1 thread or all, whichever measures faster under this machine's load.
-        self._threads = SmallBatchThreads() if device.type == "cpu" else None
+        # CPU: each forward on 1 thread or all, whichever measures faster under this machine's load.
+        self._threads = AdaptiveThreads() if device.type == "cpu" else None
 
     def _pack(self, batch: list[list[int]]) -> PackedBatch:
         plan = self.plan
@@ -295,8 +295,9 @@ class PackedBackend:
         if self.device.type == "cpu":
             choices["linear"] = (kernel_plan()[self.dtype] if self.dtype in ("float32", "int8", "bfloat16")
                                  and onednn_linear_supported() else "F.linear")
-            choices["threads"] = (f"forwards of <= {self._threads.max_tokens} tokens on 1 thread or "
-                                  f"{self._threads.all_threads}, whichever measures faster under this load")
+            choices["threads"] = (f"each forward on 1 thread or {self._threads.all_threads}, whichever measures "
+                                  "faster under this load (per size class, re-tried every "
+                                  f"{self._threads.explore_every} calls)")
         if self.device.type == "npu":
             module = torch_npu_module()
             choices["torch_npu"] = (f"{getattr(module, '__version__', 'unknown')} (op-plugin is built into "
