@@ -53,8 +53,8 @@ def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
         return "out"
 
     assert [policy.run(10, forward) for _ in range(10)] == ["out"] * 10
-    assert ran_with[:2] == [1, 4]  # both tried first
-    assert ran_with[2:] == [1, 4, 1, 1, 1, 4, 1, 1]  # then the faster, the slower re-tried every 4th call
+    assert ran_with[:4] == [1, 4, 1, 4]  # both run once untimed (warm-up), then timed
+    assert ran_with[4:] == [1, 1, 1, 4, 1, 1]  # then the faster, the slower re-tried every 4th call
     assert state["threads"] == 4 and calls[::2] == [1] * len(calls[::2])  # always restored afterwards
 
 
@@ -73,11 +73,12 @@ def test_each_size_class_keeps_its_own_choice(monkeypatch):
         clock["now"] += 0.002 if (state["threads"] == 1) == one_thread_faster else 0.006
         return tokens
 
-    for _ in range(6):
+    for _ in range(8):
         assert policy.run(10, lambda: forward(10)) == 10
         assert policy.run(5000, lambda: forward(5000)) == 5000
-    assert ran_with[10] == [1, 4, 1, 4, 1, 1]     # small: tries both, keeps 1, re-tries 4 on its 4th call
-    assert ran_with[5000] == [1, 4, 4, 1, 4, 4]   # large: tries both, keeps 4, re-tries 1 on its 4th call
+    # Each class: both warmed (untimed), both timed, then its own faster choice, the other re-tried every 4th call.
+    assert ran_with[10] == [1, 4, 1, 4, 1, 1, 1, 4]
+    assert ran_with[5000] == [1, 4, 1, 4, 4, 4, 4, 1]
     assert policy.size_class(128) == 0 and policy.size_class(129) == 1 and policy.size_class(10**6) == 2
 
 
@@ -101,3 +102,22 @@ def test_threads_are_restored_when_the_forward_fails(monkeypatch):
     except RuntimeError:
         pass
     assert calls == [1, 4]
+
+
+def test_a_first_call_is_a_warm_up_not_a_measurement(monkeypatch):
+    """A first call that compiles kernels (seconds) must not make its thread count look slow for good."""
+    state = {"threads": 2}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    policy = _fake_policy(threads=2)
+    first = {1: True, 2: True}
+
+    def forward():
+        threads = state["threads"]
+        clock["now"] += 30.0 if first[threads] else (0.002 if threads == 1 else 0.004)
+        first[threads] = False
+
+    for _ in range(6):
+        policy.run(10, forward)
+    assert policy.choice(0) == 1 and policy.seconds_per_token[0, 1] < 0.001

@@ -100,7 +100,8 @@ class AdaptiveThreads:
     sentence 30-140 ms on 2 threads against 9-30 ms on 1 at load ~7; a batch of 32 STS-B sentences 560-1,200 ms
     against 105-200 ms at load ~5.5 (at load 0, 2 threads are ~1.7x faster). Which side wins depends on the load,
     not on the CPU, so it is measured as the engine runs, per size class (:data:`SIZE_CLASSES`): both choices are
-    timed on the first calls, then the faster is used, and the other is tried again every ``explore_every`` calls
+    run once untimed (a first call pays for allocations and any kernel compilation), then timed, then the faster
+    is used, and the other is tried again every ``explore_every`` calls
     so a change of load is noticed (on a quiet machine that retry costs ~2-3 % of the mean).
 
     ``torch.set_num_threads`` applies to the calling thread's later parallel regions; the count is restored
@@ -116,6 +117,7 @@ class AdaptiveThreads:
         self.explore_every = explore_every
         self.all_threads = torch.get_num_threads()
         self.seconds_per_token: dict[tuple[int, int], float] = {}  # (size class, threads) -> smoothed estimate
+        self.warmed: set[tuple[int, int]] = set()  # first calls are not timed: allocations, kernels compiled
         self.calls: dict[int, int] = {}
 
     @staticmethod
@@ -126,6 +128,9 @@ class AdaptiveThreads:
     def choice(self, size: int = 0) -> int:
         """The thread count the next forward of size class ``size`` runs with."""
         untried = [n for n in (1, self.all_threads) if (size, n) not in self.seconds_per_token]
+        unwarmed = [n for n in untried if (size, n) not in self.warmed]
+        if unwarmed:
+            return unwarmed[0]
         if untried:
             return untried[0]
         best = min((1, self.all_threads), key=lambda n: self.seconds_per_token[size, n])
@@ -152,6 +157,12 @@ class AdaptiveThreads:
             elapsed = (time.perf_counter() - start) / (tokens + 16)  # + fixed per-forward work, as tokens
             if threads != self.all_threads:
                 torch.set_num_threads(self.all_threads)
-            previous = self.seconds_per_token.get((size, threads))
-            self.seconds_per_token[size, threads] = (elapsed if previous is None
-                                                     else 0.7 * previous + 0.3 * elapsed)
+            self._record(size, threads, elapsed)
+
+    def _record(self, size: int, threads: int, seconds_per_token: float) -> None:
+        if (size, threads) not in self.warmed:  # a first call: allocations, compilation; not a measurement
+            self.warmed.add((size, threads))
+            return
+        previous = self.seconds_per_token.get((size, threads))
+        self.seconds_per_token[size, threads] = (seconds_per_token if previous is None
+                                                 else 0.7 * previous + 0.3 * seconds_per_token)

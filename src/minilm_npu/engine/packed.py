@@ -34,6 +34,75 @@ from .policy import (AttentionPlan, attention_plan, cpu_has_native_bfloat16, dty
 log = logging.getLogger(__name__)
 
 
+def quantize_per_token(x: torch.Tensor, inv_smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x / smooth`` quantized per row: uint8 codes around 128 and the float32 ``[rows, 1]`` scales."""
+    if inv_smooth is not None:
+        x = x * inv_smooth
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+    return (x / scale).round().add(128).to(torch.uint8), scale
+
+
+class FusedQuantizer:
+    """:func:`quantize_per_token` as one Inductor-compiled kernel for large inputs, eager ops for small ones.
+
+    Why: eagerly, per-token quantization is seven passes over the activations (scale, abs, max, divide, round,
+    shift, cast); on a batch of short sentences they cost ~40 % as much as the int8 GEMM they feed. Inductor fuses
+    them into one C++ loop nest: measured on a 2-core Zen 4, one thread, 450 tokens: 845 -> 207 us for a 1,536-wide
+    input, 202 -> 72 us for a 384-wide one, identical codes; a whole int8 STS-B run ~20 % faster. Below
+    :attr:`min_rows` tokens the compiled call's fixed cost (~30 us) outweighs the passes it saves, so queries and
+    small batches stay eager and never trigger a compile. Compiling needs a C++ compiler and takes seconds, once per
+    process, on the first large batch or in :meth:`PackedBackend.warmup` (Inductor caches the code on disk for
+    later processes). Where it fails, the eager ops are used, with one warning. ``MINILM_NPU_FUSED_QUANT=0`` keeps
+    every batch eager.
+
+    Args:
+        min_rows: Inputs with at least this many rows take the compiled kernel.
+    """
+
+    def __init__(self, min_rows: int = 64):
+        import os
+
+        self.min_rows = min_rows
+        self.enabled = os.environ.get("MINILM_NPU_FUSED_QUANT", "1") != "0"
+        self._compiled = None
+
+    def compile(self) -> bool:
+        """Compile now, for both thread counts :class:`~.cpu_kernels.AdaptiveThreads` may pick (Dynamo compiles
+        per thread count) and both widths a BERT layer feeds, instead of inside the first large batch.
+
+        Returns:
+            Whether the compiled kernel is in use.
+        """
+        threads = torch.get_num_threads()
+        try:
+            for count in sorted({1, threads}):
+                torch.set_num_threads(count)
+                with torch.inference_mode():  # the mode the engine runs in (Dynamo guards on it)
+                    for width in (384, 1536):
+                        self(torch.ones(self.min_rows, width), torch.ones(width))
+        finally:
+            torch.set_num_threads(threads)
+        return self.enabled
+
+    def __call__(self, x: torch.Tensor, inv_smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.enabled and inv_smooth is not None and x.shape[0] >= self.min_rows:
+            if self._compiled is None:  # compiles on its first call
+                log.info("int8: compiling the fused activation quantization (once per process; Inductor "
+                         "caches it on disk)")
+                self._compiled = torch.compile(quantize_per_token, dynamic=True, fullgraph=True)
+            try:
+                return self._compiled(x, inv_smooth)
+            except Exception as err:  # noqa: BLE001 - no C++ compiler, an unsupported build: the eager ops remain
+                self.enabled = False
+                log.warning("int8: fused activation quantization unavailable (%s: %s); using eager torch ops",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return quantize_per_token(x, inv_smooth)
+
+
+#: One per process: the compiled kernel is shared by every int8 engine.
+FUSED_QUANTIZER = FusedQuantizer()
+
+
 class Int8Linear:
     """int8 linear layer for x86 CPUs: int8 weights (per output channel), activations quantized per token.
 
@@ -76,10 +145,7 @@ class Int8Linear:
         self.gelu = gelu
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inv_smooth is not None:
-            x = x * self.inv_smooth
-        scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8).div_(127.0)
-        quantized = (x / scale).round_().add_(128).to(torch.uint8)
+        quantized, scale = FUSED_QUANTIZER(x, self.inv_smooth)
         out = torch.ops.onednn.qlinear_pointwise(quantized, 1.0, 128, self.packed, self.w_scale, self.w_zero,
                                                  None, 1.0, 0, torch.float32, "none", [], "")
         out = torch.addcmul(self.bias, out, scale)
@@ -305,7 +371,10 @@ class PackedBackend:
         return choices
 
     def warmup(self) -> None:
-        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice)."""
+        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice);
+        int8 also compiles its fused quantization here (servers and corpus jobs warm up before their first batch)."""
+        if self.dtype == "int8":
+            FUSED_QUANTIZER.compile()
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
         if self.graphs is not None:  # one query of any length: the latency-critical case
