@@ -121,3 +121,21 @@ def test_a_first_call_is_a_warm_up_not_a_measurement(monkeypatch):
     for _ in range(6):
         policy.run(10, forward)
     assert policy.choice(0) == 1 and policy.seconds_per_token[0, 1] < 0.001
+
+
+def test_one_thread_must_win_clearly_to_be_chosen(monkeypatch):
+    """A 10 % edge for one thread is within a size class's noise: all threads stay; a 3x edge switches."""
+    for one_thread_seconds, expected in ((0.0036, 2), (0.0013, 1)):
+        state = {"threads": 2}
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+        clock = {"now": 0.0}
+        monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+        policy = AdaptiveThreads(explore_every=100)
+        policy.all_threads = 2
+
+        def forward():
+            clock["now"] += one_thread_seconds if state["threads"] == 1 else 0.004
+
+        for _ in range(6):
+            policy.run(10, forward)
+        assert policy.choice(0) == expected

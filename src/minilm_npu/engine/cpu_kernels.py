@@ -109,12 +109,15 @@ class AdaptiveThreads:
 
     Args:
         explore_every: Calls (per size class) between two tries of the currently slower choice.
+        margin: How much faster one thread must measure to be chosen: all threads are the right answer on a quiet
+            machine, and a size class mixes batch sizes, so a noisy measurement should not flip it (under load
+            one thread wins by far more: 5-9x above).
     """
 
-    def __init__(self, explore_every: int = 32):
+    def __init__(self, explore_every: int = 32, margin: float = 1.25):
         import torch
 
-        self.explore_every = explore_every
+        self.explore_every, self.margin = explore_every, margin
         self.all_threads = torch.get_num_threads()
         self.seconds_per_token: dict[tuple[int, int], float] = {}  # (size class, threads) -> smoothed estimate
         self.warmed: set[tuple[int, int]] = set()  # first calls are not timed: allocations, kernels compiled
@@ -133,7 +136,8 @@ class AdaptiveThreads:
             return unwarmed[0]
         if untried:
             return untried[0]
-        best = min((1, self.all_threads), key=lambda n: self.seconds_per_token[size, n])
+        one, every = self.seconds_per_token[size, 1], self.seconds_per_token[size, self.all_threads]
+        best = 1 if one * self.margin < every else self.all_threads
         other = self.all_threads if best == 1 else 1
         return other if self.calls[size] % self.explore_every == 0 else best
 
