@@ -182,11 +182,11 @@ def test_npy_output_resumes_and_keeps_the_skipped_list(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["output", "input"])
-def test_object_store_uri_is_refused_not_made_a_local_folder(tmp_path, monkeypatch, where):
+def test_unknown_storage_uri_is_refused_not_made_a_local_folder(tmp_path, monkeypatch, where):
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "a.txt"
     src.write_text("one\n", encoding="utf-8")
-    args = (str(src), "s3://bucket/out") if where == "output" else ("s3://bucket/in.txt", str(tmp_path / "o"))
-    with pytest.raises(InputError, match="s3:// paths are not supported"):
+    args = (str(src), "nope://bucket/out") if where == "output" else ("nope://bucket/in.txt", str(tmp_path / "o"))
+    with pytest.raises(InputError, match="nope://bucket/.*cannot open this storage URI.*Unrecognized filesystem"):
         embed_corpus(*args, LocalEngine(FakeEncoder()), EmbedSettings(progress=False))
-    assert not (tmp_path / "s3:").exists()
+    assert not (tmp_path / "nope:").exists() and not (tmp_path / "o").exists()

@@ -4,6 +4,10 @@ INPUT is a .txt (one text per line), .jsonl, .csv/.tsv (with a header) or .parqu
 (.txt.gz, .jsonl.gz, ...), or a directory of such files. OUTPUT is a directory that becomes a Parquet dataset
 (columns id, embedding, and text with --keep-text) or a path ending in .npy for small jobs.
 
+Both may be on object storage: s3://bucket/prefix (or gs://, hdfs://: any URI pyarrow.fs opens). Credentials and
+endpoint come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
+AWS_ENDPOINT_URL for S3-compatible stores). A .npy output must be local.
+
 Killed or crashed? Run the same command again: it continues after the last saved shard. If the input, model,
 dtype or settings changed since, it stops instead of mixing results; --overwrite starts again. Only one embed
 writes to an output at a time (a second one stops and names the first). Every rerun checks the saved shards'
@@ -22,8 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``embed``."""
     parser = subparsers.add_parser("embed", help="embed a corpus file into Parquet shards (resumable)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="input file or directory (.txt, .jsonl, .csv, .tsv, .parquet, or .gz)")
-    parser.add_argument("-o", "--output", required=True, help="output directory (Parquet dataset) or FILE.npy")
+    parser.add_argument("input", help="input file or directory (.txt, .jsonl, .csv, .tsv, .parquet, or .gz), "
+                                      "local or a URI such as s3://bucket/docs/")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output directory (Parquet dataset; local or s3://bucket/prefix) or local FILE.npy")
     parser.add_argument("--text-field", "--text_field", dest="text_field", default="text",
                         help="column or JSON key with the text (default: %(default)s; not used for .txt)")
     parser.add_argument("--id-field", "--id_field", dest="id_field", default=None,

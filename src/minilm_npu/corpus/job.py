@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import re
-import shutil
 import signal
 import sys
 import threading
@@ -32,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, OutputError
 from .layout import Layout
-from .lock import LOCK_NAME, OutputLock
+from .lock import acquire_lock
 from .manifest import SKIPPED_NAME, Manifest, describe_change, job_fingerprint
 from .readers import CorpusReader, InputFile, Record, count_rows, expand_inputs
 from .repair import check_shards, reembed_shard
@@ -247,8 +245,6 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     """
     settings = settings or EmbedSettings()
     settings.validate()
-    for spec in [output] + (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]):
-        _reject_uri(spec)
     started = time.perf_counter()
     files = expand_inputs(inputs)
     layout = Layout(output)
@@ -257,8 +253,8 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
         "output": "npy" if layout.npy else "parquet"})
     layout.check_new(settings.overwrite)  # before creating anything: a foreign directory stays untouched
     with _writing(layout):  # an output that cannot be created fails here, before any model loads
-        layout.work.mkdir(parents=True, exist_ok=True)
-        lock = OutputLock(layout.work / LOCK_NAME, layout.output).acquire()
+        layout.work.make()
+        lock = acquire_lock(layout.work, layout.output)  # flock locally, a lease on object storage
     with lock:
         return _embed_locked(layout, fingerprint, files, engine, settings, started)
 
@@ -295,7 +291,7 @@ def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusRe
     repaired = []
     for index, problem in check_shards(layout.work, manifest.shards, checksum=settings.verify):
         name = manifest.shards[index]["file"]
-        log.warning("%s: %s; re-embedding this shard", layout.work / name, problem)
+        log.warning("%s: %s; re-embedding this shard", layout.work.describe(name), problem)
         records, vectors = reembed_shard(engine, reader, settings, manifest.shards, index)
         with _writing(layout):
             written = write_shard(layout.work, index, [r.id for r in records if r.error is None], vectors,
@@ -305,14 +301,6 @@ def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusRe
             _save(layout, manifest)
         repaired.append(f"{name}: {problem}")
     return repaired
-
-
-def _reject_uri(spec: object) -> None:
-    """A URI (``s3://bucket/prefix``) is refused by name, not taken as a local folder called ``s3:``."""
-    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", str(spec))
-    if match and match.group(1).lower() != "file":
-        raise InputError(f"{spec}: {match.group(1)}:// paths are not supported yet; use a local path or a shared "
-                         "mount (every Ray node must see it at the same path)")
 
 
 def _cursor(manifest: Manifest) -> tuple[int, int] | None:
@@ -325,7 +313,7 @@ def _committing(layout: Layout, manifest: Manifest, settings: EmbedSettings, fil
     show = settings.progress if settings.progress is not None else sys.stderr.isatty()
     total = count_rows(files) if show else None
     with _writing(layout):
-        side = open(layout.work / SKIPPED_NAME, "ab")  # noqa: SIM115 - closed below, after the loop
+        side = layout.work.append_file(SKIPPED_NAME)  # closed below, after the loop
     with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
               dynamic_ncols=True, smoothing=0.1) as bar, side:
         yield bar, side
@@ -370,7 +358,7 @@ def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vec
         _crash_point("skipped-partial", index)  # a torn line: the resumed job truncates it away
         side.write(lines[len(lines) // 2:])
         side.flush()
-        os.fsync(side.fileno())
+        side.sync()
         _crash_point("after-skipped", index)
     manifest.shards.append(entry)
     manifest.cursor = [last.file, last.row]
@@ -413,7 +401,7 @@ def _commit_report(layout: Layout, manifest: Manifest, report: Any, files: list[
                                          "error": error}, ensure_ascii=False) + "\n").encode("utf-8")
                             for row, ident, error in report.bad))
         side.flush()
-        os.fsync(side.fileno())
+        side.sync()
     end = [report.file, report.last if report.eof else report.hi]
     entry = {"file": report.name, "rows": report.rows, "skipped": len(report.bad), "end": end}
     if report.name:
@@ -435,7 +423,7 @@ def _finish_npy(layout: Layout, manifest: Manifest) -> None:
     if manifest.rows_skipped and skipped.exists():  # a run killed after this move finds it done already
         os.replace(skipped, layout.skipped_final)
     _crash_point("npy-moved", 0)
-    shutil.rmtree(layout.work)  # lock file included: the lock is released when this job closes it
+    layout.work.remove()  # lock file included: the lock is released when this job closes it
 
 
 def _summary(layout: Layout, manifest: Manifest | None, new_rows: int, started: float,
@@ -443,7 +431,7 @@ def _summary(layout: Layout, manifest: Manifest | None, new_rows: int, started: 
     manifest = manifest or Manifest(fingerprint={}, dimension=0)
     skipped = layout.skipped_final if manifest.rows_skipped else None
     if not layout.npy and not manifest.rows_skipped:
-        (layout.work / SKIPPED_NAME).unlink(missing_ok=True)
+        layout.work.delete(SKIPPED_NAME)
     return EmbedSummary(output=str(layout.output), rows_written=manifest.rows_written,
                         rows_skipped=manifest.rows_skipped, shards=sum(1 for s in manifest.shards if s["file"]),
                         new_rows=new_rows, seconds=time.perf_counter() - started,

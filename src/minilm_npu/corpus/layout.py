@@ -1,30 +1,45 @@
 """Where a job's files go, which of them are its own, and clearing up after a killed run.
 
-A dataset output is its own work directory; a ``.npy`` output is assembled from a ``<name>.partial`` work
-directory beside it. Only names the job writes (manifest, lock, skipped-rows file, ``part-*.parquet`` and their
-``.tmp`` files) are ever deleted, so pointing the job at someone else's directory cannot destroy their files.
+A dataset output is its own work directory — local, or a prefix on object storage (see :mod:`.storage`); a
+``.npy`` output (local only) is assembled from a ``<name>.partial`` work directory beside it. Only names the job
+writes (manifest, lock, skipped-rows file, ``part-*.parquet`` and their ``.tmp`` files) are ever deleted, so
+pointing the job at someone else's directory cannot destroy their files.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..errors import InputError
 from .lock import LOCK_NAME
 from .manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest
-from .writer import TMP_SUFFIX
+from .storage import TMP_SUFFIX, is_uri, local_path, open_directory
 
 
 class Layout:
-    """Where things go: a dataset directory, or for ``.npy`` a ``<name>.partial`` work directory."""
+    """Where things go: a dataset directory, or for ``.npy`` a ``<name>.partial`` work directory.
+
+    Attributes:
+        output: The output as the user named it (a ``Path``, or the URI string).
+        work: The job's directory (:func:`~minilm_npu.corpus.storage.open_directory`).
+    """
 
     def __init__(self, output: str | os.PathLike):
-        self.output = Path(output)
+        if is_uri(output):
+            self.output = str(output).rstrip("/")
+            if self.output.lower().endswith(".npy"):
+                raise InputError(f"{output}: a .npy output must be a local path; on object storage write a "
+                                 "Parquet dataset (a prefix such as s3://bucket/vectors)")
+            self.npy = False
+            self.work = open_directory(self.output)
+            self.skipped_final = self.work.describe(SKIPPED_NAME)
+            return
+        self.output = local_path(output)
         self.npy = self.output.suffix.lower() == ".npy"
-        self.work = self.output.with_name(self.output.name + ".partial") if self.npy else self.output
+        work = self.output.with_name(self.output.name + ".partial") if self.npy else self.output
+        self.work = open_directory(work)
         self.skipped_final = (self.output.with_name(self.output.name + ".skipped.jsonl") if self.npy
-                              else self.work / SKIPPED_NAME)
+                              else work / SKIPPED_NAME)
 
     @staticmethod
     def ours(name: str) -> bool:
@@ -40,13 +55,13 @@ class Layout:
         """
         if self.work.exists() and not self.work.is_dir():
             raise InputError(f"{self.work} exists and is not a directory; choose another output")
-        if (self.work / MANIFEST_NAME).exists():
+        if self.work.has(MANIFEST_NAME):
             return
         if self.npy and self.output.exists() and not overwrite:
             raise InputError(f"{self.output} already exists; rerun with --overwrite to replace it")
-        if not self.work.is_dir():
+        if not self.work.exists():
             return
-        names = [p.name for p in self.work.iterdir() if p.name not in (LOCK_NAME, MANIFEST_NAME + TMP_SUFFIX)]
+        names = [name for name in self.work.names() if name not in (LOCK_NAME, MANIFEST_NAME + TMP_SUFFIX)]
         foreign = [name for name in names if not self.ours(name)]
         if names and not overwrite:
             raise InputError(f"{self.work}: directory is not empty and holds no minilm-npu manifest; choose "
@@ -60,21 +75,19 @@ class Layout:
         if self.npy:
             for path in (self.output, self.skipped_final):
                 path.unlink(missing_ok=True)
-        foreign = [p.name for p in self.work.iterdir() if not self.ours(p.name)]
+        names = self.work.names()
+        foreign = [name for name in names if not self.ours(name)]
         if foreign:
             raise InputError(f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
                              "choose an empty or new output directory")
-        for path in self.work.iterdir():
-            if path.name != LOCK_NAME:
-                path.unlink()
+        for name in names:
+            if name != LOCK_NAME:
+                self.work.delete(name)
 
     def tidy(self, manifest: Manifest) -> None:
         """Drop what a killed run wrote after its last commit: temp files, unlisted shards, uncommitted skips."""
         listed = {s["file"] for s in manifest.shards if s.get("file")}
-        for path in self.work.iterdir():
-            if path.name.endswith(TMP_SUFFIX) or (path.name.startswith("part-") and path.name not in listed):
-                path.unlink()
-        skipped = self.work / SKIPPED_NAME
-        if skipped.exists():
-            with open(skipped, "rb+") as handle:
-                handle.truncate(manifest.skipped_bytes)
+        for name in self.work.names():
+            if name.endswith(TMP_SUFFIX) or (name.startswith("part-") and name not in listed):
+                self.work.delete(name)
+        self.work.truncate(SKIPPED_NAME, manifest.skipped_bytes)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .readers import InputFile
+from .storage import RemotePath, open_directory, open_input
 from .writer import BeforeCommit, write_json_atomic
 
 MANIFEST_NAME = "_manifest.json"
@@ -24,11 +25,11 @@ FORMAT = "minilm-npu-corpus/1"
 HEAD_BYTES = 1 << 20
 
 
-def file_fingerprint(path: Path) -> dict:
-    """Size, mtime and a SHA-256 of the first MiB of one file."""
+def file_fingerprint(path: Path | RemotePath) -> dict:
+    """Size, mtime and a SHA-256 of the first MiB of one file (local, or an object on object storage)."""
     stat = path.stat()
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         digest.update(handle.read(HEAD_BYTES))
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
             "head_sha256": digest.hexdigest()}
@@ -100,23 +101,28 @@ class Manifest:
         """Input rows dealt with so far, written or skipped."""
         return self.rows_written + self.rows_skipped
 
-    def save(self, directory: Path, before_commit: BeforeCommit = None) -> None:
-        """Atomically replace the manifest in ``directory`` (the job's commit point)."""
+    def save(self, directory, before_commit: BeforeCommit = None) -> None:
+        """Atomically replace the manifest in ``directory`` (a path, URI or opened directory): the job's commit
+        point (a rename locally, one whole-object PUT on object storage)."""
         self.updated = time.time()
-        write_json_atomic(directory / MANIFEST_NAME, asdict(self), before_commit)
+        write_json_atomic(directory, MANIFEST_NAME, asdict(self), before_commit)
 
     @classmethod
-    def load(cls, directory: Path) -> Manifest | None:
-        """The manifest in ``directory``, None when there is none.
+    def load(cls, directory) -> Manifest | None:
+        """The manifest in ``directory`` (a path, URI or opened directory), None when there is none.
 
         Raises:
             InputError: for a manifest that is not ours or cannot be parsed.
         """
-        path = directory / MANIFEST_NAME
-        if not path.is_file():
-            return None
+        directory = open_directory(directory)
+        path = directory.describe(MANIFEST_NAME)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = directory.read_bytes(MANIFEST_NAME)
+            if raw is None:
+                return None
+            data = json.loads(raw.decode("utf-8"))
+        except InputError:
+            raise  # the storage cannot be read at all (credentials, bucket): not a damaged manifest
         except (OSError, ValueError) as err:
             raise InputError(f"{path}: unreadable manifest ({err}); rerun with --overwrite to start again") \
                 from err

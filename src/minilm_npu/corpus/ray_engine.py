@@ -15,7 +15,8 @@ ranges for a file once a unit reports that the file ended inside it. Actors are 
 (``max_restarts``) and their pending units retried (``max_task_retries``); a unit that still fails stops the job,
 whose rerun resumes from the manifest.
 
-On a cluster every node must see the inputs and the output directory at the same path (a shared mount) and have
+On a cluster every node must see the inputs and the output at the same path (a shared mount) or URI (``s3://…``:
+actors get the URI and write their shards there themselves, see :mod:`.storage`) and have
 ``minilm-npu`` installed. Ray is imported lazily: ``pip install minilm-npu[ray]``.
 """
 
@@ -36,6 +37,7 @@ from ..devices import split_devices
 from ..errors import InputError
 from .job import EmbedSettings
 from .readers import CorpusReader
+from .storage import open_directory
 from .writer import write_shard
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ class EmbedWorker:
             self.encoder = MiniLMEncoder.from_config(config)
         else:
             self.encoder = factory()
-        self.reader, self.output = reader, Path(output)
+        self.reader, self.output = reader, open_directory(output)  # a local path or a storage URI
 
     def run(self, file: int, lo: int, hi: int, batch_size: int, keep_text: bool) -> ShardReport:
         """Embed and write one unit."""

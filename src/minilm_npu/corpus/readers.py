@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..textio import decode_line, split_lines
+from .storage import RemotePath, input_path, open_input, parquet_source
 
 #: File name endings we read, mapped to a format; each may also end in ``.gz``.
 SUFFIXES = {"txt": "txt", "text": "txt", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv",
@@ -61,7 +62,7 @@ class Record:
 class InputFile:
     """One input file: where it is, how to read it, and the label used in ids and messages."""
 
-    path: Path
+    path: Path | RemotePath  # RemotePath: an object on object storage (s3://bucket/key)
     format: str
     gzip: bool
     label: str
@@ -96,7 +97,7 @@ def expand_inputs(spec: str | os.PathLike | list) -> list[InputFile]:
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     paths: list[Path] = []
     for item in specs:
-        path = Path(item)
+        path = input_path(item)  # a Path, or a RemotePath for s3:// and other storage URIs
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
                            and _is_supported(p))
@@ -124,7 +125,7 @@ def _is_supported(path: Path) -> bool:
 
 
 def _open_binary(file: InputFile):
-    raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's context manager
+    raw = open_input(file.path)  # closed by the caller's context manager
     return gzip.GzipFile(fileobj=raw, mode="rb") if file.gzip else raw
 
 
@@ -273,7 +274,7 @@ class CorpusReader:
     def _parquet(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(file.path)
+        parquet = pq.ParquetFile(parquet_source(file.path))
         names = parquet.schema_arrow.names
         columns = [names[self._column(file, names, self.text_field)]]
         if self.id_field:
@@ -331,7 +332,7 @@ def count_rows(files: list[InputFile]) -> int:
             if file.format == "parquet":
                 import pyarrow.parquet as pq
 
-                total += pq.ParquetFile(file.path).metadata.num_rows
+                total += pq.ParquetFile(parquet_source(file.path)).metadata.num_rows
                 continue
             lines, last = 0, b"\n"
             with _open_binary(file) as stream:

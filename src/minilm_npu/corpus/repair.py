@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,11 +18,12 @@ from .readers import CorpusReader, Record
 from .writer import shard_problem
 
 
-def check_shards(directory: Path, shards: list[dict], checksum: bool = False) -> Iterator[tuple[int, str]]:
-    """``(index, what is wrong)`` for each committed shard in ``directory`` that does not match its entry."""
+def check_shards(directory, shards: list[dict], checksum: bool = False) -> Iterator[tuple[int, str]]:
+    """``(index, what is wrong)`` for each committed shard in ``directory`` (a path, URI or opened directory)
+    that does not match its entry."""
     for index, entry in enumerate(shards):
         if entry.get("file"):
-            problem = shard_problem(directory / entry["file"], entry, checksum=checksum)
+            problem = shard_problem(directory, entry["file"], entry, checksum=checksum)
             if problem:
                 yield index, problem
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from .manifest import Manifest
+from .storage import RemotePath, input_path, open_directory, parquet_source
 from .writer import shard_problem
 
 #: How to mend a damaged shard of an embed output: the job re-embeds exactly the shards that fail its checks.
@@ -35,13 +36,14 @@ class Hit:
     text: str | None = None
 
 
-def corpus_files(corpus: str | os.PathLike) -> list[Path]:
-    """The Parquet files of a corpus, in row order: a dataset directory (manifest order), or one file.
+def corpus_files(corpus: str | os.PathLike) -> list[Path | RemotePath]:
+    """The Parquet files of a corpus, in row order: a dataset directory (manifest order), or one file; local, or
+    on object storage (``s3://bucket/prefix``: :class:`~minilm_npu.corpus.storage.RemotePath` entries).
 
     Raises:
         InputError: when the path holds no Parquet files or the manifest says the job is unfinished.
     """
-    path = Path(corpus)
+    path = input_path(corpus)
     if path.is_file():
         if path.suffix.lower() not in (".parquet", ".pq"):
             raise InputError(f"{path}: not a Parquet file; search takes an output directory of "
@@ -49,28 +51,34 @@ def corpus_files(corpus: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: no such corpus")
-    manifest = Manifest.load(path)
+    directory = open_directory(corpus)
+    manifest = Manifest.load(directory)
     if manifest is not None:
         if not manifest.complete:
             raise InputError(f"{path}: the embedding job has not finished; rerun `minilm-npu embed` to complete it")
         files = []
         for entry in manifest.shards:
             if entry.get("file"):
-                problem = shard_problem(path / entry["file"], entry)
+                problem = shard_problem(directory, entry["file"], entry)
                 if problem:
-                    raise InputError(f"{path / entry['file']}: damaged shard ({problem}); {REPAIR_HINT}")
-                files.append(path / entry["file"])
+                    raise InputError(f"{directory.describe(entry['file'])}: damaged shard ({problem}); "
+                                     f"{REPAIR_HINT}")
+                files.append(_child(path, entry["file"]))
         return files
-    files = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+    files = sorted(p for p in path.iterdir() if p.name.endswith(".parquet") and not p.name.startswith((".", "_")))
     if not files:
         raise InputError(f"{path}: holds no .parquet files")
     return files
 
 
+def _child(path: Path | RemotePath, name: str) -> Path | RemotePath:
+    return path.child(name) if isinstance(path, RemotePath) else path / name
+
+
 def corpus_model(corpus: str | os.PathLike) -> str | None:
     """The model a corpus was embedded with (from its manifest), or None when unknown."""
-    path = Path(corpus)
-    manifest = Manifest.load(path) if path.is_dir() else None
+    path = input_path(corpus)
+    manifest = Manifest.load(open_directory(corpus)) if path.is_dir() else None
     return manifest.fingerprint.get("model") if manifest else None
 
 
@@ -144,18 +152,18 @@ def search_vectors(corpus: str | os.PathLike, queries: np.ndarray, k: int = 10,
     return _resolve(files, offsets, best_scores, best_pos, pq)
 
 
-def _open(path: Path):
+def _open(path: Path | RemotePath):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(parquet_source(path))
     except (OSError, pa.ArrowException) as err:
         raise InputError(f"{path}: unreadable Parquet file ({err}); if it came from `minilm-npu embed`, "
                          f"{REPAIR_HINT}") from err
 
 
-def _batches(path: Path, parquet: Any, batch_rows: int) -> Iterator[Any]:
+def _batches(path: Path | RemotePath, parquet: Any, batch_rows: int) -> Iterator[Any]:
     """The embedding column in record batches; a page that cannot be decoded names its file."""
     import pyarrow as pa
 
@@ -173,7 +181,7 @@ def _top(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(pos, order, axis=1)
 
 
-def _resolve(files: list[Path], offsets: list[int], scores: np.ndarray, pos: np.ndarray, pq: Any) -> list[list[Hit]]:
+def _resolve(files: list, offsets: list[int], scores: np.ndarray, pos: np.ndarray, pq: Any) -> list[list[Hit]]:
     """Fetch id (and text) for the final hits, reading only the row groups that hold them."""
     wanted = sorted(set(pos.ravel().tolist()))
     found: dict[int, tuple[str, str | None]] = {}
@@ -182,7 +190,7 @@ def _resolve(files: list[Path], offsets: list[int], scores: np.ndarray, pos: np.
     for p in wanted:
         by_file.setdefault(int(np.searchsorted(starts, p, side="right") - 1), []).append(p)
     for index, positions in by_file.items():
-        parquet = pq.ParquetFile(files[index])
+        parquet = pq.ParquetFile(parquet_source(files[index]))
         names = parquet.schema_arrow.names
         columns = [c for c in ("id", "text") if c in names]
         group_starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows

@@ -4,24 +4,24 @@ Atomic means: write a temporary file in the same directory, ``fsync`` it, ``os.r
 then ``fsync`` the directory so the rename itself survives a power cut. A reader (or a resumed job) therefore sees
 either the old file or the complete new one, never a torn write. Shards are hashed on their way to disk, so the
 manifest can record a checksum without reading the file back; a write that fails (e.g. disk full) removes its
-temporary file.
+temporary file. On object storage (``s3://…``) there is no rename: see :mod:`.storage` and :mod:`.objectstore`
+for what stands in for it; every function here takes a local path, a URI or an opened directory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..modelfiles import sha256_of  # the one chunked file hash (it also checks the model's weights)
+from .storage import TMP_SUFFIX, BeforeCommit, HashingSink, WrittenFile, fsync_dir, open_directory
 
-#: Temporary files carry this suffix; a resumed job deletes leftovers.
-TMP_SUFFIX = ".tmp"
+__all__ = ["TMP_SUFFIX", "BeforeCommit", "HashingSink", "WrittenFile", "assemble_npy", "embeddings_table",
+           "fsync_dir", "read_vectors", "shard_name", "shard_problem", "write_bytes_atomic", "write_json_atomic",
+           "write_shard"]
 
 
 def shard_name(index: int) -> str:
@@ -29,105 +29,15 @@ def shard_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def write_bytes_atomic(directory, name: str, data: bytes, before_commit: BeforeCommit = None) -> WrittenFile:
+    """Replace file ``name`` in ``directory`` (a path, URI or opened directory) with ``data`` atomically."""
+    return open_directory(directory).write(name, lambda sink: sink.write(data), before_commit)
 
 
-#: Called between a temporary file's fsync and its rename (the kill-and-resume tests stop the process there).
-BeforeCommit = Callable[[], None] | None
-
-
-@dataclass(frozen=True)
-class WrittenFile:
-    """A file as written: its name, byte size and the SHA-256 of those bytes."""
-
-    file: str
-    bytes: int
-    sha256: str
-
-
-class HashingSink:
-    """A write-only binary stream over ``handle`` that counts and hashes every byte on its way to disk.
-
-    pyarrow writes through any object with ``write`` (wrapped in a ``PythonFile``), so the checksum comes free
-    with the write instead of from reading the shard back.
-    """
-
-    def __init__(self, handle):
-        self._handle = handle
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self.closed = False
-
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self._handle.write(view)
-        self.digest.update(view)
-        self.size += len(view)
-        return len(view)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    def close(self) -> None:  # the caller owns the handle (it still has to fsync it)
-        self.closed = True
-
-    @staticmethod
-    def writable() -> bool:
-        return True
-
-    @staticmethod
-    def readable() -> bool:
-        return False
-
-    @staticmethod
-    def seekable() -> bool:
-        return False
-
-
-def _write_atomic(path: Path, write: Callable[[HashingSink], None], before_commit: BeforeCommit = None,
-                  tmp: Path | None = None) -> WrittenFile:
-    """Write ``path`` through a temporary file (``tmp``, default ``<path>.tmp``); on any failure the temporary
-    file is removed (frees the space)."""
-    tmp = tmp or path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as handle:
-            sink = HashingSink(handle)
-            write(sink)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if before_commit is not None:
-        before_commit()
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return WrittenFile(path.name, sink.size, sink.digest.hexdigest())
-
-
-def write_bytes_atomic(path: Path, data: bytes, before_commit: BeforeCommit = None) -> WrittenFile:
-    """Replace ``path`` with ``data`` atomically."""
-    return _write_atomic(path, lambda sink: sink.write(data), before_commit)
-
-
-def write_json_atomic(path: Path, obj: object, before_commit: BeforeCommit = None) -> WrittenFile:
-    """Replace ``path`` with ``obj`` as indented JSON, atomically."""
+def write_json_atomic(directory, name: str, obj: object, before_commit: BeforeCommit = None) -> WrittenFile:
+    """Replace file ``name`` in ``directory`` with ``obj`` as indented JSON, atomically."""
     data = (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-    return write_bytes_atomic(path, data, before_commit)
+    return write_bytes_atomic(directory, name, data, before_commit)
 
 
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None = None):
@@ -147,25 +57,28 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[st
     return pa.table(columns)
 
 
-def write_shard(directory: Path, index: int, ids: Sequence[str], vectors: np.ndarray,
+def write_shard(directory, index: int, ids: Sequence[str], vectors: np.ndarray,
                 texts: Sequence[str] | None = None, before_commit: BeforeCommit = None,
                 name: str | None = None) -> WrittenFile:
-    """Write shard ``index`` (or the shard called ``name``) atomically into ``directory``; returns its name, size
-    and checksum. A named shard's temporary file carries the process id: two attempts at the same unit (a Ray
-    retry beside a worker that is not quite dead) never write into one temporary file."""
+    """Write shard ``index`` (or the shard called ``name``) atomically into ``directory`` (a path, URI or opened
+    directory); returns its name, size and checksum. A named shard's local temporary file carries the process
+    id: two attempts at the same unit (a Ray retry beside a worker that is not quite dead) never write into one
+    temporary file."""
     import pyarrow.parquet as pq
 
     table = embeddings_table(ids, vectors, texts)
-    final = directory / (name or shard_name(index))
-    tmp = final.with_name(f"{final.stem}.{os.getpid()}{final.suffix}{TMP_SUFFIX}") if name else None
+    final = name or shard_name(index)
+    stem, suffix = os.path.splitext(final)
+    tmp = f"{stem}.{os.getpid()}{suffix}{TMP_SUFFIX}" if name else None
     # One row group per shard: shards are already sized for memory, and search reads them one at a time.
-    return _write_atomic(final, lambda sink: pq.write_table(table, sink, row_group_size=max(len(ids), 1),
-                                                            compression="zstd"),
-                         before_commit, tmp)
+    return open_directory(directory).write(
+        final, lambda sink: pq.write_table(table, sink, row_group_size=max(len(ids), 1), compression="zstd"),
+        before_commit, tmp)
 
 
-def shard_problem(path: Path, entry: dict, checksum: bool = False) -> str | None:
-    """What is wrong with a committed shard compared with its manifest entry, or None when it looks whole.
+def shard_problem(directory, name: str, entry: dict, checksum: bool = False) -> str | None:
+    """What is wrong with committed shard ``name`` in ``directory`` compared with its manifest entry, or None when
+    it looks whole.
 
     The cheap check (every rerun) is the size and the Parquet footer's row count; ``checksum`` adds the
     SHA-256 of the whole file. Entries written before sizes were recorded are checked for the footer only.
@@ -173,19 +86,19 @@ def shard_problem(path: Path, entry: dict, checksum: bool = False) -> str | None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    directory = open_directory(directory)
+    size = directory.size(name)
+    if size is None:
         return "missing"
     if entry.get("bytes") is not None and size != entry["bytes"]:
         return f"{size} bytes, the manifest says {entry['bytes']}"
     try:
-        rows = pq.ParquetFile(path).metadata.num_rows
+        rows = pq.ParquetFile(directory.source(name)).metadata.num_rows
     except (OSError, pa.ArrowException) as err:
         return f"unreadable Parquet footer ({err})"
     if rows != entry.get("rows", rows):
         return f"{rows} rows, the manifest says {entry['rows']}"
-    if checksum and entry.get("sha256") and sha256_of(path) != entry["sha256"]:
+    if checksum and entry.get("sha256") and directory.sha256(name) != entry["sha256"]:
         return "checksum differs from the manifest's"
     return None
 
