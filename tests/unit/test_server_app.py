@@ -220,3 +220,28 @@ def test_startup_fails_when_warmup_fails():
     with pytest.raises(RuntimeError, match="warm-up failed"):
         with TestClient(create_app(broken, ServerSettings(health_timeout_s=1.0))):
             pass
+
+
+def test_large_request_through_the_tokenizer_pool_matches_small_ones(fake, client):
+    """Over Batcher.INLINE_WORK characters the work moves off the event loop; the answer must not change."""
+    texts = [" ".join(f"w{i}_{j}" for j in range(130)) for i in range(4)]
+    assert sum(map(len, texts)) > client.app.state.server.batcher.INLINE_WORK
+    large = client.post("/v1/embeddings", json={"input": texts}, headers=AUTH)
+    small = [client.post("/v1/embeddings", json={"input": t}, headers=AUTH) for t in texts]
+    assert large.status_code == 200 and all(r.status_code == 200 for r in small)
+    np.testing.assert_allclose(_vectors(large), fake.expected(texts), atol=1e-6)
+    np.testing.assert_array_equal(_vectors(large), np.concatenate([_vectors(r) for r in small]))
+
+
+def test_json_body_reads_back_as_the_standard_library_writes_it():
+    import json
+
+    from minilm_npu.server.vectors import json_body
+
+    rng = np.random.default_rng(0)
+    vectors = (rng.standard_normal((8, 384)) * np.array([[1], [1e-3], [1e-6], [1e-9], [1], [1], [1], [1]]))
+    payload = {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors.astype(np.float32).tolist())],
+               "model": "m"}
+    assert json.loads(json_body(payload)) == json.loads(json.dumps(payload))  # the same doubles, bit for bit
+    # NaN/inf (a broken model) keep the standard library's spelling instead of orjson's null.
+    assert json_body([float("nan"), 1.0], finite=False) == b"[NaN,1.0]"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..textio import decode_line, split_lines
 from .storage import RemotePath, input_path, open_input, parquet_source
 
 #: File name endings we read, mapped to a format; each may also end in ``.gz``.
@@ -210,22 +211,15 @@ class CorpusReader:
     # -- formats --------------------------------------------------------------------------------------------
     def _lines(self, file: InputFile) -> Iterator[tuple[int, bytes]]:
         with _open_binary(file) as stream:
-            for number, line in enumerate(stream, start=1):
-                if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                    line = line[3:]
-                if line.endswith(b"\n"):
-                    line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-                yield number, line
+            yield from split_lines(stream)  # encode's line rules: BOM on line 1 only, LF or CRLF
 
     def _txt(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
         for number, line in self._lines(file):
             if number <= skip:
                 continue
-            try:
-                text: object = line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield Record(index, number, self._default_id(file, number), None,
-                             f"not valid UTF-8 (byte {err.start})")
+            text, problem = decode_line(line, number, "report")
+            if problem is not None:
+                yield Record(index, number, self._default_id(file, number), None, problem)
                 continue
             yield self._make(index, file, number, text, _MISSING, fields=False)
 
@@ -234,11 +228,12 @@ class CorpusReader:
             if number <= skip or not line.strip():
                 continue
             fallback = self._default_id(file, number)
-            try:
-                obj = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                yield Record(index, number, fallback, None, f"not valid UTF-8 (byte {err.start})")
+            text, problem = decode_line(line, number, "report")
+            if problem is not None:
+                yield Record(index, number, fallback, None, problem)
                 continue
+            try:
+                obj = json.loads(text)
             except ValueError as err:
                 yield Record(index, number, fallback, None, f"invalid JSON: {err}")
                 continue
