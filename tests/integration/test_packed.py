@@ -86,11 +86,14 @@ def test_cls_pooling_matches_reference(packed32):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_two_cpu_workers_give_identical_output(packed32):
+def test_two_cpu_workers_give_the_same_output(packed32):
     batch = texts.ALL + MIXED_24
     two = MiniLMEncoder(device="cpu,cpu", backend="packed")
     assert len(two.devices) == 2
-    np.testing.assert_array_equal(two.encode(batch, batch_size=4), packed32.encode(batch, batch_size=4))
+    # Within float noise, not bit for bit: each forward's thread count follows the machine's load
+    # (AdaptiveThreads), and oneDNN's summation order may follow the thread count (~6e-8).
+    np.testing.assert_allclose(two.encode(batch, batch_size=4), packed32.encode(batch, batch_size=4), atol=1e-6,
+                               rtol=0)
 
 
 @pytest.mark.slow
