@@ -38,6 +38,34 @@ def test_startup_warms_up(fake, client):
     assert fake.warmed and fake.batches  # warmup() and one probe forward before serving
 
 
+def test_startup_leaves_one_openmp_pool(monkeypatch):
+    """The loading thread and the warm-up thread release their OpenMP workers: only the batcher's run forwards."""
+    import threading
+
+    from minilm_npu.server import app as app_module
+
+    released = []
+    monkeypatch.setattr(app_module, "release_host_threads", lambda: released.append(threading.get_ident()))
+    encoder = FakeEncoder()
+    with TestClient(create_app(encoder, ServerSettings())):
+        assert encoder.warmed and len(released) == 2 and len(set(released)) == 2
+
+
+def test_release_host_threads_leaves_torch_working():
+    import torch
+
+    from minilm_npu.devices import release_host_threads
+
+    torch.ones(100_000).add(1).sum()  # a parallel region on this thread first
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as handle:
+            openmp_loaded = any("libgomp" in line or "libiomp5" in line or "/libomp" in line for line in handle)
+    except OSError:
+        openmp_loaded = False
+    assert release_host_threads() is openmp_loaded  # torch's x86 Linux wheels ship libgomp: True there
+    assert torch.ones(100_000).add(1).sum().item() == 200_000  # the pool comes back when needed
+
+
 def test_openai_float_and_order(fake, client):
     texts = ["b c d", "a", "", "x y"]
     r = client.post("/v1/embeddings", json={"input": texts, "model": "whatever"}, headers=AUTH)
