@@ -76,18 +76,10 @@ def plan_cost(src: Path, shard_rows: int) -> str:
 
 
 def cpu_line() -> str:
-    """The CPU's model and the ISA flags that matter for these kernels."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return f"{model}, {os.cpu_count()} logical CPUs, flags: {' '.join(f for f in wanted if f in flags) or '-'}"
+    """The CPU's model and the ISA flags that matter for these kernels (verify's one CPU line)."""
+    from minilm_npu.verify.environment import cpu_line as line
+
+    return line()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import sys
@@ -63,22 +62,11 @@ async def _level(url: str, texts: list[str], clients: int, requests: int, per_re
     return len(latencies), elapsed, latencies
 
 
-def _cpu() -> str:
-    """The CPU's model and the ISA flags that matter for the engine's kernels."""
-    from minilm_npu.verify.environment import cpu_model
-
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = set(next((line for line in handle if line.startswith("flags")), ":").split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{cpu_model()}, {' '.join(isa) or 'no AVX2'}"
-
-
 def main() -> None:
     from minilm_npu import MiniLMEncoder
+    from minilm_npu.devices import synchronize
+    from minilm_npu.verify.bench import time_each
+    from minilm_npu.verify.environment import cpu_line
     from tests.integration.server_process import start_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -99,13 +87,11 @@ def main() -> None:
     start = time.perf_counter()
     encoder.encode(texts, batch_size=32)
     baseline = len(texts) / (time.perf_counter() - start)
-    per_call = []
-    for i in range(min(args.requests, 200)):
-        chunk = texts[i * args.texts_per_request:(i + 1) * args.texts_per_request]
-        t0 = time.perf_counter()
-        encoder.encode(chunk)
-        per_call.append(time.perf_counter() - t0)
-    in_process_p50 = statistics.median(per_call) * 1e3
+    # verify's timing protocol, over one request's worth of texts per call (the first few calls untimed).
+    chunks = [texts[i * args.texts_per_request:(i + 1) * args.texts_per_request]
+              for i in range(min(args.requests, 200))]
+    in_process_p50 = time_each(lambda batch, _: encoder.encode(batch), lambda: synchronize(encoder.device),
+                               chunks, warmup=min(5, len(chunks) - 1))["p50_ms"]
     description = f"{encoder.device}, backend {encoder.backend_name}, dtype {encoder.dtype}"
     del encoder
 
@@ -130,7 +116,7 @@ def main() -> None:
     print(f"\nDevice {description}; {args.texts_per_request} texts/request, encoding_format "
           f"{args.encoding_format}; server in its own process; "
           f"in-process encode: {baseline:.1f} texts/s, p50 {in_process_p50:.2f} ms per request's texts "
-          f"(os.cpu_count()={os.cpu_count()}; {_cpu()})\n")
+          f"({cpu_line()})\n")
     print("| clients | requests | texts/s | p50 ms | p50 - in-process ms | p99 ms | vs in-process |")
     print("|--------:|---------:|--------:|-------:|--------------------:|-------:|--------------:|")
     for level, n, tput, p50, p99, ratio in rows:

@@ -175,6 +175,33 @@ def synchronize(device: torch.device) -> None:
     device_module(device.type).synchronize(device)
 
 
+def release_host_threads() -> bool:
+    """Release the OpenMP worker threads that the calling thread's parallel regions started.
+
+    Why: OpenMP keeps one pool of worker threads per thread that ever ran a parallel region, and GNU libgomp (which
+    torch's x86 Linux wheels ship) stops its workers from spin-waiting between regions once the process holds more
+    OpenMP threads than CPUs: every op of a forward then ends in a sleep and a wake-up. A server loads and warms
+    the model on one thread and runs it on another, so it holds two pools. Measured on a 2-core Zen 4: one short
+    sentence's forward 3.0 ms on the loading thread, 7.0 ms on a second thread, 3.0 ms there once the loading
+    thread's pool was released with this call (OpenMP 5.0's ``omp_pause_resource_all(omp_pause_hard)``).
+
+    Returns:
+        True if an OpenMP runtime took the call; False where none is loaded (nothing to release).
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
+            paths = {line.split()[-1] for line in handle if re.search(r"/lib(gomp|omp|iomp5)[^/]*\.so", line)}
+    except OSError:
+        return False
+    for path in sorted(paths):
+        pause = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)
+        if pause is not None:
+            return pause(2) == 0  # 2 = omp_pause_hard: the threads are ended, not parked
+    return False
+
+
 def to_device(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
     """Move host tensors to ``device`` in one pinned, non-blocking copy per dtype (None entries stay None).
 

@@ -255,6 +255,9 @@ class MiniLMEncoder(SentenceTransformerSurface):
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
             return out
+        if len(ids) == 1 and len(self.workers) == 1 and not progress:  # one query: skip the bookkeeping (~0.1 ms)
+            out[0] = self.workers[0].run(ids, normalize)[0]
+            return out
         batches = plan_batches([len(x) for x in ids], batch_size, self.config.max_batch_tokens)
         with tqdm(total=len(ids), disable=not progress, unit="text", desc="encode") as bar:
             if len(self.workers) == 1:  # the common case: no threads to start

@@ -63,7 +63,9 @@ def test_s3_input_and_output_equal_local_and_sentence_transformers(tmp_path, s3,
     ids, vectors = read(s3.uri("vectors"))
     local_ids, local_vectors = read(tmp_path / "local")
     assert ids == local_ids == [str(i) for i in range(1, ROWS + 1) if i != BAD]
-    np.testing.assert_array_equal(vectors, local_vectors)  # the same job, row for row, bit for bit
+    # The same job, row for row; within float noise, not bit for bit: each forward's thread count follows the
+    # machine's load (AdaptiveThreads), and oneDNN's summation order may follow the thread count (~6e-8).
+    np.testing.assert_allclose(vectors, local_vectors, atol=1e-6, rtol=0)
     np.testing.assert_allclose(vectors, st_model.encode(texts(), normalize_embeddings=True), atol=1e-5, rtol=0)
     skipped = [json.loads(line) for line in s3.get(f"vectors/{SKIPPED_NAME}").splitlines()]
     assert [(s["file"], s["row"]) for s in skipped] == [(s3.uri("in/docs.jsonl"), BAD)]

@@ -134,3 +134,17 @@ def test_pack_with_row_gears_pads_the_sequence_count_and_reads_back_only_real_ro
     rows = torch.arange(12).float()[:, None]  # packed row r holds value r
     blocks = rows.index_select(0, bucket.gather)
     assert blocks.index_select(0, packed.unpad).flatten().tolist() == list(range(12))
+
+
+@pytest.mark.parametrize("strategy", ["per_sequence", "bucketed", "padded"])
+def test_one_sequence_is_its_own_block(strategy):
+    """A lone sequence skips the gather/unpad bookkeeping; a gear that would pad it keeps the general path."""
+    packed = pack([[101, 7, 8, 102]], strategy, torch.device("cpu"))
+    assert packed.ids.tolist() == [101, 7, 8, 102] and packed.positions.tolist() == [0, 1, 2, 3]
+    assert packed.starts == [0] and packed.lengths == [4] and packed.unpad is None
+    assert packed.mean_weights.tolist() == [[0.25] * 4]
+    assert [(b.gather, b.mask, b.lengths) for b in packed.buckets] == (
+        [] if strategy == "per_sequence" else [(None, None, [4])])
+    geared = pack([[101, 7, 8, 102]], "padded", torch.device("cpu"), gears=round_to_gear,
+                  row_gears=round_to_power_of_two)
+    assert geared.buckets[0].gather.numel() == 16 and geared.buckets[0].mask.shape == (1, 1, 1, 16)

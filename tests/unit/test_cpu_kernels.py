@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from minilm_npu.engine.cpu_kernels import SmallBatchThreads, int8_isa, isa_summary, kernel_plan
+from minilm_npu.engine.cpu_kernels import AdaptiveThreads, int8_isa, isa_summary, kernel_plan
 
 ZEN3 = frozenset({"avx2", "fma", "sse4_2"})
 ZEN4 = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}
@@ -21,11 +21,13 @@ def test_kernels_follow_the_flags_of_the_cpu_that_loads_the_model():
     assert "emulated" in kernel_plan(ZEN3)["bfloat16"]
     assert "AVX512-BF16" in kernel_plan(ZEN4)["bfloat16"] and "AMX-BF16" in kernel_plan(SAPPHIRE_RAPIDS)["bfloat16"]
     assert "AVX-512 FMA" in kernel_plan(ZEN4)["float32"] and "AVX2 FMA" in kernel_plan(ZEN3)["float32"]
+    assert kernel_plan(ZEN3)["int8"].endswith("QKV in float32 (no bfloat16 hardware)")
+    assert kernel_plan(ZEN4)["int8"].endswith("QKV in bfloat16 (AVX512-BF16 (vdpbf16ps))")
     assert isa_summary(ZEN3) == "avx2 fma" and isa_summary(frozenset()).startswith("none of")
 
 
-def _fake_policy(threads: int = 4) -> SmallBatchThreads:
-    policy = SmallBatchThreads(max_tokens=64, explore_every=4)
+def _fake_policy(threads: int = 4) -> AdaptiveThreads:
+    policy = AdaptiveThreads(explore_every=4)
     policy.all_threads = threads
     return policy
 
@@ -51,18 +53,40 @@ def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
         return "out"
 
     assert [policy.run(10, forward) for _ in range(10)] == ["out"] * 10
-    assert ran_with[:2] == [1, 4]  # both tried first
-    assert ran_with[2:] == [1, 4, 1, 1, 1, 4, 1, 1]  # then the faster, the slower re-tried every 4th call
+    assert ran_with[:4] == [1, 4, 1, 4]  # both run once untimed (warm-up), then timed
+    assert ran_with[4:] == [1, 1, 1, 4, 1, 1]  # then the faster, the slower re-tried every 4th call
     assert state["threads"] == 4 and calls[::2] == [1] * len(calls[::2])  # always restored afterwards
 
 
-def test_large_forwards_and_single_thread_processes_are_left_alone(monkeypatch):
+def test_each_size_class_keeps_its_own_choice(monkeypatch):
+    """A loaded machine can favour one thread for a query and all threads for a large batch: both are learnt."""
+    state = {"threads": 4}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    policy = _fake_policy()
+    ran_with = {10: [], 5000: []}
+
+    def forward(tokens):
+        ran_with[tokens].append(state["threads"])
+        one_thread_faster = tokens < 100
+        clock["now"] += 0.002 if (state["threads"] == 1) == one_thread_faster else 0.006
+        return tokens
+
+    for _ in range(8):
+        assert policy.run(10, lambda: forward(10)) == 10
+        assert policy.run(5000, lambda: forward(5000)) == 5000
+    # Each class: both warmed (untimed), both timed, then its own faster choice, the other re-tried every 4th call.
+    assert ran_with[10] == [1, 4, 1, 4, 1, 1, 1, 4]
+    assert ran_with[5000] == [1, 4, 1, 4, 4, 4, 4, 1]
+    assert policy.size_class(128) == 0 and policy.size_class(129) == 1 and policy.size_class(10**6) == 2
+
+
+def test_single_thread_processes_are_left_alone(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    policy = _fake_policy()
-    assert policy.run(65, lambda: 7) == 7 and policy.calls == 0 and not calls
     single = _fake_policy(threads=1)
-    assert single.run(5, lambda: 8) == 8 and not calls
+    assert single.run(5, lambda: 8) == 8 and single.run(5000, lambda: 9) == 9 and not calls
 
 
 def test_threads_are_restored_when_the_forward_fails(monkeypatch):
@@ -78,3 +102,40 @@ def test_threads_are_restored_when_the_forward_fails(monkeypatch):
     except RuntimeError:
         pass
     assert calls == [1, 4]
+
+
+def test_a_first_call_is_a_warm_up_not_a_measurement(monkeypatch):
+    """A first call that compiles kernels (seconds) must not make its thread count look slow for good."""
+    state = {"threads": 2}
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    clock = {"now": 0.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    policy = _fake_policy(threads=2)
+    first = {1: True, 2: True}
+
+    def forward():
+        threads = state["threads"]
+        clock["now"] += 30.0 if first[threads] else (0.002 if threads == 1 else 0.004)
+        first[threads] = False
+
+    for _ in range(6):
+        policy.run(10, forward)
+    assert policy.choice(0) == 1 and policy.seconds_per_token[0, 1] < 0.001
+
+
+def test_one_thread_must_win_clearly_to_be_chosen(monkeypatch):
+    """A 10 % edge for one thread is within a size class's noise: all threads stay; a 3x edge switches."""
+    for one_thread_seconds, expected in ((0.0036, 2), (0.0013, 1)):
+        state = {"threads": 2}
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+        clock = {"now": 0.0}
+        monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+        policy = AdaptiveThreads(explore_every=100)
+        policy.all_threads = 2
+
+        def forward():
+            clock["now"] += one_thread_seconds if state["threads"] == 1 else 0.004
+
+        for _ in range(6):
+            policy.run(10, forward)
+        assert policy.choice(0) == expected

@@ -38,6 +38,34 @@ def test_startup_warms_up(fake, client):
     assert fake.warmed and fake.batches  # warmup() and one probe forward before serving
 
 
+def test_startup_leaves_one_openmp_pool(monkeypatch):
+    """The loading thread and the warm-up thread release their OpenMP workers: only the batcher's run forwards."""
+    import threading
+
+    from minilm_npu.server import app as app_module
+
+    released = []
+    monkeypatch.setattr(app_module, "release_host_threads", lambda: released.append(threading.get_ident()))
+    encoder = FakeEncoder()
+    with TestClient(create_app(encoder, ServerSettings())):
+        assert encoder.warmed and len(released) == 2 and len(set(released)) == 2
+
+
+def test_release_host_threads_leaves_torch_working():
+    import torch
+
+    from minilm_npu.devices import release_host_threads
+
+    torch.ones(100_000).add(1).sum()  # a parallel region on this thread first
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as handle:
+            openmp_loaded = any("libgomp" in line or "libiomp5" in line or "/libomp" in line for line in handle)
+    except OSError:
+        openmp_loaded = False
+    assert release_host_threads() is openmp_loaded  # torch's x86 Linux wheels ship libgomp: True there
+    assert torch.ones(100_000).add(1).sum().item() == 200_000  # the pool comes back when needed
+
+
 def test_openai_float_and_order(fake, client):
     texts = ["b c d", "a", "", "x y"]
     r = client.post("/v1/embeddings", json={"input": texts, "model": "whatever"}, headers=AUTH)
@@ -220,3 +248,28 @@ def test_startup_fails_when_warmup_fails():
     with pytest.raises(RuntimeError, match="warm-up failed"):
         with TestClient(create_app(broken, ServerSettings(health_timeout_s=1.0))):
             pass
+
+
+def test_large_request_through_the_tokenizer_pool_matches_small_ones(fake, client):
+    """Over Batcher.INLINE_WORK characters the work moves off the event loop; the answer must not change."""
+    texts = [" ".join(f"w{i}_{j}" for j in range(130)) for i in range(4)]
+    assert sum(map(len, texts)) > client.app.state.server.batcher.INLINE_WORK
+    large = client.post("/v1/embeddings", json={"input": texts}, headers=AUTH)
+    small = [client.post("/v1/embeddings", json={"input": t}, headers=AUTH) for t in texts]
+    assert large.status_code == 200 and all(r.status_code == 200 for r in small)
+    np.testing.assert_allclose(_vectors(large), fake.expected(texts), atol=1e-6)
+    np.testing.assert_array_equal(_vectors(large), np.concatenate([_vectors(r) for r in small]))
+
+
+def test_json_body_reads_back_as_the_standard_library_writes_it():
+    import json
+
+    from minilm_npu.server.vectors import json_body
+
+    rng = np.random.default_rng(0)
+    vectors = (rng.standard_normal((8, 384)) * np.array([[1], [1e-3], [1e-6], [1e-9], [1], [1], [1], [1]]))
+    payload = {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors.astype(np.float32).tolist())],
+               "model": "m"}
+    assert json.loads(json_body(payload)) == json.loads(json.dumps(payload))  # the same doubles, bit for bit
+    # NaN/inf (a broken model) keep the standard library's spelling instead of orjson's null.
+    assert json_body([float("nan"), 1.0], finite=False) == b"[NaN,1.0]"

@@ -156,3 +156,48 @@ def test_finish_dimensions_and_normalize():
     raw = np.array([[3.0, 4.0, 12.0], [0.0, 0.0, 0.0]], dtype=np.float32)
     np.testing.assert_allclose(finish(raw, 2), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
     np.testing.assert_array_equal(finish(raw, normalize=False), raw)
+
+
+def test_small_work_runs_on_the_event_loop_large_work_in_the_pool():
+    import threading
+
+    batcher = Batcher(FakeEncoder())
+
+    async def main():
+        small = await batcher.preprocess(threading.current_thread, work=batcher.INLINE_WORK)
+        large = await batcher.preprocess(threading.current_thread, work=batcher.INLINE_WORK + 1)
+        unknown = await batcher.preprocess(threading.current_thread)
+        return small, large, unknown
+
+    try:
+        small, large, unknown = _run(main())
+    finally:
+        batcher.close()
+    assert small is threading.main_thread()
+    assert large.name.startswith("minilm-tokenize") and unknown.name.startswith("minilm-tokenize")
+
+
+def test_one_event_loop_wake_up_per_batch(monkeypatch):
+    """A batch that finishes 16 requests resolves them all with one call into the event loop, not 16."""
+    fake = FakeEncoder(delay_s=0.05)
+    batcher = Batcher(fake)
+    requests = [fake.tokenize([f"text {i}"]) for i in range(16)]
+    calls = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        original = loop.call_soon_threadsafe
+        monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a: (calls.append(a[0]), original(*a))[1])
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.embed(requests[0]))  # occupies the device for 50 ms
+            await asyncio.sleep(0.01)
+            rest = await asyncio.gather(*(batcher.embed(ids) for ids in requests[1:]))
+            return [await first, *rest]
+        finally:
+            batcher.close()
+
+    results = _run(main())
+    for ids, got in zip(requests, results):
+        np.testing.assert_array_equal(got, np.stack([fake.vector(seq) for seq in ids]))
+    assert fake.batches == [1, 15] and len(calls) == 2

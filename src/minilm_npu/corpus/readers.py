@@ -19,12 +19,13 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import InputError
+from ..textio import decode_line, split_lines
 from .storage import RemotePath, input_path, open_input, parquet_source
 
 if TYPE_CHECKING:  # units.py imports this module; the reader only reads a unit's fields
@@ -145,16 +146,6 @@ def read_range(stream: BinaryIO, start: int, stop: int) -> bytes:
     return stream.read(stop - start)
 
 
-def numbered_lines(stream: Iterable[bytes], first: int = 1) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line)`` from ``first``, without the line ending; a BOM is dropped from line 1 only."""
-    for number, line in enumerate(stream, start=first):
-        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-            line = line[3:]
-        if line.endswith(b"\n"):
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        yield number, line
-
-
 class CorpusReader:
     """Reads input files row by row; iterate :meth:`chunks` for lists of :class:`Record`.
 
@@ -248,22 +239,20 @@ class CorpusReader:
     def _lines(self, file: InputFile, unit: Unit | None) -> Iterator[tuple[int, bytes]]:
         if unit is None:
             with _open_binary(file) as stream:
-                yield from numbered_lines(stream)
+                yield from split_lines(stream)  # encode's line rules: BOM on line 1 only, LF or CRLF
             return
         # A unit's range starts just after a newline (or at 0), so its first line is line ``unit.lo + 1``.
         with open_input(file.path) as stream:
             data = read_range(stream, unit.start, unit.stop)
-        yield from numbered_lines(io.BytesIO(data), unit.lo + 1)
+        yield from split_lines(io.BytesIO(data), unit.lo + 1)
 
     def _txt(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
         for number, line in self._lines(file, unit):
             if number <= skip:
                 continue
-            try:
-                text: object = line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield Record(index, number, self._default_id(file, number), None,
-                             f"not valid UTF-8 (byte {err.start})")
+            text, problem = decode_line(line, number, "report")
+            if problem is not None:
+                yield Record(index, number, self._default_id(file, number), None, problem)
                 continue
             yield self._make(index, file, number, text, _MISSING, fields=False)
 
@@ -272,11 +261,12 @@ class CorpusReader:
             if number <= skip or not line.strip():
                 continue
             fallback = self._default_id(file, number)
-            try:
-                obj = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                yield Record(index, number, fallback, None, f"not valid UTF-8 (byte {err.start})")
+            text, problem = decode_line(line, number, "report")
+            if problem is not None:
+                yield Record(index, number, fallback, None, problem)
                 continue
+            try:
+                obj = json.loads(text)
             except ValueError as err:
                 yield Record(index, number, fallback, None, f"invalid JSON: {err}")
                 continue

@@ -121,19 +121,16 @@ def fixed_list_to_numpy(column) -> np.ndarray:
 
 
 def assemble_npy(shards: list[Path], output: Path, dimension: int, rows: int) -> None:
-    """Concatenate shard vectors into ``output`` (``.npy``) through a memory map, atomically."""
+    """Concatenate shard vectors into ``output`` (``.npy``) atomically, through ``encode``'s vector writer."""
+    from ..textio import VectorWriter
+
     tmp = output.with_name(output.name + TMP_SUFFIX)
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dimension))
-        start = 0
-        for shard in shards:
-            vectors = read_vectors(shard)
-            array[start:start + len(vectors)] = vectors
-            start += len(vectors)
-        if start != rows:
-            raise RuntimeError(f"shards hold {start} rows, the manifest says {rows}")
-        array.flush()
-        del array
+        with VectorWriter(tmp, rows, dimension, fmt=".npy") as array:
+            for shard in shards:
+                array.write(read_vectors(shard))
+            if array.written != rows:
+                raise RuntimeError(f"shards hold {array.written} rows, the manifest says {rows}")
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
     except BaseException:

@@ -79,58 +79,79 @@ def kernel_plan(flags: frozenset[str] | None = None) -> dict[str, str]:
     bf16 = bfloat16_isa(flags)
     return {
         "float32": f"oneDNN linear on a pre-reordered weight ({float32_isa(flags)})",
-        "int8": f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in float32",
+        "int8": (f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in "
+                 + (f"bfloat16 ({bf16})" if bf16 else "float32 (no bfloat16 hardware)")),
         "bfloat16": (f"oneDNN bfloat16 linear on a pre-reordered weight ({bf16})" if bf16 else
                      "torch bfloat16 GEMM, emulated through float32 (no AVX512-BF16/AMX: slower than float32)"),
     }
 
 
-class SmallBatchThreads:
-    """Runs small CPU forwards on one thread or on all of torch's threads, whichever this machine runs faster.
+#: Forward sizes (tokens) that get their own thread-count estimate: a query, a batch of short texts, a large batch.
+SIZE_CLASSES = (128, 2048)
 
-    Why: a forward of a few tokens is a few hundred tiny kernels, each an OpenMP parallel region that ends in a
-    barrier. On a quiet machine two threads still help a little; on a machine whose cores are shared (a busy
-    server, a CI box, a VM), the barrier waits for a thread the OS has not scheduled, and each kernel costs a
-    scheduler time slice: measured on a loaded 2-core Zen 4, one short sentence took 30-140 ms with 2 threads and
-    9-30 ms with 1. Which side wins depends on the load, not on the CPU, so it is measured as the engine runs:
-    both choices are timed on the first calls, then the faster is used, and the other is tried again every
-    ``explore_every`` calls so a change of load is noticed. Large forwards always use every thread.
 
-    ``torch.set_num_threads`` is process-wide: the choice applies to the whole process for the forward's
-    duration (the engine's forward is the only compute a serving process runs).
+class AdaptiveThreads:
+    """Runs each CPU forward on one thread or on all of torch's threads, whichever this machine runs faster now.
+
+    Why: every op of a forward is an OpenMP parallel region that ends in a barrier. On a quiet machine two threads
+    win (a batch-1 forward streams its weights faster, a large batch has twice the FLOP rate). On a machine whose
+    cores are shared (a busy server, a CI box, a VM, a container with a CPU quota), the barrier waits for a thread
+    the OS has not scheduled, and each op costs a scheduler time slice. Measured on a 2-core Zen 4: one short
+    sentence 30-140 ms on 2 threads against 9-30 ms on 1 at load ~7; a batch of 32 STS-B sentences 560-1,200 ms
+    against 105-200 ms at load ~5.5 (at load 0, 2 threads are ~1.7x faster). Which side wins depends on the load,
+    not on the CPU, so it is measured as the engine runs, per size class (:data:`SIZE_CLASSES`): both choices are
+    run once untimed (a first call pays for allocations and any kernel compilation), then timed, then the faster
+    is used, and the other is tried again every ``explore_every`` calls
+    so a change of load is noticed (on a quiet machine that retry costs ~2-3 % of the mean).
+
+    ``torch.set_num_threads`` applies to the calling thread's later parallel regions; the count is restored
+    after every forward.
 
     Args:
-        max_tokens: Forwards of at most this many tokens are "small".
-        explore_every: Calls between two tries of the currently slower choice.
+        explore_every: Calls (per size class) between two tries of the currently slower choice.
+        margin: How much faster one thread must measure to be chosen: all threads are the right answer on a quiet
+            machine, and a size class mixes batch sizes, so a noisy measurement should not flip it (under load
+            one thread wins by far more: 5-9x above).
     """
 
-    def __init__(self, max_tokens: int = 128, explore_every: int = 32):
+    def __init__(self, explore_every: int = 32, margin: float = 1.25):
         import torch
 
-        self.max_tokens, self.explore_every = max_tokens, explore_every
+        self.explore_every, self.margin = explore_every, margin
         self.all_threads = torch.get_num_threads()
-        self.seconds_per_token: dict[int, float] = {}
-        self.calls = 0
+        self.seconds_per_token: dict[tuple[int, int], float] = {}  # (size class, threads) -> smoothed estimate
+        self.warmed: set[tuple[int, int]] = set()  # first calls are not timed: allocations, kernels compiled
+        self.calls: dict[int, int] = {}
 
-    def choice(self) -> int:
-        """The thread count the next small forward runs with."""
-        untried = [n for n in (1, self.all_threads) if n not in self.seconds_per_token]
+    @staticmethod
+    def size_class(tokens: int) -> int:
+        """Index of the :data:`SIZE_CLASSES` bound ``tokens`` falls under (``len(SIZE_CLASSES)`` above them all)."""
+        return next((index for index, bound in enumerate(SIZE_CLASSES) if tokens <= bound), len(SIZE_CLASSES))
+
+    def choice(self, size: int = 0) -> int:
+        """The thread count the next forward of size class ``size`` runs with."""
+        untried = [n for n in (1, self.all_threads) if (size, n) not in self.seconds_per_token]
+        unwarmed = [n for n in untried if (size, n) not in self.warmed]
+        if unwarmed:
+            return unwarmed[0]
         if untried:
             return untried[0]
-        best = min(self.seconds_per_token, key=self.seconds_per_token.get)
+        one, every = self.seconds_per_token[size, 1], self.seconds_per_token[size, self.all_threads]
+        best = 1 if one * self.margin < every else self.all_threads
         other = self.all_threads if best == 1 else 1
-        return other if self.calls % self.explore_every == 0 else best
+        return other if self.calls[size] % self.explore_every == 0 else best
 
     def run(self, tokens: int, forward):
-        """``forward()``, on the thread count this object picks when ``tokens`` is small."""
+        """``forward()``, on the thread count this object picks for a forward of ``tokens`` tokens."""
         import time
 
         import torch
 
-        if tokens > self.max_tokens or self.all_threads <= 1:
+        if self.all_threads <= 1:
             return forward()
-        self.calls += 1
-        threads = self.choice()
+        size = self.size_class(tokens)
+        self.calls[size] = self.calls.get(size, 0) + 1
+        threads = self.choice(size)
         if threads != self.all_threads:
             torch.set_num_threads(threads)
         start = time.perf_counter()
@@ -140,5 +161,12 @@ class SmallBatchThreads:
             elapsed = (time.perf_counter() - start) / (tokens + 16)  # + fixed per-forward work, as tokens
             if threads != self.all_threads:
                 torch.set_num_threads(self.all_threads)
-            previous = self.seconds_per_token.get(threads)
-            self.seconds_per_token[threads] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed
+            self._record(size, threads, elapsed)
+
+    def _record(self, size: int, threads: int, seconds_per_token: float) -> None:
+        if (size, threads) not in self.warmed:  # a first call: allocations, compilation; not a measurement
+            self.warmed.add((size, threads))
+            return
+        previous = self.seconds_per_token.get((size, threads))
+        self.seconds_per_token[size, threads] = (seconds_per_token if previous is None
+                                                 else 0.7 * previous + 0.3 * seconds_per_token)

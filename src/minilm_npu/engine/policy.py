@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..devices import varlen_attention
+from .cpu_kernels import bfloat16_isa
 
 
 # -- host memory ---------------------------------------------------------------------------------------------
@@ -67,15 +68,7 @@ STATIC_LENGTH_GEARS = (16, 32, 64, 128, 256, 512)
 
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bfloat16_isa() is not None
 
 
 def dtype_unsupported_reason(device: torch.device, dtype: str) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from ..contract import Encoder
+from ..devices import release_host_threads
 from .batcher import Batcher
 from .errors import install_error_handlers
 from .metrics import ServerMetrics
@@ -44,10 +45,17 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
     batcher = Batcher(encoder, settings, metrics=metrics)
     state = ServerState(encoder=encoder, settings=settings, batcher=batcher, metrics=metrics)
 
+    def warm_up() -> None:
+        encoder.warmup()  # every device, not only the one the probe below lands on
+        release_host_threads()  # see below: this pool thread's OpenMP workers too
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The model was loaded on this thread and runs on the batcher's: one OpenMP pool, not two (a CPU forward
+        # took 2x as long with the loading thread's pool still alive; devices.release_host_threads says why).
+        release_host_threads()
         batcher.start()
-        await asyncio.to_thread(encoder.warmup)  # every device, not only the one the probe below lands on
+        await asyncio.to_thread(warm_up)
         if not await batcher.health(max(settings.health_timeout_s, 60.0)):
             await asyncio.to_thread(batcher.close, 5.0)
             raise RuntimeError("warm-up failed: the model could not embed a test input (see the log above)")

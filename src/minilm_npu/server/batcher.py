@@ -1,7 +1,8 @@
 """Dynamic batching: inputs from concurrent requests share device batches.
 
 Requests are admitted up to ``max_concurrent_requests`` (beyond that: 429). Each admitted request is validated and
-tokenized in a small thread pool (never on the event loop), then its sequences join one FIFO queue. This queue is
+tokenized — in a small thread pool, or on the event loop when it is small enough that the handoff would cost more
+than the work (see :meth:`Batcher.preprocess`) — then its sequences join one FIFO queue. This queue is
 the only place a forward batch is formed: whenever a device's worker is free (the encoder's
 :class:`~minilm_npu.contract.DeviceWorker`, driven by :class:`~minilm_npu.scheduling.DevicePool`), it takes the
 queued sequences, oldest first, up to the encoder's ``max_batch_tokens`` real tokens and ``batch_size``
@@ -52,6 +53,12 @@ class _Job:
         self.enqueued = time.monotonic()
         self.started = False
         self.done = False  # set under the batcher's lock; a cancelled or failed job is done too
+
+
+def _settle_all(results: list[tuple[asyncio.Future, np.ndarray]]) -> None:
+    """Runs on the event loop: resolve every request a batch finished (one wake-up of the loop per batch)."""
+    for future, result in results:
+        _settle(future, result)
 
 
 def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -135,8 +142,16 @@ class Batcher:
             self._in_flight -= 1
             self.metrics.in_flight.dec()
 
-    async def preprocess(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run CPU work (validation and tokenization) in the tokenizer pool, off the event loop."""
+    #: Request-side work up to this size (characters of text, token ids, floats out) runs on the event loop.
+    #: Why: a trip through the pool is two thread wake-ups, each a scheduler time slice on a busy machine, while
+    #: tokenizing a sentence or rendering a vector takes 20-100 us; only larger work is worth moving off the loop.
+    INLINE_WORK = 8 * 384
+
+    async def preprocess(self, fn: Callable[..., T], *args: Any, work: int | None = None, **kwargs: Any) -> T:
+        """Run request-side CPU work (validation, tokenization, rendering): in the tokenizer pool, off the event
+        loop, unless ``work`` (the caller's size estimate) is at most :attr:`INLINE_WORK`."""
+        if work is not None and work <= self.INLINE_WORK:
+            return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._preprocess_pool, lambda: fn(*args, **kwargs))
 
@@ -250,10 +265,18 @@ class Batcher:
                 if job.remaining == 0:
                     job.done = True
                     finished.append(job)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, np.ndarray]]] = {}
         for job in finished:
             self.metrics.inputs.inc(len(job.ids))
             self.metrics.tokens.inc(sum(len(seq) for seq in job.ids))
-            job.loop.call_soon_threadsafe(_settle, job.future, job.out)
+            by_loop.setdefault(job.loop, []).append((job.future, job.out))
+        # One call per loop, not per request: each call_soon_threadsafe writes the loop's wake-up pipe, and with
+        # 64 requests in a batch those writes (and the context switches they cause) added up.
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, results)
+            except RuntimeError:  # the event loop is already closed: nobody is waiting
+                pass
 
     def _fail(self, job: _Job, error: BaseException) -> None:
         with self._cond:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from .schemas import OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 from .state import get_state
-from .validation import prepare_inputs
-from .vectors import finish, to_base64
+from .validation import input_work, prepare_inputs
+from .vectors import finish, json_body, to_base64
 
 router = APIRouter()
 
 
 def _render(raw, dimensions: int | None, encoding_format: str, model: str, prompt_tokens: int) -> bytes:
-    """The response body, built in the tokenizer pool: serialising hundreds of vectors is real CPU work."""
+    """The response body (built in the tokenizer pool when large: serialising hundreds of vectors is real work)."""
     vectors = finish(raw, dimensions, normalize=True)
     encode = to_base64 if encoding_format == "base64" else (lambda v: v.tolist())
     body = {
@@ -24,7 +23,7 @@ def _render(raw, dimensions: int | None, encoding_format: str, model: str, promp
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return json_body(body, finite=encoding_format == "base64" or bool(np.isfinite(vectors).all()))
 
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)
@@ -36,10 +35,10 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> R
     with batcher.admit():
         prepared = await batcher.preprocess(
             prepare_inputs, body.input, state.encoder, max_client_batch_size=state.settings.max_client_batch_size,
-            truncate=body.truncate, dimensions=body.dimensions)
+            truncate=body.truncate, dimensions=body.dimensions, work=input_work(body.input, batcher.INLINE_WORK))
         raw = await batcher.embed(prepared.ids)
         content = await batcher.preprocess(_render, raw, body.dimensions, body.encoding_format,
-                                           state.model_name, prepared.prompt_tokens)
+                                           state.model_name, prepared.prompt_tokens, work=raw.size)
     return Response(content=content, media_type="application/json")
 
 

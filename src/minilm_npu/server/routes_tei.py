@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request, Response
 from .errors import ApiError
 from .schemas import SimpleToken, TEIEmbedRequest, TEISimilarityRequest, TEITokenizeRequest
 from .state import get_state
-from .validation import prepare_inputs
-from .vectors import finish
+from .validation import input_work, prepare_inputs
+from .vectors import finish, json_body
 
 router = APIRouter()
 
@@ -21,7 +21,8 @@ def _json(payload: object) -> bytes:
 
 
 def _render_vectors(raw: np.ndarray, dimensions: int | None, normalize: bool) -> bytes:
-    return _json(finish(raw, dimensions, normalize).tolist())
+    vectors = finish(raw, dimensions, normalize)
+    return json_body(vectors.tolist(), finite=bool(np.isfinite(vectors).all()))
 
 
 @router.post("/embed", response_model=list[list[float]])
@@ -32,9 +33,10 @@ async def embed(body: TEIEmbedRequest, request: Request) -> Response:
     with batcher.admit():
         prepared = await batcher.preprocess(
             prepare_inputs, body.inputs, state.encoder, max_client_batch_size=state.settings.max_client_batch_size,
-            truncate=body.truncate, dimensions=body.dimensions, param="inputs")
+            truncate=body.truncate, dimensions=body.dimensions, param="inputs",
+            work=input_work(body.inputs, batcher.INLINE_WORK))
         raw = await batcher.embed(prepared.ids)
-        content = await batcher.preprocess(_render_vectors, raw, body.dimensions, body.normalize)
+        content = await batcher.preprocess(_render_vectors, raw, body.dimensions, body.normalize, work=raw.size)
     return Response(content=content, media_type="application/json")
 
 
@@ -54,11 +56,12 @@ async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
     with batcher.admit():
         prepared = await batcher.preprocess(
             prepare_inputs, texts, state.encoder, max_client_batch_size=limit + 1,
-            truncate=truncate, param="inputs.sentences")
+            truncate=truncate, param="inputs.sentences", work=input_work(texts, batcher.INLINE_WORK))
         raw = await batcher.embed(prepared.ids)
     vectors = finish(raw, normalize=True)
     scores = vectors[1:] @ vectors[0]
-    return Response(content=_json([float(s) for s in scores]), media_type="application/json")
+    return Response(content=json_body([float(s) for s in scores], finite=bool(np.isfinite(scores).all())),
+                    media_type="application/json")
 
 
 def _tokens(encoder, ids: list[list[int]], add_special_tokens: bool) -> list[list[dict]]:

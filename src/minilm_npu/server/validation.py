@@ -42,6 +42,19 @@ def _as_batch(inputs: Any) -> tuple[list[str] | None, list[list[int]] | None]:
                         "of token ids", param="input")
 
 
+def input_work(inputs: Any, limit: int) -> int:
+    """A size estimate of a request's input (characters of text, or token ids), counted only until it passes
+    ``limit``: enough to tell small requests (tokenized on the event loop) from the rest, at a bounded cost."""
+    if isinstance(inputs, str):
+        return len(inputs)
+    total = 0
+    for item in inputs:
+        total += len(item) if isinstance(item, (str, list)) else 1
+        if total > limit:
+            break
+    return total
+
+
 def prepare_inputs(inputs: Any, encoder: Encoder, *, max_client_batch_size: int, truncate: bool = True,
                    dimensions: int | None = None, param: str = "input", check_length: bool = True) -> PreparedInput:
     """Validate one request's input and turn it into token ids.

@@ -1,12 +1,18 @@
-"""Per-request post-processing of raw pooled vectors: ``dimensions``, normalisation, wire encoding."""
+"""Per-request post-processing of raw pooled vectors: ``dimensions``, normalisation, wire encoding, JSON bodies."""
 
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
+import orjson
 
 _EPS = 1e-12  # as torch.nn.functional.normalize: a zero vector stays zero instead of becoming NaN
+
+#: Outputs up to this many floats are rendered on the event loop (see ``Batcher.INLINE_WORK``); with orjson a
+#: vector of 384 floats takes ~20 us, less than handing it to a thread and back.
+INLINE_FLOATS = 8 * 384
 
 
 def finish(raw: np.ndarray, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
@@ -27,3 +33,21 @@ def finish(raw: np.ndarray, dimensions: int | None = None, normalize: bool = Tru
 def to_base64(vector: np.ndarray) -> str:
     """Little-endian float32 bytes in base64, as the OpenAI API's ``encoding_format: base64`` sends them."""
     return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def json_body(payload: object, finite: bool = True) -> bytes:
+    """``payload`` as compact JSON bytes.
+
+    Floats are written as Python writes them — the shortest text that reads back as the same double — through
+    orjson, ~9x faster than the standard library on vectors (orjson spells exponents ``1e-7``, not ``1e-07``;
+    every JSON parser reads the same number). Vectors go in as ``tolist()`` doubles, never as float32 arrays
+    (orjson would print float32's shortest text, a different number once read back as a double).
+
+    Args:
+        payload: JSON-able Python values.
+        finite: False when the payload may hold NaN or infinity (a broken model): those go through the standard
+            library, which writes them as ``NaN``/``Infinity`` where orjson would write ``null``.
+    """
+    if not finite:
+        return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(payload)

@@ -39,9 +39,16 @@ def time_calls(encode: Encode, sync: Callable[[], None], batch: list[str], warmu
     Returns:
         ``first_call_ms`` and the timed calls' ``mean_ms``, ``p50_ms``, ``p95_ms``, ``min_ms``, ``max_ms``.
     """
+    return time_each(encode, sync, [batch] * (warmup + rounds), warmup, bar)
+
+
+def time_each(encode: Encode, sync: Callable[[], None], batches: Sequence[list[str]], warmup: int,
+              bar: tqdm | None = None) -> dict[str, float]:
+    """:func:`time_calls` over a sequence of batches (e.g. one server request's texts each): the first
+    ``warmup`` calls are untimed (the first reported alone), every later call is timed, device-synchronised."""
     first_ms = None
     samples: list[float] = []
-    for index in range(warmup + rounds):
+    for index, batch in enumerate(batches):
         sync()
         start = time.perf_counter()
         encode(batch, len(batch))

@@ -92,6 +92,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_line() -> str:
+    """One line for a benchmark table: the CPU's name, logical CPUs and the ISA flags the kernels care about."""
+    from ..engine.cpu_kernels import isa_summary  # reads /proc/cpuinfo only; nothing heavy
+
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, ISA: {isa_summary()}"
+
+
 def describe_device(device) -> tuple[str, int | None]:
     """Human name and memory (bytes, None when unknown) of a torch device; the CPU's marketing name for ``cpu``."""
     from ..devices import describe
