@@ -5,7 +5,9 @@
 
 Rows/s count the whole job (read, embed, write shards, commit manifests) after the model is loaded; the Ray rows
 also include starting Ray and its actors, which is what a user waits for. For Ray, "to driver" is what reached
-the driver (pickled shard reports: the actors write the shards themselves), beside what the vectors weigh.
+the driver (pickled shard reports: the actors write the shards themselves), beside what the vectors weigh, and
+"shards per actor" how the units of the one input file were spread: every actor reads its own byte ranges of it
+(corpus/units.py). Also prints what planning the file's units cost (one newline-counting pass in the driver).
 Prints the CPU and a Markdown table.
 """
 
@@ -32,7 +34,7 @@ def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
             handle.write(" ".join(rng.choices(WORDS, k=rng.randint(4, 60))) + "\n")
 
 
-def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> tuple[float, int | None]:
+def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> tuple[float, int | None, list]:
     from minilm_npu import MiniLMEncoder
     from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 
@@ -41,10 +43,10 @@ def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> tu
     started = time.perf_counter()
     summary = embed_corpus(src, out, LocalEngine(encoder), EmbedSettings(batch_size=args.batch_size,
                                                                          progress=False))
-    return summary.rows_written / (time.perf_counter() - started), None
+    return summary.rows_written / (time.perf_counter() - started), None, []
 
 
-def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> tuple[float, int | None]:
+def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> tuple[float, int | None, list]:
     from minilm_npu.corpus.job import EmbedSettings, embed_corpus
     from minilm_npu.corpus.ray_engine import RayEngine
 
@@ -53,7 +55,24 @@ def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> tupl
     started = time.perf_counter()
     summary = embed_corpus(src, out, engine, EmbedSettings(batch_size=args.batch_size, progress=False,
                                                            shard_rows=args.shard_rows))
-    return summary.rows_written / (time.perf_counter() - started), engine.driver_bytes
+    rate = summary.rows_written / (time.perf_counter() - started)
+    return rate, engine.driver_bytes, sorted(engine.workers.values(), reverse=True)
+
+
+def plan_cost(src: Path, shard_rows: int) -> str:
+    """How long the driver takes to cut ``src`` into units (best of 3: the file is in the page cache)."""
+    from minilm_npu.corpus.readers import expand_inputs
+    from minilm_npu.corpus.units import file_units
+
+    file = expand_inputs(src)[0]
+    best, count = float("inf"), 0
+    for _ in range(3):
+        started = time.perf_counter()
+        count = sum(1 for _ in file_units(0, file, shard_rows))
+        best = min(best, time.perf_counter() - started)
+    size = src.stat().st_size
+    return (f"planning {size:,} bytes into {count} units of {shard_rows} lines: {best * 1000:.1f} ms "
+            f"({size / best / 1e9:.2f} GB/s)")
 
 
 def cpu_line() -> str:
@@ -70,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multi-device", default=None,
                         help="multi-worker device list (default: the single device twice, e.g. cpu,cpu)")
     parser.add_argument("--engines", default="local,multi,ray1,ray2", help="subset of local,multi,ray1,ray2")
-    parser.add_argument("--shard-rows", type=int, default=2048, help="rows per Ray unit/shard (default: %(default)s)")
+    parser.add_argument("--shard-rows", type=int, default=2048,
+                        help="rows per Ray unit/shard (default: %(default)s)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -83,19 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "corpus.txt"
         make_corpus(src, args.rows)
+        planned = plan_cost(src, args.shard_rows)
         for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
             label, device, fn = runs[name]
             print(f"running {label} on {device} ...", file=sys.stderr, flush=True)
             results.append((label, device, fn(src, Path(tmp) / f"out-{name}", device, args)))
     base = results[0][2][0] if results else 0
     vector_bytes = args.rows * 384 * 4
-    print(f"\n{cpu_line()}\n{args.rows:,} rows, dtype {args.dtype}, backend {args.backend or 'default'}, "
-          f"batch size {args.batch_size}; the vectors weigh {vector_bytes:,} bytes\n")
-    print("| engine | device | rows/s | vs first | bytes to driver |")
-    print("|---|---|---:|---:|---:|")
-    for label, device, (rate, driver) in results:
+    print(f"\n{cpu_line()}\n{args.rows:,} rows in one .txt file, dtype {args.dtype}, backend "
+          f"{args.backend or 'default'}, batch size {args.batch_size}; the vectors weigh {vector_bytes:,} bytes; "
+          f"{planned}\n")
+    print("| engine | device | rows/s | vs first | bytes to driver | shards per actor |")
+    print("|---|---|---:|---:|---:|---|")
+    for label, device, (rate, driver, spread) in results:
         to_driver = "-" if driver is None else f"{driver:,} ({driver / vector_bytes:.2%} of vectors)"
-        print(f"| {label} | {device} | {rate:,.0f} | {rate / base:.2f}x | {to_driver} |")
+        per_actor = " + ".join(str(n) for n in spread) or "-"
+        print(f"| {label} | {device} | {rate:,.0f} | {rate / base:.2f}x | {to_driver} | {per_actor} |")
     return 0
 
 

@@ -40,16 +40,18 @@ DECODE_POLICIES = ENCODING_ERRORS + ("report",)
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def split_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+def split_lines(stream: Iterable[bytes], first: int = 1) -> Iterator[tuple[int, bytes]]:
     """Number a binary stream's lines from 1 and strip the BOM (first line only) and each ``\\n`` / ``\\r\\n``.
 
     Args:
         stream: A file opened in binary mode (or any iterable of ``\\n``-terminated byte lines).
+        first: The number of the stream's first line: a byte range of a file that starts after line ``first - 1``
+            (corpus/units.py) numbers its lines as the whole file does, and keeps a BOM that is not on line 1.
 
     Yields:
         ``(line_number, raw_line)`` with the terminator removed.
     """
-    for number, line in enumerate(stream, start=1):
+    for number, line in enumerate(stream, start=first):
         if number == 1 and line.startswith(UTF8_BOM):
             line = line[3:]
         if line.endswith(b"\n"):

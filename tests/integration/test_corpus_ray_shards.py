@@ -75,6 +75,11 @@ def test_workers_write_driver_commits_same_rows_as_local(tmp_path, local_ray):
     manifest = Manifest.load(out)
     names = [s["file"] for s in manifest.shards]
     assert names == sorted(names) and names[0] == "part-000000-000000000000.parquet"
+    # Each shard's input range: rows (start, end], and the bytes its unit read (where a resume plans from).
+    first_bytes = len("".join(f"line {i}\n" for i in range(1, 41)))
+    assert manifest.shards[0]["start"] == [0, 0] and manifest.shards[0]["end"] == [0, 40]
+    assert manifest.shards[0]["input_bytes"] == [0, first_bytes]
+    assert manifest.shards[1]["input_bytes"][0] == first_bytes
     for shard in manifest.shards:
         data = (out / shard["file"]).read_bytes()
         assert shard["bytes"] == len(data)
@@ -133,3 +138,38 @@ def test_damaged_ray_shard_is_reembedded_under_its_name(tmp_path, local_ray):
     ids, vectors = read(out)
     assert ids == before_ids
     np.testing.assert_array_equal(vectors, before_vectors)
+
+
+def test_every_format_split_into_units_on_two_actors_matches_local(tmp_path, local_ray):
+    """A large .txt and a multi-row-group Parquet file are cut into units that both actors read (each from its own
+    offset); CSV and gzip are one unit each. Ids, vectors, skipped rows and name order equal the local engine's."""
+    import gzip
+
+    import pyarrow as pa
+
+    from minilm_npu.corpus.ray_engine import RayEngine
+
+    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfbom\r\n" + b"".join(b"line %d\r\n" % i for i in range(300))
+                                     + b"\xff bad\n\nlast")
+    pq.write_table(pa.table({"text": [f"p{i}" if i != 50 else None for i in range(130)]}), tmp_path / "b.parquet",
+                   row_group_size=30)
+    (tmp_path / "c.csv").write_text('text\n"two\nlines"\nplain\n', encoding="utf-8")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps({"text": f"g{i}"}) + "\n\n" for i in range(90)))
+    settings = dict(on_error="skip", shard_rows=40, progress=False)
+    local = embed_corpus(tmp_path, tmp_path / "local", LocalEngine(FakeEncoder()), EmbedSettings(**settings))
+    engine = RayEngine(device="cpu,cpu", model=FakeEncoder.model_name, encoder_factory=FakeEncoder)
+    out = tmp_path / "ray"
+    result = embed_corpus(tmp_path, out, engine, EmbedSettings(**settings))
+    assert (result.rows_written, result.rows_skipped) == (local.rows_written, local.rows_skipped) == (524, 2)
+    ids, vectors = read(out)
+    local_ids, local_vectors = read(tmp_path / "local")
+    assert ids == local_ids and ids[0] == "a.txt:1"
+    np.testing.assert_array_equal(vectors, local_vectors)
+    assert open(result.skipped_file).read() == open(local.skipped_file).read()
+    names = [s["file"] for s in Manifest.load(out).shards]
+    assert names == sorted(names)
+    assert names[:3] == ["part-000000-000000000000.parquet", "part-000000-000000000040.parquet",
+                         "part-000000-000000000080.parquet"]
+    assert "part-000001-000000000060.parquet" in names  # Parquet units start at row-group boundaries
+    assert len(engine.workers) == 2 and min(engine.workers.values()) >= 3, engine.workers

@@ -271,8 +271,8 @@ def _embed_locked(layout: Layout, fingerprint: dict, files: list[InputFile], eng
     consumed_before, was_complete = manifest.rows_consumed, manifest.complete
     if not manifest.complete:
         if hasattr(engine, "write_shards"):  # workers write the shards; this process only commits them
-            _run_reports(layout, manifest, engine.write_shards(reader, settings, _cursor(manifest), layout.work),
-                         settings, files)
+            reports = engine.write_shards(reader, settings, _cursor(manifest), layout.work, _resume_offset(manifest))
+            _run_reports(layout, manifest, reports, settings, files)
         else:
             _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
     if layout.npy:
@@ -305,6 +305,12 @@ def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusRe
 
 def _cursor(manifest: Manifest) -> tuple[int, int] | None:
     return tuple(manifest.cursor) if manifest.cursor else None
+
+
+def _resume_offset(manifest: Manifest) -> int | None:
+    """The byte offset just after the cursor's row, when the last shard recorded the bytes its unit read."""
+    last = manifest.shards[-1] if manifest.shards else {}
+    return last["input_bytes"][1] if last.get("input_bytes") and last.get("end") == manifest.cursor else None
 
 
 @contextlib.contextmanager
@@ -382,8 +388,6 @@ def _run_reports(layout: Layout, manifest: Manifest, reports: Iterator[Any], set
                 row, _, error = report.bad[0]
                 raise InputError(f"{files[report.file].path}: row {row}: {error} (rows before this shard are "
                                  "saved; fix the input or rerun with --on-error skip)")
-            if not report.name and not report.bad:
-                continue  # the range held no row (a file that ended exactly at the previous range)
             with _writing(layout):
                 _commit_report(layout, manifest, report, files, side)
             bar.update(report.rows + len(report.bad))
@@ -403,7 +407,11 @@ def _commit_report(layout: Layout, manifest: Manifest, report: Any, files: list[
         side.flush()
         side.sync()
     end = [report.file, report.last if report.eof else report.hi]
-    entry = {"file": report.name, "rows": report.rows, "skipped": len(report.bad), "end": end}
+    # The shard's input range: rows ``start < row <= end`` (and the bytes its unit read, where it had a range).
+    entry = {"file": report.name, "rows": report.rows, "skipped": len(report.bad), "start": [report.file, report.lo],
+             "end": end}
+    if report.input_bytes:
+        entry["input_bytes"] = list(report.input_bytes)
     if report.name:
         entry.update(bytes=report.size, sha256=report.sha256)
     manifest.shards.append(entry)

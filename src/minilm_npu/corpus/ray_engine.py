@@ -1,19 +1,21 @@
 """The Ray engine: workers embed *and write* their shards; the driver only commits small reports.
 
-A unit of work is a row range of one input file, ``(file, lo, hi]`` in the readers' row numbers (line numbers for
-``.txt``/``.jsonl``, record numbers for CSV, row index + 1 for Parquet), ``shard_rows`` wide. A Ray actor (one
-per device, model loaded once) reads its range with the same readers as the local engine — so row numbers, ids and
-bad-row detection are identical — embeds the good rows, writes them as ``part-FFFFFF-RRRRRRRRRRRR.parquet`` (file
-index, first row of the range: deterministic, so a retried unit rewrites the same name, and name order is input
-order) through a temporary name, and returns a :class:`ShardReport` (name, rows, byte size, SHA-256, range, the
-bad rows). No vector reaches the driver: it receives a few hundred bytes per shard and commits reports into the
-manifest in input order, exactly as the local engine commits its shards, so a crash (of the driver or a worker)
-leaves a consistent prefix and a rerun resumes from it; unlisted shards are deleted on resume.
+The driver plans the units of work up front (:mod:`.units`): a byte range of a large ``.txt``/``.jsonl`` file cut
+on line boundaries, a range of Parquet row groups, or a whole CSV/TSV/gzipped file, each knowing its first row
+number. A Ray actor (one per device, model loaded once) reads only its unit — a seek to its first byte or row
+group, never the file before it — with the same readers as the local engine, so row numbers, ids and bad-row
+detection are identical; it embeds the good rows and writes them as shards of at most ``shard_rows`` rows,
+``part-FFFFFF-RRRRRRRRRRRR.parquet`` (file index, the row the shard starts after: deterministic, so a retried unit
+rewrites the same names, and name order is input order), each through a temporary name, and returns a
+:class:`ShardReport` per shard (name, rows, byte size, SHA-256, range, the bad rows). No vector reaches the
+driver: it receives a few hundred bytes per shard and commits reports into the manifest in input order, exactly
+as the local engine commits its shards, so a crash (of the driver or a worker) leaves a consistent prefix and a
+rerun resumes from it; unlisted shards are deleted on resume.
 
-The driver does not count rows up front: it keeps ``2 x actors`` units in flight per file and stops issuing
-ranges for a file once a unit reports that the file ended inside it. Actors are restarted by Ray on a lost node
-(``max_restarts``) and their pending units retried (``max_task_retries``); a unit that still fails stops the job,
-whose rerun resumes from the manifest.
+The driver keeps ``2 x actors`` units in flight and plans each file when the schedule reaches it, so the actors
+start while later inputs are still being planned. Actors are restarted by Ray on a lost node (``max_restarts``)
+and their pending units retried (``max_task_retries``); a unit that still fails stops the job, whose rerun
+resumes from the manifest.
 
 On a cluster every node must see the inputs and the output at the same path (a shared mount) or URI (``s3://…``:
 actors get the URI and write their shards there themselves, see :mod:`.storage`) and have
@@ -25,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +42,12 @@ from ..errors import InputError
 from .job import EmbedSettings
 from .readers import CorpusReader
 from .storage import open_directory
+from .units import Unit, plan_units
 from .writer import write_shard
 
 log = logging.getLogger(__name__)
+#: Which process a shard came from (reports carry it, so a run shows how its units were spread).
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 INSTALL_HINT = "the Ray engine needs Ray: pip install 'minilm-npu[ray]'"
 
@@ -55,24 +62,27 @@ def import_ray() -> Any:
 
 
 def unit_shard_name(file: int, lo: int) -> str:
-    """The shard of the unit starting after row ``lo`` of file ``file``: zero-padded so name order is input order."""
+    """The shard starting after row ``lo`` of input file ``file``: zero-padded so name order is input order."""
     return f"part-{file:06d}-{lo:012d}.parquet"
 
 
 @dataclass
 class ShardReport:
-    """What a worker tells the driver about one unit: everything the manifest needs, and no vectors.
+    """What a worker tells the driver about one shard it wrote: everything the manifest needs, and no vectors.
 
     Attributes:
-        file / lo / hi: The unit's input range, rows ``lo < row <= hi`` of input file ``file``.
-        name: The shard's file name in the output directory, None when the unit had no good row.
+        file / lo / hi: The shard's input range, rows ``lo < row <= hi`` of input file ``file``.
+        name: The shard's file name in the output directory, None when every row in its range was bad.
         rows: Rows written to the shard.
         size: The shard's size in bytes.
         sha256: Hex SHA-256 of the shard's bytes.
         bad: ``(row, id, error)`` of each row that could not be embedded, in order.
         last: Row number of the last row read in the range (``lo`` when none).
-        eof: The file ended inside this range.
+        eof: The file ended inside this range (a whole-file unit's last shard; ``hi`` is then only a bound).
         dimension: Embedding width (0 when unknown).
+        worker: ``host:pid`` of the process that wrote the shard.
+        input_bytes: ``[start, stop)`` byte offsets of the unit read, for a ``.txt``/``.jsonl`` byte-range unit
+            (on its last shard): a resumed job plans from ``stop`` instead of scanning the file again.
     """
 
     file: int
@@ -86,31 +96,60 @@ class ShardReport:
     last: int = 0
     eof: bool = False
     dimension: int = 0
+    worker: str = ""
+    input_bytes: tuple[int, int] | None = None
 
 
-def embed_unit(encoder: Any, reader: CorpusReader, output: Path, file: int, lo: int, hi: int,
-               batch_size: int, keep_text: bool) -> ShardReport:
-    """Read rows ``lo < row <= hi`` of ``file``, embed the good ones, write their shard; returns its report."""
-    report = ShardReport(file=file, lo=lo, hi=hi, last=lo, eof=True)
-    good = []
-    for record in reader.file_records(file, lo):
-        if record.row > hi:
-            report.eof = False
-            break
-        report.last = record.row
+def embed_unit(encoder: Any, reader: CorpusReader, output: Path, unit: Unit, shard_rows: int,
+               batch_size: int | None, keep_text: bool, stop_at_bad: bool = False) -> list[ShardReport]:
+    """Read one unit, embed its good rows and write them as shards of at most ``shard_rows`` rows.
+
+    Shard boundaries are counted from the unit's first row (``unit.skip``), so they, and the shard names, are the
+    same whichever worker runs the unit and however often. ``stop_at_bad`` stops after the first shard holding a
+    bad row (``--on-error fail``: the driver stops the job there anyway).
+
+    Returns:
+        One report per shard that holds a row (good or bad), in row order.
+    """
+    reports: list[ShardReport] = []
+
+    def shard_from(lo: int) -> ShardReport:
+        hi = lo + shard_rows if unit.hi is None else min(lo + shard_rows, unit.hi)
+        return ShardReport(file=unit.file, lo=lo, hi=hi, last=lo, worker=WORKER)
+
+    def flush(shard: ShardReport, good: list) -> None:
+        if good:
+            vectors = np.asarray(encoder.encode([r.text for r in good], batch_size=batch_size,
+                                                normalize_embeddings=True), dtype=np.float32)
+            shard.name = unit_shard_name(unit.file, shard.lo)
+            shard.rows, shard.dimension = len(good), int(vectors.shape[1])
+            written = write_shard(output, 0, [r.id for r in good], vectors,
+                                  [r.text for r in good] if keep_text else None, name=shard.name)
+            shard.size, shard.sha256 = written.bytes, written.sha256
+        reports.append(shard)
+
+    shard, good, seen = shard_from(unit.skip), [], False
+    for record in reader.file_records(unit.file, unit.skip, unit):
+        if record.row > shard.hi:
+            if seen:
+                flush(shard, good)
+                if stop_at_bad and shard.bad:
+                    return reports
+            # The last boundary below this row (a run of blank JSONL lines may skip a whole shard's range).
+            lo = shard.lo + shard_rows * ((record.row - 1 - shard.lo) // shard_rows)
+            shard, good, seen = shard_from(lo), [], False
+        seen = True
+        shard.last = record.row
         if record.error is None:
             good.append(record)
         else:
-            report.bad.append((record.row, record.id, record.error))
-    if good:
-        vectors = np.asarray(encoder.encode([r.text for r in good], batch_size=batch_size,
-                                            normalize_embeddings=True), dtype=np.float32)
-        report.name = unit_shard_name(file, lo)
-        report.rows, report.dimension = len(good), int(vectors.shape[1])
-        written = write_shard(output, 0, [r.id for r in good], vectors,
-                              [r.text for r in good] if keep_text else None, name=report.name)
-        report.size, report.sha256 = written.bytes, written.sha256
-    return report
+            shard.bad.append((record.row, record.id, record.error))
+    if seen:
+        shard.eof = unit.hi is None  # a whole-file unit ends where the file does, not at a planned row
+        if unit.kind == "lines":
+            shard.input_bytes = (unit.start, unit.stop)
+        flush(shard, good)
+    return reports
 
 
 class EmbedWorker:
@@ -130,9 +169,11 @@ class EmbedWorker:
             self.encoder = factory()
         self.reader, self.output = reader, open_directory(output)  # a local path or a storage URI
 
-    def run(self, file: int, lo: int, hi: int, batch_size: int, keep_text: bool) -> ShardReport:
-        """Embed and write one unit."""
-        return embed_unit(self.encoder, self.reader, self.output, file, lo, hi, batch_size, keep_text)
+    def run(self, unit: Unit, shard_rows: int, batch_size: int | None, keep_text: bool,
+            stop_at_bad: bool) -> list[ShardReport]:
+        """Embed and write one unit; see :func:`embed_unit`."""
+        return embed_unit(self.encoder, self.reader, self.output, unit, shard_rows, batch_size, keep_text,
+                          stop_at_bad)
 
 
 class RayEngine:
@@ -153,6 +194,7 @@ class RayEngine:
 
     Attributes:
         driver_bytes: Pickled bytes of the reports the driver received in the last job (what crossed to it).
+        workers: Shards written per worker process (``host:pid``) in the last job: how the units were spread.
     """
 
     def __init__(self, config: EncoderConfig | None = None, address: str | None = None,
@@ -168,6 +210,7 @@ class RayEngine:
         self.address, self.num_cpus = address, num_cpus
         self.encoder_factory = encoder_factory
         self.driver_bytes = 0
+        self.workers: Counter[str] = Counter()
 
     def _actors(self, ray: Any) -> tuple[str, int, dict]:
         """(device string inside an actor, actor count, ray resource arguments per actor)."""
@@ -210,8 +253,12 @@ class RayEngine:
         yield from LocalEngine(build, self.model, self.dtype).stream(reader, settings, start_after)
 
     def write_shards(self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None,
-                     output: Path) -> Iterator[ShardReport]:
-        """Reports of the units after ``start_after``, in input order; the shards are already in ``output``."""
+                     output: Path, offset: int | None = None) -> Iterator[ShardReport]:
+        """Reports of the units after ``start_after``, in input order; the shards are already in ``output``.
+
+        ``offset`` is the byte offset just after ``start_after``'s row when the manifest recorded it (see
+        :func:`~minilm_npu.corpus.units.plan_units`).
+        """
         ray = import_ray()
         for index in range(len(reader.files)):  # a missing column fails here, not inside a Ray task
             next(iter(reader.file_records(index, 0)), None)
@@ -222,8 +269,10 @@ class RayEngine:
             ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
                      include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         self.driver_bytes = 0
+        self.workers = Counter()
         try:
-            yield from self._schedule(ray, reader, settings, start_after, output)
+            yield from self._schedule(ray, reader, settings, plan_units(reader.files, settings.shard_rows,
+                                                                        start_after, offset), output)
         except ray.exceptions.RayError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, InputError):
@@ -233,8 +282,8 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def _schedule(self, ray: Any, reader: CorpusReader, settings: EmbedSettings,
-                  start_after: tuple[int, int] | None, output: Path) -> Iterator[ShardReport]:
+    def _schedule(self, ray: Any, reader: CorpusReader, settings: EmbedSettings, plan: Iterator[Unit],
+                  output: Path) -> Iterator[ShardReport]:
         device, count, remote = self._actors(ray)
         threads = remote.pop("_threads", None)
         # A lost node's actors are restarted elsewhere and their pending units rerun (same range, same name).
@@ -242,28 +291,26 @@ class RayEngine:
         actors = [actor_class.remote(reader, str(output), self.encoder_factory,
                                      self.config.replace(device=device), threads)
                   for _ in range(count)]
-        width = settings.shard_rows
-        file, lo = (start_after[0], start_after[1]) if start_after else (0, 0)
-        pending: list[tuple[Any, int]] = []  # (object ref, file), in input order
-        ended = -1  # files up to this one have been read to their end
-        turn = 0
+        args = (settings.shard_rows, settings.batch_size, settings.keep_text, settings.on_error == "fail")
+        pending: deque[tuple[Any, int]] = deque()  # (object ref, actor), in input order
+        load = [0] * count  # units queued or running per actor
+        running: dict[Any, int] = {}  # refs not yet seen finished -> actor
         while True:
-            while len(pending) < 2 * count and file < len(reader.files):
-                # Ranges are issued ahead of knowing where the file ends; one past the end reads nothing.
-                actor = actors[turn % count]
-                turn += 1
-                pending.append((actor.run.remote(file, lo, lo + width, settings.batch_size, settings.keep_text),
-                                file))
-                lo += width
+            # Keep 2 units per actor in flight; the least-loaded actor takes the next one, so a long unit (a
+            # whole CSV file) does not hold up units queued behind it on the same actor.
+            while len(pending) < 2 * count and (unit := next(plan, None)) is not None:
+                actor = min(range(count), key=load.__getitem__)
+                ref = actors[actor].run.remote(unit, *args)
+                load[actor] += 1
+                running[ref] = actor
+                pending.append((ref, actor))
             if not pending:
                 return
-            ref, unit_file = pending.pop(0)
-            report = ray.get(ref)
-            self.driver_bytes += len(pickle.dumps(report))
-            if unit_file <= ended:
-                continue  # a range past the end of its file: nothing was read, nothing written
-            if report.eof:
-                ended = unit_file
-                if file == unit_file:
-                    file, lo = file + 1, 0
-            yield report
+            ref, _ = pending.popleft()
+            reports = ray.get(ref)  # reports are committed in input order, whatever order units finish in
+            self.driver_bytes += len(pickle.dumps(reports))
+            self.workers.update(report.worker for report in reports)
+            for done in [ref] + ray.wait(list(running), num_returns=len(running), timeout=0)[0]:
+                if done in running:
+                    load[running.pop(done)] -= 1
+            yield from reports

@@ -22,10 +22,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import InputError
 from ..textio import decode_line, split_lines
 from .storage import RemotePath, input_path, open_input, parquet_source
+
+if TYPE_CHECKING:  # units.py imports this module; the reader only reads a unit's fields
+    from .units import Unit
 
 #: File name endings we read, mapped to a format; each may also end in ``.gz``.
 SUFFIXES = {"txt": "txt", "text": "txt", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv",
@@ -124,9 +128,22 @@ def _is_supported(path: Path) -> bool:
     return True
 
 
-def _open_binary(file: InputFile):
+def _open_binary(file: InputFile) -> BinaryIO:
     raw = open_input(file.path)  # closed by the caller's context manager
     return gzip.GzipFile(fileobj=raw, mode="rb") if file.gzip else raw
+
+
+def open_parquet(file: InputFile):
+    """The input as a ``pyarrow.parquet.ParquetFile`` (metadata is read; row groups on demand)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(parquet_source(file.path))
+
+
+def read_range(stream: BinaryIO, start: int, stop: int) -> bytes:
+    """Bytes ``start`` to ``stop`` of an open binary file: a seek, then one read of exactly that range."""
+    stream.seek(start)
+    return stream.read(stop - start)
 
 
 class CorpusReader:
@@ -165,14 +182,24 @@ class CorpusReader:
         if chunk:
             yield chunk
 
-    def file_records(self, index: int, skip: int = 0) -> Iterator[Record]:
-        """Rows of file ``index`` with a row number above ``skip``; a read failure ends the file with a bad row."""
+    def file_records(self, index: int, skip: int = 0, unit: Unit | None = None) -> Iterator[Record]:
+        """Rows of file ``index`` with a row number above ``skip``; a read failure ends the file with a bad row.
+
+        Args:
+            index: The file's index in :attr:`files`.
+            skip: Rows numbered up to this are not yielded (resuming).
+            unit: Read only this part of the file, a :class:`~minilm_npu.corpus.units.Unit`: its byte range
+                (``.txt``/``.jsonl``) or row groups (Parquet), yielding exactly the records the whole-file read
+                yields for those rows; None (or a whole-file unit) reads the file from its start.
+        """
         file = self.files[index]
         reader = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv,
                   "parquet": self._parquet}[file.format]
+        if unit is not None and unit.kind == "file":
+            unit = None
         last = skip
         try:
-            for record in reader(index, file, skip):
+            for record in reader(index, file, skip, unit):
                 last = record.row
                 yield record
         except InputError:
@@ -209,12 +236,18 @@ class CorpusReader:
         return Record(index, row, ident, text)
 
     # -- formats --------------------------------------------------------------------------------------------
-    def _lines(self, file: InputFile) -> Iterator[tuple[int, bytes]]:
-        with _open_binary(file) as stream:
-            yield from split_lines(stream)  # encode's line rules: BOM on line 1 only, LF or CRLF
+    def _lines(self, file: InputFile, unit: Unit | None) -> Iterator[tuple[int, bytes]]:
+        if unit is None:
+            with _open_binary(file) as stream:
+                yield from split_lines(stream)  # encode's line rules: BOM on line 1 only, LF or CRLF
+            return
+        # A unit's range starts just after a newline (or at 0), so its first line is line ``unit.lo + 1``.
+        with open_input(file.path) as stream:
+            data = read_range(stream, unit.start, unit.stop)
+        yield from split_lines(io.BytesIO(data), unit.lo + 1)
 
-    def _txt(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
-        for number, line in self._lines(file):
+    def _txt(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
+        for number, line in self._lines(file, unit):
             if number <= skip:
                 continue
             text, problem = decode_line(line, number, "report")
@@ -223,8 +256,8 @@ class CorpusReader:
                 continue
             yield self._make(index, file, number, text, _MISSING, fields=False)
 
-    def _jsonl(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
-        for number, line in self._lines(file):
+    def _jsonl(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
+        for number, line in self._lines(file, unit):
             if number <= skip or not line.strip():
                 continue
             fallback = self._default_id(file, number)
@@ -243,7 +276,8 @@ class CorpusReader:
             ident = obj.get(self.id_field, _MISSING) if self.id_field else _MISSING
             yield self._make(index, file, number, obj.get(self.text_field, _MISSING), ident, fields=True)
 
-    def _csv(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
+    def _csv(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
+        # Never split (units.py): a quoted cell may hold newlines, so a record boundary needs the file's start.
         with _open_binary(file) as binary:
             # surrogateescape keeps undecodable bytes so a bad row is reported instead of failing the file.
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
@@ -271,17 +305,17 @@ class CorpusReader:
                              "choose one with --text-field / --id-field")
         return names.index(field)
 
-    def _parquet(self, index: int, file: InputFile, skip: int) -> Iterator[Record]:
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(parquet_source(file.path))
+    def _parquet(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
+        parquet = open_parquet(file)
         names = parquet.schema_arrow.names
         columns = [names[self._column(file, names, self.text_field)]]
         if self.id_field:
             columns.append(names[self._column(file, names, self.id_field)])
         # Jump straight to the row group holding the first wanted row, so resuming a big file is cheap.
-        groups, start = [], 0
-        for group in range(parquet.num_row_groups):
+        # A unit is a range of whole row groups; ``unit.lo`` counts the rows of the groups before it.
+        first, stop, start = (unit.start, unit.stop, unit.lo) if unit is not None else (0, parquet.num_row_groups, 0)
+        groups = []
+        for group in range(first, stop):
             rows = parquet.metadata.row_group(group).num_rows
             if start + rows > skip or groups:
                 groups.append(group)
@@ -330,9 +364,7 @@ def count_rows(files: list[InputFile]) -> int:
     for file in files:
         try:
             if file.format == "parquet":
-                import pyarrow.parquet as pq
-
-                total += pq.ParquetFile(parquet_source(file.path)).metadata.num_rows
+                total += open_parquet(file).metadata.num_rows
                 continue
             lines, last = 0, b"\n"
             with _open_binary(file) as stream:
