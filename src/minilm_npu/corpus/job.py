@@ -150,7 +150,7 @@ class LocalEngine:
 
     def stream(self, reader: CorpusReader, settings: EmbedSettings,
                start_after: tuple[int, int] | None) -> Iterator[ShardBatch]:
-        """Shards in order, with the next shard's tokenization and reading overlapping this one's forward passes.
+        """Shards in order, with the next shard's reading overlapping this one's embedding.
 
         Two shards are in flight at most: one embedding on the one encoding thread, the next read and queued
         meanwhile. One encoding thread, not two: every thread that runs CPU forwards keeps its own OpenMP worker

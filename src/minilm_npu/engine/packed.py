@@ -372,7 +372,8 @@ class PackedBackend:
 
     def warmup(self) -> None:
         """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice);
-        int8 also compiles its fused quantization here (servers and corpus jobs warm up before their first batch)."""
+        int8 also compiles its fused quantization here (the server warms up before it opens its port; elsewhere
+        the compile happens in the first batch of >= 64 tokens)."""
         if self.dtype == "int8":
             FUSED_QUANTIZER.compile()
         for lengths in warmup_lengths(self.device):

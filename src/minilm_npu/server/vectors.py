@@ -10,10 +10,6 @@ import orjson
 
 _EPS = 1e-12  # as torch.nn.functional.normalize: a zero vector stays zero instead of becoming NaN
 
-#: Outputs up to this many floats are rendered on the event loop (see ``Batcher.INLINE_WORK``); with orjson a
-#: vector of 384 floats takes ~20 us, less than handing it to a thread and back.
-INLINE_FLOATS = 8 * 384
-
 
 def finish(raw: np.ndarray, dimensions: int | None = None, normalize: bool = True) -> np.ndarray:
     """Truncate to ``dimensions`` (if given) and L2-normalise (if asked), in float32.
