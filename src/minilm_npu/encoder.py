@@ -12,6 +12,7 @@ It implements :class:`minilm_npu.contract.Encoder`, the only part of it the serv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -63,11 +64,29 @@ class DeviceWorker:
 
     Args:
         backend: The engine on this worker's device.
+        host_threads: CPU threads this worker's forwards may use (None: the calling thread's count). Several CPU
+            workers (``device="cpu,cpu"``) split the cores: each running every core would put twice as many
+            OpenMP threads as cores on the machine, where every parallel region's barrier waits for a thread the
+            OS has not scheduled.
     """
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, host_threads: int | None = None):
         self.backend = backend
+        self.host_threads = host_threads
         self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """The calling thread runs on this worker's share of the cores, and gets its own count back afterwards."""
+        previous = torch.get_num_threads()
+        if self.host_threads is None or self.host_threads == previous:
+            yield
+            return
+        torch.set_num_threads(self.host_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     @property
     def device(self) -> torch.device:
@@ -76,7 +95,7 @@ class DeviceWorker:
 
     def run(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
         """Exactly this batch as one forward pass: ids already validated, vectors back on the CPU, in order."""
-        with self.lock:
+        with self.lock, self._threads():
             pooled = self.backend.embed(ids)
             if normalize:
                 pooled = F.normalize(pooled.float(), p=2, dim=1)
@@ -84,7 +103,7 @@ class DeviceWorker:
 
     def warmup(self) -> None:
         """The backend's own warm-up shapes (e.g. every static-shape gear on an NPU), then one tiny batch."""
-        with self.lock:
+        with self.lock, self._threads():
             warmup = getattr(self.backend, "warmup", None)  # optional in the Backend protocol
             if warmup is not None:
                 warmup()
@@ -120,8 +139,11 @@ class MiniLMEncoder(SentenceTransformerSurface):
         self.model_files: ModelFiles = resolve_model(self.config.model_path)
         devices = parse_devices(self.config.device)
         self.tokenizer = Tokenizer(self.model_files)
+        cpu_workers = sum(dev.type == "cpu" for dev in devices)
+        cpu_share = max(1, torch.get_num_threads() // cpu_workers) if cpu_workers > 1 else None
         self.workers: list[DeviceWorker] = [
-            DeviceWorker(create_backend(self.config.backend, self.model_files, dev, self.config.dtype))
+            DeviceWorker(create_backend(self.config.backend, self.model_files, dev, self.config.dtype),
+                         host_threads=cpu_share if dev.type == "cpu" else None)
             for dev in devices]
 
     @classmethod

@@ -26,22 +26,21 @@ def test_kernels_follow_the_flags_of_the_cpu_that_loads_the_model():
     assert isa_summary(ZEN3) == "avx2 fma" and isa_summary(frozenset()).startswith("none of")
 
 
-def _fake_policy(threads: int = 4) -> AdaptiveThreads:
-    policy = AdaptiveThreads(explore_every=4)
-    policy.all_threads = threads
-    return policy
-
-
-def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
-    state = {"threads": 4}
-    calls = []
+def _fake_policy(monkeypatch, threads: int = 4, explore_every: int = 4) -> tuple[AdaptiveThreads, dict, list]:
+    """A policy on a fake thread count: ``state["threads"]`` is the calling thread's count, ``calls`` every set."""
+    state, calls = {"threads": threads}, []
 
     def set_threads(n):
         calls.append(n)
         state["threads"] = n
 
     monkeypatch.setattr(torch, "set_num_threads", set_threads)
-    policy = _fake_policy()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: state["threads"])
+    return AdaptiveThreads(explore_every=explore_every), state, calls
+
+
+def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
+    policy, state, calls = _fake_policy(monkeypatch)
     ran_with = []
 
     clock = {"now": 0.0}
@@ -60,11 +59,9 @@ def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
 
 def test_each_size_class_keeps_its_own_choice(monkeypatch):
     """A loaded machine can favour one thread for a query and all threads for a large batch: both are learnt."""
-    state = {"threads": 4}
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    policy, state, _ = _fake_policy(monkeypatch)
     clock = {"now": 0.0}
     monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
-    policy = _fake_policy()
     ran_with = {10: [], 5000: []}
 
     def forward(tokens):
@@ -83,16 +80,12 @@ def test_each_size_class_keeps_its_own_choice(monkeypatch):
 
 
 def test_single_thread_processes_are_left_alone(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    single = _fake_policy(threads=1)
+    single, _, calls = _fake_policy(monkeypatch, threads=1)
     assert single.run(5, lambda: 8) == 8 and single.run(5000, lambda: 9) == 9 and not calls
 
 
 def test_threads_are_restored_when_the_forward_fails(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    policy = _fake_policy()
+    policy, _, calls = _fake_policy(monkeypatch)
 
     def boom():
         raise RuntimeError("boom")
@@ -106,11 +99,9 @@ def test_threads_are_restored_when_the_forward_fails(monkeypatch):
 
 def test_a_first_call_is_a_warm_up_not_a_measurement(monkeypatch):
     """A first call that compiles kernels (seconds) must not make its thread count look slow for good."""
-    state = {"threads": 2}
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+    policy, state, _ = _fake_policy(monkeypatch, threads=2)
     clock = {"now": 0.0}
     monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
-    policy = _fake_policy(threads=2)
     first = {1: True, 2: True}
 
     def forward():
@@ -126,12 +117,9 @@ def test_a_first_call_is_a_warm_up_not_a_measurement(monkeypatch):
 def test_one_thread_must_win_clearly_to_be_chosen(monkeypatch):
     """A 10 % edge for one thread is within a size class's noise: all threads stay; a 3x edge switches."""
     for one_thread_seconds, expected in ((0.0036, 2), (0.0013, 1)):
-        state = {"threads": 2}
-        monkeypatch.setattr(torch, "set_num_threads", lambda n: state.update(threads=n))
+        policy, state, _ = _fake_policy(monkeypatch, threads=2, explore_every=100)
         clock = {"now": 0.0}
         monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
-        policy = AdaptiveThreads(explore_every=100)
-        policy.all_threads = 2
 
         def forward():
             clock["now"] += one_thread_seconds if state["threads"] == 1 else 0.004
@@ -139,3 +127,13 @@ def test_one_thread_must_win_clearly_to_be_chosen(monkeypatch):
         for _ in range(6):
             policy.run(10, forward)
         assert policy.choice(0) == expected
+
+
+def test_the_budget_is_the_calling_threads_count(monkeypatch):
+    """A CPU worker that owns one of two cores (device="cpu,cpu") never starts a second thread, and a worker
+    with 3 of 6 chooses between 1 and 3, not the process's 6."""
+    policy, state, calls = _fake_policy(monkeypatch, threads=1)
+    assert policy.run(10, lambda: state["threads"]) == 1 and not calls
+    state["threads"] = 3
+    ran_with = [policy.run(10, lambda: state["threads"]) for _ in range(4)]
+    assert sorted(set(ran_with)) == [1, 3] and state["threads"] == 3

@@ -18,6 +18,7 @@ class LengthBackend:
 
     name = "fake"
     calls: list[tuple[str, int]] = []
+    threads: list[int] = []  # torch's thread count inside each embed
     fail_on_device: str | None = None
 
     def __init__(self, model_files, device, dtype):
@@ -28,6 +29,7 @@ class LengthBackend:
         if self.fail_on_device == self.ident:
             raise RuntimeError("device lost")
         LengthBackend.calls.append((self.ident, threading.get_ident()))
+        LengthBackend.threads.append(torch.get_num_threads())
         time.sleep(0.001)  # a device takes time: the other worker's thread gets to start before the work is gone
         out = torch.zeros((len(batch), self.hidden))
         for row, ids in enumerate(batch):
@@ -58,6 +60,18 @@ def test_two_workers_share_the_work_and_keep_order(fake_backend):
     out = encoder.encode(texts, batch_size=4, normalize_embeddings=False)
     assert out[:, 0].tolist() == [len(x) for x in encoder.tokenize(texts)]
     assert len({ident for ident, _ in fake_backend.calls}) == 2
+
+
+def test_cpu_workers_split_the_cores_and_give_the_caller_its_threads_back(fake_backend):
+    """Two CPU workers each run on half of the cores: never two full OpenMP pools on the same cores."""
+    cores = torch.get_num_threads()
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    assert [w.host_threads for w in encoder.workers] == [max(1, cores // 2)] * 2
+    fake_backend.threads.clear()
+    encoder.encode([f"text {i}" for i in range(100)], batch_size=4)
+    encoder.workers[0].run(encoder.tokenize(["on the calling thread"]), normalize=True)
+    assert set(fake_backend.threads) == {max(1, cores // 2)} and torch.get_num_threads() == cores
+    assert MiniLMEncoder(device="cpu", backend="fake").workers[0].host_threads is None  # one worker: every core
 
 
 def test_a_failing_device_is_named_and_nothing_hangs(fake_backend):

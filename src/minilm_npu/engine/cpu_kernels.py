@@ -104,8 +104,10 @@ class AdaptiveThreads:
     is used, and the other is tried again every ``explore_every`` calls
     so a change of load is noticed (on a quiet machine that retry costs ~2-3 % of the mean).
 
-    ``torch.set_num_threads`` applies to the calling thread's later parallel regions; the count is restored
-    after every forward.
+    "All threads" is the calling thread's count when the forward starts (``torch.get_num_threads()``): the
+    process's cores, or a :class:`~minilm_npu.encoder.DeviceWorker`'s share of them when several CPU workers split
+    the cores (``device="cpu,cpu"``). ``torch.set_num_threads`` applies to the calling thread's later parallel
+    regions; the count is restored after every forward.
 
     Args:
         explore_every: Calls (per size class) between two tries of the currently slower choice.
@@ -115,10 +117,7 @@ class AdaptiveThreads:
     """
 
     def __init__(self, explore_every: int = 32, margin: float = 1.25):
-        import torch
-
         self.explore_every, self.margin = explore_every, margin
-        self.all_threads = torch.get_num_threads()
         self.seconds_per_token: dict[tuple[int, int], float] = {}  # (size class, threads) -> smoothed estimate
         self.warmed: set[tuple[int, int]] = set()  # first calls are not timed: allocations, kernels compiled
         self.calls: dict[int, int] = {}
@@ -128,17 +127,21 @@ class AdaptiveThreads:
         """Index of the :data:`SIZE_CLASSES` bound ``tokens`` falls under (``len(SIZE_CLASSES)`` above them all)."""
         return next((index for index, bound in enumerate(SIZE_CLASSES) if tokens <= bound), len(SIZE_CLASSES))
 
-    def choice(self, size: int = 0) -> int:
-        """The thread count the next forward of size class ``size`` runs with."""
-        untried = [n for n in (1, self.all_threads) if (size, n) not in self.seconds_per_token]
+    def choice(self, size: int = 0, all_threads: int | None = None) -> int:
+        """The thread count the next forward of size class ``size`` runs with, out of ``all_threads`` (default:
+        the calling thread's count)."""
+        import torch
+
+        all_threads = all_threads or torch.get_num_threads()
+        untried = [n for n in (1, all_threads) if (size, n) not in self.seconds_per_token]
         unwarmed = [n for n in untried if (size, n) not in self.warmed]
         if unwarmed:
             return unwarmed[0]
         if untried:
             return untried[0]
-        one, every = self.seconds_per_token[size, 1], self.seconds_per_token[size, self.all_threads]
-        best = 1 if one * self.margin < every else self.all_threads
-        other = self.all_threads if best == 1 else 1
+        one, every = self.seconds_per_token[size, 1], self.seconds_per_token[size, all_threads]
+        best = 1 if one * self.margin < every else all_threads
+        other = all_threads if best == 1 else 1
         return other if self.calls[size] % self.explore_every == 0 else best
 
     def run(self, tokens: int, forward):
@@ -147,20 +150,21 @@ class AdaptiveThreads:
 
         import torch
 
-        if self.all_threads <= 1:
+        all_threads = torch.get_num_threads()
+        if all_threads <= 1:
             return forward()
         size = self.size_class(tokens)
         self.calls[size] = self.calls.get(size, 0) + 1
-        threads = self.choice(size)
-        if threads != self.all_threads:
+        threads = self.choice(size, all_threads)
+        if threads != all_threads:
             torch.set_num_threads(threads)
         start = time.perf_counter()
         try:
             return forward()
         finally:
             elapsed = (time.perf_counter() - start) / (tokens + 16)  # + fixed per-forward work, as tokens
-            if threads != self.all_threads:
-                torch.set_num_threads(self.all_threads)
+            if threads != all_threads:
+                torch.set_num_threads(all_threads)
             self._record(size, threads, elapsed)
 
     def _record(self, size: int, threads: int, seconds_per_token: float) -> None:

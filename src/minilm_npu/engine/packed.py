@@ -361,7 +361,7 @@ class PackedBackend:
         if self.device.type == "cpu":
             choices["linear"] = (kernel_plan()[self.dtype] if self.dtype in ("float32", "int8", "bfloat16")
                                  and onednn_linear_supported() else "F.linear")
-            choices["threads"] = (f"each forward on 1 thread or {self._threads.all_threads}, whichever measures "
+            choices["threads"] = (f"each forward on 1 thread or {torch.get_num_threads()}, whichever measures "
                                   "faster under this load (per size class, re-tried every "
                                   f"{self._threads.explore_every} calls)")
         if self.device.type == "npu":
