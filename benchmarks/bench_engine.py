@@ -23,7 +23,7 @@ It also measures what the machine allows (best linear-layer rate per dtype and m
 target, the *ceiling*: the ratio an engine doing nothing but its real tokens' GEMMs at that rate (or reading its
 weights once per forward pass, if longer) would reach against the peer.
 
-Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--quick] [--json out.json]``
+Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--workers 2] [--quick] [--json out.json]``
 Needs the ``bench`` extra for the ONNX Runtime columns: ``pip install 'minilm-npu[bench]'``.
 """
 
@@ -119,7 +119,7 @@ def _make_encoder(kind: str, model_dir: str, device: str, option: str):
 def _engine_child(conn, kind: str, model_dir: str, device: str, option: str) -> None:
     """Child process: build one engine, then time or embed whatever the parent asks for."""
     encode = _make_encoder(kind, model_dir, device, option)
-    target = torch.device(device)
+    target = parse_devices(device)[0]
     conn.send("ready")
     while (request := conn.recv()) is not None:
         if request[0] == "embed":
@@ -223,13 +223,16 @@ def export_onnx(model_dir: str, path: Path) -> None:
     partial.replace(path)
 
 
-def start_engines(device: torch.device, dtypes: list[str], model_dir: str, with_ort: bool) -> list[EngineProcess]:
-    """sentence-transformers, ONNX Runtime float32 and int8 (CPU), then our engine per dtype."""
+def start_engines(device: torch.device, dtypes: list[str], model_dir: str, with_ort: bool,
+                  workers: int = 1) -> list[EngineProcess]:
+    """sentence-transformers, ONNX Runtime float32 and int8 (CPU), then our engine per dtype (with ``workers``
+    workers on ``device``, e.g. ``cpu,cpu``: the cores split between two model copies)."""
     found = [EngineProcess(BASELINE, "st", model_dir, device)]
     if with_ort:
         for dtype, path in onnx_models(model_dir).items():
             found.append(EngineProcess(f"{ORT} {dtype}", "ort", model_dir, device, str(path)))
-    found += [EngineProcess(f"{OURS} {dtype}", "ours", model_dir, device, dtype) for dtype in dtypes]
+    ours_device = ",".join([str(device)] * workers)
+    found += [EngineProcess(f"{OURS} {dtype}", "ours", model_dir, ours_device, dtype) for dtype in dtypes]
     return found
 
 
@@ -403,11 +406,12 @@ def run(args: argparse.Namespace) -> dict:
                  for workload, texts, batch_size, _, _ in runs}
     results: dict = {"device": describe(device).name, "device_type": device.type, "cpu": cpu_model(),
                      "isa": isa_summary(), "kernels": kernel_plan() if device.type == "cpu" else {},
-                     "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.platform(),
+                     "torch": torch.__version__, "threads": torch.get_num_threads(), "workers": args.workers,
+                     "machine": platform.platform(),
                      "rows": []}
     print("-- machine limits", file=sys.stderr, flush=True)
     limits_before = machine_limits(device, dtypes)
-    engine_list = start_engines(device, dtypes, model_dir, with_ort)
+    engine_list = start_engines(device, dtypes, model_dir, with_ort, args.workers)
     vectors: dict[str, dict[str, np.ndarray]] = {}
     try:
         for workload, texts, batch_size, warmup, count in runs:
@@ -443,6 +447,8 @@ def markdown(results: dict) -> str:
     lines = [f"CPU: {results['cpu']}; ISA: {results['isa']}",
              f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, "
              f"{results['machine']}"]
+    if results.get("workers", 1) > 1:
+        lines.append(f"Ours: {results['workers']} workers on the device, the cores split between them")
     lines += [f"Kernels picked ({dtype}): {kernel}" for dtype, kernel in results.get("kernels", {}).items()]
     lines += ["", "Sentences/s (the short sentence: latency in ms), each engine in its own process, turns "
               "interleaved:", "",
@@ -489,6 +495,9 @@ def main() -> None:
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB, help="stsb-dev.tsv (skipped when absent)")
     parser.add_argument("--corpus-rounds", type=int, default=2, help="timed rounds of the STS-B run")
     parser.add_argument("--no-onnxruntime", action="store_true", help="leave out the ONNX Runtime columns")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="our engine's workers on the device (2 on a CPU: device 'cpu,cpu', the cores split "
+                             "between two model copies; the peers run as their users run them)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.dtypes is None:

@@ -63,15 +63,27 @@ def test_two_workers_share_the_work_and_keep_order(fake_backend):
 
 
 def test_cpu_workers_split_the_cores_and_give_the_caller_its_threads_back(fake_backend):
-    """Two CPU workers each run on half of the cores: never two full OpenMP pools on the same cores."""
+    """Two CPU workers each run on half of the cores (never two full OpenMP pools on the same cores); a query
+    runs on the caller's thread and count; the caller keeps its own count."""
     cores = torch.get_num_threads()
     encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
     assert [w.host_threads for w in encoder.workers] == [max(1, cores // 2)] * 2
     fake_backend.threads.clear()
     encoder.encode([f"text {i}" for i in range(100)], batch_size=4)
-    encoder.workers[0].run(encoder.tokenize(["on the calling thread"]), normalize=True)
     assert set(fake_backend.threads) == {max(1, cores // 2)} and torch.get_num_threads() == cores
+    fake_backend.threads.clear()
+    encoder.encode(["one query"])
+    encoder.workers[1].run(encoder.tokenize(["a server's batch"]), normalize=True)
+    assert fake_backend.threads == [cores, max(1, cores // 2)] and torch.get_num_threads() == cores
     assert MiniLMEncoder(device="cpu", backend="fake").workers[0].host_threads is None  # one worker: every core
+
+
+def test_fewer_batches_than_workers_are_split_so_no_device_idles(fake_backend):
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    texts = [" ".join(["w"] * (i + 1)) for i in range(24)]
+    out = encoder.encode(texts, batch_size=32, normalize_embeddings=False)
+    assert out[:, 0].tolist() == [len(x) for x in encoder.tokenize(texts)]
+    assert len({ident for ident, _ in fake_backend.calls}) == 2  # one batch of 24 became two of 12
 
 
 def test_a_failing_device_is_named_and_nothing_hangs(fake_backend):
