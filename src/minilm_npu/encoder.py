@@ -349,8 +349,8 @@ class MiniLMEncoder(SentenceTransformerSurface):
         """Every device pulls the next planned batch when it is free, so faster cards take more of the work.
 
         The worker threads live as long as the encoder: a thread started per call would also start a fresh
-        OpenMP thread pool per call on a CPU worker (measured: a multi-worker call on 2 cores slower than one
-        worker, 245 against 242 sentences/s, until the threads were kept).
+        OpenMP thread pool per call on a CPU worker, and a process holding more OpenMP threads than cores stops
+        spin-waiting at barriers (see ``devices.release_host_threads``).
         """
         job = _ParallelJob(ids, normalize, out, bar, len(batches))
         tasks = self._worker_tasks()
@@ -368,6 +368,13 @@ class MiniLMEncoder(SentenceTransformerSurface):
                 self._tasks = queue.SimpleQueue()
                 DevicePool(self.workers, self._tasks.get, _ParallelJob.run, name="minilm-encode").start()
             return self._tasks
+
+    def __del__(self) -> None:
+        # The worker threads hold the workers, not the encoder: one None each lets them end with it.
+        tasks = getattr(self, "_tasks", None)
+        if tasks is not None:
+            for _ in self.workers:
+                tasks.put(None)
 
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;

@@ -134,3 +134,20 @@ def test_settings_come_from_one_config(fake_backend):
         MiniLMEncoder(device="cpu", config=config)
     with pytest.raises(InputError, match="batch_size must be a positive integer"):
         EncoderConfig(batch_size=0)
+
+
+def test_worker_threads_end_with_their_encoder(fake_backend):
+    import gc
+
+    before = set(threading.enumerate())
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    encoder.encode([f"text {i}" for i in range(20)], batch_size=4)
+    started = [t for t in set(threading.enumerate()) - before if t.name.startswith("minilm-encode")]
+    assert len(started) == 2  # one per worker, kept for the next call
+    encoder.encode([f"text {i}" for i in range(20)], batch_size=4)
+    assert {t for t in set(threading.enumerate()) - before if t.name.startswith("minilm-encode")} == set(started)
+    del encoder
+    gc.collect()
+    for thread in started:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in started)
