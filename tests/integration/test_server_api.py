@@ -180,3 +180,27 @@ def test_overload_is_429_and_nothing_else_fails(server):
     rejected = next(body for code, body in results if code == 429)
     assert "--max-concurrent-requests" in rejected["error"]["message"]
     assert rejected["error"]["type"] == "rate_limit_error"
+
+
+def test_two_cpu_workers_serve_concurrent_clients_exactly(st_model):
+    """--device cpu,cpu: two workers, each on its share of the cores, running batches side by side; every client
+    still gets exactly its own vectors, within 1e-5 of sentence-transformers."""
+    proc = start_server("--device", "cpu,cpu", "--max-concurrent-requests", "64")
+    try:
+        rng = random.Random(7)
+        batches = [[f"worker test {c}: {rng.choice(ALL)}" for _ in range(rng.randint(1, 3))] for c in range(32)]
+
+        def call(texts):
+            with httpx.Client(base_url=proc.url, timeout=120) as client:
+                r = client.post("/v1/embeddings", json={"input": texts, "encoding_format": "float"})
+                r.raise_for_status()
+                return np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+
+        with ThreadPoolExecutor(32) as executor:
+            results = list(executor.map(call, batches))
+        info = httpx.get(proc.url + "/info", timeout=30).json()
+    finally:
+        proc.stop()
+    expected = st_model.encode([t for texts in batches for t in texts])
+    np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5, rtol=0)
+    assert info["devices"] == ["cpu", "cpu"]
