@@ -198,6 +198,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
                          host_threads=cpu_share if dev.type == "cpu" else None)
             for dev in devices]
         self._tasks: queue.SimpleQueue | None = None  # multi-device work, started on first use
+        self._pool: DevicePool | None = None
         self._tasks_lock = threading.Lock()
 
     @classmethod
@@ -362,11 +363,13 @@ class MiniLMEncoder(SentenceTransformerSurface):
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
 
     def _worker_tasks(self) -> queue.SimpleQueue:
-        """The queue the worker threads pull from; the threads start on the first multi-device call."""
+        """The queue the worker threads pull from; the threads start on the first multi-device call, and again
+        in a forked child (which inherits the queue but not the threads)."""
         with self._tasks_lock:
-            if self._tasks is None:
+            if self._tasks is None or self._pool is None or self._pool.alive < len(self.workers):
                 self._tasks = queue.SimpleQueue()
-                DevicePool(self.workers, self._tasks.get, _ParallelJob.run, name="minilm-encode").start()
+                self._pool = DevicePool(self.workers, self._tasks.get, _ParallelJob.run, name="minilm-encode")
+                self._pool.start()
             return self._tasks
 
     def __del__(self) -> None:

@@ -151,3 +151,28 @@ def test_worker_threads_end_with_their_encoder(fake_backend):
     for thread in started:
         thread.join(timeout=5)
     assert not any(thread.is_alive() for thread in started)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_worker_threads(fake_backend):
+    """A child process inherits the encoder but not its worker threads: its multi-device calls must not hang."""
+    import os
+
+    encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
+    texts = [f"text {i}" for i in range(20)]
+    expected = encoder.encode(texts, batch_size=4)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: encode, report, leave without running the parent's pytest teardown
+        ok = np.array_equal(encoder.encode(texts, batch_size=4), expected)
+        os.write(write, b"ok" if ok else b"no")
+        os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while (finished := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if finished[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's multi-device encode hung")
+    assert os.read(read, 2) == b"ok" and finished[1] == 0
