@@ -12,10 +12,12 @@ It implements :class:`minilm_npu.contract.Encoder`, the only part of it the serv
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -128,6 +130,17 @@ class DeviceWorker:
             warmup = getattr(self.backend, "warmup", None)  # optional in the Backend protocol
             if warmup is not None:
                 warmup()
+
+
+#: Encoders whose worker threads are running; they are ended before the interpreter exits (see
+#: :meth:`MiniLMEncoder._stop_worker_threads`).
+_ENCODERS_WITH_THREADS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_worker_threads() -> None:
+    for encoder in list(_ENCODERS_WITH_THREADS):
+        encoder._stop_worker_threads()
 
 
 class _ParallelJob:
@@ -370,14 +383,25 @@ class MiniLMEncoder(SentenceTransformerSurface):
                 self._tasks = queue.SimpleQueue()
                 self._pool = DevicePool(self.workers, self._tasks.get, _ParallelJob.run, name="minilm-encode")
                 self._pool.start()
+                _ENCODERS_WITH_THREADS.add(self)
             return self._tasks
+
+    def _stop_worker_threads(self, timeout: float = 10.0) -> None:
+        """End the worker threads (one None each) and wait for them: a thread that ran torch ops and is still
+        ending while the interpreter exits aborts the process ("terminate called without an active exception",
+        exit status 134: seen with an encoder dropped just before exit)."""
+        tasks, pool = getattr(self, "_tasks", None), getattr(self, "_pool", None)
+        if tasks is None:
+            return
+        for _ in self.workers:
+            tasks.put(None)
+        self._tasks = None
+        if pool is not None:
+            pool.join(timeout)
 
     def __del__(self) -> None:
         # The worker threads hold the workers, not the encoder: one None each lets them end with it.
-        tasks = getattr(self, "_tasks", None)
-        if tasks is not None:
-            for _ in self.workers:
-                tasks.put(None)
+        self._stop_worker_threads()
 
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;

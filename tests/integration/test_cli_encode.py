@@ -51,6 +51,19 @@ def test_jsonl_output_keeps_rows_aligned(tmp_path, st_model):
     np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), st_model.encode(lines), atol=1e-5)
 
 
+def test_two_cpu_workers_write_the_same_rows_and_exit_cleanly(tmp_path, st_model):
+    """--device cpu,cpu: the worker threads are ended before the interpreter exits (a thread still ending then
+    aborted the process with status 134 and "terminate called without an active exception")."""
+    lines = [f"line {i} " + "word " * (i % 13) for i in range(40)]
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "vectors.npy"
+    result = run("-m", "minilm_npu.cli.main", "encode", "--batch-file", str(path), "--device", "cpu,cpu",
+                 "--batch-size", "4", "--output", str(out))
+    assert result.returncode == 0 and "terminate" not in result.stderr, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(out), st_model.encode(lines), atol=1e-5, rtol=0)
+
+
 def test_non_utf8_line_is_named(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_bytes(b"fine\n\xc3\x28 broken\n")
