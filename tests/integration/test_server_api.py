@@ -200,7 +200,8 @@ def test_two_cpu_workers_serve_concurrent_clients_exactly(st_model):
             results = list(executor.map(call, batches))
         info = httpx.get(proc.url + "/info", timeout=30).json()
     finally:
-        proc.stop()
+        status = proc.stop()
+    assert status in (0, -signal.SIGTERM) and not any("terminate called" in line for line in proc.log), proc.log[-20:]
     expected = st_model.encode([t for texts in batches for t in texts])
     np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5, rtol=0)
     assert info["devices"] == ["cpu", "cpu"]
