@@ -23,7 +23,8 @@ It also measures what the machine allows (best linear-layer rate per dtype and m
 target, the *ceiling*: the ratio an engine doing nothing but its real tokens' GEMMs at that rate (or reading its
 weights once per forward pass, if longer) would reach against the peer.
 
-Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--workers 2] [--quick] [--json out.json]``
+Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--workers 2] [--quick]
+[--json out.json]``
 Needs the ``bench`` extra for the ONNX Runtime columns: ``pip install 'minilm-npu[bench]'``.
 """
 
@@ -500,6 +501,8 @@ def main() -> None:
                              "between two model copies; the peers run as their users run them)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, not {args.workers}")
     if args.dtypes is None:
         args.dtypes = "float32,int8" if parse_devices(args.device)[0].type == "cpu" else "float32,float16,bfloat16"
     if parse_devices(args.device)[0].type == "cpu" and not args.no_onnxruntime:

@@ -4,9 +4,10 @@ The server runs as users run it — ``minilm-npu serve`` in its own process on 1
 clients are asyncio tasks in this process, each on its own keep-alive connection speaking minimal HTTP/1.1 (a few
 bytes written, a Content-Length read: what a C load generator such as wrk does), so the load generator neither
 shares the server's interpreter lock nor takes much of the CPU the server needs. Each client sends
-``--texts-per-request`` texts per request; every level is bounded by ``--requests`` and ``--max-seconds``. The in-process baseline encodes the same
-texts with ``MiniLMEncoder.encode(batch_size=32)`` in one call, and times one request's worth of texts per call
-(its p50 is the in-process latency), before the server starts. Targets: one client's p50 <= in-process p50 +
+``--texts-per-request`` texts of ``--words`` words per request; every level is bounded by ``--requests`` and
+``--max-seconds``. The in-process baseline encodes the same texts with ``MiniLMEncoder.encode(batch_size=32)`` in
+one call, and times one request's worth of texts per call (its p50 is the in-process latency), before the server
+starts. Targets: one client's p50 <= in-process p50 +
 1.5 ms; at 64 clients >= 90 % of in-process throughput (``--texts-per-request 1`` is the one-sentence case). On a
 small CPU box the clients and the server share the cores, which the in-process baseline does not pay; on an
 accelerator the model's work leaves the CPU.
@@ -30,9 +31,8 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integration.server_process
 
 
-def _texts(n: int, words: str = "4-60", seed: int = 0) -> list[str]:
+def _texts(n: int, shortest: int = 4, longest: int = 60, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    shortest, longest = (int(w) for w in words.split("-"))
     vocabulary = "the a model vector search embedding device batch token server client latency quick brown fox".split()
     return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(shortest, longest))) for _ in range(n)]
 
@@ -63,8 +63,10 @@ class _Connection:
         self.writer.write(head + body)
         header = await self.reader.readuntil(b"\r\n\r\n")
         status = int(header.split(b" ", 2)[1])
-        length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        length = next((int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        if length is None:
+            raise RuntimeError(f"HTTP {status} answer without Content-Length: {header[:300]!r}")
         payload = await self.reader.readexactly(length)
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {payload[:300]!r}")
@@ -143,8 +145,14 @@ def main() -> None:
     parser.add_argument("--encoding-format", default="base64", choices=("base64", "float"),
                         help="what clients ask for (the official openai client asks for base64 by default)")
     args = parser.parse_args()
+    try:
+        shortest, longest = (int(w) for w in args.words.split("-"))
+        if not 1 <= shortest <= longest:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--words must be MIN-MAX with 1 <= MIN <= MAX, not {args.words!r}")
 
-    texts = _texts(args.requests * args.texts_per_request, args.words)
+    texts = _texts(args.requests * args.texts_per_request, shortest, longest)
     encoder = MiniLMEncoder(device=args.device, backend=args.backend, dtype=args.dtype)
     encoder.encode(texts[:64])  # warm-up
     start = time.perf_counter()

@@ -12,12 +12,9 @@ It implements :class:`minilm_npu.contract.Encoder`, the only part of it the serv
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import queue
 import threading
-import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -132,48 +129,6 @@ class DeviceWorker:
                 warmup()
 
 
-#: Encoders whose worker threads are running; they are ended before the interpreter exits (see
-#: :meth:`MiniLMEncoder._stop_worker_threads`).
-_ENCODERS_WITH_THREADS: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all_worker_threads() -> None:
-    for encoder in list(_ENCODERS_WITH_THREADS):
-        encoder._stop_worker_threads()
-
-
-class _ParallelJob:
-    """One multi-device ``encode`` call: its rows, where their vectors go, and how many batches are left."""
-
-    def __init__(self, ids: list[list[int]], normalize: bool, out: np.ndarray, bar: tqdm, batches: int):
-        self.ids, self.normalize, self.out, self.bar = ids, normalize, out, bar
-        self.remaining = batches
-        self.failure: tuple[torch.device, BaseException] | None = None
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-
-    @staticmethod
-    def run(worker: DeviceWorker, task: tuple[_ParallelJob, list[int]]) -> None:
-        """Run one batch of a job on ``worker`` (a pool thread); after a failure the job's other batches are
-        dropped, and the call that waits on the job raises."""
-        job, batch = task
-        failure, done = None, 0
-        if job.failure is None:
-            try:
-                job.out[batch] = worker.run([job.ids[i] for i in batch], job.normalize)
-                done = len(batch)
-            except BaseException as err:  # noqa: BLE001 - raised in the caller's thread, naming the device
-                failure = (worker.device, err)
-        with job.lock:
-            if failure is not None and job.failure is None:
-                job.failure = failure
-            job.bar.update(done)
-            job.remaining -= 1
-            if job.remaining == 0:
-                job.done.set()
-
-
 class MiniLMEncoder(SentenceTransformerSurface):
     """Sentence embeddings with all-MiniLM-L6-v2 (or another BERT-family sentence-transformers model).
 
@@ -210,9 +165,6 @@ class MiniLMEncoder(SentenceTransformerSurface):
             DeviceWorker(create_backend(self.config.backend, self.model_files, dev, self.config.dtype),
                          host_threads=cpu_share if dev.type == "cpu" else None)
             for dev in devices]
-        self._tasks: queue.SimpleQueue | None = None  # multi-device work, started on first use
-        self._pool: DevicePool | None = None
-        self._tasks_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: EncoderConfig) -> MiniLMEncoder:
@@ -360,48 +312,30 @@ class MiniLMEncoder(SentenceTransformerSurface):
 
     def _run_parallel(self, ids: list[list[int]], batches: list[list[int]], normalize: bool,
                       out: np.ndarray, bar: tqdm) -> None:
-        """Every device pulls the next planned batch when it is free, so faster cards take more of the work.
+        """Every device pulls the next planned batch when it is free, so faster cards take more of the work."""
+        pending = iter(batches)
+        lock = threading.Lock()
+        failures: list[tuple[torch.device, BaseException]] = []
 
-        The worker threads live as long as the encoder: a thread started per call would also start a fresh
-        OpenMP thread pool per call on a CPU worker, and a process holding more OpenMP threads than cores stops
-        spin-waiting at barriers (see ``devices.release_host_threads``).
-        """
-        job = _ParallelJob(ids, normalize, out, bar, len(batches))
-        tasks = self._worker_tasks()
-        for batch in batches:
-            tasks.put((job, batch))
-        job.done.wait()
-        if job.failure is not None:
-            device, err = job.failure
+        def next_batch() -> list[int] | None:
+            with lock:
+                return None if failures else next(pending, None)
+
+        def run(worker: DeviceWorker, batch: list[int]) -> None:
+            try:
+                out[batch] = worker.run([ids[i] for i in batch], normalize)
+            except BaseException as err:  # noqa: BLE001 - reported below with the device's name
+                with lock:
+                    failures.append((worker.device, err))
+                return
+            with lock:
+                bar.update(len(batch))
+
+        pool = DevicePool(self.workers, next_batch, run, name="minilm-encode").start()
+        pool.join()
+        if failures:
+            device, err = failures[0]
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
-
-    def _worker_tasks(self) -> queue.SimpleQueue:
-        """The queue the worker threads pull from; the threads start on the first multi-device call, and again
-        in a forked child (which inherits the queue but not the threads)."""
-        with self._tasks_lock:
-            if self._tasks is None or self._pool is None or self._pool.alive < len(self.workers):
-                self._tasks = queue.SimpleQueue()
-                self._pool = DevicePool(self.workers, self._tasks.get, _ParallelJob.run, name="minilm-encode")
-                self._pool.start()
-                _ENCODERS_WITH_THREADS.add(self)
-            return self._tasks
-
-    def _stop_worker_threads(self, timeout: float = 10.0) -> None:
-        """End the worker threads (one None each) and wait for them: a thread that ran torch ops and is still
-        ending while the interpreter exits aborts the process ("terminate called without an active exception",
-        exit status 134: seen with an encoder dropped just before exit)."""
-        tasks, pool = getattr(self, "_tasks", None), getattr(self, "_pool", None)
-        if tasks is None:
-            return
-        for _ in self.workers:
-            tasks.put(None)
-        self._tasks = None
-        if pool is not None:
-            pool.join(timeout)
-
-    def __del__(self) -> None:
-        # The worker threads hold the workers, not the encoder: one None each lets them end with it.
-        self._stop_worker_threads()
 
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;

@@ -46,11 +46,9 @@ class DevicePool(Generic[W, B]):
         return self
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for every thread to stop (``next_batch`` returned None to each); a worker thread that calls this
-        does not wait for itself."""
+        """Wait for every thread to stop (``next_batch`` returned None to each)."""
         for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout)
+            thread.join(timeout)
 
     @property
     def alive(self) -> int:

@@ -52,8 +52,8 @@ def test_jsonl_output_keeps_rows_aligned(tmp_path, st_model):
 
 
 def test_two_cpu_workers_write_the_same_rows_and_exit_cleanly(tmp_path, st_model):
-    """--device cpu,cpu: the worker threads are ended before the interpreter exits (a thread still ending then
-    aborted the process with status 134 and "terminate called without an active exception")."""
+    """--device cpu,cpu: the same rows as sentence-transformers, and a clean exit (worker threads that outlived
+    the call once aborted the process at exit: status 134, "terminate called without an active exception")."""
     lines = [f"line {i} " + "word " * (i % 13) for i in range(40)]
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,8 +1,9 @@
 """The same calls on ``SentenceTransformer`` and on ``MiniLMEncoder`` give the same types, shapes, dtypes and values.
 
 float32 results agree within 1e-5. Quantized results equal sentence-transformers' ``quantize_embeddings`` applied
-to the float32 output the same call quantized, bit for bit; against sentence-transformers' own quantized output (from floats that differ by
-~1e-7) an int8 bucket may move by one and a binary bit may flip only where the float is within 1e-5 of zero.
+to the float32 output the same call quantized, bit for bit; against sentence-transformers' own quantized output
+(from floats that differ by ~1e-7) an int8 bucket may move by one and a binary bit may flip only where the float is
+within 1e-5 of zero.
 """
 
 from __future__ import annotations
