@@ -285,7 +285,7 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
             if dtype == "float32" and device.type == "cpu" and onednn_linear_supported():
                 candidates.append(OneDnnLinear(weight, bias))
         a = x if dtype == "int8" else x.to(getattr(torch, dtype))
-        rates[dtype] = 2 * m * k * n / min(best_seconds(lambda f=f: f(a), 10) for f in candidates)
+        rates[dtype] = 2 * m * k * n / min(best_seconds(lambda f=f: f(a), 20) for f in candidates)
     big = torch.ones(64 << 20, device=device)  # 256 MiB: far larger than any cache
     return {"ops_per_s": rates, "bandwidth_bytes_per_s": big.numel() * 4 / best_seconds(big.sum, 5)}
 
@@ -334,8 +334,13 @@ def verdicts(results: dict, workloads: dict, limits: dict, config) -> list[dict]
             floor = max(real_work(lengths, config) / limits["ops_per_s"][dtype],
                         forwards * weight_bytes(config, dtype) / limits["bandwidth_bytes_per_s"])
             ratio = peer_row["latency_ms"] / ours["latency_ms"]
-            ceiling = peer_row["latency_ms"] / 1e3 / floor
-            verdict = "met" if ratio >= target else "beyond this machine" if ceiling < target else "not met"
+            # A ratio reached proves the ceiling is at least that high: on a shared VM a limit measured during a
+            # burst of another guest's load can come out below what the engines then did, and then it proves
+            # nothing about what is beyond the machine.
+            estimate = peer_row["latency_ms"] / 1e3 / floor
+            ceiling = max(estimate, ratio)
+            verdict = ("met" if ratio >= target else "beyond this machine" if ratio <= estimate < target
+                       else "not met")
             rows.append({"workload": workload, "dtype": dtype, "peer": peer_row["engine"], "ratio": ratio,
                          "target": target, "ceiling": ceiling, "verdict": verdict})
     return rows

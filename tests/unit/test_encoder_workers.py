@@ -135,3 +135,67 @@ def test_settings_come_from_one_config(fake_backend):
     with pytest.raises(InputError, match="batch_size must be a positive integer"):
         EncoderConfig(batch_size=0)
 
+
+
+class SharedLengthBackend(LengthBackend):
+    """:class:`LengthBackend` that declares it may run from several threads at once (as the CPU packed engine)."""
+
+    shareable = True
+
+
+@pytest.fixture
+def two_cores():
+    """Two torch threads whatever the machine has (the lanes split the calling thread's count)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def shared_backend(monkeypatch, fake_backend):
+    monkeypatch.setitem(backend_module.BACKENDS, "shared", f"{__name__}:SharedLengthBackend")
+    return fake_backend
+
+
+def test_one_cpu_runs_a_multi_batch_call_on_two_lanes_sharing_the_model(shared_backend, two_cores):
+    encoder = MiniLMEncoder(device="cpu", backend="shared")
+    texts = [" ".join(["w"] * (i % 23)) for i in range(200)]
+    shared_backend.threads.clear()
+    out = encoder.encode(texts, batch_size=4, normalize_embeddings=False)
+    assert out[:, 0].tolist() == [len(x) for x in encoder.tokenize(texts)]
+    assert len({ident for ident, _ in shared_backend.calls}) == 1  # one model
+    assert len({thread for _, thread in shared_backend.calls}) == 2  # two lanes
+    assert set(shared_backend.threads) == {1} and torch.get_num_threads() == 2  # each on its share, caller's back
+
+
+def test_lanes_only_where_the_work_divides_and_the_backend_may_be_shared(shared_backend, two_cores):
+    shared = MiniLMEncoder(device="cpu", backend="shared")
+    one_query, one_batch = ["a query"], [f"text {i}" for i in range(30)]
+    lopsided = [" ".join(["w"] * 100)] * 32 + ["x"]  # one big batch and a tiny one: one lane would idle
+    for texts in (one_query, one_batch, lopsided):
+        shared_backend.calls.clear()
+        shared_backend.threads.clear()
+        shared.encode(texts, batch_size=32)
+        assert len({thread for _, thread in shared_backend.calls}) == 1 and set(shared_backend.threads) == {2}
+    shared_backend.calls.clear()
+    MiniLMEncoder(device="cpu", backend="fake").encode([f"text {i}" for i in range(100)], batch_size=4)
+    assert len({thread for _, thread in shared_backend.calls}) == 1  # not shareable: one thread
+
+
+def test_cpu_lanes_split_the_calling_threads_count(shared_backend):
+    from minilm_npu.encoder import DeviceWorker, cpu_lanes
+
+    worker = DeviceWorker(SharedLengthBackend(type("Files", (), {"hidden_size": 4}), torch.device("cpu"), "float32"))
+    previous = torch.get_num_threads()
+    try:
+        for cores, shares in ((1, []), (2, [1, 1]), (5, [2, 2]), (16, [8, 8])):
+            torch.set_num_threads(cores)
+            lanes = cpu_lanes(worker, [[0], [1], [2]], [5, 5, 5])
+            assert [lane.host_threads for lane in lanes] == shares
+            assert all(lane.backend is worker.backend for lane in lanes)
+        torch.set_num_threads(2)
+        assert cpu_lanes(worker, [[0], [1]], [9, 8]) != [] and cpu_lanes(worker, [[0], [1]], [9, 1]) == []
+        assert cpu_lanes(worker, [[0, 1]], [5, 5]) == []
+    finally:
+        torch.set_num_threads(previous)

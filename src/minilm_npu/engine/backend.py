@@ -66,6 +66,9 @@ class Backend(Protocol):
     name: str
     device: torch.device
     dtype: str
+    #: Optional (default False): ``embed`` may run from several threads at once on this one object, so the encoder
+    #: can run a call's batches side by side on one CPU without a second copy of the model (``encoder.cpu_lanes``).
+    shareable: bool
 
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""

@@ -14,6 +14,7 @@ packed ``[total_tokens, hidden]`` tensor. Precision:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import torch
@@ -65,17 +66,20 @@ class FusedQuantizer:
         self.min_rows = min_rows
         self.enabled = os.environ.get("MINILM_NPU_FUSED_QUANT", "1") != "0"
         self._compiled = None
+        self._lock = threading.Lock()
 
     def compile(self) -> bool:
-        """Compile now, for both thread counts :class:`~.cpu_kernels.AdaptiveThreads` may pick (Dynamo compiles
-        per thread count) and both widths a BERT layer feeds, instead of inside the first large batch.
+        """Compile now, for the thread counts a forward may run on (Dynamo compiles per thread count: one and all,
+        which :class:`~.cpu_kernels.AdaptiveThreads` picks from, and half, a CPU lane's share in
+        :func:`minilm_npu.encoder.cpu_lanes`) and both widths a BERT layer feeds, instead of inside the first large
+        batch.
 
         Returns:
             Whether the compiled kernel is in use.
         """
         threads = torch.get_num_threads()
         try:
-            for count in sorted({1, threads}):
+            for count in sorted({1, max(1, threads // 2), threads}):  # 1, a CPU lane's share, all
                 torch.set_num_threads(count)
                 with torch.inference_mode():  # the mode the engine runs in (Dynamo guards on it)
                     for width in (384, 1536):
@@ -84,12 +88,17 @@ class FusedQuantizer:
             torch.set_num_threads(threads)
         return self.enabled
 
-    def __call__(self, x: torch.Tensor, inv_smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.enabled and inv_smooth is not None and x.shape[0] >= self.min_rows:
-            if self._compiled is None:  # compiles on its first call
+    def _create(self) -> None:
+        with self._lock:  # CPU lanes call this from two threads: one compiled function, not two
+            if self._compiled is None:
                 log.info("int8: compiling the fused activation quantization (once per process; Inductor "
                          "caches it on disk)")
                 self._compiled = torch.compile(quantize_per_token, dynamic=True, fullgraph=True)
+
+    def __call__(self, x: torch.Tensor, inv_smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.enabled and inv_smooth is not None and x.shape[0] >= self.min_rows:
+            if self._compiled is None:  # compiles on its first call
+                self._create()
             try:
                 return self._compiled(x, inv_smooth)
             except Exception as err:  # noqa: BLE001 - no C++ compiler, an unsupported build: the eager ops remain
@@ -320,6 +329,9 @@ class PackedBackend:
                        if api is not None else None)
         # CPU: each forward on 1 thread or all, whichever measures faster under this machine's load.
         self._threads = AdaptiveThreads() if device.type == "cpu" else None
+        # A CPU forward keeps no state (AdaptiveThreads' estimates are advisory), so threads may share this engine;
+        # accelerators keep one stream and recorded graphs per engine.
+        self.shareable = device.type == "cpu"
 
     def _pack(self, batch: list[list[int]]) -> PackedBatch:
         plan = self.plan
