@@ -37,6 +37,10 @@ class DeviceWorker(Protocol):
         """Vectors ``(len(ids), dimension)`` float32 for already-validated ids, in their order, as one forward
         pass; L2-normalised when ``normalize``."""
 
+    def run_on_all_cores(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        """:meth:`run` with every host core even where this worker has a share of them (a CPU worker beside
+        others): for a batch nothing else runs beside."""
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -78,6 +82,10 @@ class Encoder(Protocol):
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
                          normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
         """Vectors for token ids (checked here, the edge for in-process callers)."""
+
+    def batch_workers(self) -> Sequence[DeviceWorker]:
+        """The workers that run formed batches side by side (a server's): ``workers``, or on one CPU whose engine
+        may be shared, two lanes on that one model, each on half of the cores."""
 
     def warmup(self) -> None:
         """Run each device's warm-up shapes once (allocation, kernel choice, graph builds)."""

@@ -35,7 +35,8 @@ from .tokenization import Tokenizer, check_token_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "DeviceWorker", "EncoderConfig", "MiniLMEncoder", "cpu_lanes", "plan_batches"]
+__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "DeviceWorker", "EncoderConfig", "MiniLMEncoder", "cpu_lanes", "lane_workers",
+           "plan_batches"]
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
@@ -155,12 +156,19 @@ def cpu_lanes(worker: DeviceWorker, batches: list[list[int]], lengths: Sequence[
     forward ~1.6-1.7x faster than half of them on a quiet 2-core Zen 4, so a batch holding more than ~60 % of a
     call's work takes longer alone on its lane than the whole call one batch after another (33 texts at batch 32).
     """
-    cores = torch.get_num_threads()
-    if (worker.device.type != "cpu" or cores < CPU_LANES or len(batches) < 2
-            or not getattr(worker.backend, "shareable", False)):
+    if len(batches) < 2:
         return []
     tokens = [sum(lengths[i] for i in batch) for batch in batches]
     if max(tokens) > LANE_MAX_SHARE * sum(tokens):
+        return []
+    return lane_workers(worker)
+
+
+def lane_workers(worker: DeviceWorker) -> list[DeviceWorker]:
+    """:data:`CPU_LANES` workers on ``worker``'s model, each on its share of the calling thread's cores; ``[]``
+    unless the worker is on a CPU with at least two cores and its backend may be shared (see :func:`cpu_lanes`)."""
+    cores = torch.get_num_threads()
+    if worker.device.type != "cpu" or cores < CPU_LANES or not getattr(worker.backend, "shareable", False):
         return []
     return [DeviceWorker(worker.backend, host_threads=cores // CPU_LANES) for _ in range(CPU_LANES)]
 
@@ -355,7 +363,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
         lock = threading.Lock()
         failures: list[tuple[torch.device, BaseException]] = []
 
-        def next_batch() -> list[int] | None:
+        def next_batch(_worker_index: int) -> list[int] | None:
             with lock:
                 return None if failures else next(pending, None)
 
@@ -374,6 +382,12 @@ class MiniLMEncoder(SentenceTransformerSurface):
         if failures:
             device, err = failures[0]
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
+
+    def batch_workers(self) -> list[DeviceWorker]:
+        """The workers a server runs formed batches on, side by side: one per device, or on one CPU two lanes
+        sharing its model (:func:`lane_workers`), so that a busy server's batches run as a multi-batch ``encode``
+        call's do. A batch that runs alone should use :meth:`DeviceWorker.run_on_all_cores`."""
+        return self.workers if len(self.workers) > 1 else (lane_workers(self.workers[0]) or self.workers)
 
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;

@@ -21,22 +21,23 @@ class DevicePool(Generic[W, B]):
 
     Args:
         workers: One per device (each is only ever driven by its own thread).
-        next_batch: Called by a free worker's thread; blocks until work is there, returns None to stop that
-            thread. Must be thread-safe.
+        next_batch: Called by a free worker's thread with the worker's index in ``workers``; blocks until work
+            is there (for that worker: the server's batcher keeps the workers after the first for when the first
+            is busy), returns None to stop that thread. Must be thread-safe.
         run: Runs one batch on one worker and delivers its result; it handles its own errors (an exception
             that escapes stops that worker's thread).
         name: Thread name prefix.
     """
 
-    def __init__(self, workers: Sequence[W], next_batch: Callable[[], B | None], run: Callable[[W, B], None],
+    def __init__(self, workers: Sequence[W], next_batch: Callable[[int], B | None], run: Callable[[W, B], None],
                  name: str = "minilm-device"):
         self._next_batch, self._run = next_batch, run
-        self._threads = [threading.Thread(target=self._serve, args=(worker,), daemon=True,
+        self._threads = [threading.Thread(target=self._serve, args=(index, worker), daemon=True,
                                           name=f"{name}-{getattr(worker, 'device', index)}")
                          for index, worker in enumerate(workers)]
 
-    def _serve(self, worker: W) -> None:
-        while (batch := self._next_batch()) is not None:
+    def _serve(self, index: int, worker: W) -> None:
+        while (batch := self._next_batch(index)) is not None:
             self._run(worker, batch)
 
     def start(self) -> DevicePool[W, B]:

@@ -27,18 +27,28 @@ class FlakyWorker:
     def warmup(self):
         self._worker.warmup()
 
-    def run(self, ids, normalize):
+    def _maybe_fail(self):
         with self._lock:
             left = int(self._fail_file.read_text() or 0) if self._fail_file.exists() else 0
             if left > 0:
                 self._fail_file.write_text(str(left - 1))
                 raise RuntimeError("injected device failure")
+
+    def run(self, ids, normalize):
+        self._maybe_fail()
         return self._worker.run(ids, normalize)
+
+    def run_on_all_cores(self, ids, normalize):
+        self._maybe_fail()
+        return self._worker.run_on_all_cores(ids, normalize)
 
 
 def flaky(encoder, fail_file: Path):
-    """The real encoder with every device worker made flaky (the server runs its batches through ``workers``)."""
+    """The real encoder with every worker made flaky: the device workers and the batch workers the server runs its
+    batches on (one CPU's lanes, built on the real device worker)."""
     lock = threading.Lock()
+    batch_workers = [FlakyWorker(worker, fail_file, lock) for worker in encoder.batch_workers()]
+    encoder.batch_workers = lambda: batch_workers
     encoder.workers = [FlakyWorker(worker, fail_file, lock) for worker in encoder.workers]
     return encoder
 

@@ -30,12 +30,18 @@ class FakeWorker:
             raise RuntimeError("device lost")
         with enc.lock:
             enc.batches.append(len(ids))
+            enc.ran_on.append(self.device)
         if enc.delay_s:
             time.sleep(enc.delay_s)
         out = np.stack([enc.vector(seq) for seq in ids])
         if normalize:
             out /= np.linalg.norm(out, axis=1, keepdims=True)
         return out
+
+    def run_on_all_cores(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        with self.encoder.lock:
+            self.encoder.alone += 1
+        return self.run(ids, normalize)
 
 
 class FakeEncoder:
@@ -52,6 +58,8 @@ class FakeEncoder:
         self.delay_s = delay_s
         self.fail = False
         self.batches: list[int] = []
+        self.alone = 0  # batches run with every core (nothing else running or queued)
+        self.ran_on: list[str] = []  # the device of each batch
         self.lock = threading.Lock()
         self.tokenizer = SimpleNamespace(vocab_size=VOCAB, decode_tokens=self.decode_tokens)
         self.warmed = False
@@ -78,6 +86,9 @@ class FakeEncoder:
 
     def encode_token_ids(self, token_ids, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
         return self.workers[0].run([list(ids) for ids in token_ids], normalize_embeddings)
+
+    def batch_workers(self):
+        return self.workers
 
     def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
         single = isinstance(sentences, str)

@@ -20,6 +20,7 @@ class LengthBackend:
     calls: list[tuple[str, int]] = []
     threads: list[int] = []  # torch's thread count inside each embed
     fail_on_device: str | None = None
+    delay_s = 0.001
 
     def __init__(self, model_files, device, dtype):
         self.device, self.dtype, self.hidden = device, dtype, model_files.hidden_size
@@ -30,7 +31,7 @@ class LengthBackend:
             raise RuntimeError("device lost")
         LengthBackend.calls.append((self.ident, threading.get_ident()))
         LengthBackend.threads.append(torch.get_num_threads())
-        time.sleep(0.001)  # a device takes time: the other worker's thread gets to start before the work is gone
+        time.sleep(self.delay_s)  # a device takes time: the other worker's thread gets to start before the work is gone
         out = torch.zeros((len(batch), self.hidden))
         for row, ids in enumerate(batch):
             out[row, 0], out[row, 1], out[row, 2] = len(ids), ids[1] if len(ids) > 2 else -1, 1.0
@@ -78,7 +79,10 @@ def test_cpu_workers_split_the_cores_and_give_the_caller_its_threads_back(fake_b
     assert MiniLMEncoder(device="cpu", backend="fake").workers[0].host_threads is None  # one worker: every core
 
 
-def test_fewer_batches_than_workers_are_split_so_no_device_idles(fake_backend):
+def test_fewer_batches_than_workers_are_split_so_no_device_idles(fake_backend, monkeypatch):
+    # Two batches: each takes long enough that the second thread starts before the first has done both, even
+    # on a loaded machine (1 ms was not, once, under two pytest-xdist workers).
+    monkeypatch.setattr(fake_backend, "delay_s", 0.05)
     encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
     texts = [" ".join(["w"] * (i + 1)) for i in range(24)]
     out = encoder.encode(texts, batch_size=32, normalize_embeddings=False)
@@ -199,3 +203,19 @@ def test_cpu_lanes_split_the_calling_threads_count(shared_backend):
         assert cpu_lanes(worker, [[0, 1]], [5, 5]) == []
     finally:
         torch.set_num_threads(previous)
+
+
+def test_batch_workers_are_lanes_on_one_shareable_cpu(shared_backend, two_cores):
+    shared = MiniLMEncoder(device="cpu", backend="shared")
+    lanes = shared.batch_workers()
+    assert len(lanes) == 2 and all(lane.backend is shared.workers[0].backend for lane in lanes)
+    assert [lane.host_threads for lane in lanes] == [1, 1]
+    ids = shared.tokenize(["a lone batch"])
+    shared_backend.threads.clear()
+    lanes[0].run_on_all_cores(ids, normalize=False)
+    lanes[1].run(ids, normalize=False)
+    assert shared_backend.threads == [2, 1] and torch.get_num_threads() == 2
+    plain = MiniLMEncoder(device="cpu", backend="fake")
+    assert plain.batch_workers() == plain.workers  # an engine that may not be shared: one worker
+    two = MiniLMEncoder(device="cpu,cpu", backend="shared")
+    assert two.batch_workers() == two.workers  # one worker per device already

@@ -201,3 +201,58 @@ def test_one_event_loop_wake_up_per_batch(monkeypatch):
     for ids, got in zip(requests, results):
         np.testing.assert_array_equal(got, np.stack([fake.vector(seq) for seq in ids]))
     assert fake.batches == [1, 15] and len(calls) == 2
+
+
+def test_a_batch_runs_on_every_core_only_when_it_runs_alone():
+    """Nothing else running or queued: the batch gets every core (run_on_all_cores), as a one-batch encode call;
+    under load, each worker its share (a CPU lane's half of the cores)."""
+    fake = FakeEncoder(devices=("cpu:0", "cpu:1"), delay_s=0.02, max_batch_tokens=40)
+    one = fake.tokenize(["a lone query"])
+    _embed_once(Batcher(fake), one)
+    assert (fake.alone, fake.batches) == (1, [1])
+    fake.alone, fake.batches = 0, []
+    requests = _requests(fake, 32)
+
+    async def main():
+        batcher = Batcher(fake)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.embed(ids) for ids in requests))
+        finally:
+            batcher.close()
+
+    results = _run(main())
+    for ids, out in zip(requests, results):
+        np.testing.assert_array_equal(out, np.stack([fake.vector(seq) for seq in ids]))
+    assert len(fake.batches) > 4 and fake.alone < len(fake.batches) // 2  # mostly shares: work was queued
+    assert set(fake.ran_on) == {"cpu:0", "cpu:1"}  # the second worker took work while the first was busy
+
+
+def test_a_lone_clients_batches_all_run_on_the_first_worker():
+    """One client, one request at a time: every batch on the first worker (on a CPU, the one thread that runs on
+    every core, so the process keeps a single OpenMP pool)."""
+    fake = FakeEncoder(devices=("cpu:0", "cpu:1"), delay_s=0.002)
+    requests = _requests(fake, 20)
+
+    async def main():
+        batcher = Batcher(fake)
+        batcher.start()
+        try:
+            return [await batcher.embed(ids) for ids in requests]
+        finally:
+            batcher.close()
+
+    _run(main())
+    assert len(fake.ran_on) == 20 and set(fake.ran_on) == {"cpu:0"} and fake.alone == 20
+
+
+def test_the_batcher_runs_on_the_encoders_batch_workers(monkeypatch):
+    fake = FakeEncoder(devices=("cpu",))
+    lanes = [type(fake.workers[0])("cpu", fake) for _ in range(2)]
+    monkeypatch.setattr(fake, "batch_workers", lambda: lanes)
+    batcher = Batcher(fake)
+    batcher.start()
+    try:
+        assert batcher.workers_alive == 2
+    finally:
+        batcher.close()

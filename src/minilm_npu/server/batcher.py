@@ -98,6 +98,7 @@ class Batcher:
         self._closing = False
         self._pool: DevicePool | None = None
         self._in_flight = 0
+        self._running = 0  # batches on the workers now
         self._preprocess_pool = ThreadPoolExecutor(max_workers=tokenizer_threads,
                                                    thread_name_prefix="minilm-tokenize")
         self._probe_ids: list[list[int]] | None = None
@@ -109,8 +110,9 @@ class Batcher:
         return self._pool.alive if self._pool else 0
 
     def start(self) -> None:
-        """Start one worker thread per encoder device."""
-        self._pool = DevicePool(self.encoder.workers, self._take_batch, self._run_batch,
+        """Start one thread per batch worker: one per device, or two lanes sharing one CPU's model
+        (:meth:`~minilm_npu.contract.Encoder.batch_workers`)."""
+        self._pool = DevicePool(self.encoder.batch_workers(), self._take_batch, self._run_batch,
                                 name="minilm-batcher").start()
 
     def close(self, timeout: float = 30.0) -> None:
@@ -165,7 +167,7 @@ class Batcher:
                 raise ApiError(503, "the server is shutting down", kind="unhealthy")
             self._queue.extend((job, index) for index in range(len(ids)))
             self.metrics.queue_depth.set(len(self._queue))
-            self._cond.notify()
+            self._cond.notify_all()  # not notify(): a worker after the first may not take it (see _take_batch)
         try:
             return await job.future
         finally:
@@ -188,11 +190,22 @@ class Batcher:
         return bool(np.isfinite(vectors).all())
 
     # -- device side (worker threads) --------------------------------------------------------------------------
-    def _take_batch(self) -> list[tuple[_Job, int]] | None:
-        """Block until work is queued, then form one batch; None when closing and drained (no lock held)."""
+    def _take_batch(self, worker_index: int) -> tuple[list[tuple[_Job, int]], bool] | None:
+        """Block until work is queued, then form one batch; None when closing and drained (no lock held).
+
+        The first worker takes work whenever there is some; the others only while a batch is already running
+        (a second device, or a CPU's second lane, is for when the first is busy). So a lone client's batches all
+        run on the first worker's thread: on a CPU, only that thread ever runs a parallel region on every core,
+        and the process keeps one OpenMP pool (GNU OpenMP stops spinning between ops once it holds more threads
+        than cores, which doubled a query's forward; see :func:`minilm_npu.devices.release_host_threads`).
+
+        Returns:
+            The batch, and whether it runs alone (no other batch running, nothing left queued): then it gets every
+            core (``run_on_all_cores``), as a one-batch ``encode`` call does, instead of its lane's share.
+        """
         with self._cond:
             while True:
-                while not self._queue and not self._closing:
+                while (not self._queue or (worker_index > 0 and self._running == 0)) and not self._closing:
                     self._cond.wait()
                 if not self._queue:
                     return None
@@ -221,7 +234,9 @@ class Batcher:
                 if self._queue:
                     self._cond.notify()  # let another idle device start on the rest
                 if batch:
-                    return batch
+                    alone = not self._queue and self._running == 0
+                    self._running += 1
+                    return batch, alone
 
     def _queued_tokens(self) -> int:
         # Bounded: stops counting at the budget, so a long queue costs no more than one batch's worth.
@@ -232,27 +247,35 @@ class Batcher:
                 break
         return total
 
-    def _run_batch(self, worker: DeviceWorker, batch: list[tuple[_Job, int]]) -> None:
-        """Run one formed batch on one device's worker and hand every row back (a device thread)."""
+    def _run_batch(self, worker: DeviceWorker, taken: tuple[list[tuple[_Job, int]], bool]) -> None:
+        """Run one formed batch on one worker and hand every row back (a worker thread)."""
+        batch, alone = taken
         now = time.monotonic()
-        for job, _ in batch:
-            if not job.started:
-                job.started = True
-                self.metrics.queue_time.observe(now - job.enqueued)
-        ids = [job.ids[index] for job, index in batch]
-        self.metrics.batch_size.observe(len(ids))
-        self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
+        vectors = None
         try:
-            vectors = worker.run(ids, normalize=False)
+            for job, _ in batch:
+                if not job.started:
+                    job.started = True
+                    self.metrics.queue_time.observe(now - job.enqueued)
+            ids = [job.ids[index] for job, index in batch]
+            self.metrics.batch_size.observe(len(ids))
+            self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
+            vectors = (worker.run_on_all_cores if alone else worker.run)(ids, normalize=False)
         except Exception as err:  # noqa: BLE001 - every request in the batch learns, the worker lives on
-            log.exception("inference failed on a batch of %d inputs", len(ids))
+            log.exception("inference failed on a batch of %d inputs", len(batch))
             error = ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend")
             for job in {id(job): job for job, _ in batch}.values():
                 self._fail(job, error)
-            return
         finally:
             self.metrics.inference_time.observe(time.monotonic() - now)
-        self._deliver(batch, vectors)
+            # Before the rows go back: a lone client's next request must find this worker counted as idle, or a
+            # second worker would take it on its share of the cores.
+            with self._cond:
+                self._running -= 1
+                if self._queue:
+                    self._cond.notify_all()
+        if vectors is not None:
+            self._deliver(batch, vectors)
 
     def _deliver(self, batch: list[tuple[_Job, int]], vectors: np.ndarray) -> None:
         finished: list[_Job] = []
