@@ -34,6 +34,20 @@ def _embed_once(batcher, ids):
     return _run(main())
 
 
+def _serve(batcher, requests, one_at_a_time=False):
+    """Start the batcher, embed every request (concurrently, or one after another as a lone client), close it."""
+    async def main():
+        batcher.start()
+        try:
+            if one_at_a_time:
+                return [await batcher.embed(ids) for ids in requests]
+            return await asyncio.gather(*(batcher.embed(ids) for ids in requests))
+        finally:
+            batcher.close()
+
+    return _run(main())
+
+
 def _requests(fake, n, seed=0):
     rng = random.Random(seed)
     out = []
@@ -212,16 +226,7 @@ def test_a_batch_runs_on_every_core_only_when_it_runs_alone():
     assert (fake.alone, fake.batches) == (1, [1])
     fake.alone, fake.batches = 0, []
     requests = _requests(fake, 32)
-
-    async def main():
-        batcher = Batcher(fake)
-        batcher.start()
-        try:
-            return await asyncio.gather(*(batcher.embed(ids) for ids in requests))
-        finally:
-            batcher.close()
-
-    results = _run(main())
+    results = _serve(Batcher(fake), requests)
     for ids, out in zip(requests, results):
         np.testing.assert_array_equal(out, np.stack([fake.vector(seq) for seq in ids]))
     assert len(fake.batches) > 4 and fake.alone < len(fake.batches) // 2  # mostly shares: work was queued
@@ -232,17 +237,7 @@ def test_a_lone_clients_batches_all_run_on_the_first_worker():
     """One client, one request at a time: every batch on the first worker (on a CPU, the one thread that runs on
     every core, so the process keeps a single OpenMP pool)."""
     fake = FakeEncoder(devices=("cpu:0", "cpu:1"), delay_s=0.002)
-    requests = _requests(fake, 20)
-
-    async def main():
-        batcher = Batcher(fake)
-        batcher.start()
-        try:
-            return [await batcher.embed(ids) for ids in requests]
-        finally:
-            batcher.close()
-
-    _run(main())
+    _serve(Batcher(fake), _requests(fake, 20), one_at_a_time=True)
     assert len(fake.ran_on) == 20 and set(fake.ran_on) == {"cpu:0"} and fake.alone == 20
 
 
