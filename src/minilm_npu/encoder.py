@@ -390,10 +390,16 @@ class MiniLMEncoder(SentenceTransformerSurface):
         return self.workers if len(self.workers) > 1 else (lane_workers(self.workers[0]) or self.workers)
 
     def engine_choices(self) -> dict[str, str]:
-        """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports;
-        empty for backends that make no device-dependent choices."""
+        """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports,
+        plus the CPU lanes where there are any; empty for backends that make no device-dependent choices."""
         choices = getattr(self.workers[0].backend, "choices", None)
-        return dict(choices()) if choices else {}
+        found = dict(choices()) if choices else {}
+        lanes = lane_workers(self.workers[0]) if len(self.workers) == 1 else []
+        if lanes:
+            found["lanes"] = (f"{len(lanes)} lanes sharing this one model, {lanes[0].host_threads} thread(s) each, "
+                              "for calls of several batches and a busy server; a batch that runs alone gets all "
+                              f"{torch.get_num_threads()}")
+        return found
 
     def warmup(self) -> None:
         """Run each device's warm-up shapes and one tiny forward pass (first-call allocation, kernel selection,

@@ -215,7 +215,9 @@ def test_batch_workers_are_lanes_on_one_shareable_cpu(shared_backend, two_cores)
     lanes[0].run_on_all_cores(ids, normalize=False)
     lanes[1].run(ids, normalize=False)
     assert shared_backend.threads == [2, 1] and torch.get_num_threads() == 2
+    assert shared.engine_choices()["lanes"].startswith("2 lanes sharing this one model, 1 thread(s) each")
     plain = MiniLMEncoder(device="cpu", backend="fake")
     assert plain.batch_workers() == plain.workers  # an engine that may not be shared: one worker
+    assert "lanes" not in plain.engine_choices()
     two = MiniLMEncoder(device="cpu,cpu", backend="shared")
     assert two.batch_workers() == two.workers  # one worker per device already
