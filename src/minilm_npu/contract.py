@@ -85,7 +85,7 @@ class Encoder(Protocol):
 
     def batch_workers(self) -> Sequence[DeviceWorker]:
         """The workers that run formed batches side by side (a server's): ``workers``, or on one CPU whose engine
-        may be shared, two lanes on that one model, each on half of the cores."""
+        may be shared, one-thread lanes on that one model, one per core."""
 
     def warmup(self) -> None:
         """Run each device's warm-up shapes once (allocation, kernel choice, graph builds)."""

@@ -5,7 +5,7 @@ Three stages, as the reference port and infinity split them:
 * **pre** (CPU): validate once, tokenize with HF ``tokenizers`` at the model's real limit (256), sort by length;
 * **core** (device): the backend's forward pass and pooling on token ids only, one batch at a time, one
   :class:`DeviceWorker` (and one model copy) per device, driven by :class:`~minilm_npu.scheduling.DevicePool`;
-  on one CPU, a call of several batches runs them on two lanes sharing the model (:func:`cpu_lanes`);
+  on one CPU, a call of several batches runs them on one-thread lanes sharing the model (:func:`cpu_lanes`);
 * **post**: L2 normalisation in float32, ``.cpu()``, rows written back to their input positions.
 
 It implements :class:`minilm_npu.contract.Encoder`, the only part of it the server, corpus and verify use.
@@ -132,45 +132,49 @@ class DeviceWorker:
                 warmup()
 
 
-#: CPU lanes per call: two workers, each on half of the cores, sharing one model (measured on 2 cores only; see
-#: :func:`cpu_lanes`).
-CPU_LANES = 2
-#: The largest share of a call's tokens one batch may hold for the call to run on lanes.
-LANE_MAX_SHARE = 0.6
+#: How much more than an even share (``1 / lanes`` of a call's tokens) one batch may hold for the call to run on
+#: lanes: 0.6 of the tokens with two lanes.
+LANE_SLACK = 1.2
 
 
 def cpu_lanes(worker: DeviceWorker, batches: list[list[int]], lengths: Sequence[int]) -> list[DeviceWorker]:
-    """The lanes one CPU worker runs a multi-batch call on: :data:`CPU_LANES` workers on one shared model, each
-    on its share of the calling thread's cores; or ``[]`` to run the batches one after another on every core.
+    """The lanes one CPU worker runs a multi-batch call on: one worker per core, each on one thread, all on the one
+    shared model (:func:`lane_workers`); or ``[]`` to run the batches one after another on every core.
 
     Why: every op of a forward on several threads is an OpenMP region ending in a barrier; small ops (a layer norm,
     a GELU, the attention of one short text) pay it without gaining much. Independent batches side by side, each
-    on fewer threads, spend no time in barriers across lanes. Measured on a 2-core Zen 4 (two one-thread lanes
-    against one two-thread worker, same process, same model): STS-B 1,600 sentences at batch 32 float32 458 ->
-    519 sentences/s, int8 852 -> 1,091; 24 mixed sentences one per forward float32 178 -> 193, int8 196 -> 249;
-    identical vectors. Unlike ``device="cpu,cpu"`` no second copy of the model is loaded: the backend must say
-    it can run from several threads at once (``shareable``; the CPU packed engine keeps no state in a forward).
+    on one thread, spend no time in barriers at all. Measured on a 2-core Zen 4 (two one-thread lanes against one
+    two-thread worker, same process, same model): STS-B 1,600 sentences at batch 32 float32 458 -> 519
+    sentences/s, int8 852 -> 1,091; 24 mixed sentences one per forward float32 178 -> 193, int8 196 -> 249;
+    identical vectors. Unlike ``device="cpu,cpu"`` no second copy of the model is loaded: the backend must say it
+    can run from several threads at once (``shareable``; the CPU packed engine keeps no state in a forward).
 
-    Lanes are used only when the work divides: at least two batches, none holding more than
-    :data:`LANE_MAX_SHARE` of the tokens. A lane runs its batch on half of the cores, and every core runs a
-    forward ~1.6-1.7x faster than half of them on a quiet 2-core Zen 4, so a batch holding more than ~60 % of a
-    call's work takes longer alone on its lane than the whole call one batch after another (33 texts at batch 32).
+    One thread per lane, not a share of several: a lane thread that ran parallel regions on several threads would
+    keep its own OpenMP pool beside the calling thread's, and GNU OpenMP stops spinning between ops once a process
+    holds more OpenMP threads than cores (see :func:`minilm_npu.devices.release_host_threads`).
+
+    Lanes are used only when the work divides: at least one batch per lane, none holding more than
+    :data:`LANE_SLACK` times an even share of the tokens. Every core runs a forward ~1.6-1.7x faster than one core on
+    a quiet 2-core Zen 4, so with two lanes a batch holding more than ~60 % of a call's work takes longer alone on
+    its lane than the whole call one batch after another (33 texts at batch 32).
     """
-    if len(batches) < 2:
+    lanes = lane_workers(worker)
+    if not lanes or len(batches) < len(lanes):
         return []
     tokens = [sum(lengths[i] for i in batch) for batch in batches]
-    if max(tokens) > LANE_MAX_SHARE * sum(tokens):
+    if max(tokens) > LANE_SLACK * sum(tokens) / len(lanes):
         return []
-    return lane_workers(worker)
+    return lanes
 
 
 def lane_workers(worker: DeviceWorker) -> list[DeviceWorker]:
-    """:data:`CPU_LANES` workers on ``worker``'s model, each on its share of the calling thread's cores; ``[]``
-    unless the worker is on a CPU with at least two cores and its backend may be shared (see :func:`cpu_lanes`)."""
+    """One worker per core of the calling thread's count, each on one thread, all on ``worker``'s model; ``[]``
+    unless the worker is on a CPU with at least two cores and its backend may be shared (see :func:`cpu_lanes`).
+    Measured on 2 cores only (two lanes)."""
     cores = torch.get_num_threads()
-    if worker.device.type != "cpu" or cores < CPU_LANES or not getattr(worker.backend, "shareable", False):
+    if worker.device.type != "cpu" or cores < 2 or not getattr(worker.backend, "shareable", False):
         return []
-    return [DeviceWorker(worker.backend, host_threads=cores // CPU_LANES) for _ in range(CPU_LANES)]
+    return [DeviceWorker(worker.backend, host_threads=1) for _ in range(cores)]
 
 
 class MiniLMEncoder(SentenceTransformerSurface):
@@ -384,8 +388,8 @@ class MiniLMEncoder(SentenceTransformerSurface):
             raise RuntimeError(f"encoding failed on device {device}: {type(err).__name__}: {err}") from err
 
     def batch_workers(self) -> list[DeviceWorker]:
-        """The workers a server runs formed batches on, side by side: one per device, or on one CPU two lanes
-        sharing its model (:func:`lane_workers`), so that a busy server's batches run as a multi-batch ``encode``
+        """The workers a server runs formed batches on, side by side: one per device, or on one CPU one-thread
+        lanes sharing its model (:func:`lane_workers`), so that a busy server's batches run as a multi-batch ``encode``
         call's do. A batch that runs alone should use :meth:`DeviceWorker.run_on_all_cores`."""
         return self.workers if len(self.workers) > 1 else (lane_workers(self.workers[0]) or self.workers)
 
@@ -396,9 +400,8 @@ class MiniLMEncoder(SentenceTransformerSurface):
         found = dict(choices()) if choices else {}
         lanes = lane_workers(self.workers[0]) if len(self.workers) == 1 else []
         if lanes:
-            found["lanes"] = (f"{len(lanes)} lanes sharing this one model, {lanes[0].host_threads} thread(s) each, "
-                              "for calls of several batches and a busy server; a batch that runs alone gets all "
-                              f"{torch.get_num_threads()}")
+            found["lanes"] = (f"{len(lanes)} lanes sharing this one model, one thread each, for calls of several "
+                              f"batches and a busy server; a batch that runs alone gets all {len(lanes)} threads")
         return found
 
     def warmup(self) -> None:

@@ -187,17 +187,19 @@ def test_lanes_only_where_the_work_divides_and_the_backend_may_be_shared(shared_
     assert len({thread for _, thread in shared_backend.calls}) == 1  # not shareable: one thread
 
 
-def test_cpu_lanes_split_the_calling_threads_count(shared_backend):
+def test_cpu_lanes_are_one_thread_per_core_of_the_calling_thread(shared_backend):
     from minilm_npu.encoder import DeviceWorker, cpu_lanes
 
     worker = DeviceWorker(SharedLengthBackend(type("Files", (), {"hidden_size": 4}), torch.device("cpu"), "float32"))
     previous = torch.get_num_threads()
     try:
-        for cores, shares in ((1, []), (2, [1, 1]), (5, [2, 2]), (16, [8, 8])):
+        for cores in (1, 2, 5, 16):  # one lane per core, one thread each (no OpenMP pool per lane)
             torch.set_num_threads(cores)
-            lanes = cpu_lanes(worker, [[0], [1], [2]], [5, 5, 5])
-            assert [lane.host_threads for lane in lanes] == shares
+            batches = [[i] for i in range(cores * 2)]
+            lanes = cpu_lanes(worker, batches, [5] * len(batches))
+            assert [lane.host_threads for lane in lanes] == ([1] * cores if cores > 1 else [])
             assert all(lane.backend is worker.backend for lane in lanes)
+        assert cpu_lanes(worker, [[i] for i in range(15)], [5] * 15) == []  # fewer batches than lanes
         torch.set_num_threads(2)
         assert cpu_lanes(worker, [[0], [1]], [9, 8]) != [] and cpu_lanes(worker, [[0], [1]], [9, 1]) == []
         assert cpu_lanes(worker, [[0, 1]], [5, 5]) == []
@@ -215,7 +217,7 @@ def test_batch_workers_are_lanes_on_one_shareable_cpu(shared_backend, two_cores)
     lanes[0].run_on_all_cores(ids, normalize=False)
     lanes[1].run(ids, normalize=False)
     assert shared_backend.threads == [2, 1] and torch.get_num_threads() == 2
-    assert shared.engine_choices()["lanes"].startswith("2 lanes sharing this one model, 1 thread(s) each")
+    assert shared.engine_choices()["lanes"].startswith("2 lanes sharing this one model, one thread each")
     plain = MiniLMEncoder(device="cpu", backend="fake")
     assert plain.batch_workers() == plain.workers  # an engine that may not be shared: one worker
     assert "lanes" not in plain.engine_choices()

@@ -69,17 +69,16 @@ class FusedQuantizer:
         self._lock = threading.Lock()
 
     def compile(self) -> bool:
-        """Compile now, for the thread counts a forward may run on (Dynamo compiles per thread count: one and all,
-        which :class:`~.cpu_kernels.AdaptiveThreads` picks from, and half, a CPU lane's share in
-        :func:`minilm_npu.encoder.cpu_lanes`) and both widths a BERT layer feeds, instead of inside the first large
-        batch.
+        """Compile now, for both thread counts a forward may run on (Dynamo compiles per thread count: one, which
+        :class:`~.cpu_kernels.AdaptiveThreads` may pick and every CPU lane of :func:`minilm_npu.encoder.cpu_lanes`
+        runs on, and all) and both widths a BERT layer feeds, instead of inside the first large batch.
 
         Returns:
             Whether the compiled kernel is in use.
         """
         threads = torch.get_num_threads()
         try:
-            for count in sorted({1, max(1, threads // 2), threads}):  # 1, a CPU lane's share, all
+            for count in sorted({1, threads}):
                 torch.set_num_threads(count)
                 with torch.inference_mode():  # the mode the engine runs in (Dynamo guards on it)
                     for width in (384, 1536):
