@@ -219,7 +219,7 @@ def test_one_event_loop_wake_up_per_batch(monkeypatch):
 
 def test_a_batch_runs_on_every_core_only_when_it_runs_alone():
     """Nothing else running or queued: the batch gets every core (run_on_all_cores), as a one-batch encode call;
-    under load, each worker its share (a CPU lane's half of the cores)."""
+    under load, each worker its share (a CPU lane's one thread)."""
     fake = FakeEncoder(devices=("cpu:0", "cpu:1"), delay_s=0.02, max_batch_tokens=40)
     one = fake.tokenize(["a lone query"])
     _embed_once(Batcher(fake), one)

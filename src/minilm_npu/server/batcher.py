@@ -110,8 +110,8 @@ class Batcher:
         return self._pool.alive if self._pool else 0
 
     def start(self) -> None:
-        """Start one thread per batch worker: one per device, or two lanes sharing one CPU's model
-        (:meth:`~minilm_npu.contract.Encoder.batch_workers`)."""
+        """Start one thread per batch worker: one per device, or one-thread lanes (one per core) sharing one CPU's
+        model (:meth:`~minilm_npu.contract.Encoder.batch_workers`)."""
         self._pool = DevicePool(self.encoder.batch_workers(), self._take_batch, self._run_batch,
                                 name="minilm-batcher").start()
 
@@ -250,24 +250,9 @@ class Batcher:
     def _run_batch(self, worker: DeviceWorker, taken: tuple[list[tuple[_Job, int]], bool]) -> None:
         """Run one formed batch on one worker and hand every row back (a worker thread)."""
         batch, alone = taken
-        now = time.monotonic()
-        vectors = None
         try:
-            for job, _ in batch:
-                if not job.started:
-                    job.started = True
-                    self.metrics.queue_time.observe(now - job.enqueued)
-            ids = [job.ids[index] for job, index in batch]
-            self.metrics.batch_size.observe(len(ids))
-            self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
-            vectors = (worker.run_on_all_cores if alone else worker.run)(ids, normalize=False)
-        except Exception as err:  # noqa: BLE001 - every request in the batch learns, the worker lives on
-            log.exception("inference failed on a batch of %d inputs", len(batch))
-            error = ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend")
-            for job in {id(job): job for job, _ in batch}.values():
-                self._fail(job, error)
+            vectors = self._forward(worker, batch, alone)
         finally:
-            self.metrics.inference_time.observe(time.monotonic() - now)
             # Before the rows go back: a lone client's next request must find this worker counted as idle, or a
             # second worker would take it on its share of the cores.
             with self._cond:
@@ -276,6 +261,27 @@ class Batcher:
                     self._cond.notify_all()
         if vectors is not None:
             self._deliver(batch, vectors)
+
+    def _forward(self, worker: DeviceWorker, batch: list[tuple[_Job, int]], alone: bool) -> np.ndarray | None:
+        """The batch's raw vectors, or None after failing every request in it (the worker lives on)."""
+        now = time.monotonic()
+        for job, _ in batch:
+            if not job.started:
+                job.started = True
+                self.metrics.queue_time.observe(now - job.enqueued)
+        ids = [job.ids[index] for job, index in batch]
+        self.metrics.batch_size.observe(len(ids))
+        self.metrics.batch_tokens.observe(sum(len(seq) for seq in ids))
+        try:
+            return (worker.run_on_all_cores if alone else worker.run)(ids, normalize=False)
+        except Exception as err:  # noqa: BLE001 - every request in the batch learns, the worker lives on
+            log.exception("inference failed on a batch of %d inputs", len(ids))
+            error = ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend")
+            for job in {id(job): job for job, _ in batch}.values():
+                self._fail(job, error)
+            return None
+        finally:
+            self.metrics.inference_time.observe(time.monotonic() - now)
 
     def _deliver(self, batch: list[tuple[_Job, int]], vectors: np.ndarray) -> None:
         finished: list[_Job] = []
