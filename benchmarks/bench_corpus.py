@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the a model vector search engine corpus device card shard row text token sentence embedding fast exact "
-         "cluster actor resume crash manifest parquet stream memory batch worker queue npu gpu cpu ascend cosine "
-         "neighbour query result score index document paragraph language semantic similarity").split()
+WORDS = (
+    "the a model vector search engine corpus device card shard row text token sentence embedding fast exact "
+    "cluster actor resume crash manifest parquet stream memory batch worker queue npu gpu cpu ascend cosine "
+    "neighbour query result score index document paragraph language semantic similarity"
+).split()
 
 
 def make_corpus(path: Path, rows: int, seed: int = 0) -> None:
@@ -41,8 +43,7 @@ def run_local(src: Path, out: Path, device: str, args: argparse.Namespace) -> tu
     encoder = MiniLMEncoder(device=device, dtype=args.dtype, backend=args.backend)
     encoder.warmup()
     started = time.perf_counter()
-    summary = embed_corpus(src, out, LocalEngine(encoder), EmbedSettings(batch_size=args.batch_size,
-                                                                         progress=False))
+    summary = embed_corpus(src, out, LocalEngine(encoder), EmbedSettings(batch_size=args.batch_size, progress=False))
     return summary.rows_written / (time.perf_counter() - started), None, []
 
 
@@ -53,8 +54,9 @@ def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> tupl
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     engine = RayEngine(device=device, dtype=args.dtype, backend=args.backend, num_cpus=args.ray_cpus)
     started = time.perf_counter()
-    summary = embed_corpus(src, out, engine, EmbedSettings(batch_size=args.batch_size, progress=False,
-                                                           shard_rows=args.shard_rows))
+    summary = embed_corpus(
+        src, out, engine, EmbedSettings(batch_size=args.batch_size, progress=False, shard_rows=args.shard_rows)
+    )
     rate = summary.rows_written / (time.perf_counter() - started)
     return rate, engine.driver_bytes, sorted(engine.workers.values(), reverse=True)
 
@@ -71,8 +73,10 @@ def plan_cost(src: Path, shard_rows: int) -> str:
         count = sum(1 for _ in file_units(0, file, shard_rows))
         best = min(best, time.perf_counter() - started)
     size = src.stat().st_size
-    return (f"planning {size:,} bytes into {count} units of {shard_rows} lines: {best * 1000:.1f} ms "
-            f"({size / best / 1e9:.2f} GB/s)")
+    return (
+        f"planning {size:,} bytes into {count} units of {shard_rows} lines: {best * 1000:.1f} ms "
+        f"({size / best / 1e9:.2f} GB/s)"
+    )
 
 
 def cpu_line() -> str:
@@ -86,19 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000, help="corpus lines (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="single-process device (default: %(default)s)")
-    parser.add_argument("--multi-device", default=None,
-                        help="multi-worker device list (default: the single device twice, e.g. cpu,cpu)")
+    parser.add_argument(
+        "--multi-device", default=None, help="multi-worker device list (default: the single device twice, e.g. cpu,cpu)"
+    )
     parser.add_argument("--engines", default="local,multi,ray1,ray2", help="subset of local,multi,ray1,ray2")
-    parser.add_argument("--shard-rows", type=int, default=2048,
-                        help="rows per Ray unit/shard (default: %(default)s)")
+    parser.add_argument("--shard-rows", type=int, default=2048, help="rows per Ray unit/shard (default: %(default)s)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     args = parser.parse_args(argv)
     multi = args.multi_device or f"{args.device},{args.device}"
-    runs = {"local": ("one process", args.device, run_local), "multi": ("multi-worker", multi, run_local),
-            "ray1": ("Ray, 1 actor", args.device, run_ray), "ray2": ("Ray, 2 actors", multi, run_ray)}
+    runs = {
+        "local": ("one process", args.device, run_local),
+        "multi": ("multi-worker", multi, run_local),
+        "ray1": ("Ray, 1 actor", args.device, run_ray),
+        "ray2": ("Ray, 2 actors", multi, run_ray),
+    }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "corpus.txt"
@@ -110,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             results.append((label, device, fn(src, Path(tmp) / f"out-{name}", device, args)))
     base = results[0][2][0] if results else 0
     vector_bytes = args.rows * 384 * 4
-    print(f"\n{cpu_line()}\n{args.rows:,} rows in one .txt file, dtype {args.dtype}, backend "
-          f"{args.backend or 'default'}, batch size {args.batch_size}; the vectors weigh {vector_bytes:,} bytes; "
-          f"{planned}\n")
+    print(
+        f"\n{cpu_line()}\n{args.rows:,} rows in one .txt file, dtype {args.dtype}, backend "
+        f"{args.backend or 'default'}, batch size {args.batch_size}; the vectors weigh {vector_bytes:,} bytes; "
+        f"{planned}\n"
+    )
     print("| engine | device | rows/s | vs first | bytes to driver | shards per actor |")
     print("|---|---|---:|---:|---:|---|")
     for label, device, (rate, driver, spread) in results:

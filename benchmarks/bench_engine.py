@@ -44,8 +44,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
 from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
 from minilm_npu.engine.policy import dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
 from minilm_npu.verify.accuracy import load_sts, row_cosines, spearman  # noqa: E402
@@ -58,18 +58,25 @@ BASELINE = "sentence-transformers float32"
 ORT = "onnxruntime"
 OURS = "minilm-npu packed"
 BEST_PEER = "best peer"
-SHORT, MIXED_1, MIXED_32, STSB = ("1 short sentence, batch 1", "24 mixed, batch 1", "24 mixed, batch 32",
-                                  "STS-B dev")
+SHORT, MIXED_1, MIXED_32, STSB = ("1 short sentence, batch 1", "24 mixed, batch 1", "24 mixed, batch 32", "STS-B dev")
 
 #: Issue 12's same-run targets: (workload prefix, our dtype, peer engine, minimum ratio of the peer's time to ours).
-TARGETS = [(SHORT, "float32", f"{ORT} float32", 1.0), (SHORT, "int8", f"{ORT} int8", 1.25),
-           (MIXED_1, "float32", f"{ORT} float32", 1.0), (MIXED_1, "int8", f"{ORT} int8", 1.0),
-           (MIXED_32, "float32", BEST_PEER, 4.0), (MIXED_32, "int8", BEST_PEER, 4.0),
-           (STSB, "float32", f"{ORT} float32", 1.25), (STSB, "int8", f"{ORT} int8", 1.2)]
+TARGETS = [
+    (SHORT, "float32", f"{ORT} float32", 1.0),
+    (SHORT, "int8", f"{ORT} int8", 1.25),
+    (MIXED_1, "float32", f"{ORT} float32", 1.0),
+    (MIXED_1, "int8", f"{ORT} int8", 1.0),
+    (MIXED_32, "float32", BEST_PEER, 4.0),
+    (MIXED_32, "int8", BEST_PEER, 4.0),
+    (STSB, "float32", f"{ORT} float32", 1.25),
+    (STSB, "int8", f"{ORT} int8", 1.2),
+]
 #: Quality bounds: float32 max |difference| from sentence-transformers; int8 min cosine and STS-B Spearman drop.
 FLOAT32_MAX_ABS, INT8_MIN_COSINE, INT8_MAX_SPEARMAN_DROP = 1e-5, 0.99, 0.005
-BENCH_EXTRA_MISSING = ("the ONNX Runtime columns need the 'bench' extra: pip install 'minilm-npu[bench]' "
-                       "(onnxruntime, onnx); or pass --no-onnxruntime to time without them")
+BENCH_EXTRA_MISSING = (
+    "the ONNX Runtime columns need the 'bench' extra: pip install 'minilm-npu[bench]' "
+    "(onnxruntime, onnx); or pass --no-onnxruntime to time without them"
+)
 
 
 # -- the engines, one process each ---------------------------------------------------------------------------
@@ -88,14 +95,15 @@ def _ort_encoder(onnx_path: str, model_dir: str):
     def encode(texts: list[str], batch_size: int) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer.encode(texts[start:start + batch_size])
+            batch = tokenizer.encode(texts[start : start + batch_size])
             width = max(len(ids) for ids in batch)
             ids = np.zeros((len(batch), width), dtype=np.int64)
             mask = np.zeros_like(ids)
             for row, seq in enumerate(batch):
-                ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                        "token_type_ids": np.zeros_like(ids)})[0]
+                ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
+            hidden = session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )[0]
             pooled = (hidden * mask[..., None]).sum(1) / np.clip(mask.sum(1, keepdims=True), 1e-9, None)
             out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
         return np.concatenate(out)
@@ -128,8 +136,13 @@ def _engine_child(conn, kind: str, model_dir: str, device: str, option: str) -> 
             conn.send(np.asarray(encode(texts, batch_size), dtype=np.float32))
         else:
             _, texts, batch_size, warmup, rounds = request
-            stats = time_calls(lambda batch, _: encode(batch, batch_size), lambda: synchronize(target), texts,
-                               warmup, rounds)
+            stats = time_calls(
+                lambda batch, _, size=batch_size: encode(batch, size),
+                lambda: synchronize(target),
+                texts,
+                warmup,
+                rounds,
+            )
             conn.send(stats["mean_ms"] / 1e3)
 
 
@@ -142,8 +155,9 @@ class EngineProcess:
         context = multiprocessing.get_context("spawn")
         self.label = label
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_engine_child, args=(child, kind, model_dir, str(device), option),
-                                       daemon=True)
+        self.process = context.Process(
+            target=_engine_child, args=(child, kind, model_dir, str(device), option), daemon=True
+        )
         self.process.start()
         if self.conn.recv() != "ready":
             raise RuntimeError(f"the {label} process did not start")
@@ -193,9 +207,15 @@ def onnx_models(model_dir: str, cache: Path = ONNX_CACHE) -> dict[str, Path]:
     if not paths["int8"].is_file():
         # optimum's AutoQuantizationConfig.avx512_vnni(is_static=False), as sentence-transformers' export uses it.
         partial = paths["int8"].with_suffix(".partial")
-        quantize_dynamic(paths["float32"], partial, op_types_to_quantize=["MatMul", "Add"], per_channel=True,
-                         reduce_range=False, weight_type=QuantType.QInt8,
-                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        quantize_dynamic(
+            paths["float32"],
+            partial,
+            op_types_to_quantize=["MatMul", "Add"],
+            per_channel=True,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
         partial.replace(paths["int8"])
     return paths
 
@@ -210,22 +230,31 @@ def export_onnx(model_dir: str, path: Path) -> None:
             self.model = model
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
 
     model = LastHidden(AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval())
     ids = torch.tensor([[101, 7592, 2088, 102]])
     names = ["input_ids", "attention_mask", "token_type_ids"]
     partial = path.with_suffix(".partial")
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(partial),
-                          input_names=names, output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names + ["last_hidden_state"]})
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(partial),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names + ["last_hidden_state"]},
+        )
     partial.replace(path)
 
 
-def start_engines(device: torch.device, dtypes: list[str], model_dir: str, with_ort: bool,
-                  workers: int = 1) -> list[EngineProcess]:
+def start_engines(
+    device: torch.device, dtypes: list[str], model_dir: str, with_ort: bool, workers: int = 1
+) -> list[EngineProcess]:
     """sentence-transformers, ONNX Runtime float32 and int8 (CPU), then our engine per dtype (with ``workers``
     workers on ``device``, e.g. ``cpu,cpu``: the cores split between two model copies)."""
     found = [EngineProcess(BASELINE, "st", model_dir, device)]
@@ -237,8 +266,15 @@ def start_engines(device: torch.device, dtypes: list[str], model_dir: str, with_
     return found
 
 
-def time_interleaved(engine_list: list, texts: list[str], batch_size: int, device: torch.device, warmup: int,
-                     rounds: int, passes: int = 2) -> list[float]:
+def time_interleaved(
+    engine_list: list,
+    texts: list[str],
+    batch_size: int,
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    passes: int = 2,
+) -> list[float]:
     """Mean seconds per engine: warm-up once, then ``rounds`` timed rounds split into ``passes`` turns in which the
     engines take turns, so a machine that slows down or speeds up meanwhile affects them all alike. The engines
     not on turn are paused (SIGSTOP) so that none of their threads competes with the one being timed."""
@@ -267,8 +303,10 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
     from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
 
     def best_seconds(fn, tries: int) -> float:
-        return min(time_calls(lambda *_: fn(), lambda: synchronize(device), [], 1, 1)["mean_ms"]
-                   for _ in range(tries)) / 1e3
+        return (
+            min(time_calls(lambda *_: fn(), lambda: synchronize(device), [], 1, 1)["mean_ms"] for _ in range(tries))
+            / 1e3
+        )
 
     m, k, n = 2048, 384, 1536
     x = torch.randn(m, k, device=device)
@@ -285,15 +323,17 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
             if dtype == "float32" and device.type == "cpu" and onednn_linear_supported():
                 candidates.append(OneDnnLinear(weight, bias))
         a = x if dtype == "int8" else x.to(getattr(torch, dtype))
-        rates[dtype] = 2 * m * k * n / min(best_seconds(lambda f=f: f(a), 20) for f in candidates)
+        rates[dtype] = 2 * m * k * n / min(best_seconds(lambda f=f, a=a: f(a), 20) for f in candidates)
     big = torch.ones(64 << 20, device=device)  # 256 MiB: far larger than any cache
     return {"ops_per_s": rates, "bandwidth_bytes_per_s": big.numel() * 4 / best_seconds(big.sum, 5)}
 
 
 def best_limits(*measured: dict) -> dict:
     """The best of several :func:`machine_limits` (a shared machine's dips are not its limits)."""
-    return {"ops_per_s": {dtype: max(m["ops_per_s"][dtype] for m in measured) for dtype in measured[0]["ops_per_s"]},
-            "bandwidth_bytes_per_s": max(m["bandwidth_bytes_per_s"] for m in measured)}
+    return {
+        "ops_per_s": {dtype: max(m["ops_per_s"][dtype] for m in measured) for dtype in measured[0]["ops_per_s"]},
+        "bandwidth_bytes_per_s": max(m["bandwidth_bytes_per_s"] for m in measured),
+    }
 
 
 def real_work(lengths: list[int], config) -> float:
@@ -331,18 +371,28 @@ def verdicts(results: dict, workloads: dict, limits: dict, config) -> list[dict]
             else:
                 continue
             lengths, forwards = workloads[workload]
-            floor = max(real_work(lengths, config) / limits["ops_per_s"][dtype],
-                        forwards * weight_bytes(config, dtype) / limits["bandwidth_bytes_per_s"])
+            floor = max(
+                real_work(lengths, config) / limits["ops_per_s"][dtype],
+                forwards * weight_bytes(config, dtype) / limits["bandwidth_bytes_per_s"],
+            )
             ratio = peer_row["latency_ms"] / ours["latency_ms"]
             # A ratio reached proves the ceiling is at least that high: on a shared VM a limit measured during a
             # burst of another guest's load can come out below what the engines then did, and then it proves
             # nothing about what is beyond the machine.
             estimate = peer_row["latency_ms"] / 1e3 / floor
             ceiling = max(estimate, ratio)
-            verdict = ("met" if ratio >= target else "beyond this machine" if ratio <= estimate < target
-                       else "not met")
-            rows.append({"workload": workload, "dtype": dtype, "peer": peer_row["engine"], "ratio": ratio,
-                         "target": target, "ceiling": ceiling, "verdict": verdict})
+            verdict = "met" if ratio >= target else "beyond this machine" if ratio <= estimate < target else "not met"
+            rows.append(
+                {
+                    "workload": workload,
+                    "dtype": dtype,
+                    "peer": peer_row["engine"],
+                    "ratio": ratio,
+                    "target": target,
+                    "ceiling": ceiling,
+                    "verdict": verdict,
+                }
+            )
     return rows
 
 
@@ -353,6 +403,7 @@ def quality(vectors: dict[str, dict[str, np.ndarray]], scores: np.ndarray | None
         vectors: engine label -> {"mixed": 24 mixed vectors, "sts": STS-B first column then second column}.
         scores: The STS-B gold scores (None when the file is absent).
     """
+
     def sts_spearman(sts: np.ndarray) -> float:
         half = len(sts) // 2
         return spearman((sts[:half] * sts[half:]).sum(1), scores)
@@ -372,8 +423,9 @@ def quality(vectors: dict[str, dict[str, np.ndarray]], scores: np.ndarray | None
         if label == f"{OURS} float32":
             bound = diff <= FLOAT32_MAX_ABS
         elif label == f"{OURS} int8":
-            bound = cosine >= INT8_MIN_COSINE and (row["spearman_drop"] is None
-                                                   or row["spearman_drop"] <= INT8_MAX_SPEARMAN_DROP)
+            bound = cosine >= INT8_MIN_COSINE and (
+                row["spearman_drop"] is None or row["spearman_drop"] <= INT8_MAX_SPEARMAN_DROP
+            )
         row["within_bounds"] = bound
         rows.append(row)
     return rows
@@ -395,26 +447,40 @@ def run(args: argparse.Namespace) -> dict:
             sys.exit(f"error: {reason}")
     with_ort = device.type == "cpu" and not args.no_onnxruntime
     rounds = 3 if args.quick else 10
-    first, second, scores = load_sts(args.stsb, limit=300 if args.quick else None) if args.stsb.is_file() \
-        else ([], [], None)
+    first, second, scores = (
+        load_sts(args.stsb, limit=300 if args.quick else None) if args.stsb.is_file() else ([], [], None)
+    )
     corpus = first + second
     model_files = resolve_model(None)
     model_dir = str(model_files.directory)
     config = BertConfig.from_dict(model_files.config)
     tokenizer = Tokenizer(model_files)
-    runs = [(SHORT, [SHORT_SENTENCE], 1, 3, rounds * 3), (MIXED_1, MIXED_24, 1, 3, rounds),
-            (MIXED_32, MIXED_24, 32, 3, rounds)]
+    runs = [
+        (SHORT, [SHORT_SENTENCE], 1, 3, rounds * 3),
+        (MIXED_1, MIXED_24, 1, 3, rounds),
+        (MIXED_32, MIXED_24, 32, 3, rounds),
+    ]
     if corpus:
-        runs.append((f"{STSB} {len(corpus):,} sentences, batch 32", corpus, 32, 0,
-                     1 if args.quick else args.corpus_rounds))
+        runs.append(
+            (f"{STSB} {len(corpus):,} sentences, batch 32", corpus, 32, 0, 1 if args.quick else args.corpus_rounds)
+        )
     # Per workload, for its ceiling: the real token lengths and how many forward passes it takes.
-    workloads = {workload: ([len(ids) for ids in tokenizer.encode(texts)], -(-len(texts) // batch_size))
-                 for workload, texts, batch_size, _, _ in runs}
-    results: dict = {"device": describe(device).name, "device_type": device.type, "cpu": cpu_model(),
-                     "isa": isa_summary(), "kernels": kernel_plan() if device.type == "cpu" else {},
-                     "torch": torch.__version__, "threads": torch.get_num_threads(), "workers": args.workers,
-                     "machine": platform.platform(),
-                     "rows": []}
+    workloads = {
+        workload: ([len(ids) for ids in tokenizer.encode(texts)], -(-len(texts) // batch_size))
+        for workload, texts, batch_size, _, _ in runs
+    }
+    results: dict = {
+        "device": describe(device).name,
+        "device_type": device.type,
+        "cpu": cpu_model(),
+        "isa": isa_summary(),
+        "kernels": kernel_plan() if device.type == "cpu" else {},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "machine": platform.platform(),
+        "rows": [],
+    }
     print("-- machine limits", file=sys.stderr, flush=True)
     limits_before = machine_limits(device, dtypes)
     engine_list = start_engines(device, dtypes, model_dir, with_ort, args.workers)
@@ -424,8 +490,14 @@ def run(args: argparse.Namespace) -> dict:
             print(f"-- {workload}", file=sys.stderr, flush=True)
             seconds = time_interleaved(engine_list, texts, batch_size, device, warmup, count)
             for engine, mean in zip(engine_list, seconds):
-                results["rows"].append({"engine": engine.label, "workload": workload,
-                                        "sentences_per_s": len(texts) / mean, "latency_ms": mean * 1e3})
+                results["rows"].append(
+                    {
+                        "engine": engine.label,
+                        "workload": workload,
+                        "sentences_per_s": len(texts) / mean,
+                        "latency_ms": mean * 1e3,
+                    }
+                )
         print("-- quality", file=sys.stderr, flush=True)
         for engine in engine_list:
             vectors[engine.label] = {"mixed": engine.embed(MIXED_24, 32)}
@@ -442,68 +514,103 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _short_label(engine: str) -> str:
-    return (engine.replace("sentence-transformers", "ST torch").replace(OURS, "ours").replace(ORT, "ORT")
-            .replace("float32", "fp32"))
+    return (
+        engine.replace("sentence-transformers", "ST torch")
+        .replace(OURS, "ours")
+        .replace(ORT, "ORT")
+        .replace("float32", "fp32")
+    )
 
 
 def markdown(results: dict) -> str:
     """The report: engines side by side per workload, then the targets' verdicts, then quality."""
     engines = list(dict.fromkeys(r["engine"] for r in results["rows"]))
     by = {(r["workload"], r["engine"]): r for r in results["rows"]}
-    lines = [f"CPU: {results['cpu']}; ISA: {results['isa']}",
-             f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, "
-             f"{results['machine']}"]
+    lines = [
+        f"CPU: {results['cpu']}; ISA: {results['isa']}",
+        f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, {results['machine']}",
+    ]
     if results.get("workers", 1) > 1:
         lines.append(f"Ours: {results['workers']} workers on the device, the cores split between them")
     lines += [f"Kernels picked ({dtype}): {kernel}" for dtype, kernel in results.get("kernels", {}).items()]
-    lines += ["", "Sentences/s (the short sentence: latency in ms), each engine in its own process, turns "
-              "interleaved:", "",
-              "| workload | " + " | ".join(_short_label(e) for e in engines) + " |",
-              "| --- |" + " ---: |" * len(engines)]
+    lines += [
+        "",
+        "Sentences/s (the short sentence: latency in ms), each engine in its own process, turns interleaved:",
+        "",
+        "| workload | " + " | ".join(_short_label(e) for e in engines) + " |",
+        "| --- |" + " ---: |" * len(engines),
+    ]
     for workload in dict.fromkeys(r["workload"] for r in results["rows"]):
         cells = []
         for engine in engines:
             row = by.get((workload, engine))
-            cells.append("" if row is None else f"{row['latency_ms']:,.2f} ms" if workload == SHORT
-                         else f"{row['sentences_per_s']:,.0f}")
+            cells.append(
+                ""
+                if row is None
+                else f"{row['latency_ms']:,.2f} ms"
+                if workload == SHORT
+                else f"{row['sentences_per_s']:,.0f}"
+            )
         lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     limits = results["limits"]
-    rates = ", ".join(f"{dtype} {rate / 1e9:,.0f} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
-                      for dtype, rate in limits["ops_per_s"].items())
-    lines += ["", f"What this machine allows (best of before and after the runs): linear-layer rate {rates}; memory "
-              f"read {limits['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s. Ratio = peer's time / ours; ceiling = peer's "
-              "time / the time of our real tokens' GEMMs at that rate (or of reading the weights once per forward "
-              "pass, if longer).", "",
-              "| workload | ours | against | ratio | target | ceiling | verdict |",
-              "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    rates = ", ".join(
+        f"{dtype} {rate / 1e9:,.0f} G{'OP' if dtype == 'int8' else 'FLOP'}/s"
+        for dtype, rate in limits["ops_per_s"].items()
+    )
+    lines += [
+        "",
+        f"What this machine allows (best of before and after the runs): linear-layer rate {rates}; memory "
+        f"read {limits['bandwidth_bytes_per_s'] / 1e9:,.1f} GB/s. Ratio = peer's time / ours; ceiling = peer's "
+        "time / the time of our real tokens' GEMMs at that rate (or of reading the weights once per forward "
+        "pass, if longer).",
+        "",
+        "| workload | ours | against | ratio | target | ceiling | verdict |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
     for row in results["verdicts"]:
-        lines.append(f"| {row['workload']} | {row['dtype']} | {_short_label(row['peer'])} | {row['ratio']:.2f}x | "
-                     f">= {row['target']:g}x | {row['ceiling']:.1f}x | {row['verdict']} |")
-    lines += ["", f"Quality against sentence-transformers (24 mixed + STS-B sentences; bounds: float32 max abs <= "
-              f"{FLOAT32_MAX_ABS:g}, int8 min cosine >= {INT8_MIN_COSINE}, Spearman drop <= "
-              f"{INT8_MAX_SPEARMAN_DROP}):", "",
-              "| engine | max abs | min cosine | STS-B Spearman | drop | bounds |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+        lines.append(
+            f"| {row['workload']} | {row['dtype']} | {_short_label(row['peer'])} | {row['ratio']:.2f}x | "
+            f">= {row['target']:g}x | {row['ceiling']:.1f}x | {row['verdict']} |"
+        )
+    lines += [
+        "",
+        f"Quality against sentence-transformers (24 mixed + STS-B sentences; bounds: float32 max abs <= "
+        f"{FLOAT32_MAX_ABS:g}, int8 min cosine >= {INT8_MIN_COSINE}, Spearman drop <= "
+        f"{INT8_MAX_SPEARMAN_DROP}):",
+        "",
+        "| engine | max abs | min cosine | STS-B Spearman | drop | bounds |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for row in results["quality"]:
         spear = "" if row["spearman"] is None else f"{row['spearman']:.4f}"
         drop = "" if row["spearman_drop"] is None else f"{row['spearman_drop']:+.4f}"
         bound = {True: "within", False: "OUTSIDE", None: ""}[row["within_bounds"]]
-        lines.append(f"| {_short_label(row['engine'])} | {row['max_abs']:.1e} | {row['min_cosine']:.4f} | {spear} | "
-                     f"{drop} | {bound} |")
+        lines.append(
+            f"| {_short_label(row['engine'])} | {row['max_abs']:.1e} | {row['min_cosine']:.4f} | {spear} | "
+            f"{drop} | {bound} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="one device: cpu, cuda:0, npu:0 (default: cpu)")
-    parser.add_argument("--dtypes", default=None,
-                        help="comma-separated (default: float32,int8 on CPU, float32,float16,bfloat16 elsewhere)")
+    parser.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma-separated (default: float32,int8 on CPU, float32,float16,bfloat16 elsewhere)",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds, 600 STS-B sentences, 1 corpus round")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB, help="stsb-dev.tsv (skipped when absent)")
     parser.add_argument("--corpus-rounds", type=int, default=2, help="timed rounds of the STS-B run")
     parser.add_argument("--no-onnxruntime", action="store_true", help="leave out the ONNX Runtime columns")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="our engine's workers on the device (2 on a CPU: device 'cpu,cpu', the cores split "
-                             "between two model copies; the peers run as their users run them)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="our engine's workers on the device (2 on a CPU: device 'cpu,cpu', the cores split "
+        "between two model copies; the peers run as their users run them)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.workers < 1:

@@ -39,10 +39,13 @@ from minilm_npu.verify.bench import batch_for, time_calls  # noqa: E402
 
 DEFAULT_STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb-dev.tsv"
 #: (workload, dtype) -> (rule, value): "ratio" = at least that many times sentence-transformers; "ms" = at most.
-TARGETS = {("24 mixed, batch 32", "float16"): ("ratio", 3.0), ("24 mixed, batch 64", "float16"): ("ratio", 3.0),
-           ("STS-B dev 3,000, batch 128", "float16"): ("ratio", 2.0),
-           ("1 short sentence, batch 1", "float32"): ("ms", 1.0),
-           ("1 short sentence, batch 1", "float16"): ("ms", 1.0)}
+TARGETS = {
+    ("24 mixed, batch 32", "float16"): ("ratio", 3.0),
+    ("24 mixed, batch 64", "float16"): ("ratio", 3.0),
+    ("STS-B dev 3,000, batch 128", "float16"): ("ratio", 2.0),
+    ("1 short sentence, batch 1", "float32"): ("ms", 1.0),
+    ("1 short sentence, batch 1", "float16"): ("ms", 1.0),
+}
 
 
 def our_engine(model_path: str | None, device: str, dtype: str, graphs: bool):
@@ -83,6 +86,7 @@ def main() -> None:
     model_path = args.model_path
     if model_path is None:
         from minilm_npu.modelfiles import bundled_model_dir
+
         model_path = str(bundled_model_dir())
 
     engines = {}
@@ -105,8 +109,16 @@ def main() -> None:
     for name, texts, batch_size, warmup, rounds in workloads:
         for label, (dtype, encode) in engines.items():
             stats = time_calls(lambda batch, _b, e=encode, bs=batch_size: e(batch, bs), sync, texts, warmup, rounds)
-            rows.append({"workload": name, "engine": label, "dtype": dtype, "sentences": len(texts), **stats,
-                         "sentences_per_s": len(texts) / (stats["mean_ms"] / 1000)})
+            rows.append(
+                {
+                    "workload": name,
+                    "engine": label,
+                    "dtype": dtype,
+                    "sentences": len(texts),
+                    **stats,
+                    "sentences_per_s": len(texts) / (stats["mean_ms"] / 1000),
+                }
+            )
     baseline = {(r["workload"], r["dtype"]): r for r in rows if r["engine"].startswith("sentence-transformers")}
 
     info = describe(device)
@@ -122,11 +134,15 @@ def main() -> None:
         if rule and row["engine"].endswith("graphs"):
             kind, value = rule
             met = ratio >= value if kind == "ratio" else row["p50_ms"] <= value
-            verdict = f"{'met' if met else 'NOT met'} ({'>=' if kind == 'ratio' else '<='} {value:g}" \
-                      f"{'x' if kind == 'ratio' else ' ms p50'})"
+            verdict = (
+                f"{'met' if met else 'NOT met'} ({'>=' if kind == 'ratio' else '<='} {value:g}"
+                f"{'x' if kind == 'ratio' else ' ms p50'})"
+            )
             row["target"] = verdict
-        print(f"| {row['workload']} | {row['engine']} | {row['sentences_per_s']:,.1f} | {row['mean_ms']:.3f} | "
-              f"{row['p50_ms']:.3f} | {ratio:.2f}x | {verdict} |")
+        print(
+            f"| {row['workload']} | {row['engine']} | {row['sentences_per_s']:,.1f} | {row['mean_ms']:.3f} | "
+            f"{row['p50_ms']:.3f} | {ratio:.2f}x | {verdict} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"device": info.name, "torch": torch.__version__, "rows": rows}, indent=1))
 

@@ -58,13 +58,21 @@ class _Connection:
     async def post(self, body: bytes) -> bytes:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.writer.write(head + body)
         header = await self.reader.readuntil(b"\r\n\r\n")
         status = int(header.split(b" ", 2)[1])
-        length = next((int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), None)
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in header.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            None,
+        )
         if length is None:
             raise RuntimeError(f"HTTP {status} answer without Content-Length: {header[:300]!r}")
         payload = await self.reader.readexactly(length)
@@ -86,11 +94,22 @@ def _check(payload: bytes, expected: int, encoding: str) -> None:
         raise RuntimeError(f"expected {expected} vectors of 384 floats, got {len(data)} of {size}")
 
 
-async def _level(url: str, texts: list[str], clients: int, requests: int, per_request: int,
-                 max_seconds: float, encoding: str = "base64") -> tuple[int, float, list[float]]:
+async def _level(
+    url: str,
+    texts: list[str],
+    clients: int,
+    requests: int,
+    per_request: int,
+    max_seconds: float,
+    encoding: str = "base64",
+) -> tuple[int, float, list[float]]:
     parts = urlsplit(url)
-    bodies = [json.dumps({"input": texts[i * per_request:(i + 1) * per_request], "encoding_format": encoding},
-                         ensure_ascii=False).encode() for i in range(requests)]
+    bodies = [
+        json.dumps(
+            {"input": texts[i * per_request : (i + 1) * per_request], "encoding_format": encoding}, ensure_ascii=False
+        ).encode()
+        for i in range(requests)
+    ]
     deadline = time.perf_counter() + max_seconds
     latencies: list[float] = []
     next_request = iter(range(requests))
@@ -104,7 +123,7 @@ async def _level(url: str, texts: list[str], clients: int, requests: int, per_re
             payload = await connection.post(bodies[i])
             latencies.append(time.perf_counter() - t0)
             if i % 16 == 0:  # spot-check the answers off the clock
-                _check(payload, len(texts[i * per_request:(i + 1) * per_request]), encoding)
+                _check(payload, len(texts[i * per_request : (i + 1) * per_request]), encoding)
 
     t0 = time.perf_counter()
     try:
@@ -140,10 +159,15 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=4)
     parser.add_argument("--levels", default="1,8,64")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="cap per level")
-    parser.add_argument("--words", default="4-60",
-                        help="words per text, MIN-MAX (e.g. 6-10 for the one-short-sentence latency case)")
-    parser.add_argument("--encoding-format", default="base64", choices=("base64", "float"),
-                        help="what clients ask for (the official openai client asks for base64 by default)")
+    parser.add_argument(
+        "--words", default="4-60", help="words per text, MIN-MAX (e.g. 6-10 for the one-short-sentence latency case)"
+    )
+    parser.add_argument(
+        "--encoding-format",
+        default="base64",
+        choices=("base64", "float"),
+        help="what clients ask for (the official openai client asks for base64 by default)",
+    )
     args = parser.parse_args()
     try:
         shortest, longest = (int(w) for w in args.words.split("-"))
@@ -159,10 +183,15 @@ def main() -> None:
     encoder.encode(texts, batch_size=32)
     baseline = len(texts) / (time.perf_counter() - start)
     # verify's timing protocol, over one request's worth of texts per call (the first few calls untimed).
-    chunks = [texts[i * args.texts_per_request:(i + 1) * args.texts_per_request]
-              for i in range(min(args.requests, 200))]
-    in_process_p50 = time_each(lambda batch, _: encoder.encode(batch), lambda: synchronize(encoder.device),
-                               chunks, warmup=min(5, len(chunks) - 1))["p50_ms"]
+    chunks = [
+        texts[i * args.texts_per_request : (i + 1) * args.texts_per_request] for i in range(min(args.requests, 200))
+    ]
+    in_process_p50 = time_each(
+        lambda batch, _, encoder=encoder: encoder.encode(batch),
+        lambda device=encoder.device: synchronize(device),
+        chunks,
+        warmup=min(5, len(chunks) - 1),
+    )["p50_ms"]
     description = f"{encoder.device}, backend {encoder.backend_name}, dtype {encoder.dtype}"
     del encoder
 
@@ -176,18 +205,29 @@ def main() -> None:
         url = f"{server.url}/v1/embeddings"
         _run(_level(url, texts, 4, 8, args.texts_per_request, 30))  # connections and first batches
         for level in (int(x) for x in args.levels.split(",")):
-            done, elapsed, latencies = _run(_level(url, texts, level, args.requests, args.texts_per_request,
-                                                          args.max_seconds, args.encoding_format))
+            done, elapsed, latencies = _run(
+                _level(url, texts, level, args.requests, args.texts_per_request, args.max_seconds, args.encoding_format)
+            )
             throughput = done * args.texts_per_request / elapsed
-            rows.append((level, done, throughput, statistics.median(latencies) * 1e3,
-                         _percentile(latencies, 0.99) * 1e3, throughput / baseline))
+            rows.append(
+                (
+                    level,
+                    done,
+                    throughput,
+                    statistics.median(latencies) * 1e3,
+                    _percentile(latencies, 0.99) * 1e3,
+                    throughput / baseline,
+                )
+            )
     finally:
         server.stop()
 
-    print(f"\nDevice {description}; {args.texts_per_request} texts/request, encoding_format "
-          f"{args.encoding_format}; {args.words} words per text; server in its own process; "
-          f"in-process encode: {baseline:.1f} texts/s, p50 {in_process_p50:.2f} ms per request's texts "
-          f"({cpu_line()})\n")
+    print(
+        f"\nDevice {description}; {args.texts_per_request} texts/request, encoding_format "
+        f"{args.encoding_format}; {args.words} words per text; server in its own process; "
+        f"in-process encode: {baseline:.1f} texts/s, p50 {in_process_p50:.2f} ms per request's texts "
+        f"({cpu_line()})\n"
+    )
     print("| clients | requests | texts/s | p50 ms | p50 - in-process ms | p99 ms | vs in-process |")
     print("|--------:|---------:|--------:|-------:|--------------------:|-------:|--------------:|")
     for level, n, tput, p50, p99, ratio in rows:

@@ -32,10 +32,13 @@ def build(out: Path) -> Path:
     model = out / "all-MiniLM-L6-v2-float16"
     if model.exists():
         shutil.rmtree(model)
-    shutil.copytree(source, model, ignore=shutil.ignore_patterns("model.safetensors", "*.md", ".gitattributes",
-                                                                    "data_config.json"))
-    weights = {name: tensor.half().contiguous() if tensor.is_floating_point() else tensor
-               for name, tensor in load_file(source / "model.safetensors").items()}
+    shutil.copytree(
+        source, model, ignore=shutil.ignore_patterns("model.safetensors", "*.md", ".gitattributes", "data_config.json")
+    )
+    weights = {
+        name: tensor.half().contiguous() if tensor.is_floating_point() else tensor
+        for name, tensor in load_file(source / "model.safetensors").items()
+    }
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     if STSB.is_file():
         shutil.copy(STSB, out / "stsb-dev.tsv")

@@ -55,8 +55,7 @@ class EncoderConfig:
         _positive_int("max_batch_tokens", self.max_batch_tokens)
         _positive_int("batch_size", self.batch_size)
         if not isinstance(self.device, str) or not self.device.strip():
-            raise InputError(f"device must be a device string such as 'auto', 'cpu' or 'npu:0', not "
-                             f"{self.device!r}")
+            raise InputError(f"device must be a device string such as 'auto', 'cpu' or 'npu:0', not {self.device!r}")
 
     def replace(self, **changes: object) -> EncoderConfig:
         """A copy with some settings changed (checked again)."""

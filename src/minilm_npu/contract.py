@@ -75,12 +75,22 @@ class Encoder(Protocol):
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``."""
 
-    def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
-               normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int | None = None,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
         """Vectors for texts: ``(N, dimension)``, or ``(dimension,)`` for one string."""
 
-    def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
-                         normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+    def encode_token_ids(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        batch_size: int | None = None,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
         """Vectors for token ids (checked here, the edge for in-process callers)."""
 
     def batch_workers(self) -> Sequence[DeviceWorker]:

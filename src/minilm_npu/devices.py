@@ -218,13 +218,13 @@ def to_device(tensors: list[torch.Tensor | None], device: torch.device) -> list[
         if tensor is not None:
             by_dtype.setdefault(tensor.dtype, []).append(index)
     pin = device.type in ("cuda", "npu")
-    for dtype, indices in by_dtype.items():
+    for indices in by_dtype.values():
         flat = torch.cat([tensors[i].reshape(-1) for i in indices])
         moved = (flat.pin_memory() if pin else flat).to(device, non_blocking=pin)
         offset = 0
         for i in indices:
             count = tensors[i].numel()
-            out[i] = moved[offset:offset + count].view(tensors[i].shape)
+            out[i] = moved[offset : offset + count].view(tensors[i].shape)
             offset += count
     return out
 
@@ -243,10 +243,10 @@ class GraphAPI:
     """
 
     graph_class: type
-    capture: Callable[..., Any]      # context manager: capture(graph, pool=...)
-    pool_handle: Callable[[], Any]   # a memory pool several graphs share (they are replayed one at a time)
-    stream: Callable[..., Any]       # device stream class, for the warm-up runs capture needs
-    use_stream: Callable[..., Any]   # context manager that makes a stream current
+    capture: Callable[..., Any]  # context manager: capture(graph, pool=...)
+    pool_handle: Callable[[], Any]  # a memory pool several graphs share (they are replayed one at a time)
+    stream: Callable[..., Any]  # device stream class, for the warm-up runs capture needs
+    use_stream: Callable[..., Any]  # context manager that makes a stream current
     current_stream: Callable[[], Any]
 
 
@@ -268,8 +268,9 @@ def graph_api(device: torch.device) -> GraphAPI | None:
     names = ("graph", "graph_pool_handle", "Stream", "stream", "current_stream")
     if graph_class is None or not all(hasattr(module, name) for name in names):
         return None
-    return GraphAPI(graph_class, module.graph, module.graph_pool_handle, module.Stream, module.stream,
-                    module.current_stream)
+    return GraphAPI(
+        graph_class, module.graph, module.graph_pool_handle, module.Stream, module.stream, module.current_stream
+    )
 
 
 @dataclass(frozen=True)
@@ -321,8 +322,9 @@ def varlen_attention(device_type: str) -> VarlenAttention | None:
 
     def attention(q, k, v, cumulative_lengths, scale):
         ends = tuple(cumulative_lengths)
-        return kernel(q, k, v, q.shape[1], input_layout="TND", scale=scale, actual_seq_qlen=ends,
-                      actual_seq_kvlen=ends)[0]
+        return kernel(
+            q, k, v, q.shape[1], input_layout="TND", scale=scale, actual_seq_qlen=ends, actual_seq_kvlen=ends
+        )[0]
 
     return attention
 

@@ -35,12 +35,18 @@ from .tokenization import Tokenizer, check_token_ids
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_BATCH_TOKENS", "DeviceWorker", "EncoderConfig", "MiniLMEncoder", "cpu_lanes", "lane_workers",
-           "plan_batches"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_TOKENS",
+    "DeviceWorker",
+    "EncoderConfig",
+    "MiniLMEncoder",
+    "cpu_lanes",
+    "lane_workers",
+    "plan_batches",
+]
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
-                 workers: int = 1) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int, workers: int = 1) -> list[list[int]]:
     """Group indices into batches of similar length, longest first.
 
     Sorting by length (as sentence-transformers does) keeps padding small for padded backends and groups
@@ -67,7 +73,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int,
         rows = batches[largest]
         if len(rows) < 2:
             break
-        batches[largest:largest + 1] = [rows[0::2], rows[1::2]]
+        batches[largest : largest + 1] = [rows[0::2], rows[1::2]]
     return batches
 
 
@@ -193,12 +199,29 @@ class MiniLMEncoder(SentenceTransformerSurface):
         ModelFilesError, DeviceError, InputError: with a message that says what to do.
     """
 
-    def __init__(self, model_path: str | None = None, device: str | torch.device | None = None,
-                 dtype: str | None = None, backend: str | None = None, max_batch_tokens: int | None = None,
-                 batch_size: int | None = None, *, config: EncoderConfig | None = None):
-        given = {name: value for name, value in (("model_path", model_path), ("device", device), ("dtype", dtype),
-                                                 ("backend", backend), ("max_batch_tokens", max_batch_tokens),
-                                                 ("batch_size", batch_size)) if value is not None}
+    def __init__(
+        self,
+        model_path: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+        backend: str | None = None,
+        max_batch_tokens: int | None = None,
+        batch_size: int | None = None,
+        *,
+        config: EncoderConfig | None = None,
+    ):
+        given = {
+            name: value
+            for name, value in (
+                ("model_path", model_path),
+                ("device", device),
+                ("dtype", dtype),
+                ("backend", backend),
+                ("max_batch_tokens", max_batch_tokens),
+                ("batch_size", batch_size),
+            )
+            if value is not None
+        }
         if config is not None and given:
             raise InputError(f"pass either config or settings ({', '.join(given)}), not both")
         if "device" in given:
@@ -210,9 +233,12 @@ class MiniLMEncoder(SentenceTransformerSurface):
         cpu_workers = sum(dev.type == "cpu" for dev in devices)
         cpu_share = max(1, torch.get_num_threads() // cpu_workers) if cpu_workers > 1 else None
         self.workers: list[DeviceWorker] = [
-            DeviceWorker(create_backend(self.config.backend, self.model_files, dev, self.config.dtype),
-                         host_threads=cpu_share if dev.type == "cpu" else None)
-            for dev in devices]
+            DeviceWorker(
+                create_backend(self.config.backend, self.model_files, dev, self.config.dtype),
+                host_threads=cpu_share if dev.type == "cpu" else None,
+            )
+            for dev in devices
+        ]
 
     @classmethod
     def from_config(cls, config: EncoderConfig) -> MiniLMEncoder:
@@ -261,8 +287,10 @@ class MiniLMEncoder(SentenceTransformerSurface):
 
     def __repr__(self) -> str:
         devices = ",".join(str(d) for d in self.devices)
-        return f"MiniLMEncoder(model={self.model_name!r}, device={devices!r}, dtype={self.dtype!r}, " \
-               f"backend={self.backend_name!r})"
+        return (
+            f"MiniLMEncoder(model={self.model_name!r}, device={devices!r}, dtype={self.dtype!r}, "
+            f"backend={self.backend_name!r})"
+        )
 
     # -- pre -------------------------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
@@ -280,9 +308,14 @@ class MiniLMEncoder(SentenceTransformerSurface):
         return texts
 
     # -- core + post -----------------------------------------------------------------------------------------
-    def encode(self, sentences: str | Sequence[str], batch_size: int | None = None,
-               normalize_embeddings: bool = True, show_progress_bar: bool | None = False,
-               **st_options) -> np.ndarray:
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int | None = None,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool | None = False,
+        **st_options,
+    ) -> np.ndarray:
         """Embed texts.
 
         Args:
@@ -299,15 +332,17 @@ class MiniLMEncoder(SentenceTransformerSurface):
             float32 array ``(N, dimension)`` in input order, or ``(dimension,)`` for a single string.
         """
         if st_options or show_progress_bar is None:
-            return encode_st_compatible(self, sentences, batch_size, normalize_embeddings, show_progress_bar,
-                                        **st_options)
+            return encode_st_compatible(
+                self, sentences, batch_size, normalize_embeddings, show_progress_bar, **st_options
+            )
         single = isinstance(sentences, str)
         texts = [sentences] if single else self._check_texts(sentences)
         vectors = self._encode_ids(self.tokenize(texts), batch_size, normalize_embeddings, show_progress_bar)
         return vectors[0] if single else vectors
 
-    def token_embeddings(self, sentences: Sequence[str], batch_size: int | None = None,
-                         show_progress_bar: bool = False) -> list[torch.Tensor]:
+    def token_embeddings(
+        self, sentences: Sequence[str], batch_size: int | None = None, show_progress_bar: bool = False
+    ) -> list[torch.Tensor]:
         """Last-layer hidden states per text, special tokens included: float32 ``[tokens, dimension]`` tensors on
         the first device, in input order (sentence-transformers' ``output_value="token_embeddings"``)."""
         ids = self.tokenize(self._check_texts(sentences))
@@ -322,8 +357,13 @@ class MiniLMEncoder(SentenceTransformerSurface):
                 bar.update(len(batch))
         return out
 
-    def encode_token_ids(self, token_ids: Sequence[Sequence[int]], batch_size: int | None = None,
-                         normalize_embeddings: bool = True, show_progress_bar: bool = False) -> np.ndarray:
+    def encode_token_ids(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        batch_size: int | None = None,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool = False,
+    ) -> np.ndarray:
         """Embed already-tokenized inputs (ids as :meth:`tokenize` returns them); same output as :meth:`encode`.
 
         Raises:
@@ -339,8 +379,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
             raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
         return batch_size
 
-    def _encode_ids(self, ids: list[list[int]], batch_size: int | None, normalize: bool,
-                    progress: bool) -> np.ndarray:
+    def _encode_ids(self, ids: list[list[int]], batch_size: int | None, normalize: bool, progress: bool) -> np.ndarray:
         batch_size = self._batch_size(batch_size)
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
@@ -360,8 +399,15 @@ class MiniLMEncoder(SentenceTransformerSurface):
                 self._run_parallel(lanes, ids, batches, normalize, out, bar)
         return out
 
-    def _run_parallel(self, workers: list[DeviceWorker], ids: list[list[int]], batches: list[list[int]],
-                      normalize: bool, out: np.ndarray, bar: tqdm) -> None:
+    def _run_parallel(
+        self,
+        workers: list[DeviceWorker],
+        ids: list[list[int]],
+        batches: list[list[int]],
+        normalize: bool,
+        out: np.ndarray,
+        bar: tqdm,
+    ) -> None:
         """Every worker pulls the next planned batch when it is free, so faster cards take more of the work."""
         pending = iter(batches)
         lock = threading.Lock()
@@ -400,8 +446,10 @@ class MiniLMEncoder(SentenceTransformerSurface):
         found = dict(choices()) if choices else {}
         lanes = lane_workers(self.workers[0]) if len(self.workers) == 1 else []
         if lanes:
-            found["lanes"] = (f"{len(lanes)} lanes sharing this one model, one thread each, for calls of several "
-                              f"batches and a busy server; a batch that runs alone gets all {len(lanes)} threads")
+            found["lanes"] = (
+                f"{len(lanes)} lanes sharing this one model, one thread each, for calls of several "
+                f"batches and a busy server; a batch that runs alone gets all {len(lanes)} threads"
+            )
         return found
 
     def warmup(self) -> None:

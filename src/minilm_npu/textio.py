@@ -74,8 +74,10 @@ def decode_line(raw: bytes, number: int, policy: str = "strict") -> tuple[str | 
         if policy == "report":
             # embed's wording, 0-based offset: it is what skipped-row reports have always recorded.
             return None, f"not valid UTF-8 (byte {err.start})"
-        raise InputError(f"line {number} is not valid UTF-8 (byte {err.start + 1}: "
-                         f"{raw[err.start:err.start + 1]!r}); fix the file or pass --encoding-errors replace") from None
+        raise InputError(
+            f"line {number} is not valid UTF-8 (byte {err.start + 1}: "
+            f"{raw[err.start : err.start + 1]!r}); fix the file or pass --encoding-errors replace"
+        ) from None
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -102,8 +104,7 @@ def count_lines(path: str | Path, encoding_errors: str = "strict") -> int:
     return count
 
 
-def iter_text_chunks(path: str | Path, chunk_size: int = 8192,
-                     encoding_errors: str = "strict") -> Iterator[list[str]]:
+def iter_text_chunks(path: str | Path, chunk_size: int = 8192, encoding_errors: str = "strict") -> Iterator[list[str]]:
     """Yield the file's texts (every line, empty ones too) in lists of up to ``chunk_size``, in file order."""
     _check_policy(encoding_errors)
     chunk: list[str] = []

@@ -45,13 +45,13 @@ def _encode_batch(tokenizer: HFTokenizer, texts: list[str]) -> list:
                 text.encode("utf-8")
             except UnicodeEncodeError as bad:
                 # Python strings may hold lone surrogates (e.g. from JSON "\ud800"); UTF-8 and Rust cannot.
-                raise UntokenizableText(index, f"is not valid Unicode: {bad.reason} ({text[bad.start]!r} at "
-                                               f"character {bad.start})") from err
+                raise UntokenizableText(
+                    index, f"is not valid Unicode: {bad.reason} ({text[bad.start]!r} at character {bad.start})"
+                ) from err
             try:
                 tokenizer.encode(text)
             except Exception as single:  # noqa: BLE001 - see above
-                raise UntokenizableText(index, f"cannot be tokenized ({type(single).__name__}: {single})") \
-                    from err
+                raise UntokenizableText(index, f"cannot be tokenized ({type(single).__name__}: {single})") from err
         raise
 
 
@@ -106,8 +106,12 @@ class Tokenizer:
         encodings = _encode_batch(self._truncating, prepared)
         truncated = sum(1 for enc in encodings if enc.overflowing)
         if truncated:
-            log.info("%d of %d input(s) were longer than %d tokens and were truncated",
-                     truncated, len(encodings), self.max_seq_length)
+            log.info(
+                "%d of %d input(s) were longer than %d tokens and were truncated",
+                truncated,
+                len(encodings),
+                self.max_seq_length,
+            )
         return [enc.ids for enc in encodings]
 
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
@@ -123,8 +127,9 @@ class TokenIdError(InputError):
         self.empty = empty
 
 
-def check_token_ids(token_ids: Sequence[Sequence[int]], vocab_size: int, max_length: int,
-                    name: str = "token_ids") -> list[list[int]]:
+def check_token_ids(
+    token_ids: Sequence[Sequence[int]], vocab_size: int, max_length: int, name: str = "token_ids"
+) -> list[list[int]]:
     """The one token-id check, at the edge (the encoder's ``encode_token_ids`` and the server's requests).
 
     Everything behind it (batcher, device workers, engines) takes the ids as valid.
@@ -150,8 +155,7 @@ def check_token_ids(token_ids: Sequence[Sequence[int]], vocab_size: int, max_len
             raise TokenIdError(f"{name}[{index}] is an empty list of token ids", empty=True)
         if len(ids) > max_length:
             raise TokenIdError(f"{name}[{index}] has {len(ids)} token ids; the model takes at most {max_length}")
-        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < vocab_size
-                   for i in ids):
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids):
             raise TokenIdError(f"{name}[{index}] holds a value that is not a token id in [0, {vocab_size})")
         checked.append([int(i) for i in ids])
     return checked

@@ -1,8 +1,9 @@
 """``minilm-npu serve`` with the real model behind a device that can be made to fail, for the failure tests.
 
 Usage: ``python -m tests.integration.flaky_server FAIL_FILE SERVE_ARGS...``. While ``FAIL_FILE`` holds a positive
-number, each forward pass on a device worker fails (``RuntimeError``) and the number goes down by one: ``1`` fails exactly the next
-batch, a large number is a device that keeps failing, ``0`` heals it. Everything else is the real command.
+number, each forward pass on a device worker fails (``RuntimeError``) and the number goes down by one:
+``1`` fails exactly the next batch, a large number is a device that keeps failing, ``0`` heals it. Everything else
+is the real command.
 """
 
 from __future__ import annotations

@@ -33,8 +33,12 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def start_server(*args: str, api_key: str | None = None, timeout: float = 150.0,
-                 command: tuple[str, ...] = ("minilm_npu.cli.main", "serve")) -> ServerProcess:
+def start_server(
+    *args: str,
+    api_key: str | None = None,
+    timeout: float = 150.0,
+    command: tuple[str, ...] = ("minilm_npu.cli.main", "serve"),
+) -> ServerProcess:
     """Run ``python -m minilm_npu.cli.main serve --port 0 ARGS`` (or another ``command``) until the port is open."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.pop("MINILM_NPU_API_KEY", None)

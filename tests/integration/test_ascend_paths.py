@@ -28,8 +28,9 @@ from tests import texts
 BATCH = texts.ALL + MIXED_24
 
 
-def reference_tnd_attention(query, key, value, head_num, *, input_layout, scale, actual_seq_qlen, actual_seq_kvlen,
-                            **unused):
+def reference_tnd_attention(
+    query, key, value, head_num, *, input_layout, scale, actual_seq_qlen, actual_seq_kvlen, **unused
+):
     """npu_fusion_attention's TND semantics: tokens of sequence i are rows [ends[i-1], ends[i]) of [T, N, D]."""
     assert input_layout == "TND" and query.dim() == 3 and query.shape[1] == head_num
     assert tuple(actual_seq_qlen) == tuple(actual_seq_kvlen) and actual_seq_qlen[-1] == query.shape[0]

@@ -31,8 +31,19 @@ def test_batch_file_with_empty_and_crlf_lines(tmp_path, st_model):
     path = tmp_path / "texts.txt"
     path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
     out = tmp_path / "vectors.npy"
-    result = run("-m", "minilm_npu.cli.main", "encode", "--batch-file", str(path), "--batch_size", "2",
-                 "--device", "cpu", "--output", str(out))
+    result = run(
+        "-m",
+        "minilm_npu.cli.main",
+        "encode",
+        "--batch-file",
+        str(path),
+        "--batch_size",
+        "2",
+        "--device",
+        "cpu",
+        "--output",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     vectors = np.load(out)
     assert vectors.shape == (5, 384)
@@ -58,8 +69,19 @@ def test_two_cpu_workers_write_the_same_rows_and_exit_cleanly(tmp_path, st_model
     path = tmp_path / "texts.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "vectors.npy"
-    result = run("-m", "minilm_npu.cli.main", "encode", "--batch-file", str(path), "--device", "cpu,cpu",
-                 "--batch-size", "4", "--output", str(out))
+    result = run(
+        "-m",
+        "minilm_npu.cli.main",
+        "encode",
+        "--batch-file",
+        str(path),
+        "--device",
+        "cpu,cpu",
+        "--batch-size",
+        "4",
+        "--output",
+        str(out),
+    )
     assert result.returncode == 0 and "terminate" not in result.stderr, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(out), st_model.encode(lines), atol=1e-5, rtol=0)
 
@@ -77,14 +99,17 @@ def test_non_utf8_line_is_named(tmp_path):
     assert "Embeddings shape: (2, 384)" in replaced.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--model_path", "/definitely/missing", "--text", "x"], "does not exist"),
-    (["--device", "quantum", "--text", "x"], "is not a device name"),
-    (["--device", "npu:3", "--text", "x"], "Available devices: cpu"),
-    (["--batch_size", "0", "--text", "x"], "must be at least 1"),
-    (["--text", "x", "--output", "out.parquet"], "must end in one of"),
-    ([], "nothing to encode"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model_path", "/definitely/missing", "--text", "x"], "does not exist"),
+        (["--device", "quantum", "--text", "x"], "is not a device name"),
+        (["--device", "npu:3", "--text", "x"], "Available devices: cpu"),
+        (["--batch_size", "0", "--text", "x"], "must be at least 1"),
+        (["--text", "x", "--output", "out.parquet"], "must end in one of"),
+        ([], "nothing to encode"),
+    ],
+)
 def test_clear_errors(args, message):
     result = run("inference.py", *args)
     assert result.returncode == 2, result.stdout

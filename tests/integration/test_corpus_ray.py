@@ -39,8 +39,7 @@ def test_ray_local_matches_in_process(tmp_path, encoder):
     distributed = embed_corpus(src, tmp_path / "ray", engine, EmbedSettings(**settings))
     assert not ray.is_initialized()  # the engine shuts down the Ray it started
 
-    assert (distributed.rows_written, distributed.rows_skipped) == (local.rows_written, local.rows_skipped) == \
-        (199, 1)
+    assert (distributed.rows_written, distributed.rows_skipped) == (local.rows_written, local.rows_skipped) == (199, 1)
     local_ids, local_vectors = read(tmp_path / "local")
     ray_ids, ray_vectors = read(tmp_path / "ray")
     assert ray_ids == local_ids == [f"k{i}" for i in range(200) if i != 37]

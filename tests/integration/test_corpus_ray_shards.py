@@ -100,17 +100,25 @@ def test_sigkill_driver_then_rerun_resumes_exactly_once(tmp_path, local_ray):
         "from tests.unit.test_corpus_fakes import FakeEncoder\n"
         "engine = RayEngine(device='cpu', num_cpus=1, model=FakeEncoder.model_name, encoder_factory=FakeEncoder)\n"
         f"s = embed_corpus({[str(p) for p in inputs]!r}, {str(out)!r}, engine, EmbedSettings(**{SETTINGS!r}))\n"
-        "print('written', s.rows_written)\n")
+        "print('written', s.rows_written)\n"
+    )
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}")
-    killed = subprocess.run([sys.executable, "-c", script], env=dict(env, **{CRASH_ENV: "after-shard:3"}),
-                            cwd=ROOT, capture_output=True, text=True, timeout=240)
+    killed = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(env, **{CRASH_ENV: "after-shard:3"}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     manifest = Manifest.load(out)
     assert len(manifest.shards) == 3 and not manifest.complete
     unlisted = {p.name for p in out.glob("part-*")} - {s["file"] for s in manifest.shards}
     assert unlisted  # the killed run's worker-written shards beyond the commit point
-    rerun = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=240)
+    rerun = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "written 369" in rerun.stdout
     local = embed_corpus(inputs, tmp_path / "local", LocalEngine(FakeEncoder()), EmbedSettings(**SETTINGS))
@@ -149,10 +157,14 @@ def test_every_format_split_into_units_on_two_actors_matches_local(tmp_path, loc
 
     from minilm_npu.corpus.ray_engine import RayEngine
 
-    (tmp_path / "a.txt").write_bytes(b"\xef\xbb\xbfbom\r\n" + b"".join(b"line %d\r\n" % i for i in range(300))
-                                     + b"\xff bad\n\nlast")
-    pq.write_table(pa.table({"text": [f"p{i}" if i != 50 else None for i in range(130)]}), tmp_path / "b.parquet",
-                   row_group_size=30)
+    (tmp_path / "a.txt").write_bytes(
+        b"\xef\xbb\xbfbom\r\n" + b"".join(b"line %d\r\n" % i for i in range(300)) + b"\xff bad\n\nlast"
+    )
+    pq.write_table(
+        pa.table({"text": [f"p{i}" if i != 50 else None for i in range(130)]}),
+        tmp_path / "b.parquet",
+        row_group_size=30,
+    )
     (tmp_path / "c.csv").write_text('text\n"two\nlines"\nplain\n', encoding="utf-8")
     with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write("".join(json.dumps({"text": f"g{i}"}) + "\n\n" for i in range(90)))
@@ -169,7 +181,10 @@ def test_every_format_split_into_units_on_two_actors_matches_local(tmp_path, loc
     assert open(result.skipped_file).read() == open(local.skipped_file).read()
     names = [s["file"] for s in Manifest.load(out).shards]
     assert names == sorted(names)
-    assert names[:3] == ["part-000000-000000000000.parquet", "part-000000-000000000040.parquet",
-                         "part-000000-000000000080.parquet"]
+    assert names[:3] == [
+        "part-000000-000000000000.parquet",
+        "part-000000-000000000040.parquet",
+        "part-000000-000000000080.parquet",
+    ]
     assert "part-000001-000000000060.parquet" in names  # Parquet units start at row-group boundaries
     assert len(engine.workers) == 2 and min(engine.workers.values()) >= 3, engine.workers

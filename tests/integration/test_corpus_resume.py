@@ -36,8 +36,22 @@ def texts():
 
 
 def embed_cmd(src, out, *extra):
-    return [sys.executable, "-m", "minilm_npu.cli.main", "embed", str(src), "-o", str(out), "--device", "cpu",
-            "--shard-rows", str(SHARD), "--no-progress", "--keep-text", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "minilm_npu.cli.main",
+        "embed",
+        str(src),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--shard-rows",
+        str(SHARD),
+        "--no-progress",
+        "--keep-text",
+        *extra,
+    ]
 
 
 def run_env(crash=None):
@@ -96,8 +110,9 @@ def test_sigkill_at_several_points_then_resume(tmp_path, encoder, capsys):
     captured = capsys.readouterr()
     assert "repaired damaged shard part-000003.parquet" in captured.err
     assert f"embedded {ROWS} rows" in captured.out and "1 damaged shard(s) re-embedded" in captured.out
-    again = np.concatenate([np.stack(pq.read_table(f).column("embedding").to_numpy(zero_copy_only=False))
-                            for f in corpus_files(out)])
+    again = np.concatenate(
+        [np.stack(pq.read_table(f).column("embedding").to_numpy(zero_copy_only=False)) for f in corpus_files(out)]
+    )
     np.testing.assert_allclose(again, got, atol=1e-6, rtol=0)
 
     # A changed input is refused with a one-line error, before any model loads.

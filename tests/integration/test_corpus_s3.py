@@ -48,8 +48,21 @@ def read(out):
 
 
 def embed_args(src, out, *extra):
-    return ["embed", str(src), "-o", str(out), "--device", "cpu", "--shard-rows", str(SHARD), "--no-progress",
-            "--on-error", "skip", "--keep-text", *extra]
+    return [
+        "embed",
+        str(src),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--shard-rows",
+        str(SHARD),
+        "--no-progress",
+        "--on-error",
+        "skip",
+        "--keep-text",
+        *extra,
+    ]
 
 
 def test_s3_input_and_output_equal_local_and_sentence_transformers(tmp_path, s3, encoder, st_model, capsys):
@@ -71,15 +84,17 @@ def test_s3_input_and_output_equal_local_and_sentence_transformers(tmp_path, s3,
     assert [(s["file"], s["row"]) for s in skipped] == [(s3.uri("in/docs.jsonl"), BAD)]
     manifest = Manifest.load(s3.uri("vectors"))
     assert manifest.complete and manifest.rows_written == local.rows_written
-    assert s3.keys("vectors/") == sorted([f"vectors/{MANIFEST_NAME}", f"vectors/{SKIPPED_NAME}"]
-                                         + [f"vectors/{s['file']}" for s in manifest.shards])
+    assert s3.keys("vectors/") == sorted(
+        [f"vectors/{MANIFEST_NAME}", f"vectors/{SKIPPED_NAME}"] + [f"vectors/{s['file']}" for s in manifest.shards]
+    )
 
     assert main(embed_args(s3.uri("in/docs.jsonl"), s3.uri("vectors"), "--verify")) == 0
     assert f"{len(manifest.shards)} shards' checksums verified; nothing to do" in capsys.readouterr().out
     query = texts()[4]
     hits = search_corpus(s3.uri("vectors"), query, encoder, k=3)
-    assert [(h.id, h.text) for h in hits] == [(h.id, h.text) for h in search_corpus(tmp_path / "local", query,
-                                                                                       encoder, k=3)]
+    assert [(h.id, h.text) for h in hits] == [
+        (h.id, h.text) for h in search_corpus(tmp_path / "local", query, encoder, k=3)
+    ]
     assert hits[0].text == query
     assert main(["search", s3.uri("vectors"), query, "-k", "1", "--device", "cpu"]) == 0
     assert query in capsys.readouterr().out
@@ -88,9 +103,13 @@ def test_s3_input_and_output_equal_local_and_sentence_transformers(tmp_path, s3,
 def test_s3_sigkill_between_shard_and_commit_then_resume(tmp_path, s3, encoder):
     src = write_input(tmp_path / "docs.jsonl")
     out = s3.uri("run")
-    killed = subprocess.run([sys.executable, "-m", "minilm_npu.cli.main", *embed_args(src, out)],
-                            env={**os.environ, CRASH_ENV: "after-shard:2"}, capture_output=True,
-                            text=True, timeout=240)
+    killed = subprocess.run(
+        [sys.executable, "-m", "minilm_npu.cli.main", *embed_args(src, out)],
+        env={**os.environ, CRASH_ENV: "after-shard:2"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     manifest = Manifest.load(out)
     assert [s["file"] for s in manifest.shards] == ["part-000000.parquet", "part-000001.parquet"]
@@ -105,5 +124,6 @@ def test_s3_sigkill_between_shard_and_commit_then_resume(tmp_path, s3, encoder):
     assert ids == [str(i) for i in range(1, ROWS + 1) if i != BAD]  # every row once, in order
     np.testing.assert_allclose(vectors, encoder.encode(texts()), atol=1e-6, rtol=0)
     listed = [s["file"] for s in Manifest.load(out).shards]
-    assert s3.keys("run/") == sorted([f"run/{MANIFEST_NAME}", f"run/{SKIPPED_NAME}"]
-                                     + [f"run/{name}" for name in listed])
+    assert s3.keys("run/") == sorted(
+        [f"run/{MANIFEST_NAME}", f"run/{SKIPPED_NAME}"] + [f"run/{name}" for name in listed]
+    )

@@ -10,20 +10,48 @@ from minilm_npu.cli.main import main
 
 pytestmark = pytest.mark.slow
 
-DOCS = ["A man is playing a guitar.", "A woman is slicing an onion.", "The stock market fell sharply today.",
-        "Someone plays an acoustic guitar on stage.", "A chef chops vegetables in the kitchen.",
-        "Investors worry about falling share prices.", "A cat sleeps on the sofa.", "Kittens are napping."]
+DOCS = [
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "The stock market fell sharply today.",
+    "Someone plays an acoustic guitar on stage.",
+    "A chef chops vegetables in the kitchen.",
+    "Investors worry about falling share prices.",
+    "A cat sleeps on the sofa.",
+    "Kittens are napping.",
+]
 
 
 def test_embed_then_search(tmp_path, capsys):
     src = tmp_path / "docs.csv"
-    src.write_text("doc_id,body\n" + "".join(f"d{i},\"{t}\"\n" for i, t in enumerate(DOCS)), encoding="utf-8")
+    src.write_text("doc_id,body\n" + "".join(f'd{i},"{t}"\n' for i, t in enumerate(DOCS)), encoding="utf-8")
     out = tmp_path / "corpus"
-    assert main(["embed", str(src), "-o", str(out), "--device", "cpu", "--text-field", "body", "--id-field",
-                 "doc_id", "--keep-text", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                str(src),
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+                "--text-field",
+                "body",
+                "--id-field",
+                "doc_id",
+                "--keep-text",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["search", str(out), "musician with a guitar", "a cat taking a nap", "-k", "2", "--json",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["search", str(out), "musician with a guitar", "a cat taking a nap", "-k", "2", "--json", "--device", "cpu"]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert {h["id"] for h in results[0]["results"]} == {"d0", "d3"}
     assert {h["id"] for h in results[1]["results"]} == {"d6", "d7"}

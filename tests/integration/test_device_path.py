@@ -67,10 +67,10 @@ def test_static_shape_forward_is_exact(square_mask, engine32, reference, monkeyp
     ids = engine32.tokenize(BATCH)
     for size in (1, 8, len(ids)):
         for start in range(0, len(ids), size if size > 1 else 6):  # batch 1: every length class, not every text
-            pooled = graphs.embed(ids[start:start + size])
+            pooled = graphs.embed(ids[start : start + size])
             assert pooled is not None and not graphs.failed
             ours = torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
-            np.testing.assert_allclose(ours, reference[start:start + size], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(ours, reference[start : start + size], atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(graph_api(DEVICE) is None, reason="the device under test has no graph API")

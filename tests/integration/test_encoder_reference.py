@@ -11,8 +11,13 @@ ATOL = 1e-5
 HELLO_WORLD_PREFIX = [-0.034478, 0.03102, 0.00673, 0.02611, -0.039362]  # published by another project
 
 CLASSES = {
-    "short": texts.SHORT, "chinese": texts.CHINESE, "french": texts.FRENCH, "emoji": texts.EMOJI,
-    "whitespace_and_empty": texts.EMPTYISH, "medium_129_256_tokens": texts.MEDIUM, "long_over_256": texts.LONG,
+    "short": texts.SHORT,
+    "chinese": texts.CHINESE,
+    "french": texts.FRENCH,
+    "emoji": texts.EMOJI,
+    "whitespace_and_empty": texts.EMPTYISH,
+    "medium_129_256_tokens": texts.MEDIUM,
+    "long_over_256": texts.LONG,
 }
 
 
@@ -66,8 +71,7 @@ def test_unnormalized_vectors_have_the_pooled_norm(any_encoder, st_model):
     reference = st_model.encode(texts.SHORT, output_value="sentence_embedding", normalize_embeddings=False)
     norms = np.linalg.norm(ours, axis=1)
     assert not np.allclose(norms, 1.0, atol=1e-3)
-    np.testing.assert_allclose(ours / norms[:, None], reference / np.linalg.norm(reference, axis=1)[:, None],
-                               atol=ATOL)
+    np.testing.assert_allclose(ours / norms[:, None], reference / np.linalg.norm(reference, axis=1)[:, None], atol=ATOL)
 
 
 def test_encode_token_ids_equals_encode(encoder):
@@ -82,7 +86,7 @@ def test_attributes(encoder):
     assert encoder.encode([]).shape == (0, 384)
 
 
-@pytest.mark.parametrize("bad", [[1, 2], "x".encode(), [None], 42])
+@pytest.mark.parametrize("bad", [[1, 2], b"x", [None], 42])
 def test_bad_sentences_are_input_errors(encoder, bad):
     from minilm_npu.errors import InputError
 

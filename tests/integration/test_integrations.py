@@ -22,8 +22,12 @@ from minilm_npu.integrations.source import ServerError  # noqa: E402
 from .server_process import start_server  # noqa: E402
 
 ATOL = 1e-5
-DOCS = ["The cat sits on the mat.", "Stock markets fell sharply today.", "A man is playing a guitar.",
-        "Paris is the capital of France."]
+DOCS = [
+    "The cat sits on the mat.",
+    "Stock markets fell sharply today.",
+    "A man is playing a guitar.",
+    "Paris is the capital of France.",
+]
 QUERY, ANSWER = "Which animal is resting on the rug?", DOCS[0]
 KEY = "adapter-key"
 
@@ -42,16 +46,18 @@ def check_vectors(docs, query, expected):
 
 def check_langchain(embeddings, expected):
     check_vectors(embeddings.embed_documents(DOCS), embeddings.embed_query(QUERY), expected)
-    check_vectors(asyncio.run(embeddings.aembed_documents(DOCS)), asyncio.run(embeddings.aembed_query(QUERY)),
-                  expected)
+    check_vectors(asyncio.run(embeddings.aembed_documents(DOCS)), asyncio.run(embeddings.aembed_query(QUERY)), expected)
     assert embeddings.embed_documents([]) == []
 
 
 def check_llamaindex(embedding, expected):
     check_vectors(embedding.get_text_embedding_batch(DOCS), embedding.get_query_embedding(QUERY), expected)
     check_vectors([embedding.get_text_embedding(d) for d in DOCS], embedding.get_query_embedding(QUERY), expected)
-    check_vectors(asyncio.run(embedding.aget_text_embedding_batch(DOCS)),
-                  asyncio.run(embedding.aget_query_embedding(QUERY)), expected)
+    check_vectors(
+        asyncio.run(embedding.aget_text_embedding_batch(DOCS)),
+        asyncio.run(embedding.aget_query_embedding(QUERY)),
+        expected,
+    )
 
 
 def test_langchain_vectors(encoder, expected):
@@ -97,8 +103,11 @@ def test_by_url(server, expected):
     check_langchain(MiniLMEmbeddings(url=server.url, api_key=KEY, batch_size=3), expected)
     embedding = MiniLMEmbedding(url=server.url + "/", api_key=KEY)
     check_llamaindex(embedding, expected)
-    top = VectorStoreIndex([TextNode(text=d) for d in DOCS], embed_model=embedding).as_retriever(
-        similarity_top_k=1).retrieve(QUERY)[0]
+    top = (
+        VectorStoreIndex([TextNode(text=d) for d in DOCS], embed_model=embedding)
+        .as_retriever(similarity_top_k=1)
+        .retrieve(QUERY)[0]
+    )
     assert top.node.get_content() == ANSWER
 
 

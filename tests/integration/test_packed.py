@@ -94,8 +94,7 @@ def test_two_cpu_workers_give_the_same_output(packed32):
     assert len(two.devices) == 2
     # Within float noise, not bit for bit: each forward's thread count follows the machine's load
     # (AdaptiveThreads), and oneDNN's summation order may follow the thread count (~6e-8).
-    np.testing.assert_allclose(two.encode(batch, batch_size=4), packed32.encode(batch, batch_size=4), atol=1e-6,
-                               rtol=0)
+    np.testing.assert_allclose(two.encode(batch, batch_size=4), packed32.encode(batch, batch_size=4), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
@@ -190,7 +189,7 @@ def test_every_attention_strategy_is_exact(strategy, gears, packed32, st_model):
     plan = AttentionPlan(strategy, round_to_gear, round_to_power_of_two) if gears else AttentionPlan(strategy)
     backend = PackedBackend(packed32.model_files, torch.device("cpu"), "float32", attention=plan)
     batch = texts.ALL + MIXED_24
-    pooled = torch.cat([backend.embed(packed32.tokenize(batch[i:i + 16])) for i in range(0, len(batch), 16)])
+    pooled = torch.cat([backend.embed(packed32.tokenize(batch[i : i + 16])) for i in range(0, len(batch), 16)])
     ours = torch.nn.functional.normalize(pooled, dim=1).numpy()
     np.testing.assert_allclose(ours, st_model.encode(batch), atol=1e-5, rtol=0)
 
@@ -199,7 +198,7 @@ LINEAR_NAMES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 def test_cpu_float_layers_use_prepacked_onednn_weights(packed32):
-    from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.packed import OneDnnLinear, onednn_linear_supported
 
     if not onednn_linear_supported():
         pytest.skip("this torch build has no oneDNN")

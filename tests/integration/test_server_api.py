@@ -25,8 +25,19 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def server():
-    proc = start_server("--device", "cpu", "--max-client-batch-size", "64", "--max-concurrent-requests", "64",
-                        "--max-body-bytes", "100000", "--served-model-name", "minilm", api_key=KEY)
+    proc = start_server(
+        "--device",
+        "cpu",
+        "--max-client-batch-size",
+        "64",
+        "--max-concurrent-requests",
+        "64",
+        "--max-body-bytes",
+        "100000",
+        "--served-model-name",
+        "minilm",
+        api_key=KEY,
+    )
     yield proc
     # uvicorn shuts down cleanly, then re-raises the signal so the exit status says "terminated".
     assert proc.stop() in (0, -signal.SIGTERM), "".join(proc.log[-20:])
@@ -71,15 +82,18 @@ def test_openai_token_ids_and_dimensions(http, encoder):
     np.testing.assert_allclose(vec, full / np.linalg.norm(full), atol=1e-6)
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"input": []}, 400, "must not be an empty list"),
-    ({"input": ["a"] * 65}, 400, "at most 64"),
-    ({"input": LONG[0], "truncate": False}, 400, "at most 256"),
-    ({"input": [[101] + [2000] * 300 + [102]]}, 400, "at most 256"),
-    ({"input": [[101, 10 ** 6, 102]]}, 400, "not a token id"),
-    ({"input": {"text": "a"}}, 422, "expected one of"),
-    ({"input": "a " * 60000}, 413, "100000 bytes"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"input": []}, 400, "must not be an empty list"),
+        ({"input": ["a"] * 65}, 400, "at most 64"),
+        ({"input": LONG[0], "truncate": False}, 400, "at most 256"),
+        ({"input": [[101] + [2000] * 300 + [102]]}, 400, "at most 256"),
+        ({"input": [[101, 10**6, 102]]}, 400, "not a token id"),
+        ({"input": {"text": "a"}}, 422, "expected one of"),
+        ({"input": "a " * 60000}, 413, "100000 bytes"),
+    ],
+)
 def test_openai_errors(http, body, status, fragment):
     r = http.post("/v1/embeddings", json=body)
     assert r.status_code == status, r.text
@@ -114,16 +128,18 @@ def test_tei_routes(http, encoder):
     r = http.post("/embed", json={"inputs": SHORT})
     np.testing.assert_allclose(np.array(r.json(), dtype=np.float32), encoder.encode(SHORT), atol=1e-6, rtol=0)
     r = http.post("/embed", json={"inputs": SHORT[0], "normalize": False})
-    np.testing.assert_allclose(np.array(r.json()[0], dtype=np.float32),
-                               encoder.encode(SHORT[0], normalize_embeddings=False), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.array(r.json()[0], dtype=np.float32), encoder.encode(SHORT[0], normalize_embeddings=False), atol=1e-5, rtol=0
+    )
     r = http.post("/embed", json={"inputs": LONG, "truncate": False})
     assert r.status_code == 400 and r.json()["error_type"] == "validation" and "256" in r.json()["error"]
     r = http.post("/embed", json={"inputs": "a", "normalize": "yes"})
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
 
     sentences = ["A man is playing a guitar.", "A woman is slicing an onion.", "Someone plays guitar."]
-    r = http.post("/similarity", json={"inputs": {"source_sentence": "A man plays the guitar.",
-                                                  "sentences": sentences}})
+    r = http.post(
+        "/similarity", json={"inputs": {"source_sentence": "A man plays the guitar.", "sentences": sentences}}
+    )
     e = encoder.encode(["A man plays the guitar.", *sentences])
     np.testing.assert_allclose(r.json(), e[1:] @ e[0], atol=1e-5)
 
@@ -138,8 +154,12 @@ def test_info_and_metrics(http):
     assert info["model_id"] == "minilm" and info["dimension"] == 384 and info["max_input_length"] == 256
     assert info["devices"] == ["cpu"] and info["max_client_batch_size"] == 64
     text = http.get("/metrics").text
-    for name in ("minilm_queue_seconds_count", "minilm_inference_seconds_count", "minilm_batch_tokens_sum",
-                 'route="/v1/embeddings",status="200"'):
+    for name in (
+        "minilm_queue_seconds_count",
+        "minilm_inference_seconds_count",
+        "minilm_batch_tokens_sum",
+        'route="/v1/embeddings",status="200"',
+    ):
         assert name in text
 
 
@@ -160,7 +180,7 @@ def test_64_concurrent_clients_get_their_own_vectors(server, encoder):
     expected = encoder.encode(flat)
     start = 0
     for texts, got in zip(batches, results):
-        np.testing.assert_allclose(got, expected[start:start + len(texts)], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got, expected[start : start + len(texts)], atol=1e-6, rtol=0)
         start += len(texts)
 
 

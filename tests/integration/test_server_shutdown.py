@@ -26,6 +26,7 @@ def _in_flight(url: str) -> float:
 def test_sigterm_during_load_finishes_in_flight_requests():
     server = start_server("--device", "cpu", "--max-batch-tokens", "2048")
     try:
+
         def call(i):
             with httpx.Client(base_url=server.url, timeout=120) as client:
                 r = client.post("/v1/embeddings", json={"input": [f"{i} {MEDIUM[0]}"] * 4})

@@ -39,14 +39,14 @@ def assert_same(ours, theirs, atol=ATOL, path="result"):
         for index, (a, b) in enumerate(zip(ours, theirs)):
             assert_same(a, b, atol, f"{path}[{index}]")
         return
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, \
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, (
         f"{path}: {ours.shape}/{ours.dtype} != {theirs.shape}/{theirs.dtype}"
+    )
     if isinstance(theirs, torch.Tensor):
         assert ours.device == theirs.device, path
         ours, theirs = ours.numpy(), theirs.numpy()
     if atol:  # in float64: differences of int8 values would wrap around in int8
-        np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), atol=atol, rtol=0,
-                                   err_msg=path)
+        np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), atol=atol, rtol=0, err_msg=path)
     else:
         np.testing.assert_array_equal(ours, theirs, err_msg=path)
 
@@ -81,10 +81,15 @@ def test_float_calls_match(encoder, st_model, name, single):
     assert_same(encoder.encode(sentences, **kwargs), st_model.encode(sentences, **kwargs))
 
 
-OUTPUTS = {"numpy": {}, "tensor": {"convert_to_tensor": True}, "list": {"convert_to_numpy": False},
-           "tokens": {"output_value": "token_embeddings"}}
-QUANTIZED_CASES = [(p, o) for p in QUANTIZED for o in ("numpy", "tokens")] + \
-                  [(p, o) for p in ("int8", "ubinary") for o in ("tensor", "list")]
+OUTPUTS = {
+    "numpy": {},
+    "tensor": {"convert_to_tensor": True},
+    "list": {"convert_to_numpy": False},
+    "tokens": {"output_value": "token_embeddings"},
+}
+QUANTIZED_CASES = [(p, o) for p in QUANTIZED for o in ("numpy", "tokens")] + [
+    (p, o) for p in ("int8", "ubinary") for o in ("tensor", "list")
+]
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +111,11 @@ def test_quantized_calls_match(encoder, st_model, st_quantize, float_outputs, pr
     # and move the last bits (~6e-8), which can move an int8 bucket at its edge.
     quantized_inputs = []
     quantize = st_compat.quantize_embeddings
-    monkeypatch.setattr(st_compat, "quantize_embeddings",
-                        lambda embeddings, *a, **kw: quantized_inputs.append(embeddings) or quantize(embeddings, *a,
-                                                                                                        **kw))
+    monkeypatch.setattr(
+        st_compat,
+        "quantize_embeddings",
+        lambda embeddings, *a, **kw: quantized_inputs.append(embeddings) or quantize(embeddings, *a, **kw),
+    )
     ours = encoder.encode(TEXTS, precision=precision, **output)
     monkeypatch.undo()
     theirs = st_model.encode(TEXTS, precision=precision, **output)
@@ -121,8 +128,9 @@ def test_quantized_calls_match(encoder, st_model, st_quantize, float_outputs, pr
     # Against sentence-transformers' own end-to-end output: same types, and values as close as float noise allows.
     assert_same(ours, theirs, atol=1 if precision.endswith("int8") else 255)
     if precision.endswith("binary"):
-        flip = np.unpackbits(_flat(ours).view(np.uint8), axis=-1) != np.unpackbits(_flat(theirs).view(np.uint8),
-                                                                                   axis=-1)
+        flip = np.unpackbits(_flat(ours).view(np.uint8), axis=-1) != np.unpackbits(
+            _flat(theirs).view(np.uint8), axis=-1
+        )
         assert np.all(np.abs(_flat(st_floats).reshape(flip.shape)[flip]) < ATOL)
 
 
@@ -137,8 +145,9 @@ def test_single_text_int8_is_refused_like_sentence_transformers(encoder, st_mode
 @pytest.mark.parametrize("method", ["encode_query", "encode_document"])
 def test_query_and_document(encoder, st_model, method):
     assert_same(getattr(encoder, method)(TEXTS[:4]), getattr(st_model, method)(TEXTS[:4]))
-    assert_same(getattr(encoder, method)("hi", convert_to_tensor=True),
-                getattr(st_model, method)("hi", convert_to_tensor=True))
+    assert_same(
+        getattr(encoder, method)("hi", convert_to_tensor=True), getattr(st_model, method)("hi", convert_to_tensor=True)
+    )
 
 
 def test_similarity(encoder, st_model):
@@ -157,8 +166,10 @@ def test_dimension_and_max_seq_length(encoder, st_model):
     try:
         encoder.max_seq_length = st_model.max_seq_length = 16
         assert_same(encoder.encode(texts.MEDIUM + texts.SHORT), st_model.encode(texts.MEDIUM + texts.SHORT))
-        assert_same(encoder.encode(texts.MEDIUM, output_value="token_embeddings"),
-                    st_model.encode(texts.MEDIUM, output_value="token_embeddings"))
+        assert_same(
+            encoder.encode(texts.MEDIUM, output_value="token_embeddings"),
+            st_model.encode(texts.MEDIUM, output_value="token_embeddings"),
+        )
         assert len(encoder.tokenize(texts.MEDIUM)[0]) == 16
     finally:
         encoder.max_seq_length = st_model.max_seq_length = 256
@@ -168,17 +179,20 @@ def test_dimension_and_max_seq_length(encoder, st_model):
     assert encoder.max_seq_length == 256
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"foo": 1}, "unexpected keyword argument 'foo'"),
-    ({"truncate_dim": 128}, "'truncate_dim'"),
-    ({"pool": {}}, "'pool'"),
-    ({"prompt_name": "passage"}, "prompt name 'passage'"),
-    ({"precision": "int4"}, "precision 'int4'"),
-    ({"output_value": None}, "output_value None"),
-    ({"output_value": "attention_mask"}, "output_value 'attention_mask'"),
-    ({"device": ["cpu", "cpu"]}, "device lists"),
-    ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"foo": 1}, "unexpected keyword argument 'foo'"),
+        ({"truncate_dim": 128}, "'truncate_dim'"),
+        ({"pool": {}}, "'pool'"),
+        ({"prompt_name": "passage"}, "prompt name 'passage'"),
+        ({"precision": "int4"}, "precision 'int4'"),
+        ({"output_value": None}, "output_value None"),
+        ({"output_value": "attention_mask"}, "output_value 'attention_mask'"),
+        ({"device": ["cpu", "cpu"]}, "device lists"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_unsupported_arguments_are_named(encoder, kwargs, message):
     with pytest.raises(InputError, match=message):
         encoder.encode(TEXTS[:2], **kwargs)

@@ -79,6 +79,7 @@ def test_check_reports_cpu_ok_and_no_npu(tmp_path):
     assert "NPU: no NPU" in markdown
     # The CPU kernels the engine picks, from this CPU's flags (whatever CPU runs the test).
     from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan
+
     assert report["cpu_kernels"] == {"isa": isa_summary(), "kernels": kernel_plan()}
     assert "## CPU kernels" in markdown and f"| int8 | {kernel_plan()['int8']} |" in markdown
 
@@ -93,8 +94,9 @@ def test_check_npu_fails_clearly_here():
 
 def test_accuracy_fails_on_a_damaged_model(corrupted_model, tmp_path, capsys):
     out = tmp_path / "acc"
-    code, stdout, stderr = run_main(capsys, "accuracy", "--device", "cpu", "--model-path", str(corrupted_model),
-                                    "--json", "--out", str(out))
+    code, stdout, stderr = run_main(
+        capsys, "accuracy", "--device", "cpu", "--model-path", str(corrupted_model), "--json", "--out", str(out)
+    )
     assert code == 1, stderr
     assert "accuracy: FAIL" in stderr and "Traceback" not in stderr
     report = json.loads(stdout)
@@ -109,12 +111,15 @@ def test_accuracy_fails_on_a_damaged_model(corrupted_model, tmp_path, capsys):
         assert_png(out / name)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["accuracy", "--device", "cpu", "--texts", "/nonexistent/texts.txt"], "error: cannot read"),
-    (["accuracy", "--device", "cpu", "--dtype", "float64"], "error: unknown dtype"),
-    (["accuracy", "--device", "tpu"], "error: device 'tpu' is not a device name"),
-    (["bench", "--device", "cpu", "--batch-sizes", "0,4"], "expected comma-separated positive integers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["accuracy", "--device", "cpu", "--texts", "/nonexistent/texts.txt"], "error: cannot read"),
+        (["accuracy", "--device", "cpu", "--dtype", "float64"], "error: unknown dtype"),
+        (["accuracy", "--device", "tpu"], "error: device 'tpu' is not a device name"),
+        (["bench", "--device", "cpu", "--batch-sizes", "0,4"], "expected comma-separated positive integers"),
+    ],
+)
 def test_bad_input_is_one_clear_line(args, message):
     done = cli(*args)
     assert done.returncode == 2
@@ -123,12 +128,24 @@ def test_bad_input_is_one_clear_line(args, message):
 
 def test_report_writes_everything_and_parses_back(tmp_path, capsys):
     out = tmp_path / "report"
-    code, _, stderr = run_main(capsys, "report", "--device", "cpu", "--out", str(out), "--batch-sizes", "1,4",
-                               "--warmup", "1", "--rounds", "2")
+    code, _, stderr = run_main(
+        capsys, "report", "--device", "cpu", "--out", str(out), "--batch-sizes", "1,4", "--warmup", "1", "--rounds", "2"
+    )
     assert code == 0, stderr
     assert f"reports in {out / 'index.md'}" in stderr
-    expected = {"index.md", "check.json", "check.md", "accuracy.json", "accuracy.md", "accuracy_similarity_float32.png",
-                "accuracy_errors_float32.png", "bench.json", "bench.md", "bench_throughput.png", "bench_latency.png"}
+    expected = {
+        "index.md",
+        "check.json",
+        "check.md",
+        "accuracy.json",
+        "accuracy.md",
+        "accuracy_similarity_float32.png",
+        "accuracy_errors_float32.png",
+        "bench.json",
+        "bench.md",
+        "bench_throughput.png",
+        "bench_latency.png",
+    }
     assert expected <= {p.name for p in out.iterdir()}
     for png in out.glob("*.png"):
         assert_png(png)

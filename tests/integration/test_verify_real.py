@@ -37,8 +37,14 @@ def test_default_backend_each_dtype_against_reference(dtype, encoder, reference_
     # Reduced precisions run on 8 of the sentences (all three languages): CPU bf16/fp16 through a padded backend is
     # slow, and the long one is covered in float32.
     texts = MIXED_24 if exact else MIXED_24[:10:2] + MIXED_24[11:14]
-    run = run_accuracy(device="cpu", dtypes=[dtype], texts=texts, sts_path=sts_small if exact else None,
-                       reference_encoder=reference_encoder, make_encoder=make)
+    run = run_accuracy(
+        device="cpu",
+        dtypes=[dtype],
+        texts=texts,
+        sts_path=sts_small if exact else None,
+        reference_encoder=reference_encoder,
+        make_encoder=make,
+    )
     report = run.report
     (result,) = report["results"]
     assert result["dtype"] == dtype
@@ -68,8 +74,9 @@ def test_default_backend_each_dtype_against_reference(dtype, encoder, reference_
 
 def test_reference_backend_against_itself_is_exact(reference_encoder):
     texts = [MIXED_24[i] for i in (0, 4, 8, 11, 13, 23)]  # short, Chinese, French, numbers, and the long one
-    run = run_accuracy(device="cpu", texts=texts, reference_encoder=reference_encoder,
-                       make_encoder=lambda dtype: reference_encoder)
+    run = run_accuracy(
+        device="cpu", texts=texts, reference_encoder=reference_encoder, make_encoder=lambda dtype: reference_encoder
+    )
     metrics = run.report["results"][0]["metrics"]
     assert run.status == PASS
     assert metrics["max_abs_error"] == 0.0 and metrics["mse"] == 0.0 and metrics["determinism_max_abs"] == 0.0
@@ -79,9 +86,17 @@ def test_reference_backend_against_itself_is_exact(reference_encoder):
 
 
 def test_bench_against_cpu_and_sentence_transformers(encoder, reference_encoder):
-    report = run_bench(device="cpu", texts=MIXED_24[:4], batch_sizes=[1, 2], warmup=1, rounds=2, compare_cpu=True,
-                       compare="sentence-transformers", make_encoder=lambda dtype: encoder,
-                       cpu_encoder=reference_encoder)
+    report = run_bench(
+        device="cpu",
+        texts=MIXED_24[:4],
+        batch_sizes=[1, 2],
+        warmup=1,
+        rounds=2,
+        compare_cpu=True,
+        compare="sentence-transformers",
+        make_encoder=lambda dtype: encoder,
+        cpu_encoder=reference_encoder,
+    )
     (result,) = report["results"]
     assert result["st_dtype"] == "float32" and result["load_s"] >= 0
     assert report["environment"]["device"] == "cpu" and report["environment"]["device_name"]

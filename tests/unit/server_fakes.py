@@ -92,8 +92,9 @@ class FakeEncoder:
 
     def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
         single = isinstance(sentences, str)
-        out = self.encode_token_ids(self.tokenize([sentences] if single else list(sentences)), batch_size,
-                                    normalize_embeddings)
+        out = self.encode_token_ids(
+            self.tokenize([sentences] if single else list(sentences)), batch_size, normalize_embeddings
+        )
         return out[0] if single else out
 
     def expected(self, texts, normalize=True) -> np.ndarray:

@@ -12,8 +12,16 @@ import torch
 from minilm_npu.engine.bert import BertConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_engine.py"
-MINILM = BertConfig(vocab_size=30522, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536,
-                    layer_norm_eps=1e-12, max_position_embeddings=512, type_vocab_size=2)
+MINILM = BertConfig(
+    vocab_size=30522,
+    hidden_size=384,
+    num_layers=6,
+    num_heads=12,
+    intermediate_size=1536,
+    layer_norm_eps=1e-12,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,14 @@ def test_engines_not_on_turn_are_paused_while_one_is_timed(bench):
     calls = []
     engines = [PausableEngine("st", 2.0, calls), PausableEngine("ort", 1.0, calls)]
     bench.time_interleaved(engines, ["x"], 1, torch.device("cpu"), warmup=0, rounds=1)
-    assert calls == [("pause", "ort"), ("st", 0, 1), ("resume", "ort"),
-                     ("pause", "st"), ("ort", 0, 1), ("resume", "st")]
+    assert calls == [
+        ("pause", "ort"),
+        ("st", 0, 1),
+        ("resume", "ort"),
+        ("pause", "st"),
+        ("ort", 0, 1),
+        ("resume", "st"),
+    ]
 
 
 def test_real_work_and_weight_bytes(bench):
@@ -75,12 +89,18 @@ def _row(engine, workload, ms):
 
 def test_verdicts_against_the_issue_targets(bench):
     w = "24 mixed, batch 32"
-    results = {"device_type": "cpu", "rows": [
-        _row(bench.BASELINE, w, 1000.0), _row("onnxruntime float32", w, 900.0), _row("onnxruntime int8", w, 400.0),
-        _row("minilm-npu packed float32", w, 80.0), _row("minilm-npu packed int8", w, 200.0),
-        _row("onnxruntime float32", "1 short sentence, batch 1", 2.0),
-        _row("minilm-npu packed float32", "1 short sentence, batch 1", 2.5),
-    ]}
+    results = {
+        "device_type": "cpu",
+        "rows": [
+            _row(bench.BASELINE, w, 1000.0),
+            _row("onnxruntime float32", w, 900.0),
+            _row("onnxruntime int8", w, 400.0),
+            _row("minilm-npu packed float32", w, 80.0),
+            _row("minilm-npu packed int8", w, 200.0),
+            _row("onnxruntime float32", "1 short sentence, batch 1", 2.0),
+            _row("minilm-npu packed float32", "1 short sentence, batch 1", 2.5),
+        ],
+    }
     work = bench.real_work([20] * 24, MINILM)
     limits = {"ops_per_s": {"float32": work / 0.05, "int8": work / 0.1}, "bandwidth_bytes_per_s": 1e12}
     workloads = {w: ([20] * 24, 1), "1 short sentence, batch 1": ([9], 1)}
@@ -94,8 +114,20 @@ def test_verdicts_against_the_issue_targets(bench):
     short = by[("1 short sentence, batch 1", "float32")]
     assert short["peer"] == "onnxruntime float32" and short["ratio"] == pytest.approx(0.8)
     assert short["verdict"] == "not met" and short["target"] == 1.0
-    table = bench.markdown({**results, "device": "cpu", "cpu": "Some CPU", "isa": "avx2 fma", "threads": 2,
-                            "torch": "x", "machine": "y", "limits": limits, "verdicts": rows, "quality": []})
+    table = bench.markdown(
+        {
+            **results,
+            "device": "cpu",
+            "cpu": "Some CPU",
+            "isa": "avx2 fma",
+            "threads": 2,
+            "torch": "x",
+            "machine": "y",
+            "limits": limits,
+            "verdicts": rows,
+            "quality": [],
+        }
+    )
     assert "CPU: Some CPU; ISA: avx2 fma" in table
     assert "| 24 mixed, batch 32 | float32 | ORT int8 | 5.00x | >= 4x | 8.0x | met |" in table
     assert "| 1 short sentence, batch 1 |  | 2.00 ms |  | 2.50 ms |  |" in table
@@ -105,8 +137,10 @@ def test_a_ceiling_is_never_below_the_ratio_reached(bench):
     """A limit measured during another guest's burst of load must not turn a reached ratio into 'beyond this
     machine'."""
     w = "STS-B dev 3,000 sentences, batch 32"
-    results = {"device_type": "cpu", "rows": [_row("onnxruntime int8", w, 1170.0),
-                                              _row("minilm-npu packed int8", w, 1000.0)]}
+    results = {
+        "device_type": "cpu",
+        "rows": [_row("onnxruntime int8", w, 1170.0), _row("minilm-npu packed int8", w, 1000.0)],
+    }
     work = bench.real_work([15] * 3000, MINILM)
     limits = {"ops_per_s": {"int8": work / 1.5}, "bandwidth_bytes_per_s": 1e12}  # "ceiling" 0.78x
     (row,) = bench.verdicts(results, {w: ([15] * 3000, 94)}, limits, MINILM)
@@ -128,9 +162,11 @@ def test_quality_bounds(bench):
     noisy = reference + rng.normal(scale=0.2, size=reference.shape).astype(np.float32)
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
     scores = rng.uniform(0, 5, size=5)
-    vectors = {bench.BASELINE: {"mixed": reference, "sts": reference},
-               "minilm-npu packed float32": {"mixed": reference + 1e-7, "sts": reference},
-               "minilm-npu packed int8": {"mixed": noisy, "sts": reference}}
+    vectors = {
+        bench.BASELINE: {"mixed": reference, "sts": reference},
+        "minilm-npu packed float32": {"mixed": reference + 1e-7, "sts": reference},
+        "minilm-npu packed int8": {"mixed": noisy, "sts": reference},
+    }
     rows = {r["engine"]: r for r in bench.quality(vectors, scores)}
     assert rows["minilm-npu packed float32"]["within_bounds"] is True
     assert rows["minilm-npu packed int8"]["within_bounds"] is False  # cosines well under 0.99

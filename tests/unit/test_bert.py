@@ -7,13 +7,23 @@ import json
 import pytest
 import torch
 
-from minilm_npu.engine.bert import (BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets)
+from minilm_npu.engine.bert import BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets
 from minilm_npu.engine.policy import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
 from minilm_npu.modelfiles import ModelFilesError
 
-CONFIG = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": 50, "hidden_size": 8,
-          "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 16, "layer_norm_eps": 1e-12,
-          "max_position_embeddings": 32, "type_vocab_size": 2, "hidden_act": "gelu"}
+CONFIG = {
+    "model_type": "bert",
+    "architectures": ["BertModel"],
+    "vocab_size": 50,
+    "hidden_size": 8,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 16,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 32,
+    "type_vocab_size": 2,
+    "hidden_act": "gelu",
+}
 
 
 def test_config_from_dict():
@@ -27,14 +37,17 @@ def test_config_of_the_real_model(model_dir):
     assert (config.num_layers, config.hidden_size, config.intermediate_size) == (6, 384, 1536)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model_type": "roberta"}, "BERT models only"),
-    ({"architectures": ["GPT2Model"]}, "BERT models only"),
-    ({"hidden_act": "relu"}, "hidden_act"),
-    ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
-    ({"num_attention_heads": 3}, "not a multiple"),
-    ({"hidden_size": "wide"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"model_type": "roberta"}, "BERT models only"),
+        ({"architectures": ["GPT2Model"]}, "BERT models only"),
+        ({"hidden_act": "relu"}, "hidden_act"),
+        ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
+        ({"num_attention_heads": 3}, "not a multiple"),
+        ({"hidden_size": "wide"}, "malformed"),
+    ],
+)
 def test_config_rejects_what_it_cannot_run(change, message):
     with pytest.raises(ModelFilesError, match=message):
         BertConfig.from_dict({**CONFIG, **change})
@@ -144,7 +157,9 @@ def test_one_sequence_is_its_own_block(strategy):
     assert packed.starts == [0] and packed.lengths == [4] and packed.unpad is None
     assert packed.mean_weights.tolist() == [[0.25] * 4]
     assert [(b.gather, b.mask, b.lengths) for b in packed.buckets] == (
-        [] if strategy == "per_sequence" else [(None, None, [4])])
-    geared = pack([[101, 7, 8, 102]], "padded", torch.device("cpu"), gears=round_to_gear,
-                  row_gears=round_to_power_of_two)
+        [] if strategy == "per_sequence" else [(None, None, [4])]
+    )
+    geared = pack(
+        [[101, 7, 8, 102]], "padded", torch.device("cpu"), gears=round_to_gear, row_gears=round_to_power_of_two
+    )
     assert geared.buckets[0].gather.numel() == 16 and geared.buckets[0].mask.shape == (1, 1, 1, 16)

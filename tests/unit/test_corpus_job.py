@@ -100,8 +100,9 @@ def test_resume_after_crash_at_each_stage_writes_every_row_once(tmp_path, monkey
 
 def test_changed_input_or_settings_stop_unless_overwrite(tmp_path, monkeypatch):
     src = write_txt(tmp_path / "in.txt", 9)
-    monkeypatch.setattr(job_module, "_crash_point",
-                        lambda at, shard: (_ for _ in ()).throw(Crash()) if shard == 1 else None)
+    monkeypatch.setattr(
+        job_module, "_crash_point", lambda at, shard: (_ for _ in ()).throw(Crash()) if shard == 1 else None
+    )
     with pytest.raises(Crash):
         embed_corpus(src, tmp_path / "out", LocalEngine(FakeEncoder()), settings())
     monkeypatch.setattr(job_module, "_crash_point", lambda at, shard: None)
@@ -166,9 +167,11 @@ def test_settings_are_validated(tmp_path):
 def test_npy_output_resumes_and_keeps_the_skipped_list(tmp_path, monkeypatch):
     src = write_txt(tmp_path / "in.txt", 9, bad={2})
     out = tmp_path / "v.npy"
-    monkeypatch.setattr(job_module, "_crash_point",
-                        lambda at, shard: (_ for _ in ()).throw(Crash()) if (at, shard) == ("after-manifest", 1)
-                        else None)
+    monkeypatch.setattr(
+        job_module,
+        "_crash_point",
+        lambda at, shard: (_ for _ in ()).throw(Crash()) if (at, shard) == ("after-manifest", 1) else None,
+    )
     with pytest.raises(Crash):
         embed_corpus(src, out, LocalEngine(FakeEncoder()), settings(on_error="skip"))
     assert not out.exists() and (tmp_path / "v.npy.partial" / MANIFEST_NAME).exists()

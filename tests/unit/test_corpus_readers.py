@@ -54,9 +54,16 @@ def test_txt_gzip_and_start_after(tmp_path):
 
 def test_jsonl_fields_and_bad_rows(tmp_path):
     path = tmp_path / "in.jsonl"
-    lines = [json.dumps({"text": "ok", "id": 7}), "", json.dumps({"body": "no text"}),
-             json.dumps({"text": None, "id": "n"}), json.dumps({"text": 3}), "{not json", "[1, 2]",
-             json.dumps({"text": "no id"})]
+    lines = [
+        json.dumps({"text": "ok", "id": 7}),
+        "",
+        json.dumps({"body": "no text"}),
+        json.dumps({"text": None, "id": "n"}),
+        json.dumps({"text": 3}),
+        "{not json",
+        "[1, 2]",
+        json.dumps({"text": "no id"}),
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     records = read(path, id_field="id")
     assert good(records) == [(1, "7", "ok")]
@@ -69,11 +76,13 @@ def test_jsonl_fields_and_bad_rows(tmp_path):
 
 def test_csv_and_tsv_with_header_quotes_and_short_rows(tmp_path):
     csv_path = tmp_path / "in.csv"
-    csv_path.write_bytes('id,text\n"a","multi\nline, with comma"\nb,plain\nc\n'.encode() + b"d,bad \xfe\n")
+    csv_path.write_bytes(b'id,text\n"a","multi\nline, with comma"\nb,plain\nc\n' + b"d,bad \xfe\n")
     records = read(csv_path, id_field="id")
     assert good(records) == [(1, "a", "multi\nline, with comma"), (2, "b", "plain")]
     assert [(r.row, r.id, r.error) for r in records if r.error] == [
-        (3, "c", "text field 'text' is missing"), (4, "d", "not valid UTF-8")]
+        (3, "c", "text field 'text' is missing"),
+        (4, "d", "not valid UTF-8"),
+    ]
     tsv_path = tmp_path / "in.tsv.gz"
     with gzip.open(tsv_path, "wt", encoding="utf-8") as handle:
         handle.write("body\tx\nfirst\t1\nsecond\t2\n")
@@ -113,8 +122,11 @@ def test_directory_input_prefixes_ids_with_file_names(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "a1"}\n', encoding="utf-8")
     (tmp_path / "_skip.txt").write_text("hidden\n", encoding="utf-8")
     records = read(tmp_path)
-    assert [(r.file, r.id, r.text) for r in records] == [(0, "a.jsonl:1", "a1"), (1, "b.txt:1", "b1"),
-                                                        (1, "b.txt:2", "b2")]
+    assert [(r.file, r.id, r.text) for r in records] == [
+        (0, "a.jsonl:1", "a1"),
+        (1, "b.txt:1", "b1"),
+        (1, "b.txt:2", "b2"),
+    ]
     assert [r.text for r in read(tmp_path, start_after=(1, 1))] == ["b2"]
     with pytest.raises(InputError, match="no such file"):
         expand_inputs(tmp_path / "missing.txt")

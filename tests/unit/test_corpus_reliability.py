@@ -3,8 +3,8 @@ about processes).
 
 The kill matrix runs the job in forked processes and SIGKILLs each at the next step of the commit sequence, one
 after another on the same output, so each run resumes what the previous kill left; the last run
-(``tests.unit.corpus_child``, a program of its own) must leave every input row exactly once, in order. The same steps are also hit in-process with an
-exception (cheap, and it shows which files each step leaves behind).
+(``tests.unit.corpus_child``, a program of its own) must leave every input row exactly once, in order. The same
+steps are also hit in-process with an exception (cheap, and it shows which files each step leaves behind).
 """
 
 from __future__ import annotations
@@ -101,10 +101,21 @@ def committed(out: Path) -> int:
 
 # The commit sequence of the first two shards (shard 1 holds a bad row, so the side file is written), in the
 # order one run passes them; a kill at each, one after another, must never lose or repeat a row.
-KILLS = [("locked:0", -1), ("manifest-tmp:0", -1), ("before-shard:0", 0), ("shard-tmp:0", 0),
-         ("after-shard:0", 0), ("manifest-tmp:1", 0), ("after-manifest:0", 4), ("shard-tmp:1", 4),
-         ("after-shard:1", 4), ("skipped-partial:1", 4), ("after-skipped:1", 4), ("manifest-tmp:2", 4),
-         ("after-manifest:1", 8)]
+KILLS = [
+    ("locked:0", -1),
+    ("manifest-tmp:0", -1),
+    ("before-shard:0", 0),
+    ("shard-tmp:0", 0),
+    ("after-shard:0", 0),
+    ("manifest-tmp:1", 0),
+    ("after-manifest:0", 4),
+    ("shard-tmp:1", 4),
+    ("after-shard:1", 4),
+    ("skipped-partial:1", 4),
+    ("after-skipped:1", 4),
+    ("manifest-tmp:2", 4),
+    ("after-manifest:1", 8),
+]
 
 
 def test_sigkill_at_every_commit_step_then_resume_keeps_every_row_once(tmp_path):
@@ -112,8 +123,9 @@ def test_sigkill_at_every_commit_step_then_resume_keeps_every_row_once(tmp_path)
     out = tmp_path / "out"
     assert {stage.split(":")[0] for stage, _ in KILLS} == set(CRASH_STAGES) - {"npy-written", "npy-moved"}
     for crash, rows in KILLS:
-        assert forked(crash, lambda: embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())) \
-            == -signal.SIGKILL, crash
+        assert (
+            forked(crash, lambda: embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())) == -signal.SIGKILL
+        ), crash
         assert committed(out) == rows, crash  # -1: no manifest yet (killed holding only the lock)
     # The last resume as its own program (the same as `minilm-npu embed`, with the fake encoder).
     proc = child(src, out)
@@ -126,8 +138,7 @@ def test_sigkill_while_npy_output_is_finished(tmp_path):
     src = write_txt(tmp_path / "in.txt", ROWS, bad=BAD)
     out = tmp_path / "v.npy"
     for crash in ("npy-written:0", "npy-moved:0"):
-        assert forked(crash, lambda: embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())) \
-            == -signal.SIGKILL
+        assert forked(crash, lambda: embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())) == -signal.SIGKILL
         assert out.exists() and (tmp_path / "v.npy.partial" / MANIFEST_NAME).exists()
     embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())
     np.testing.assert_array_equal(np.load(out), expected_vectors())
@@ -179,9 +190,14 @@ def test_second_writer_stops_at_once_naming_the_first(tmp_path):
         assert first.poll() is None
         # The real command, started while the first job holds the output: stops before loading any model.
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-        second = subprocess.run([sys.executable, "-m", "minilm_npu.cli.main", "embed", str(src), "-o", str(out),
-                                 "--device", "cpu"], cwd=ROOT, env=env, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "minilm_npu.cli.main", "embed", str(src), "-o", str(out), "--device", "cpu"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2
         assert f"being written by another `minilm-npu embed` (pid {first.pid} on " in second.stderr
         assert "Traceback" not in second.stderr
@@ -239,7 +255,7 @@ def test_lock_is_held_by_the_job_for_any_engine(tmp_path):
 def damage(path: Path, how: str):
     data = path.read_bytes()
     if how == "truncate":
-        path.write_bytes(data[:len(data) // 2])
+        path.write_bytes(data[: len(data) // 2])
     elif how == "delete":
         path.unlink()
     else:  # one flipped byte in the data pages: same size, footer intact
@@ -256,8 +272,11 @@ def test_damaged_shard_is_named_and_only_it_is_embedded_again(tmp_path, how):
     assert entry["sha256"] == sha256_of(out / entry["file"])
     damage(out / "part-000001.parquet", how)
     if how != "flip":  # search reads the manifest's sizes and footers: it names the shard and the remedy
-        with pytest.raises(InputError, match=r"part-000001.parquet: damaged shard .*rerun the same `minilm-npu "
-                                             r"embed` command"):
+        with pytest.raises(
+            InputError,
+            match=r"part-000001.parquet: damaged shard .*rerun the same `minilm-npu "
+            r"embed` command",
+        ):
             search_vectors(out, FakeEncoder.vector("text number 3"))
     encoder = FakeEncoder()
     summary = embed_corpus(src, out, LocalEngine(encoder), settings(keep_text=True))
@@ -276,8 +295,11 @@ def test_damaged_shard_is_named_and_only_it_is_embedded_again(tmp_path, how):
 def test_damaged_shard_of_an_unfinished_job_is_embedded_again_before_continuing(tmp_path, monkeypatch):
     src = write_txt(tmp_path / "in.txt", ROWS, bad=BAD)
     out = tmp_path / "out"
-    monkeypatch.setattr(job_module, "_crash_point",
-                        lambda at, n: (_ for _ in ()).throw(Crash()) if (at, n) == ("before-shard", 3) else None)
+    monkeypatch.setattr(
+        job_module,
+        "_crash_point",
+        lambda at, n: (_ for _ in ()).throw(Crash()) if (at, n) == ("before-shard", 3) else None,
+    )
     with pytest.raises(Crash):
         embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())
     monkeypatch.undo()
@@ -329,13 +351,18 @@ def test_disk_full_while_writing_is_a_clear_error_and_the_rerun_completes(tmp_pa
             return real_json(*args, **kwargs)
 
         monkeypatch.setattr(manifest_module, "write_json_atomic", write_json)
-    with pytest.raises(OutputError, match=r"cannot write .*No space left on device; the 8 rows committed so far "
-                                          r"are kept; free space .*rerun the same command"):
+    with pytest.raises(
+        OutputError,
+        match=r"cannot write .*No space left on device; the 8 rows committed so far "
+        r"are kept; free space .*rerun the same command",
+    ):
         embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())
     monkeypatch.undo()
     manifest = Manifest.load(out)
-    assert manifest.rows_consumed == 8 and [s["file"] for s in manifest.shards] == ["part-000000.parquet",
-                                                                                   "part-000001.parquet"]
+    assert manifest.rows_consumed == 8 and [s["file"] for s in manifest.shards] == [
+        "part-000000.parquet",
+        "part-000001.parquet",
+    ]
     assert not list(out.glob("*.tmp"))  # the failed write's temporary file is gone (its space is free again)
     summary = embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())
     assert summary.new_rows == 13 and not summary.repaired

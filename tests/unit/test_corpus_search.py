@@ -18,8 +18,9 @@ from .test_corpus_fakes import FakeEncoder
 def corpus(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("".join(f"document {i}\n" for i in range(1, 41)), encoding="utf-8")
-    embed_corpus(src, tmp_path / "out", LocalEngine(FakeEncoder()),
-                 EmbedSettings(shard_rows=7, keep_text=True, progress=False))
+    embed_corpus(
+        src, tmp_path / "out", LocalEngine(FakeEncoder()), EmbedSettings(shard_rows=7, keep_text=True, progress=False)
+    )
     return tmp_path / "out"
 
 

@@ -20,8 +20,17 @@ from minilm_npu.corpus.lock import LOCK_NAME, Lease
 from minilm_npu.corpus.manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest
 from minilm_npu.corpus.objectstore import ObjectDirectory
 from minilm_npu.corpus.search import corpus_files, search_vectors
-from minilm_npu.corpus.storage import (LocalDirectory, RemotePath, input_path, is_uri, local_path, open_directory,
-                                       open_input, parquet_source, resolve)
+from minilm_npu.corpus.storage import (
+    LocalDirectory,
+    RemotePath,
+    input_path,
+    is_uri,
+    local_path,
+    open_directory,
+    open_input,
+    parquet_source,
+    resolve,
+)
 from minilm_npu.errors import InputError, OutputError
 
 from ..s3 import moto_endpoint, s3  # noqa: F401 - fixtures
@@ -96,6 +105,7 @@ def test_object_directory_writes_whole_objects_or_nothing():
     written = directory.write("a.json", lambda sink: sink.write(b"hello"))
     assert directory.read_bytes("a.json") == b"hello" and written.sha256 == directory.sha256("a.json")
     for failing in ("fill", "before_commit", "guard"):
+
         def fill(sink, failing=failing):
             sink.write(b"partial")
             if failing == "fill":
@@ -103,8 +113,11 @@ def test_object_directory_writes_whole_objects_or_nothing():
 
         directory.guard = (lambda: (_ for _ in ()).throw(Crash())) if failing == "guard" else None
         with pytest.raises(Crash):
-            directory.write("b.parquet", fill, before_commit=(lambda: (_ for _ in ()).throw(Crash()))
-                            if failing == "before_commit" else None)
+            directory.write(
+                "b.parquet",
+                fill,
+                before_commit=(lambda: (_ for _ in ()).throw(Crash())) if failing == "before_commit" else None,
+            )
         assert directory.size("b.parquet") is None, failing  # no partial object is left behind
     directory.guard = None
     side = directory.append_file("side")
@@ -134,8 +147,9 @@ def test_s3_output_matches_local_row_for_row_and_search_reads_it(tmp_path, s3):
     assert ids == local_ids == GOOD
     np.testing.assert_array_equal(vectors, local_vectors)
     # The same files, less the lease (released; a local flock file stays, it holds nothing once closed).
-    assert s3.keys("runs/out/") == sorted(f"runs/out/{name}" for name in os.listdir(tmp_path / "out")
-                                          if name != LOCK_NAME)
+    assert s3.keys("runs/out/") == sorted(
+        f"runs/out/{name}" for name in os.listdir(tmp_path / "out") if name != LOCK_NAME
+    )
     assert s3.get(f"runs/out/{SKIPPED_NAME}") == (tmp_path / "out" / SKIPPED_NAME).read_bytes()
     assert remote.skipped_file == s3.uri(f"runs/out/{SKIPPED_NAME}")
     query = FakeEncoder.vector("text number 7")
@@ -153,8 +167,9 @@ def test_s3_output_matches_local_row_for_row_and_search_reads_it(tmp_path, s3):
 def test_s3_resume_after_a_crash_at_each_stage(tmp_path, s3, monkeypatch, stage):
     src = write_txt(tmp_path / "in.txt", ROWS, bad=BAD)
     out = s3.uri("out")
-    monkeypatch.setattr(job_module, "_crash_point",
-                        lambda at, n: (_ for _ in ()).throw(Crash()) if (at, n) == (stage, 3) else None)
+    monkeypatch.setattr(
+        job_module, "_crash_point", lambda at, n: (_ for _ in ()).throw(Crash()) if (at, n) == (stage, 3) else None
+    )
     with pytest.raises(Crash):
         embed_corpus(src, out, LocalEngine(FakeEncoder()), settings())
     monkeypatch.setattr(job_module, "_crash_point", lambda at, n: None)
@@ -166,8 +181,9 @@ def test_s3_resume_after_a_crash_at_each_stage(tmp_path, s3, monkeypatch, stage)
     assert read(out)[0] == GOOD and summary.rows_written == len(GOOD) and summary.rows_skipped == 2
     assert [json.loads(line)["row"] for line in s3.get(f"out/{SKIPPED_NAME}").splitlines()] == sorted(BAD)
     manifest = Manifest.load(out)
-    assert s3.keys() == sorted([f"out/{MANIFEST_NAME}", f"out/{SKIPPED_NAME}"]
-                               + [f"out/{s['file']}" for s in manifest.shards if s["file"]])
+    assert s3.keys() == sorted(
+        [f"out/{MANIFEST_NAME}", f"out/{SKIPPED_NAME}"] + [f"out/{s['file']}" for s in manifest.shards if s["file"]]
+    )
 
 
 def test_s3_input_directory_reads_like_a_local_one(tmp_path, s3):
@@ -181,8 +197,11 @@ def test_s3_input_directory_reads_like_a_local_one(tmp_path, s3):
     local = embed_corpus(tmp_path / "in", tmp_path / "out", LocalEngine(FakeEncoder()), settings())
     remote = embed_corpus(s3.uri("in/"), tmp_path / "out2", LocalEngine(FakeEncoder()), settings())
     assert remote.rows_written == local.rows_written == 12
-    assert read(tmp_path / "out2")[0] == read(tmp_path / "out")[0] == \
-        [f"a.txt:{i}" for i in range(1, 6)] + [f"b.parquet:{i}" for i in range(1, 8)]
+    assert (
+        read(tmp_path / "out2")[0]
+        == read(tmp_path / "out")[0]
+        == [f"a.txt:{i}" for i in range(1, 6)] + [f"b.parquet:{i}" for i in range(1, 8)]
+    )
     np.testing.assert_array_equal(read(tmp_path / "out2")[1], read(tmp_path / "out")[1])
     inputs = Manifest.load(tmp_path / "out2").fingerprint["inputs"]
     assert [i["path"] for i in inputs] == [s3.uri("in/a.txt"), s3.uri("in/b.parquet")]
@@ -212,17 +231,25 @@ def test_s3_sigkill_mid_commit_then_resume_in_real_processes(tmp_path, s3):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["rows", "19", "skipped", "2", "new", "13"]
     assert read(out)[0] == GOOD
-    np.testing.assert_array_equal(read(out)[1], np.stack([FakeEncoder.vector(f"text number {i}") for i in
-                                                          map(int, GOOD)]))
+    np.testing.assert_array_equal(
+        read(out)[1], np.stack([FakeEncoder.vector(f"text number {i}") for i in map(int, GOOD)])
+    )
     listed = [s["file"] for s in Manifest.load(out).shards if s["file"]]
-    assert s3.keys() == sorted([f"killed/{MANIFEST_NAME}", f"killed/{SKIPPED_NAME}"]
-                               + [f"killed/{name}" for name in listed])
+    assert s3.keys() == sorted(
+        [f"killed/{MANIFEST_NAME}", f"killed/{SKIPPED_NAME}"] + [f"killed/{name}" for name in listed]
+    )
 
 
 # -- the lease ----------------------------------------------------------------------------------------------------
 def lease_body(**fields) -> bytes:
-    info = {"owner": "someone-else", "host": "other-host", "pid": 4242, "started": time.time(),
-            "expires": time.time() + 600, "command": "minilm-npu embed ..."}
+    info = {
+        "owner": "someone-else",
+        "host": "other-host",
+        "pid": 4242,
+        "started": time.time(),
+        "expires": time.time() + 600,
+        "command": "minilm-npu embed ...",
+    }
     return json.dumps({**info, **fields}).encode()
 
 

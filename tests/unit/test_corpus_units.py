@@ -19,11 +19,21 @@ from minilm_npu.corpus.units import Unit, file_units, line_cuts, plan_units
 
 from .test_corpus_fakes import FakeEncoder
 
-TXT = (b"\xef\xbb\xbfbom first\r\n\xef\xbb\xbfbom again\r\n\n\nbad \xff byte\nplain\r\n\r\n"
-       + b"".join(b"line %d\n" % i for i in range(40)) + b"last without newline")
-JSONL = (b"\xef\xbb\xbf" + json.dumps({"text": "first", "id": 1}).encode() + b"\r\n\n\n{broken\n"
-         + b"".join(json.dumps({"text": f"doc {i}", "id": f"k{i}"}).encode() + b"\n" for i in range(30))
-         + b"[1]\n" + json.dumps({"text": None}).encode() + b"\n\xff\xfe\n\n\n" + b'{"text": "end"}')
+TXT = (
+    b"\xef\xbb\xbfbom first\r\n\xef\xbb\xbfbom again\r\n\n\nbad \xff byte\nplain\r\n\r\n"
+    + b"".join(b"line %d\n" % i for i in range(40))
+    + b"last without newline"
+)
+JSONL = (
+    b"\xef\xbb\xbf"
+    + json.dumps({"text": "first", "id": 1}).encode()
+    + b"\r\n\n\n{broken\n"
+    + b"".join(json.dumps({"text": f"doc {i}", "id": f"k{i}"}).encode() + b"\n" for i in range(30))
+    + b"[1]\n"
+    + json.dumps({"text": None}).encode()
+    + b"\n\xff\xfe\n\n\n"
+    + b'{"text": "end"}'
+)
 
 
 def cuts_of(data: bytes, every: int) -> tuple[list[int], int, int]:
@@ -44,8 +54,16 @@ def whole_and_units(path, shard_rows, **fields):
 
 
 @pytest.mark.parametrize("shard_rows", [1, 2, 3, 5, 7, 16, 1000])
-@pytest.mark.parametrize("name,data", [("in.txt", TXT), ("in.jsonl", JSONL), ("crlf.txt", b"a\r\nb\r\n\r\nc\r\n"),
-                                       ("one.txt", b"no newline at all"), ("nl.txt", b"\n\n\n")])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("in.txt", TXT),
+        ("in.jsonl", JSONL),
+        ("crlf.txt", b"a\r\nb\r\n\r\nc\r\n"),
+        ("one.txt", b"no newline at all"),
+        ("nl.txt", b"\n\n\n"),
+    ],
+)
 def test_units_concatenate_to_the_whole_file(tmp_path, name, data, shard_rows):
     path = tmp_path / name
     path.write_bytes(data)
@@ -57,7 +75,7 @@ def test_units_concatenate_to_the_whole_file(tmp_path, name, data, shard_rows):
     assert planned[0].start == 0 and planned[-1].stop == len(data)
     for before, after in zip(planned, planned[1:]):
         assert before.stop == after.start and before.hi == after.lo
-        assert data[after.start - 1:after.start] == b"\n"  # a cut follows a newline
+        assert data[after.start - 1 : after.start] == b"\n"  # a cut follows a newline
     assert all(0 < u.hi - u.lo <= shard_rows for u in planned)
 
 
@@ -65,8 +83,7 @@ def test_random_files_and_every_cut_width(tmp_path):
     rng = random.Random(7)
     pieces = [b"", b"x", b"\r", b"\xff", "é".encode(), b"\xef\xbb\xbf", b"word word"]
     for trial in range(25):
-        body = b"".join(rng.choice(pieces) + (b"\n" if rng.random() < 0.5 else b"")
-                        for _ in range(rng.randint(0, 60)))
+        body = b"".join(rng.choice(pieces) + (b"\n" if rng.random() < 0.5 else b"") for _ in range(rng.randint(0, 60)))
         path = tmp_path / f"r{trial}.txt"
         path.write_bytes(body)
         for shard_rows in (1, 2, 3, 11):
@@ -94,8 +111,9 @@ def test_parquet_units_are_row_group_ranges(tmp_path):
         whole, by_unit, planned = whole_and_units(path, shard_rows, id_field="key")
         assert by_unit == whole and len(whole) == 47
         assert all(u.kind == "groups" for u in planned)
-        assert [u.lo for u in planned] == {1: [0, 10, 20, 30, 40], 10: [0, 10, 20, 30, 40], 15: [0, 20, 40],
-                                           100: [0]}[shard_rows]
+        assert [u.lo for u in planned] == {1: [0, 10, 20, 30, 40], 10: [0, 10, 20, 30, 40], 15: [0, 20, 40], 100: [0]}[
+            shard_rows
+        ]
         assert planned[-1].hi == 47
 
 
@@ -168,23 +186,31 @@ def test_embed_unit_writes_one_shard_per_unit_and_splits_long_units(tmp_path):
     whole = Unit(0, "file")
     reports = embed_unit(FakeEncoder(), reader, out, whole, 5, None, False)
     assert [(r.lo, r.hi, r.rows, r.name) for r in reports] == [
-        (0, 5, 4, unit_shard_name(0, 0)), (15, 20, 4, unit_shard_name(0, 15)), (20, 25, 5, unit_shard_name(0, 20)),
-        (25, 30, 5, unit_shard_name(0, 25))]
+        (0, 5, 4, unit_shard_name(0, 0)),
+        (15, 20, 4, unit_shard_name(0, 15)),
+        (20, 25, 5, unit_shard_name(0, 20)),
+        (25, 30, 5, unit_shard_name(0, 25)),
+    ]
     assert reports[-1].eof and reports[-1].last == 30 and not any(r.eof for r in reports[:-1])
     rows = [r.row for r in reader.records() if r.error is None]
     written = pq.read_table(out / unit_shard_name(0, 15)).column("id").to_pylist()
     assert written == [str(r) for r in rows if 15 < r <= 20]
     # Planned line units of the same width are exactly one shard each, with the same names.
-    planned = [r for unit in file_units(0, reader.files[0], 5)
-               for r in embed_unit(FakeEncoder(), reader, out, unit, 5, None, False)]
+    planned = [
+        r
+        for unit in file_units(0, reader.files[0], 5)
+        for r in embed_unit(FakeEncoder(), reader, out, unit, 5, None, False)
+    ]
     assert [(r.lo, r.rows, r.name) for r in planned] == [(r.lo, r.rows, r.name) for r in reports]
     assert np.all([not r.eof for r in planned])
 
 
 def test_resume_plans_from_the_recorded_byte_offset_without_rescanning(tmp_path, monkeypatch):
     path = tmp_path / "in.jsonl"
-    path.write_bytes(b"".join(json.dumps({"text": f"t{i}"}).encode() + (b"\n\n" if i % 4 else b"\r\n")
-                              for i in range(1, 60)) + b'{"text": "last"}')
+    path.write_bytes(
+        b"".join(json.dumps({"text": f"t{i}"}).encode() + (b"\n\n" if i % 4 else b"\r\n") for i in range(1, 60))
+        + b'{"text": "last"}'
+    )
     files = expand_inputs(path)
     full = list(plan_units(files, 10))
     cursor_unit = full[3]

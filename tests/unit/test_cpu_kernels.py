@@ -44,7 +44,7 @@ def test_small_forwards_try_both_then_keep_the_faster_and_explore(monkeypatch):
     ran_with = []
 
     clock = {"now": 0.0}
-    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(time, "perf_counter", lambda clock=clock: clock["now"])
 
     def forward():  # on this "machine" (a loaded one) one thread is three times faster
         ran_with.append(state["threads"])
@@ -61,7 +61,7 @@ def test_each_size_class_keeps_its_own_choice(monkeypatch):
     """A loaded machine can favour one thread for a query and all threads for a large batch: both are learnt."""
     policy, state, _ = _fake_policy(monkeypatch)
     clock = {"now": 0.0}
-    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(time, "perf_counter", lambda clock=clock: clock["now"])
     ran_with = {10: [], 5000: []}
 
     def forward(tokens):
@@ -101,7 +101,7 @@ def test_a_first_call_is_a_warm_up_not_a_measurement(monkeypatch):
     """A first call that compiles kernels (seconds) must not make its thread count look slow for good."""
     policy, state, _ = _fake_policy(monkeypatch, threads=2)
     clock = {"now": 0.0}
-    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(time, "perf_counter", lambda clock=clock: clock["now"])
     first = {1: True, 2: True}
 
     def forward():
@@ -119,9 +119,9 @@ def test_one_thread_must_win_clearly_to_be_chosen(monkeypatch):
     for one_thread_seconds, expected in ((0.0036, 2), (0.0013, 1)):
         policy, state, _ = _fake_policy(monkeypatch, threads=2, explore_every=100)
         clock = {"now": 0.0}
-        monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+        monkeypatch.setattr(time, "perf_counter", lambda clock=clock: clock["now"])
 
-        def forward():
+        def forward(clock=clock, state=state, one_thread_seconds=one_thread_seconds):
             clock["now"] += one_thread_seconds if state["threads"] == 1 else 0.004
 
         for _ in range(6):

@@ -15,8 +15,11 @@ from .test_encoder_workers import fake_backend  # noqa: F401 - fixture
 
 
 def _protocol_methods(protocol) -> dict[str, inspect.Signature]:
-    return {name: inspect.signature(member) for name, member in vars(protocol).items()
-            if callable(member) and not name.startswith("_")}
+    return {
+        name: inspect.signature(member)
+        for name, member in vars(protocol).items()
+        if callable(member) and not name.startswith("_")
+    }
 
 
 def _assert_implements(obj, protocol) -> None:
@@ -27,8 +30,7 @@ def _assert_implements(obj, protocol) -> None:
         # Every parameter of the protocol, in order, with its default; an implementation may take extra keyword
         # options (**kwargs: the real encode's sentence-transformers options) and nothing else.
         params = [(p.name, p.default) for p in got.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        assert params == wanted, \
-            f"{type(obj).__name__}.{name}{got} differs from {protocol.__name__}.{name}{expected}"
+        assert params == wanted, f"{type(obj).__name__}.{name}{got} differs from {protocol.__name__}.{name}{expected}"
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from minilm_npu.engine import backend as backend_module
 from minilm_npu.encoder import MiniLMEncoder
+from minilm_npu.engine import backend as backend_module
 
 
 class LengthBackend:
@@ -138,7 +138,6 @@ def test_settings_come_from_one_config(fake_backend):
         MiniLMEncoder(device="cpu", config=config)
     with pytest.raises(InputError, match="batch_size must be a positive integer"):
         EncoderConfig(batch_size=0)
-
 
 
 class SharedLengthBackend(LengthBackend):

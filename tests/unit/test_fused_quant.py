@@ -43,6 +43,7 @@ def test_a_failed_compile_falls_back_to_the_eager_ops_with_one_warning(monkeypat
     def no_compiler(*_args, **_kwargs):
         def compiled(*_a):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
         return compiled
 
     monkeypatch.setattr(torch, "compile", no_compiler)

@@ -9,12 +9,20 @@ import random
 import pytest
 import torch
 
-from minilm_npu.engine.bert import BertConfig, PackedBert, expected_shapes, pack
 from minilm_npu.devices import GraphAPI
+from minilm_npu.engine.bert import BertConfig, PackedBert, expected_shapes, pack
 from minilm_npu.engine.graphs import MAX_GRAPH_SLOTS, GraphedForwards, StaticShapeForward, gear_for
 
-CONFIG = BertConfig(vocab_size=200, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                    layer_norm_eps=1e-12, max_position_embeddings=300, type_vocab_size=2)
+CONFIG = BertConfig(
+    vocab_size=200,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    layer_norm_eps=1e-12,
+    max_position_embeddings=300,
+    type_vocab_size=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +40,12 @@ def random_batch(count: int, longest: int, seed: int) -> list[list[int]]:
 def test_gears_round_up_and_respect_the_budget():
     assert gear_for([5], "float16") == (1, 16)
     assert gear_for([17, 3, 3], "float16") == (4, 32)
-    assert gear_for([172], "float16") == (1, 192)       # finer gears than powers of two past 32
+    assert gear_for([172], "float16") == (1, 192)  # finer gears than powers of two past 32
     assert gear_for([100] * 64, "float16") == (64, 128)
-    assert gear_for([100] * 64, "float32") is None          # 8,192 slots: over float32's budget
-    assert gear_for([257], "float16") is None                # wider than any gear
-    assert gear_for([1] * 300, "float16") is None            # more rows than any gear
-    assert gear_for([5], "int8") is None                     # no graphs for dtypes without a budget
+    assert gear_for([100] * 64, "float32") is None  # 8,192 slots: over float32's budget
+    assert gear_for([257], "float16") is None  # wider than any gear
+    assert gear_for([1] * 300, "float16") is None  # more rows than any gear
+    assert gear_for([5], "int8") is None  # no graphs for dtypes without a budget
 
 
 @pytest.mark.parametrize("count,longest", [(1, 5), (3, 40), (8, 16), (13, 120)])
@@ -49,23 +57,22 @@ def test_static_shape_forward_equals_packed_forward(tiny, count, longest):
     torch.testing.assert_close(graphs.embed(batch), expected, atol=1e-5, rtol=0)
     cls = StaticShapeForward(tiny, *gear_for([len(ids) for ids in batch], "float16"), "cls")
     cls.load(batch)
-    torch.testing.assert_close(cls.compute()[:count], tiny.pool(tiny.forward(packed), packed, "cls"),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(cls.compute()[:count], tiny.pool(tiny.forward(packed), packed, "cls"), atol=1e-5, rtol=0)
 
 
 def test_one_runner_per_gear_and_reused(tiny):
     graphs = GraphedForwards(tiny, "float16", "mean", api=None)
     for seed in range(4):
-        graphs.embed(random_batch(3, 10, seed))      # all (4, 16)
-    graphs.embed([[7] * 30])                         # (1, 32)
+        graphs.embed(random_batch(3, 10, seed))  # all (4, 16)
+    graphs.embed([[7] * 30])  # (1, 32)
     assert sorted(graphs._runners) == [(1, 32), (4, 16)]
 
 
 def test_too_large_batches_are_left_to_the_eager_engine(tiny, monkeypatch):
     monkeypatch.setitem(MAX_GRAPH_SLOTS, "float16", 64)
     graphs = GraphedForwards(tiny, "float16", "mean", api=None)
-    assert graphs.embed([[1] * 16] * 8) is None            # 8 x 16 = 128 slots, over the budget of 64
-    assert graphs.embed([[1] * 16] * 2) is not None        # 2 x 16 = 32 slots
+    assert graphs.embed([[1] * 16] * 8) is None  # 8 x 16 = 128 slots, over the budget of 64
+    assert graphs.embed([[1] * 16] * 2) is not None  # 2 x 16 = 32 slots
     assert list(graphs._runners) == [(2, 16)]
 
 
@@ -93,8 +100,14 @@ def test_capture_failure_falls_back_to_eager_once(tiny, caplog):
         def __exit__(self, *exc):
             return False
 
-    api = GraphAPI(graph_class=object, capture=capture, pool_handle=lambda: None, stream=Stream, use_stream=Use,
-                   current_stream=lambda device=None: Stream())
+    api = GraphAPI(
+        graph_class=object,
+        capture=capture,
+        pool_handle=lambda: None,
+        stream=Stream,
+        use_stream=Use,
+        current_stream=lambda device=None: Stream(),
+    )
     graphs = GraphedForwards(tiny, "float16", "mean", api)
     with caplog.at_level(logging.WARNING):
         assert graphs.embed(random_batch(2, 8, 0)) is None

@@ -83,8 +83,10 @@ def test_cls_pooling_and_unsupported_pooling(model_dir, tmp_path):
         read_model_dir(copy)
 
 
-@pytest.mark.parametrize("text,expected", [("sentence-transformers/all-MiniLM-L6-v2", True), ("./a/b", False),
-                                           ("a/b/c", False), ("name", False)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [("sentence-transformers/all-MiniLM-L6-v2", True), ("./a/b", False), ("a/b/c", False), ("name", False)],
+)
 def test_hub_id_shape(text, expected):
     assert modelfiles.looks_like_hub_id(text) is expected
 

@@ -100,20 +100,23 @@ def test_openai_token_ids_and_dimensions(fake, client):
     np.testing.assert_allclose(vec, full / np.linalg.norm(full), atol=1e-6)
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"input": []}, 400, "must not be an empty list"),
-    ({"input": ["a"] * 5}, 400, "at most 4"),
-    ({"input": " ".join(["w"] * 300), "truncate": False}, 400, "at most 256"),
-    ({"input": [[101] * 300]}, 400, "at most 256"),
-    ({"input": [[101, 40000]]}, 400, "not a token id"),
-    ({"input": [[]]}, 400, "empty list of token ids"),
-    ({"input": "a", "dimensions": 385}, 400, "between 1 and 384"),
-    ({"input": [1.5]}, 422, "expected one of"),
-    ({"input": ["a", 1]}, 422, "expected one of"),
-    ({"input": True}, 422, "expected one of"),
-    ({"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
-    ({}, 422, "input"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"input": []}, 400, "must not be an empty list"),
+        ({"input": ["a"] * 5}, 400, "at most 4"),
+        ({"input": " ".join(["w"] * 300), "truncate": False}, 400, "at most 256"),
+        ({"input": [[101] * 300]}, 400, "at most 256"),
+        ({"input": [[101, 40000]]}, 400, "not a token id"),
+        ({"input": [[]]}, 400, "empty list of token ids"),
+        ({"input": "a", "dimensions": 385}, 400, "between 1 and 384"),
+        ({"input": [1.5]}, 422, "expected one of"),
+        ({"input": ["a", 1]}, 422, "expected one of"),
+        ({"input": True}, 422, "expected one of"),
+        ({"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
+        ({}, 422, "input"),
+    ],
+)
 def test_openai_errors(client, body, status, fragment):
     r = client.post("/v1/embeddings", json=body, headers=AUTH)
     assert r.status_code == status, r.text
@@ -171,8 +174,7 @@ def test_tei_embed(fake, client):
     assert r.status_code == 200
     np.testing.assert_allclose(np.array(r.json(), dtype=np.float32), fake.expected(["a b", "c"]), atol=1e-6)
     r = client.post("/embed", json={"inputs": "a b", "normalize": False}, headers=AUTH)
-    np.testing.assert_allclose(np.array(r.json()[0], dtype=np.float32), fake.expected(["a b"], False)[0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.array(r.json()[0], dtype=np.float32), fake.expected(["a b"], False)[0], rtol=1e-6)
     r = client.post("/embed", json={"inputs": []}, headers=AUTH)
     assert r.status_code == 400 and r.json() == {"error": "inputs must not be an empty list", "error_type": "empty"}
 
@@ -186,8 +188,7 @@ def test_tei_similarity(fake, client):
     assert r.json()[0] == pytest.approx(1.0, abs=1e-6)
     r = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": []}}, headers=AUTH)
     assert r.status_code == 400 and r.json()["error_type"] == "empty"
-    r = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"] * 5}},
-                    headers=AUTH)
+    r = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"] * 5}}, headers=AUTH)
     assert r.status_code == 400 and "at most 4" in r.json()["error"]
 
 
@@ -231,9 +232,15 @@ def test_metrics_exported(client):
     text = client.get("/metrics").text
     assert 'minilm_requests_total{route="/v1/embeddings",status="200"} 1.0' in text
     assert 'minilm_requests_total{route="/v1/embeddings",status="400"} 1.0' in text
-    for name in ("minilm_request_duration_seconds_bucket", "minilm_queue_seconds_count",
-                 "minilm_inference_seconds_count", "minilm_batch_size_bucket", "minilm_batch_tokens_bucket",
-                 "minilm_queue_depth", "minilm_requests_in_flight"):
+    for name in (
+        "minilm_request_duration_seconds_bucket",
+        "minilm_queue_seconds_count",
+        "minilm_inference_seconds_count",
+        "minilm_batch_size_bucket",
+        "minilm_batch_tokens_bucket",
+        "minilm_queue_depth",
+        "minilm_requests_in_flight",
+    ):
         assert name in text
 
 
@@ -267,9 +274,11 @@ def test_json_body_reads_back_as_the_standard_library_writes_it():
     from minilm_npu.server.vectors import json_body
 
     rng = np.random.default_rng(0)
-    vectors = (rng.standard_normal((8, 384)) * np.array([[1], [1e-3], [1e-6], [1e-9], [1], [1], [1], [1]]))
-    payload = {"data": [{"index": i, "embedding": v} for i, v in enumerate(vectors.astype(np.float32).tolist())],
-               "model": "m"}
+    vectors = rng.standard_normal((8, 384)) * np.array([[1], [1e-3], [1e-6], [1e-9], [1], [1], [1], [1]])
+    payload = {
+        "data": [{"index": i, "embedding": v} for i, v in enumerate(vectors.astype(np.float32).tolist())],
+        "model": "m",
+    }
     assert json.loads(json_body(payload)) == json.loads(json.dumps(payload))  # the same doubles, bit for bit
     # NaN/inf (a broken model) keep the standard library's spelling instead of orjson's null.
     assert json_body([float("nan"), 1.0], finite=False) == b"[NaN,1.0]"

@@ -24,6 +24,7 @@ def _run(coro):
 
 def _embed_once(batcher, ids):
     """Start the batcher, embed one request, close it."""
+
     async def main():
         batcher.start()
         try:
@@ -36,6 +37,7 @@ def _embed_once(batcher, ids):
 
 def _serve(batcher, requests, one_at_a_time=False):
     """Start the batcher, embed every request (concurrently, or one after another as a lone client), close it."""
+
     async def main():
         batcher.start()
         try:
@@ -116,8 +118,9 @@ def test_inference_error_reaches_every_request_and_worker_survives():
         batcher.start()
         try:
             fake.fail = True
-            results = await asyncio.gather(batcher.embed([[101, 102]]), batcher.embed([[101, 7, 102]]),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                batcher.embed([[101, 102]]), batcher.embed([[101, 7, 102]]), return_exceptions=True
+            )
             fake.fail = False
             return results, await batcher.embed([[101, 102]])
         finally:

@@ -22,12 +22,33 @@ def test_defaults_bind_loopback():
 
 
 def test_flags():
-    args = _parse("--port", "0", "--max-client-batch-size", "8", "--max-concurrent-requests", "3",
-                  "--served-model-name", "emb", "--max-wait-ms", "0.5", "--max-body-bytes", "1000",
-                  "--max-batch-tokens", "512", "--device", "cpu", "--backend", "transformers")
+    args = _parse(
+        "--port",
+        "0",
+        "--max-client-batch-size",
+        "8",
+        "--max-concurrent-requests",
+        "3",
+        "--served-model-name",
+        "emb",
+        "--max-wait-ms",
+        "0.5",
+        "--max-body-bytes",
+        "1000",
+        "--max-batch-tokens",
+        "512",
+        "--device",
+        "cpu",
+        "--backend",
+        "transformers",
+    )
     assert (args.port, args.max_client_batch_size, args.max_concurrent_requests) == (0, 8, 3)
-    assert (args.served_model_name, args.max_wait_ms, args.max_body_bytes, args.max_batch_tokens) == \
-        ("emb", 0.5, 1000, 512)
+    assert (args.served_model_name, args.max_wait_ms, args.max_body_bytes, args.max_batch_tokens) == (
+        "emb",
+        0.5,
+        1000,
+        512,
+    )
 
 
 @pytest.mark.parametrize("argv", [["--port", "70000"], ["--max-client-batch-size", "0"], ["--max-wait-ms", "-1"]])
@@ -51,12 +72,19 @@ def test_serve_process_gets_the_serving_openmp_settings():
     import subprocess
     import sys
 
-    code = ("import os, sys\nfrom minilm_npu.cli.main import main\nsys.argv = ['minilm-npu', 'serve', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    code = (
+        "import os, sys\nfrom minilm_npu.cli.main import main\nsys.argv = ['minilm-npu', 'serve', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "PASSIVE 10000"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+    )
     assert out.stdout.strip().splitlines()[-1] == "ACTIVE None"

@@ -9,15 +9,21 @@ import json
 import numpy as np
 import pytest
 
-from minilm_npu.errors import InputError
 from minilm_npu.corpus.readers import CorpusReader, expand_inputs
+from minilm_npu.errors import InputError
 from minilm_npu.textio import VectorWriter, count_lines, decode_line, iter_text_chunks, split_lines
 
 # BOM then CRLF, a BOM on line 2 (text, not a marker), a lone CR inside a line, an empty CRLF line, a bad byte, and
 # a last line ending in a lone CR with no LF (a lone CR never ends a line, even at the end of the file).
 RULES_INPUT = b"\xef\xbb\xbffirst\r\n\xef\xbb\xbfsecond\nin\rside\n\r\nbad \xff byte\nlast\r"
-RULES_LINES = [(1, b"first"), (2, b"\xef\xbb\xbfsecond"), (3, b"in\rside"), (4, b""), (5, b"bad \xff byte"),
-               (6, b"last\r")]
+RULES_LINES = [
+    (1, b"first"),
+    (2, b"\xef\xbb\xbfsecond"),
+    (3, b"in\rside"),
+    (4, b""),
+    (5, b"bad \xff byte"),
+    (6, b"last\r"),
+]
 
 
 def test_split_lines_bom_only_on_line_one_crlf_and_lone_cr(tmp_path):
@@ -29,18 +35,24 @@ def test_split_lines_bom_only_on_line_one_crlf_and_lone_cr(tmp_path):
     assert list(split_lines([])) == []
 
 
-@pytest.mark.parametrize("policy, expected", [
-    ("replace", ("bad \ufffd byte", None)),
-    ("report", (None, "not valid UTF-8 (byte 4)")),
-])
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        ("replace", ("bad \ufffd byte", None)),
+        ("report", (None, "not valid UTF-8 (byte 4)")),
+    ],
+)
 def test_decode_policies_on_a_bad_line(policy, expected):
     assert decode_line(b"bad \xff byte", 5, policy) == expected
     assert decode_line("caf\u00e9".encode(), 5, policy) == ("caf\u00e9", None)
 
 
 def test_decode_strict_names_the_line_and_byte():
-    with pytest.raises(InputError, match=r"line 5 is not valid UTF-8 \(byte 5: b'\\xff'\); fix the file or pass "
-                                         r"--encoding-errors replace"):
+    with pytest.raises(
+        InputError,
+        match=r"line 5 is not valid UTF-8 \(byte 5: b'\\xff'\); fix the file or pass "
+        r"--encoding-errors replace",
+    ):
         decode_line(b"bad \xff byte", 5, "strict")
     assert decode_line(b"fine", 1) == ("fine", None)
 

@@ -33,21 +33,24 @@ def test_no_padding_and_empty_text(tokenizer):
 
 
 def test_untruncated_ids_keep_every_token(tokenizer):
-    full, = tokenizer.encode(texts.LONG, truncate=False)
-    cut, = tokenizer.encode(texts.LONG)
+    (full,) = tokenizer.encode(texts.LONG, truncate=False)
+    (cut,) = tokenizer.encode(texts.LONG)
     assert len(full) > 256 and len(cut) == 256
     assert cut[:255] == full[:255] and cut[-1] == full[-1] == 102
 
 
-@pytest.mark.parametrize("ids,message", [
-    ([[]], r"token_ids\[0\] is an empty list"),
-    ([[101, 102], [101] * 257], r"token_ids\[1\] has 257 token ids; the model takes at most 256"),
-    ([[101, 30522]], r"not a token id in \[0, 30522\)"),
-    ([[101, -1]], "not a token id"),
-    ([[101, 1.0]], "not a token id"),
-    ([[101, True]], "not a token id"),
-    (["101"], "str, not a list of token ids"),
-])
+@pytest.mark.parametrize(
+    "ids,message",
+    [
+        ([[]], r"token_ids\[0\] is an empty list"),
+        ([[101, 102], [101] * 257], r"token_ids\[1\] has 257 token ids; the model takes at most 256"),
+        ([[101, 30522]], r"not a token id in \[0, 30522\)"),
+        ([[101, -1]], "not a token id"),
+        ([[101, 1.0]], "not a token id"),
+        ([[101, True]], "not a token id"),
+        (["101"], "str, not a list of token ids"),
+    ],
+)
 def test_check_token_ids_refuses_what_the_model_cannot_take(ids, message):
     from minilm_npu.tokenization import TokenIdError, check_token_ids
 
@@ -72,8 +75,11 @@ def test_invalid_unicode_is_an_input_error_naming_the_index(tokenizer, encoder):
     from minilm_npu.tokenization import UntokenizableText
 
     for truncate in (True, False):
-        with pytest.raises(UntokenizableText, match=r"^sentences\[1\] is not valid Unicode: surrogates not allowed "
-                                                    r"\('\\ud800' at character 4\)") as info:
+        with pytest.raises(
+            UntokenizableText,
+            match=r"^sentences\[1\] is not valid Unicode: surrogates not allowed "
+            r"\('\\ud800' at character 4\)",
+        ) as info:
             tokenizer.encode(["ok", "bad \ud800", "fine"], truncate=truncate)
         assert info.value.index == 1
     with pytest.raises(InputError, match=r"sentences\[2\] is not valid Unicode"):

@@ -10,24 +10,31 @@ import pytest
 
 from minilm_npu.errors import InputError
 from minilm_npu.verify import accuracy as acc
-from minilm_npu.verify.ascend import (ascend_settings, parse_visible_devices, precision_mode_setting,
-                                      visible_devices_setting)
+from minilm_npu.verify.ascend import (
+    ascend_settings,
+    parse_visible_devices,
+    precision_mode_setting,
+    visible_devices_setting,
+)
 from minilm_npu.verify.environment import cann_version, fingerprint, versions
 from minilm_npu.verify.report import to_json
 
 
 # -- ASCEND_RT_VISIBLE_DEVICES as the runtime parses it ------------------------------------------------------------
-@pytest.mark.parametrize("value, cards, ignored", [
-    (None, None, ""),
-    ("0", [0], ""),
-    ("0,1,2,3", [0, 1, 2, 3], ""),
-    ("1, 2,3", [1], " 2,3"),          # the space stops parsing: only card 1
-    ("1,2x,3", [1], "2x,3"),
-    ("4,5,", [4, 5], ""),
-    ("0,0,1", [0], "0,1"),            # a repeated card stops the list
-    ("a,1", [], "a,1"),
-    ("", [], ""),
-])
+@pytest.mark.parametrize(
+    "value, cards, ignored",
+    [
+        (None, None, ""),
+        ("0", [0], ""),
+        ("0,1,2,3", [0, 1, 2, 3], ""),
+        ("1, 2,3", [1], " 2,3"),  # the space stops parsing: only card 1
+        ("1,2x,3", [1], "2x,3"),
+        ("4,5,", [4, 5], ""),
+        ("0,0,1", [0], "0,1"),  # a repeated card stops the list
+        ("a,1", [], "a,1"),
+        ("", [], ""),
+    ],
+)
 def test_visible_devices_parsing_stops_at_first_bad_character(value, cards, ignored):
     assert parse_visible_devices(value) == (cards, ignored)
 
@@ -58,8 +65,10 @@ def test_ascend_settings_without_npu_read_only_the_environment():
     names = [s.name for s in settings]
     assert names[0] == "ASCEND_RT_VISIBLE_DEVICES" and "precision mode" in names and "jit compile" in names
     assert all(s.meaning for s in settings)
-    assert any("ACL_PRECISION_MODE" in s.value or "must_keep" in s.value for s in
-               ascend_settings(False, None, {"ACL_PRECISION_MODE": "must_keep_origin_dtype"}))
+    assert any(
+        "ACL_PRECISION_MODE" in s.value or "must_keep" in s.value
+        for s in ascend_settings(False, None, {"ACL_PRECISION_MODE": "must_keep_origin_dtype"})
+    )
 
 
 # -- environment ---------------------------------------------------------------------------------------------------
@@ -113,8 +122,9 @@ def test_load_sts_reads_tabs_and_csv_quoting(tmp_path):
     # stsb-dev.tsv puts CSV-style quotes around a field that itself holds quotes; reading it without quote
     # handling leaves them in the sentences and moves the Spearman from 0.8672 to 0.8662.
     path = tmp_path / "sts.tsv"
-    path.write_text('sentence1\tsentence2\tscore\n"""Hi"" he said"\t"He said ""hi"""\t4.5\nA\tB\t0\nC\tD\t2.5\n',
-                    encoding="utf-8")
+    path.write_text(
+        'sentence1\tsentence2\tscore\n"""Hi"" he said"\t"He said ""hi"""\t4.5\nA\tB\t0\nC\tD\t2.5\n', encoding="utf-8"
+    )
     first, second, scores = acc.load_sts(path)
     assert first[0] == '"Hi" he said' and second[0] == 'He said "hi"' and scores.tolist() == [4.5, 0.0, 2.5]
     with pytest.raises(InputError, match="at least 3"):
@@ -160,10 +170,10 @@ def test_json_is_strict():
 def test_cli_argument_types():
     import argparse
 
-    from minilm_npu.engine.backend import DTYPES
     from minilm_npu.cli.accuracy import parse_dtypes
-    from minilm_npu.cli.common import non_negative_float
     from minilm_npu.cli.bench import batch_sizes
+    from minilm_npu.cli.common import non_negative_float
+    from minilm_npu.engine.backend import DTYPES
 
     assert parse_dtypes("all") == list(DTYPES)
     assert parse_dtypes("float32, float32,bfloat16") == ["float32", "bfloat16"]

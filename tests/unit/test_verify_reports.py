@@ -69,8 +69,13 @@ def test_accuracy_identical_passes_with_every_field(weights):
     metrics = entry["metrics"]
     assert metrics["mean_cosine"] == pytest.approx(1.0) and metrics["error_rate_pct"] == pytest.approx(0, abs=1e-9)
     assert metrics["max_abs_error"] == 0 and metrics["determinism_max_abs"] == 0
-    assert {c["name"] for c in entry["checks"]} == {"finite", "error_rate_pct", "min_cosine",
-                                                    "batch_invariance_min_cosine", "determinism_min_cosine"}
+    assert {c["name"] for c in entry["checks"]} == {
+        "finite",
+        "error_rate_pct",
+        "min_cosine",
+        "batch_invariance_min_cosine",
+        "determinism_min_cosine",
+    }
     assert len(entry["per_text_cosine"]) == len(TEXTS)
     assert report["texts"]["count"] == len(TEXTS) and report["texts"]["tokens_max"] == 6
     assert report["under_test"]["official_weights"] is False and report["thresholds"]["error_rate_pct"] == 1.0
@@ -98,8 +103,11 @@ def test_accuracy_unsupported_dtype_is_reported_not_raised(weights):
 
     result = _run(weights, dtypes=("float32", "int8"), make_encoder=make)
     assert result.status == PASS
-    assert result.report["results"][1] == {"dtype": "int8", "status": UNSUPPORTED,
-                                            "reason": "int8 needs the packed backend"}
+    assert result.report["results"][1] == {
+        "dtype": "int8",
+        "status": UNSUPPORTED,
+        "reason": "int8 needs the packed backend",
+    }
     assert "int8: UNSUPPORTED — int8 needs the packed backend" in accuracy_markdown(result.report)
     only = _run(weights, dtypes=("int8",), make_encoder=make)
     assert only.status == UNSUPPORTED
@@ -120,8 +128,7 @@ def test_write_accuracy_files_and_valid_pngs(weights, tmp_path):
     result = _run(weights, make_encoder=lambda dtype: FakeEncoder(weights, noise=0.01))
     paths = write_accuracy(result, tmp_path / "out")
     names = {p.name for p in paths}
-    assert names == {"accuracy.json", "accuracy.md", "accuracy_similarity_float32.png",
-                     "accuracy_errors_float32.png"}
+    assert names == {"accuracy.json", "accuracy.md", "accuracy_similarity_float32.png", "accuracy_errors_float32.png"}
     for path in paths:
         assert path.is_file() and path.stat().st_size > 0
         if path.suffix == ".png":
@@ -130,15 +137,23 @@ def test_write_accuracy_files_and_valid_pngs(weights, tmp_path):
                 assert image.format == "PNG"
     parsed = json.loads((tmp_path / "out" / "accuracy.json").read_text())
     assert parsed["results"][0]["metrics"]["mean_cosine"] == pytest.approx(
-        result.report["results"][0]["metrics"]["mean_cosine"])
+        result.report["results"][0]["metrics"]["mean_cosine"]
+    )
     markdown = (tmp_path / "out" / "accuracy.md").read_text()
     assert "| Error rate (%) |" in markdown and "(accuracy_similarity_float32.png)" in markdown
 
 
 def test_bench_rows_and_report_files(weights, tmp_path):
-    report = run_bench(device="cpu", texts=TEXTS, batch_sizes=[1, 4, 8], warmup=1, rounds=2,
-                       make_encoder=lambda dtype: FakeEncoder(weights), compare_cpu=True,
-                       cpu_encoder=FakeEncoder(weights))
+    report = run_bench(
+        device="cpu",
+        texts=TEXTS,
+        batch_sizes=[1, 4, 8],
+        warmup=1,
+        rounds=2,
+        make_encoder=lambda dtype: FakeEncoder(weights),
+        compare_cpu=True,
+        cpu_encoder=FakeEncoder(weights),
+    )
     (result,) = report["results"]
     assert [r["batch_size"] for r in result["rows"]] == [1, 4, 8]
     for row in result["rows"]:
@@ -147,8 +162,15 @@ def test_bench_rows_and_report_files(weights, tmp_path):
         assert row["speedup_vs_cpu"] == pytest.approx(row["sentences_per_s"] / row["cpu_sentences_per_s"])
     # batch 8 cycles through the 6 texts: 2 + 3 + 4 + 1 + 5 + 1 words, then 2 + 3 again, plus [CLS]/[SEP]
     assert result["rows"][2]["tokens"] == sum(len(t.split()) + 2 for t in batch_for(TEXTS, 8))
-    assert report["protocol"] == {"texts": 6, "batch_sizes": [1, 4, 8], "warmup": 1, "rounds": 2,
-                                  "timing": report["protocol"]["timing"], "compare_cpu": True, "compare": None}
+    assert report["protocol"] == {
+        "texts": 6,
+        "batch_sizes": [1, 4, 8],
+        "warmup": 1,
+        "rounds": 2,
+        "timing": report["protocol"]["timing"],
+        "compare_cpu": True,
+        "compare": None,
+    }
     paths = write_bench(report, tmp_path / "b")
     assert {p.name for p in paths} == {"bench.json", "bench.md", "bench_throughput.png", "bench_latency.png"}
     for png in (p for p in paths if p.suffix == ".png"):

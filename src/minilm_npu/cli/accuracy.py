@@ -18,34 +18,64 @@ def parse_dtypes(text: str) -> list[str]:
 def add_target_args(parser: argparse.ArgumentParser) -> None:
     """--device, --dtype, --backend, --model-path: the side under test (shared by accuracy, bench, report)."""
     parser.add_argument("--device", default="auto", help="device under test: npu:0, cuda:0, cpu, auto (default)")
-    parser.add_argument("--dtype", default="float32",
-                        help="dtype under test, a comma list (float32,float16) or all; a dtype the engine cannot "
-                             "run is reported as unsupported (default: float32)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="dtype under test, a comma list (float32,float16) or all; a dtype the engine cannot "
+        "run is reported as unsupported (default: float32)",
+    )
     parser.add_argument("--backend", default=None, help="backend under test (default: the default engine)")
-    parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
-                        help="model under test (default: the bundled official all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--model-path",
+        "--model_path",
+        dest="model_path",
+        default=None,
+        help="model under test (default: the bundled official all-MiniLM-L6-v2)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``accuracy`` sub-command."""
     parser = subparsers.add_parser(
-        "accuracy", help="accuracy of a device/dtype/backend against the CPU float32 reference (PASS/FAIL)",
+        "accuracy",
+        help="accuracy of a device/dtype/backend against the CPU float32 reference (PASS/FAIL)",
         description="Encodes the built-in 24 mixed sentences (plus --texts) with the CPU float32 reference and with "
-                    "the device/dtype/backend under test; reports mean/min cosine, error rate, max abs error, MSE, "
-                    "similarity-matrix Pearson r, batch invariance, determinism and (with --sts) Spearman. "
-                    "Exit 0 on PASS, 1 on FAIL, 2 on bad input.")
+        "the device/dtype/backend under test; reports mean/min cosine, error rate, max abs error, MSE, "
+        "similarity-matrix Pearson r, batch invariance, determinism and (with --sts) Spearman. "
+        "Exit 0 on PASS, 1 on FAIL, 2 on bad input.",
+    )
     add_target_args(parser)
-    parser.add_argument("--reference-model-path", "--reference_model_path", dest="reference_model_path", default=None,
-                        help="model for the reference side (default: the bundled official files, so a damaged "
-                             "copy under test fails)")
+    parser.add_argument(
+        "--reference-model-path",
+        "--reference_model_path",
+        dest="reference_model_path",
+        default=None,
+        help="model for the reference side (default: the bundled official files, so a damaged copy under test fails)",
+    )
     parser.add_argument("--texts", default=None, help="extra texts, one per line (UTF-8)")
     parser.add_argument("--sts", default=None, help="STS file (stsb-dev.tsv layout) for Spearman on both sides")
-    parser.add_argument("--sts-limit", "--sts_limit", dest="sts_limit", type=positive_int, default=None,
-                        help="use only the first N pairs of the STS file")
-    parser.add_argument("--threshold", type=non_negative_float, default=1.0,
-                        help="largest error rate in %% that passes (default: %(default)s)")
-    parser.add_argument("--min-cosine", "--min_cosine", dest="min_cosine", type=non_negative_float, default=0.99,
-                        help="smallest per-text cosine that passes (default: %(default)s)")
+    parser.add_argument(
+        "--sts-limit",
+        "--sts_limit",
+        dest="sts_limit",
+        type=positive_int,
+        default=None,
+        help="use only the first N pairs of the STS file",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=non_negative_float,
+        default=1.0,
+        help="largest error rate in %% that passes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        "--min_cosine",
+        dest="min_cosine",
+        type=non_negative_float,
+        default=0.99,
+        help="smallest per-text cosine that passes (default: %(default)s)",
+    )
     parser.add_argument("--out", default=None, help="write accuracy.json, accuracy.md and PNG plots here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     parser.set_defaults(func=run)
@@ -60,10 +90,18 @@ def run(args: argparse.Namespace) -> int:
     dtypes = parse_dtypes(args.dtype)
     user_texts = load_texts(args.texts) if args.texts else []
     thresholds = Thresholds(error_rate_pct=args.threshold, min_cosine=args.min_cosine)
-    result = run_accuracy(device=args.device, dtypes=dtypes, backend=args.backend, model_path=args.model_path,
-                          reference_model_path=args.reference_model_path, user_texts=user_texts,
-                          sts_path=args.sts, sts_limit=args.sts_limit, thresholds=thresholds,
-                          progress=sys.stderr.isatty())
+    result = run_accuracy(
+        device=args.device,
+        dtypes=dtypes,
+        backend=args.backend,
+        model_path=args.model_path,
+        reference_model_path=args.reference_model_path,
+        user_texts=user_texts,
+        sts_path=args.sts,
+        sts_limit=args.sts_limit,
+        thresholds=thresholds,
+        progress=sys.stderr.isatty(),
+    )
     if result.status == UNSUPPORTED:
         raise InputError("; ".join(r["reason"] for r in result.report["results"]))
     if args.out:

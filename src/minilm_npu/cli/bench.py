@@ -22,23 +22,44 @@ def batch_sizes(text: str) -> list[int]:
 
 def add_bench_args(parser: argparse.ArgumentParser) -> None:
     """--batch-sizes, --warmup, --rounds, --compare-cpu, --compare (shared with report)."""
-    parser.add_argument("--batch-sizes", "--batch_sizes", dest="batch_sizes", type=batch_sizes,
-                        default=[1, 4, 16, 32, 64], help="comma-separated batch sizes (default: 1,4,16,32,64)")
-    parser.add_argument("--warmup", type=positive_int, default=3,
-                        help="untimed calls per batch size; the first is reported as first-call time (default: 3)")
+    parser.add_argument(
+        "--batch-sizes",
+        "--batch_sizes",
+        dest="batch_sizes",
+        type=batch_sizes,
+        default=[1, 4, 16, 32, 64],
+        help="comma-separated batch sizes (default: 1,4,16,32,64)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=positive_int,
+        default=3,
+        help="untimed calls per batch size; the first is reported as first-call time (default: 3)",
+    )
     parser.add_argument("--rounds", type=positive_int, default=10, help="timed calls per batch size (default: 10)")
-    parser.add_argument("--compare-cpu", "--compare_cpu", dest="compare_cpu", action="store_true",
-                        help="also time the CPU (float32) and report the device/CPU speedup")
-    parser.add_argument("--compare", choices=["sentence-transformers"], default=None,
-                        help="also time sentence-transformers on the same device and report the ratio")
+    parser.add_argument(
+        "--compare-cpu",
+        "--compare_cpu",
+        dest="compare_cpu",
+        action="store_true",
+        help="also time the CPU (float32) and report the device/CPU speedup",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=["sentence-transformers"],
+        default=None,
+        help="also time sentence-transformers on the same device and report the ratio",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` sub-command."""
     parser = subparsers.add_parser(
-        "bench", help="latency and throughput per batch size (device-synchronised), optionally vs CPU / ST",
+        "bench",
+        help="latency and throughput per batch size (device-synchronised), optionally vs CPU / ST",
         description="Times encode() on the built-in 24 mixed sentences for each batch size: mean/p50/p95 latency, "
-                    "sentences/s, tokens/s, and the first-call time separately.")
+        "sentences/s, tokens/s, and the first-call time separately.",
+    )
     add_target_args(parser)
     add_bench_args(parser)
     parser.add_argument("--out", default=None, help="write bench.json, bench.md and PNG plots here")
@@ -53,10 +74,18 @@ def run(args: argparse.Namespace) -> int:
     from ..verify.bench import run_bench
     from ..verify.report import bench_markdown, to_json, write_bench
 
-    report = run_bench(device=args.device, dtypes=parse_dtypes(args.dtype), backend=args.backend,
-                       model_path=args.model_path, batch_sizes=args.batch_sizes, warmup=args.warmup,
-                       rounds=args.rounds, compare_cpu=args.compare_cpu, compare=args.compare,
-                       progress=sys.stderr.isatty())
+    report = run_bench(
+        device=args.device,
+        dtypes=parse_dtypes(args.dtype),
+        backend=args.backend,
+        model_path=args.model_path,
+        batch_sizes=args.batch_sizes,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        compare_cpu=args.compare_cpu,
+        compare=args.compare,
+        progress=sys.stderr.isatty(),
+    )
     if report["status"] == UNSUPPORTED:
         raise InputError("; ".join(r["reason"] for r in report["results"]))
     if args.out:

@@ -9,18 +9,28 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``check`` sub-command."""
     parser = subparsers.add_parser(
-        "check", help="device doctor: devices, versions, Ascend settings, one real encode per device vs the CPU",
+        "check",
+        help="device doctor: devices, versions, Ascend settings, one real encode per device vs the CPU",
         description="Lists every device torch sees with its name and memory, the versions that matter (python, "
-                    "torch, torch_npu, transformers, tokenizers, CANN), the Ascend settings that change results or "
-                    "speed, and encodes a few texts on each requested device, comparing them with the CPU float32 "
-                    "reference. Exit code 0 only when every requested device passes.")
-    parser.add_argument("--device", default=None,
-                        help="devices to check: cpu, cuda, npu, npu:1, a comma list, or all (default: all "
-                             "devices torch sees; an absent NPU is then reported, not failed)")
+        "torch, torch_npu, transformers, tokenizers, CANN), the Ascend settings that change results or "
+        "speed, and encodes a few texts on each requested device, comparing them with the CPU float32 "
+        "reference. Exit code 0 only when every requested device passes.",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="devices to check: cpu, cuda, npu, npu:1, a comma list, or all (default: all "
+        "devices torch sees; an absent NPU is then reported, not failed)",
+    )
     parser.add_argument("--dtype", default="float32", help="dtype to encode with on each device (default: float32)")
     parser.add_argument("--backend", default=None, help="backend to check (default: the default engine)")
-    parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
-                        help="model directory (default: the bundled official all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--model-path",
+        "--model_path",
+        dest="model_path",
+        default=None,
+        help="model directory (default: the bundled official all-MiniLM-L6-v2)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     parser.add_argument("--out", default=None, help="also write check.json and check.md into this directory")
     parser.set_defaults(func=run)

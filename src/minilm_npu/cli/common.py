@@ -33,25 +33,55 @@ def add_encoder_args(parser: argparse.ArgumentParser, device_default: str | None
     from ..engine.backend import BACKENDS, DTYPES
 
     d = EncoderConfig
-    parser.add_argument("--model-path", "--model_path", dest="model_path", default=d.model_path,
-                        help="model directory or hub id (default: the bundled official all-MiniLM-L6-v2)")
-    parser.add_argument("--device", default=device_default or d.device,
-                        help="auto, cpu, cuda, cuda:1, npu, npu:0, or a list such as npu:0,npu:1 (default: %(default)s)")
+    parser.add_argument(
+        "--model-path",
+        "--model_path",
+        dest="model_path",
+        default=d.model_path,
+        help="model directory or hub id (default: the bundled official all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--device",
+        default=device_default or d.device,
+        help="auto, cpu, cuda, cuda:1, npu, npu:0, or a list such as npu:0,npu:1 (default: %(default)s)",
+    )
     parser.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="default: %(default)s (exact)")
-    parser.add_argument("--backend", default=d.backend, choices=sorted(BACKENDS),
-                        help="packed (fast engine, default) or transformers (the reference port's method)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=d.batch_size,
-                        help="most texts per forward pass (default: %(default)s)")
-    parser.add_argument("--max-batch-tokens", "--max_batch_tokens", dest="max_batch_tokens", type=positive_int,
-                        default=d.max_batch_tokens, help="most real tokens per forward pass (default: %(default)s)")
+    parser.add_argument(
+        "--backend",
+        default=d.backend,
+        choices=sorted(BACKENDS),
+        help="packed (fast engine, default) or transformers (the reference port's method)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=positive_int,
+        default=d.batch_size,
+        help="most texts per forward pass (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        "--max_batch_tokens",
+        dest="max_batch_tokens",
+        type=positive_int,
+        default=d.max_batch_tokens,
+        help="most real tokens per forward pass (default: %(default)s)",
+    )
 
 
 def encoder_config(args: argparse.Namespace):
     """The :class:`~minilm_npu.config.EncoderConfig` the arguments of :func:`add_encoder_args` describe."""
     from ..config import EncoderConfig
 
-    return EncoderConfig(model_path=args.model_path, device=args.device, dtype=args.dtype, backend=args.backend,
-                         max_batch_tokens=args.max_batch_tokens, batch_size=args.batch_size)
+    return EncoderConfig(
+        model_path=args.model_path,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        max_batch_tokens=args.max_batch_tokens,
+        batch_size=args.batch_size,
+    )
 
 
 def build_encoder(args: argparse.Namespace):

@@ -16,24 +16,41 @@ from .common import add_encoder_args, build_encoder
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The encode flags (shared by ``minilm-npu encode`` and ``inference.py``)."""
-    parser.add_argument("--text", action="append", default=None,
-                        help="text to embed (repeat for several)")
-    parser.add_argument("--batch-file", "--batch_file", dest="batch_file", default=None,
-                        help="UTF-8 file with one text per line; empty lines are embedded, never skipped")
+    parser.add_argument("--text", action="append", default=None, help="text to embed (repeat for several)")
+    parser.add_argument(
+        "--batch-file",
+        "--batch_file",
+        dest="batch_file",
+        default=None,
+        help="UTF-8 file with one text per line; empty lines are embedded, never skipped",
+    )
     parser.add_argument("--output", "-o", default=None, help="save vectors to FILE (.npy, .jsonl or .csv)")
-    parser.add_argument("--encoding-errors", "--encoding_errors", dest="encoding_errors", default="strict",
-                        choices=("strict", "replace"),
-                        help="a line that is not UTF-8: stop with an error (strict) or substitute U+FFFD")
-    parser.add_argument("--no-normalize", dest="normalize", action="store_false",
-                        help="skip L2 normalisation (the model's own Normalize module)")
+    parser.add_argument(
+        "--encoding-errors",
+        "--encoding_errors",
+        dest="encoding_errors",
+        default="strict",
+        choices=("strict", "replace"),
+        help="a line that is not UTF-8: stop with an error (strict) or substitute U+FFFD",
+    )
+    parser.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="skip L2 normalisation (the model's own Normalize module)",
+    )
     parser.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix of --text")
     add_encoder_args(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``encode``."""
-    parser = subparsers.add_parser("encode", help="embed texts or a batch file",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "encode",
+        help="embed texts or a batch file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -57,8 +74,10 @@ def _encode_file(encoder, args: argparse.Namespace, rows: int) -> int:
     if writer:
         writer.close()
     elapsed = time.perf_counter() - started
-    print(f"Encoded {rows} texts from {args.batch_file} in {elapsed:.2f} s "
-          f"({rows / elapsed if elapsed else 0:.1f} texts/s)")
+    print(
+        f"Encoded {rows} texts from {args.batch_file} in {elapsed:.2f} s "
+        f"({rows / elapsed if elapsed else 0:.1f} texts/s)"
+    )
     print(f"Embeddings shape: ({rows}, {encoder.dimension})")
     if first is not None:
         print(f"First embedding (first 5 values): {[round(float(x), 6) for x in first[:5]]}")
@@ -108,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
 
         VectorWriter.check_path(args.output)
     encoder = build_encoder(args)
-    print(f"Model: {encoder.model_name} | device: {','.join(str(d) for d in encoder.devices)} | "
-          f"dtype: {encoder.dtype} | backend: {encoder.backend_name}")
+    print(
+        f"Model: {encoder.model_name} | device: {','.join(str(d) for d in encoder.devices)} | "
+        f"dtype: {encoder.dtype} | backend: {encoder.backend_name}"
+    )
     print(f"Embedding dimension: {encoder.dimension}")
     return _encode_file(encoder, args, rows) if args.batch_file else _encode_texts(encoder, args)

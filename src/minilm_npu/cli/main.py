@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every discovered sub-command."""
     parser = argparse.ArgumentParser(
         prog="minilm-npu",
-        description="Exact, fast all-MiniLM-L6-v2 sentence embeddings on Ascend NPUs, CUDA GPUs and CPUs.")
+        description="Exact, fast all-MiniLM-L6-v2 sentence embeddings on Ascend NPUs, CUDA GPUs and CPUs.",
+    )
     parser.add_argument("--version", action="version", version=f"minilm-npu {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at info level (e.g. truncations)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         apply_serving_env()  # before build_parser imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -70,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into messages
-        if isinstance(err, _user_errors()) or isinstance(err, (FileNotFoundError, PermissionError,
-                                                               IsADirectoryError)):
+        if isinstance(err, _user_errors()) or isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
         if os.environ.get("MINILM_NPU_DEBUG"):

@@ -12,15 +12,22 @@ from .bench import add_bench_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``report`` sub-command."""
     parser = subparsers.add_parser(
-        "report", help="run check, accuracy and bench for one device and write all reports plus index.md",
+        "report",
+        help="run check, accuracy and bench for one device and write all reports plus index.md",
         description="The whole port verification in one command: DIR/check.*, DIR/accuracy.* (with plots), "
-                    "DIR/bench.* (with plots) and DIR/index.md. Exit 0 only when the check and accuracy pass.")
+        "DIR/bench.* (with plots) and DIR/index.md. Exit 0 only when the check and accuracy pass.",
+    )
     add_target_args(parser)
     add_bench_args(parser)
     parser.add_argument("--texts", default=None, help="extra texts for the accuracy run, one per line")
     parser.add_argument("--sts", default=None, help="STS file (stsb-dev.tsv layout) for the accuracy run")
-    parser.add_argument("--reference-model-path", "--reference_model_path", dest="reference_model_path", default=None,
-                        help="model for the CPU float32 reference side (default: the bundled official files)")
+    parser.add_argument(
+        "--reference-model-path",
+        "--reference_model_path",
+        dest="reference_model_path",
+        default=None,
+        help="model for the CPU float32 reference side (default: the bundled official files)",
+    )
     parser.add_argument("--out", required=True, help="directory for the reports (created if missing)")
     parser.set_defaults(func=run)
 
@@ -30,13 +37,25 @@ def run(args: argparse.Namespace) -> int:
     from ..verify.accuracy import PASS, load_texts
     from ..verify.report import run_report
 
-    reports = run_report(device=args.device, out=args.out, dtypes=parse_dtypes(args.dtype), backend=args.backend,
-                         model_path=args.model_path, batch_sizes=args.batch_sizes, warmup=args.warmup,
-                         rounds=args.rounds, sts_path=args.sts,
-                         user_texts=load_texts(args.texts) if args.texts else (), compare_cpu=args.compare_cpu,
-                         compare=args.compare, progress=sys.stderr.isatty(),
-                         reference_model_path=args.reference_model_path)
+    reports = run_report(
+        device=args.device,
+        out=args.out,
+        dtypes=parse_dtypes(args.dtype),
+        backend=args.backend,
+        model_path=args.model_path,
+        batch_sizes=args.batch_sizes,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        sts_path=args.sts,
+        user_texts=load_texts(args.texts) if args.texts else (),
+        compare_cpu=args.compare_cpu,
+        compare=args.compare,
+        progress=sys.stderr.isatty(),
+        reference_model_path=args.reference_model_path,
+    )
     ok = reports["check"]["status"] == "ok" and reports["accuracy"]["status"] == PASS
-    print(f"check {reports['check']['status']}, accuracy {reports['accuracy']['status']}; "
-          f"reports in {reports['index']}", file=sys.stderr)
+    print(
+        f"check {reports['check']['status']}, accuracy {reports['accuracy']['status']}; reports in {reports['index']}",
+        file=sys.stderr,
+    )
     return 0 if ok else 1

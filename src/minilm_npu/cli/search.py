@@ -15,12 +15,17 @@ from .common import add_encoder_args, positive_int
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``search``."""
-    parser = subparsers.add_parser("search", help="exact cosine top-k over an embedded corpus",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "search",
+        help="exact cosine top-k over an embedded corpus",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("corpus", help="output directory of `minilm-npu embed`, or a .parquet file")
     parser.add_argument("query", nargs="+", help="query text (several queries are searched together)")
-    parser.add_argument("-k", "--top-k", dest="k", type=positive_int, default=10,
-                        help="results per query (default: %(default)s)")
+    parser.add_argument(
+        "-k", "--top-k", dest="k", type=positive_int, default=10, help="results per query (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_encoder_args(parser)
     parser.set_defaults(func=run)
@@ -30,7 +35,7 @@ def _shorten(text: str | None, width: int = 100) -> str:
     if text is None:
         return ""
     flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[:width - 1] + "…"
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,9 +47,21 @@ def run(args: argparse.Namespace) -> int:
     encoder = build_encoder(args)
     results = search_corpus(args.corpus, list(args.query), encoder, k=args.k)
     if args.json:
-        payload = [{"query": q, "results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 6),
-                                              **({"text": h.text} if h.text is not None else {})} for h in hits]}
-                   for q, hits in zip(args.query, results)]
+        payload = [
+            {
+                "query": q,
+                "results": [
+                    {
+                        "rank": h.rank,
+                        "id": h.id,
+                        "score": round(h.score, 6),
+                        **({"text": h.text} if h.text is not None else {}),
+                    }
+                    for h in hits
+                ],
+            }
+            for q, hits in zip(args.query, results)
+        ]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, ensure_ascii=False, indent=1))
         return 0
     for index, (query, hits) in enumerate(zip(args.query, results)):

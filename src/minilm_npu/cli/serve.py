@@ -56,31 +56,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = ServerSettings()
     p = subparsers.add_parser(
-        "serve", help="run the OpenAI- and TEI-compatible embedding server",
+        "serve",
+        help="run the OpenAI- and TEI-compatible embedding server",
         description="Serve embeddings over HTTP: POST /v1/embeddings (OpenAI), /embed, /similarity, /tokenize "
-                    "(text-embeddings-inference), GET /health, /info, /metrics. Concurrent requests are "
-                    "batched together on the device.")
+        "(text-embeddings-inference), GET /health, /info, /metrics. Concurrent requests are "
+        "batched together on the device.",
+    )
     add_encoder_args(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)"
+    )
     p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' (except /health, /metrics); prefer the "
-                        f"{API_KEY_ENV} environment variable, which keeps the key out of process listings")
-    p.add_argument("--max-client-batch-size", type=positive_int, default=d.max_client_batch_size,
-                   help=f"most inputs per request (default {d.max_client_batch_size})")
-    p.add_argument("--max-concurrent-requests", type=positive_int, default=d.max_concurrent_requests,
-                   help=f"requests in progress at once; more get 429 (default {d.max_concurrent_requests})")
-    p.add_argument("--served-model-name", default=None, help="model name reported to clients "
-                                                             "(default: the model's hub id)")
-    p.add_argument("--max-wait-ms", type=non_negative_float, default=d.max_wait_ms,
-                   help=f"longest a partial batch waits for more requests (default {d.max_wait_ms})")
-    p.add_argument("--max-body-bytes", type=positive_int, default=d.max_body_bytes,
-                   help=f"largest request body; larger get 413 (default {d.max_body_bytes})")
-    p.add_argument("--graceful-timeout", type=non_negative_float, default=30.0,
-                   help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="server log level (default info)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' (except /health, /metrics); prefer the "
+        f"{API_KEY_ENV} environment variable, which keeps the key out of process listings",
+    )
+    p.add_argument(
+        "--max-client-batch-size",
+        type=positive_int,
+        default=d.max_client_batch_size,
+        help=f"most inputs per request (default {d.max_client_batch_size})",
+    )
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=positive_int,
+        default=d.max_concurrent_requests,
+        help=f"requests in progress at once; more get 429 (default {d.max_concurrent_requests})",
+    )
+    p.add_argument(
+        "--served-model-name", default=None, help="model name reported to clients (default: the model's hub id)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=non_negative_float,
+        default=d.max_wait_ms,
+        help=f"longest a partial batch waits for more requests (default {d.max_wait_ms})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=d.max_body_bytes,
+        help=f"largest request body; larger get 413 (default {d.max_body_bytes})",
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=non_negative_float,
+        default=30.0,
+        help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 30)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level (default info)",
+    )
     p.set_defaults(func=run)
 
 
@@ -97,16 +128,27 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     try:
         settings = ServerSettings(
-            served_model_name=args.served_model_name, api_key=api_key,
-            max_client_batch_size=args.max_client_batch_size, max_concurrent_requests=args.max_concurrent_requests,
-            max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes)
+            served_model_name=args.served_model_name,
+            api_key=api_key,
+            max_client_batch_size=args.max_client_batch_size,
+            max_concurrent_requests=args.max_concurrent_requests,
+            max_wait_ms=args.max_wait_ms,
+            max_body_bytes=args.max_body_bytes,
+        )
     except ValueError as err:
         raise InputError(str(err)) from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     encoder = build_encoder(args)
     app = create_app(encoder, settings)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-                            timeout_graceful_shutdown=args.graceful_timeout or None, access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=args.graceful_timeout or None,
+        access_log=False,
+    )
     server = uvicorn.Server(config)
     server.run()
     # uvicorn sets started only once the lifespan (warm-up) succeeded and the port was bound.

@@ -7,5 +7,16 @@ from .job import DEFAULT_SHARD_ROWS, EmbedSettings, EmbedSummary, LocalEngine, e
 from .readers import CorpusReader, Record, expand_inputs
 from .search import Hit, search_corpus, search_vectors
 
-__all__ = ["DEFAULT_SHARD_ROWS", "CorpusReader", "EmbedSettings", "EmbedSummary", "Hit", "LocalEngine",
-           "Record", "embed_corpus", "expand_inputs", "search_corpus", "search_vectors"]
+__all__ = [
+    "DEFAULT_SHARD_ROWS",
+    "CorpusReader",
+    "EmbedSettings",
+    "EmbedSummary",
+    "Hit",
+    "LocalEngine",
+    "Record",
+    "embed_corpus",
+    "expand_inputs",
+    "search_corpus",
+    "search_vectors",
+]

@@ -49,8 +49,18 @@ DEFAULT_SHARD_ROWS = 8192
 #: ``after-manifest``; for ``.npy`` output ``npy-written`` and ``npy-moved`` (N is 0).
 CRASH_ENV = "MINILM_NPU_CORPUS_CRASH"
 #: Stages of :data:`CRASH_ENV`, for the tests that visit every one.
-CRASH_STAGES = ("locked", "before-shard", "shard-tmp", "after-shard", "skipped-partial", "after-skipped",
-                "manifest-tmp", "after-manifest", "npy-written", "npy-moved")
+CRASH_STAGES = (
+    "locked",
+    "before-shard",
+    "shard-tmp",
+    "after-shard",
+    "skipped-partial",
+    "after-skipped",
+    "manifest-tmp",
+    "after-manifest",
+    "npy-written",
+    "npy-moved",
+)
 
 #: What an engine yields per shard: the shard's input rows (good and bad, in order) and the good rows' vectors.
 ShardBatch = tuple[list[Record], np.ndarray]
@@ -109,8 +119,9 @@ class Engine(Protocol):
     model: str
     dtype: str
 
-    def stream(self, reader: CorpusReader, settings: EmbedSettings,
-               start_after: tuple[int, int] | None) -> Iterator[ShardBatch]: ...
+    def stream(
+        self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None
+    ) -> Iterator[ShardBatch]: ...
 
 
 def check_rows(records: list[Record], settings: EmbedSettings, files: list[InputFile]) -> None:
@@ -119,8 +130,10 @@ def check_rows(records: list[Record], settings: EmbedSettings, files: list[Input
         return
     for record in records:
         if record.error is not None:
-            raise InputError(f"{files[record.file].path}: row {record.row}: {record.error} (rows before this "
-                             "shard are saved; fix the input or rerun with --on-error skip)")
+            raise InputError(
+                f"{files[record.file].path}: row {record.row}: {record.error} (rows before this "
+                "shard are saved; fix the input or rerun with --on-error skip)"
+            )
 
 
 class LocalEngine:
@@ -148,8 +161,9 @@ class LocalEngine:
                 self._encoder = self._factory()
             return self._encoder
 
-    def stream(self, reader: CorpusReader, settings: EmbedSettings,
-               start_after: tuple[int, int] | None) -> Iterator[ShardBatch]:
+    def stream(
+        self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None
+    ) -> Iterator[ShardBatch]:
         """Shards in order, with the next shard's reading overlapping this one's embedding.
 
         Two shards are in flight at most: one embedding on the one encoding thread, the next read and queued
@@ -201,11 +215,16 @@ def _writing(layout: Layout) -> Iterator[None]:
             committed = Manifest.load(layout.work)
         except (OSError, InputError):
             committed = None
-        saved = (f"; the {committed.rows_consumed} rows committed so far are kept"
-                 if committed is not None and committed.rows_consumed else "")
+        saved = (
+            f"; the {committed.rows_consumed} rows committed so far are kept"
+            if committed is not None and committed.rows_consumed
+            else ""
+        )
         reason = err.strerror or str(err)
-        raise OutputError(f"cannot write {layout.output}: {reason}{saved}; free space or fix the permissions, "
-                          "then rerun the same command") from err
+        raise OutputError(
+            f"cannot write {layout.output}: {reason}{saved}; free space or fix the permissions, "
+            "then rerun the same command"
+        ) from err
 
 
 def _save(layout: Layout, manifest: Manifest) -> None:
@@ -219,8 +238,10 @@ def _prepare(layout: Layout, fingerprint: dict, settings: EmbedSettings, engine:
     if manifest is not None:
         change = describe_change(manifest.fingerprint, fingerprint)
         if change:
-            raise InputError(f"{layout.output}: {change} since this output was started; rerun with --overwrite "
-                             "to start again, or choose another output")
+            raise InputError(
+                f"{layout.output}: {change} since this output was started; rerun with --overwrite "
+                "to start again, or choose another output"
+            )
         return manifest
     layout.check_new(settings.overwrite)
     manifest = Manifest(fingerprint=fingerprint, dimension=0, engine=engine)
@@ -230,8 +251,9 @@ def _prepare(layout: Layout, fingerprint: dict, settings: EmbedSettings, engine:
     return manifest
 
 
-def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, engine: Engine,
-                 settings: EmbedSettings | None = None) -> EmbedSummary:
+def embed_corpus(
+    inputs: str | os.PathLike | list, output: str | os.PathLike, engine: Engine, settings: EmbedSettings | None = None
+) -> EmbedSummary:
     """Embed every row of ``inputs`` into ``output``, resuming a killed run of the same job.
 
     Args:
@@ -252,9 +274,17 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
     started = time.perf_counter()
     files = expand_inputs(inputs)
     layout = Layout(output)
-    fingerprint = job_fingerprint(files, engine.model, engine.dtype, {
-        "text_field": settings.text_field, "id_field": settings.id_field, "keep_text": settings.keep_text,
-        "output": "npy" if layout.npy else "parquet"})
+    fingerprint = job_fingerprint(
+        files,
+        engine.model,
+        engine.dtype,
+        {
+            "text_field": settings.text_field,
+            "id_field": settings.id_field,
+            "keep_text": settings.keep_text,
+            "output": "npy" if layout.npy else "parquet",
+        },
+    )
     layout.check_new(settings.overwrite)  # before creating anything: a foreign directory stays untouched
     with _writing(layout):  # an output that cannot be created fails here, before any model loads
         layout.work.make()
@@ -263,8 +293,9 @@ def embed_corpus(inputs: str | os.PathLike | list, output: str | os.PathLike, en
         return _embed_locked(layout, fingerprint, files, engine, settings, started)
 
 
-def _embed_locked(layout: Layout, fingerprint: dict, files: list[InputFile], engine: Engine,
-                  settings: EmbedSettings, started: float) -> EmbedSummary:
+def _embed_locked(
+    layout: Layout, fingerprint: dict, files: list[InputFile], engine: Engine, settings: EmbedSettings, started: float
+) -> EmbedSummary:
     """The job, with the output's lock held."""
     _crash_point("locked", 0)
     manifest = _prepare(layout, fingerprint, settings, type(engine).__name__)
@@ -289,8 +320,9 @@ def _embed_locked(layout: Layout, fingerprint: dict, files: list[InputFile], eng
     return summary
 
 
-def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusReader,
-            settings: EmbedSettings) -> list[str]:
+def _repair(
+    layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusReader, settings: EmbedSettings
+) -> list[str]:
     """Check the committed shards (checksums too with ``verify``) and re-embed each damaged one in place."""
     repaired = []
     for index, problem in check_shards(layout.work, manifest.shards, checksum=settings.verify):
@@ -298,9 +330,14 @@ def _repair(layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusRe
         log.warning("%s: %s; re-embedding this shard", layout.work.describe(name), problem)
         records, vectors = reembed_shard(engine, reader, settings, manifest.shards, index)
         with _writing(layout):
-            written = write_shard(layout.work, index, [r.id for r in records if r.error is None], vectors,
-                                  [r.text for r in records if r.error is None] if settings.keep_text else None,
-                                  name=name)  # the committed name (a Ray shard's is not index-based)
+            written = write_shard(
+                layout.work,
+                index,
+                [r.id for r in records if r.error is None],
+                vectors,
+                [r.text for r in records if r.error is None] if settings.keep_text else None,
+                name=name,
+            )  # the committed name (a Ray shard's is not index-based)
             manifest.shards[index].update(bytes=written.bytes, sha256=written.sha256)
             _save(layout, manifest)
         repaired.append(f"{name}: {problem}")
@@ -324,16 +361,27 @@ def _committing(layout: Layout, manifest: Manifest, settings: EmbedSettings, fil
     total = count_rows(files) if show else None
     with _writing(layout):
         side = layout.work.append_file(SKIPPED_NAME)  # closed below, after the loop
-    with tqdm(total=total, initial=manifest.rows_consumed, unit="row", desc="embed", disable=not show,
-              dynamic_ncols=True, smoothing=0.1) as bar, side:
+    with (
+        tqdm(
+            total=total,
+            initial=manifest.rows_consumed,
+            unit="row",
+            desc="embed",
+            disable=not show,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        ) as bar,
+        side,
+    ):
         yield bar, side
     manifest.complete = True
     with _writing(layout):
         _save(layout, manifest)
 
 
-def _run(layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings,
-         files: list[InputFile]) -> None:
+def _run(
+    layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings, files: list[InputFile]
+) -> None:
     with _committing(layout, manifest, settings, files) as (bar, side):
         for records, vectors in stream:
             check_rows(records, settings, files)
@@ -342,8 +390,15 @@ def _run(layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], setti
             bar.update(len(records))
 
 
-def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vectors: np.ndarray,
-                  settings: EmbedSettings, files: list[InputFile], side) -> None:
+def _commit_shard(
+    layout: Layout,
+    manifest: Manifest,
+    records: list[Record],
+    vectors: np.ndarray,
+    settings: EmbedSettings,
+    files: list[InputFile],
+    side,
+) -> None:
     good = [r for r in records if r.error is None]
     bad = [r for r in records if r.error is not None]
     if len(good) != len(vectors):
@@ -355,18 +410,30 @@ def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vec
     last = records[-1]
     entry = {"file": None, "rows": len(good), "skipped": len(bad), "end": [last.file, last.row]}
     if good:
-        written = write_shard(layout.work, index, [r.id for r in good], vectors,
-                              [r.text for r in good] if settings.keep_text else None,
-                              before_commit=lambda: _crash_point("shard-tmp", index))
+        written = write_shard(
+            layout.work,
+            index,
+            [r.id for r in good],
+            vectors,
+            [r.text for r in good] if settings.keep_text else None,
+            before_commit=lambda: _crash_point("shard-tmp", index),
+        )
         entry.update(file=written.file, bytes=written.bytes, sha256=written.sha256)
     _crash_point("after-shard", index)
     if bad:
-        lines = b"".join((json.dumps({"file": str(files[r.file].path), "row": r.row, "id": r.id,
-                                      "error": r.error}, ensure_ascii=False) + "\n").encode("utf-8") for r in bad)
-        side.write(lines[:len(lines) // 2])
+        lines = b"".join(
+            (
+                json.dumps(
+                    {"file": str(files[r.file].path), "row": r.row, "id": r.id, "error": r.error}, ensure_ascii=False
+                )
+                + "\n"
+            ).encode("utf-8")
+            for r in bad
+        )
+        side.write(lines[: len(lines) // 2])
         side.flush()
         _crash_point("skipped-partial", index)  # a torn line: the resumed job truncates it away
-        side.write(lines[len(lines) // 2:])
+        side.write(lines[len(lines) // 2 :])
         side.flush()
         side.sync()
         _crash_point("after-skipped", index)
@@ -379,8 +446,9 @@ def _commit_shard(layout: Layout, manifest: Manifest, records: list[Record], vec
     _crash_point("after-manifest", index)
 
 
-def _run_reports(layout: Layout, manifest: Manifest, reports: Iterator[Any], settings: EmbedSettings,
-                 files: list[InputFile]) -> None:
+def _run_reports(
+    layout: Layout, manifest: Manifest, reports: Iterator[Any], settings: EmbedSettings, files: list[InputFile]
+) -> None:
     """Commit shards that workers wrote (see :class:`~minilm_npu.corpus.ray_engine.ShardReport`), in input order.
 
     The shard is already in the output directory under its final name; it becomes part of the output only when
@@ -390,8 +458,10 @@ def _run_reports(layout: Layout, manifest: Manifest, reports: Iterator[Any], set
         for report in reports:
             if report.bad and settings.on_error == "fail":
                 row, _, error = report.bad[0]
-                raise InputError(f"{files[report.file].path}: row {row}: {error} (rows before this shard are "
-                                 "saved; fix the input or rerun with --on-error skip)")
+                raise InputError(
+                    f"{files[report.file].path}: row {row}: {error} (rows before this shard are "
+                    "saved; fix the input or rerun with --on-error skip)"
+                )
             with _writing(layout):
                 _commit_report(layout, manifest, report, files, side)
             bar.update(report.rows + len(report.bad))
@@ -405,15 +475,29 @@ def _commit_report(layout: Layout, manifest: Manifest, report: Any, files: list[
         manifest.dimension = report.dimension
     _crash_point("after-shard", index)
     if report.bad:
-        side.write(b"".join((json.dumps({"file": str(files[report.file].path), "row": row, "id": ident,
-                                         "error": error}, ensure_ascii=False) + "\n").encode("utf-8")
-                            for row, ident, error in report.bad))
+        side.write(
+            b"".join(
+                (
+                    json.dumps(
+                        {"file": str(files[report.file].path), "row": row, "id": ident, "error": error},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                ).encode("utf-8")
+                for row, ident, error in report.bad
+            )
+        )
         side.flush()
         side.sync()
     end = [report.file, report.last if report.eof else report.hi]
     # The shard's input range: rows ``start < row <= end`` (and the bytes its unit read, where it had a range).
-    entry = {"file": report.name, "rows": report.rows, "skipped": len(report.bad), "start": [report.file, report.lo],
-             "end": end}
+    entry = {
+        "file": report.name,
+        "rows": report.rows,
+        "skipped": len(report.bad),
+        "start": [report.file, report.lo],
+        "end": end,
+    }
     if report.input_bytes:
         entry["input_bytes"] = list(report.input_bytes)
     if report.name:
@@ -438,13 +522,20 @@ def _finish_npy(layout: Layout, manifest: Manifest) -> None:
     layout.work.remove()  # lock file included: the lock is released when this job closes it
 
 
-def _summary(layout: Layout, manifest: Manifest | None, new_rows: int, started: float,
-             already_complete: bool = False) -> EmbedSummary:
+def _summary(
+    layout: Layout, manifest: Manifest | None, new_rows: int, started: float, already_complete: bool = False
+) -> EmbedSummary:
     manifest = manifest or Manifest(fingerprint={}, dimension=0)
     skipped = layout.skipped_final if manifest.rows_skipped else None
     if not layout.npy and not manifest.rows_skipped:
         layout.work.delete(SKIPPED_NAME)
-    return EmbedSummary(output=str(layout.output), rows_written=manifest.rows_written,
-                        rows_skipped=manifest.rows_skipped, shards=sum(1 for s in manifest.shards if s["file"]),
-                        new_rows=new_rows, seconds=time.perf_counter() - started,
-                        skipped_file=str(skipped) if skipped else None, already_complete=already_complete)
+    return EmbedSummary(
+        output=str(layout.output),
+        rows_written=manifest.rows_written,
+        rows_skipped=manifest.rows_skipped,
+        shards=sum(1 for s in manifest.shards if s["file"]),
+        new_rows=new_rows,
+        seconds=time.perf_counter() - started,
+        skipped_file=str(skipped) if skipped else None,
+        already_complete=already_complete,
+    )

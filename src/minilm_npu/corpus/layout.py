@@ -28,8 +28,10 @@ class Layout:
         if is_uri(output):
             self.output = str(output).rstrip("/")
             if self.output.lower().endswith(".npy"):
-                raise InputError(f"{output}: a .npy output must be a local path; on object storage write a "
-                                 "Parquet dataset (a prefix such as s3://bucket/vectors)")
+                raise InputError(
+                    f"{output}: a .npy output must be a local path; on object storage write a "
+                    "Parquet dataset (a prefix such as s3://bucket/vectors)"
+                )
             self.npy = False
             self.work = open_directory(self.output)
             self.skipped_final = self.work.describe(SKIPPED_NAME)
@@ -38,14 +40,16 @@ class Layout:
         self.npy = self.output.suffix.lower() == ".npy"
         work = self.output.with_name(self.output.name + ".partial") if self.npy else self.output
         self.work = open_directory(work)
-        self.skipped_final = (self.output.with_name(self.output.name + ".skipped.jsonl") if self.npy
-                              else work / SKIPPED_NAME)
+        self.skipped_final = (
+            self.output.with_name(self.output.name + ".skipped.jsonl") if self.npy else work / SKIPPED_NAME
+        )
 
     @staticmethod
     def ours(name: str) -> bool:
-        base = name[:-len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
-        return base in (MANIFEST_NAME, SKIPPED_NAME, LOCK_NAME) or (base.startswith("part-")
-                                                                    and base.endswith(".parquet"))
+        base = name[: -len(TMP_SUFFIX)] if name.endswith(TMP_SUFFIX) else name
+        return base in (MANIFEST_NAME, SKIPPED_NAME, LOCK_NAME) or (
+            base.startswith("part-") and base.endswith(".parquet")
+        )
 
     def check_new(self, overwrite: bool) -> None:
         """Raise InputError unless a job may start here from nothing (run before the lock, and again under it).
@@ -64,11 +68,15 @@ class Layout:
         names = [name for name in self.work.names() if name not in (LOCK_NAME, MANIFEST_NAME + TMP_SUFFIX)]
         foreign = [name for name in names if not self.ours(name)]
         if names and not overwrite:
-            raise InputError(f"{self.work}: directory is not empty and holds no minilm-npu manifest; choose "
-                             "an empty or new output, or rerun with --overwrite")
+            raise InputError(
+                f"{self.work}: directory is not empty and holds no minilm-npu manifest; choose "
+                "an empty or new output, or rerun with --overwrite"
+            )
         if foreign:
-            raise InputError(f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
-                             "choose an empty or new output directory")
+            raise InputError(
+                f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
+                "choose an empty or new output directory"
+            )
 
     def clear(self) -> None:
         """Delete what an earlier job wrote (and only that), keeping the lock file this job holds."""
@@ -78,8 +86,10 @@ class Layout:
         names = self.work.names()
         foreign = [name for name in names if not self.ours(name)]
         if foreign:
-            raise InputError(f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
-                             "choose an empty or new output directory")
+            raise InputError(
+                f"{self.work}: holds files minilm-npu did not write ({', '.join(foreign[:3])}); "
+                "choose an empty or new output directory"
+            )
         for name in names:
             if name != LOCK_NAME:
                 self.work.delete(name)

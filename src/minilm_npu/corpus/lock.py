@@ -60,8 +60,10 @@ class OutputLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise OutputError(f"{self.output} is being written by another `minilm-npu embed` "
-                                  f"({_holder(self.path)}); wait for it to finish, or stop it and rerun") from None
+                raise OutputError(
+                    f"{self.output} is being written by another `minilm-npu embed` "
+                    f"({_holder(self.path)}); wait for it to finish, or stop it and rerun"
+                ) from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -75,8 +77,7 @@ class OutputLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                "command": " ".join(sys.argv)}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": " ".join(sys.argv)}
         try:  # who holds it, for the other process's error message
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode("utf-8") + b"\n", 0)
@@ -147,8 +148,14 @@ class Lease:
 
     def _write(self) -> None:
         now, monotonic = time.time(), time.monotonic()
-        info = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self._started, "expires": now + self.ttl, "command": " ".join(sys.argv)}
+        info = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self._started,
+            "expires": now + self.ttl,
+            "command": " ".join(sys.argv),
+        }
         data = json.dumps(info).encode("utf-8") + b"\n"
         with self.directory.fs.open_output_stream(self.directory._key(LOCK_NAME), compression=None) as stream:
             stream.write(data)  # one PUT: not guarded, the lease is what the guard checks
@@ -164,16 +171,20 @@ class Lease:
         if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
             return None  # its holder was on this machine and is gone (killed), no need to wait for the expiry
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-        return (f"pid {info.get('pid')} on {info.get('host')}, started {started}: {info.get('command', '?')}; "
-                f"its lease expires in {left:.0f} s unless renewed")
+        return (
+            f"pid {info.get('pid')} on {info.get('host')}, started {started}: {info.get('command', '?')}; "
+            f"its lease expires in {left:.0f} s unless renewed"
+        )
 
     def acquire(self) -> Lease:
         """Take the lease, or raise :class:`OutputError` naming its live holder."""
         for _ in range(2):  # the read-back after writing catches a job that wrote its lease at the same time
             holder = self._live_holder(self._read())
             if holder:
-                raise OutputError(f"{self.output} is being written by another `minilm-npu embed` ({holder}); "
-                                  "wait for it to finish, or stop it and rerun")
+                raise OutputError(
+                    f"{self.output} is being written by another `minilm-npu embed` ({holder}); "
+                    "wait for it to finish, or stop it and rerun"
+                )
             self._write()
             time.sleep(self.settle)
             if self._read().get("owner") == self.owner:
@@ -190,8 +201,10 @@ class Lease:
         if self.lost is None and time.monotonic() >= self._valid_until:
             self.lost = "its lease expired before it could be renewed"
         if self.lost is not None:
-            raise OutputError(f"{self.output}: this job lost its lease ({self.lost}); another job may be writing "
-                              "it. Rerun the same command once that job is done")
+            raise OutputError(
+                f"{self.output}: this job lost its lease ({self.lost}); another job may be writing "
+                "it. Rerun the same command once that job is done"
+            )
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):

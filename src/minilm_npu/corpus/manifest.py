@@ -31,8 +31,12 @@ def file_fingerprint(path: Path | RemotePath) -> dict:
     digest = hashlib.sha256()
     with open_input(path) as handle:
         digest.update(handle.read(HEAD_BYTES))
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "head_sha256": digest.hexdigest()}
+    return {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "head_sha256": digest.hexdigest(),
+    }
 
 
 def job_fingerprint(files: list[InputFile], model: str, dtype: str, settings: dict) -> dict:
@@ -42,8 +46,7 @@ def job_fingerprint(files: list[InputFile], model: str, dtype: str, settings: di
     after a bad row is the normal way to continue a stopped job, and the others do not change which rows are
     written (vectors agree to float32 rounding across them).
     """
-    return {"inputs": [file_fingerprint(f.path) for f in files], "model": model, "dtype": dtype,
-            "settings": settings}
+    return {"inputs": [file_fingerprint(f.path) for f in files], "model": model, "dtype": dtype, "settings": settings}
 
 
 def describe_change(old: dict, new: dict) -> str | None:
@@ -124,10 +127,10 @@ class Manifest:
         except InputError:
             raise  # the storage cannot be read at all (credentials, bucket): not a damaged manifest
         except (OSError, ValueError) as err:
-            raise InputError(f"{path}: unreadable manifest ({err}); rerun with --overwrite to start again") \
-                from err
+            raise InputError(f"{path}: unreadable manifest ({err}); rerun with --overwrite to start again") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{path}: not a minilm-npu corpus manifest; rerun with --overwrite or choose "
-                             "another output")
+            raise InputError(
+                f"{path}: not a minilm-npu corpus manifest; rerun with --overwrite or choose another output"
+            )
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)

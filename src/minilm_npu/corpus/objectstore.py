@@ -73,12 +73,15 @@ class ObjectDirectory:
             try:
                 found = self.fs.get_file_info(bucket).type != pafs.FileType.NotFound
             except OSError as err:
-                raise InputError(f"{self.uri}: cannot reach bucket {bucket!r} ({_one_line(err)}); check the "
-                                 "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and AWS_ENDPOINT_URL") \
-                    from err
+                raise InputError(
+                    f"{self.uri}: cannot reach bucket {bucket!r} ({_one_line(err)}); check the "
+                    "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and AWS_ENDPOINT_URL"
+                ) from err
             if not found:
-                raise InputError(f"{self.uri}: bucket {bucket!r} does not exist (or these credentials cannot "
-                                 "see it); create it first")
+                raise InputError(
+                    f"{self.uri}: bucket {bucket!r} does not exist (or these credentials cannot "
+                    "see it); create it first"
+                )
 
     def names(self) -> list[str]:
         return [child.name for child in self.root.iterdir()]
@@ -125,8 +128,9 @@ class ObjectDirectory:
     def remove(self) -> None:  # pragma: no cover - only .npy work directories are removed, and they are local
         raise InputError(f"{self.uri}: a .npy output must be a local path")
 
-    def write(self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None,
-              tmp: str | None = None) -> WrittenFile:
+    def write(
+        self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None, tmp: str | None = None
+    ) -> WrittenFile:
         """Write ``name`` whole: it becomes visible, and replaces the previous object, when its upload completes.
 
         The bytes are first produced in memory (a shard is already in memory as a table; the copy is its encoded

@@ -100,8 +100,16 @@ class ShardReport:
     input_bytes: tuple[int, int] | None = None
 
 
-def embed_unit(encoder: Any, reader: CorpusReader, output: Path, unit: Unit, shard_rows: int,
-               batch_size: int | None, keep_text: bool, stop_at_bad: bool = False) -> list[ShardReport]:
+def embed_unit(
+    encoder: Any,
+    reader: CorpusReader,
+    output: Path,
+    unit: Unit,
+    shard_rows: int,
+    batch_size: int | None,
+    keep_text: bool,
+    stop_at_bad: bool = False,
+) -> list[ShardReport]:
     """Read one unit, embed its good rows and write them as shards of at most ``shard_rows`` rows.
 
     Shard boundaries are counted from the unit's first row (``unit.skip``), so they, and the shard names, are the
@@ -119,12 +127,15 @@ def embed_unit(encoder: Any, reader: CorpusReader, output: Path, unit: Unit, sha
 
     def flush(shard: ShardReport, good: list) -> None:
         if good:
-            vectors = np.asarray(encoder.encode([r.text for r in good], batch_size=batch_size,
-                                                normalize_embeddings=True), dtype=np.float32)
+            vectors = np.asarray(
+                encoder.encode([r.text for r in good], batch_size=batch_size, normalize_embeddings=True),
+                dtype=np.float32,
+            )
             shard.name = unit_shard_name(unit.file, shard.lo)
             shard.rows, shard.dimension = len(good), int(vectors.shape[1])
-            written = write_shard(output, 0, [r.id for r in good], vectors,
-                                  [r.text for r in good] if keep_text else None, name=shard.name)
+            written = write_shard(
+                output, 0, [r.id for r in good], vectors, [r.text for r in good] if keep_text else None, name=shard.name
+            )
             shard.size, shard.sha256 = written.bytes, written.sha256
         reports.append(shard)
 
@@ -155,8 +166,14 @@ def embed_unit(encoder: Any, reader: CorpusReader, output: Path, unit: Unit, sha
 class EmbedWorker:
     """The body of a Ray actor: one encoder on one device, embedding and writing units."""
 
-    def __init__(self, reader: CorpusReader, output: str, factory: Callable[[], Any] | None,
-                 config: EncoderConfig, threads: int | None):
+    def __init__(
+        self,
+        reader: CorpusReader,
+        output: str,
+        factory: Callable[[], Any] | None,
+        config: EncoderConfig,
+        threads: int | None,
+    ):
         if threads:
             import torch
 
@@ -169,11 +186,11 @@ class EmbedWorker:
             self.encoder = factory()
         self.reader, self.output = reader, open_directory(output)  # a local path or a storage URI
 
-    def run(self, unit: Unit, shard_rows: int, batch_size: int | None, keep_text: bool,
-            stop_at_bad: bool) -> list[ShardReport]:
+    def run(
+        self, unit: Unit, shard_rows: int, batch_size: int | None, keep_text: bool, stop_at_bad: bool
+    ) -> list[ShardReport]:
         """Embed and write one unit; see :func:`embed_unit`."""
-        return embed_unit(self.encoder, self.reader, self.output, unit, shard_rows, batch_size, keep_text,
-                          stop_at_bad)
+        return embed_unit(self.encoder, self.reader, self.output, unit, shard_rows, batch_size, keep_text, stop_at_bad)
 
 
 class RayEngine:
@@ -197,9 +214,15 @@ class RayEngine:
         workers: Shards written per worker process (``host:pid``) in the last job: how the units were spread.
     """
 
-    def __init__(self, config: EncoderConfig | None = None, address: str | None = None,
-                 num_cpus: int | None = None, model: str | None = None,
-                 encoder_factory: Callable[[], Any] | None = None, **settings: Any):
+    def __init__(
+        self,
+        config: EncoderConfig | None = None,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        model: str | None = None,
+        encoder_factory: Callable[[], Any] | None = None,
+        **settings: Any,
+    ):
         import_ray()
         self.config = config or EncoderConfig(**settings)
         if model is None:
@@ -221,8 +244,10 @@ class RayEngine:
             kind = "npu" if resources.get("NPU", 0) >= 1 else "cuda" if resources.get("GPU", 0) >= 1 else "cpu"
             spec = [kind]
         if kind not in ("cpu", "cuda", "npu") or any(s.split(":")[0] != kind for s in spec):
-            raise InputError(f"--device {self.device!r}: the Ray engine takes one kind of device "
-                             "(cpu, cuda or npu, optionally a list of one kind)")
+            raise InputError(
+                f"--device {self.device!r}: the Ray engine takes one kind of device "
+                "(cpu, cuda or npu, optionally a list of one kind)"
+            )
         if kind == "cpu":
             count = len(spec)
             share = max(0.5, float(resources.get("CPU", 1)) / count)
@@ -237,8 +262,9 @@ class RayEngine:
         args = {"num_gpus": 1} if kind == "cuda" else {"resources": {"NPU": 1}}
         return f"{kind}:0", count, args
 
-    def stream(self, reader: CorpusReader, settings: EmbedSettings,
-               start_after: tuple[int, int] | None) -> Iterator[Any]:
+    def stream(
+        self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None
+    ) -> Iterator[Any]:
         """Embed in this process: used only to re-embed a damaged committed shard (the job runs on
         :meth:`write_shards`), which is rare and small enough not to need actors."""
         from .job import LocalEngine
@@ -252,8 +278,14 @@ class RayEngine:
 
         yield from LocalEngine(build, self.model, self.dtype).stream(reader, settings, start_after)
 
-    def write_shards(self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None,
-                     output: Path, offset: int | None = None) -> Iterator[ShardReport]:
+    def write_shards(
+        self,
+        reader: CorpusReader,
+        settings: EmbedSettings,
+        start_after: tuple[int, int] | None,
+        output: Path,
+        offset: int | None = None,
+    ) -> Iterator[ShardReport]:
         """Reports of the units after ``start_after``, in input order; the shards are already in ``output``.
 
         ``offset`` is the byte offset just after ``start_after``'s row when the manifest recorded it (see
@@ -266,13 +298,19 @@ class RayEngine:
         started_here = not ray.is_initialized()
         if started_here:
             # "local": without an address, start our own Ray, never attach to another cluster on this machine.
-            ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
-                     include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(
+                address=self.address or "local",
+                num_cpus=None if self.address else self.num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
         self.driver_bytes = 0
         self.workers = Counter()
         try:
-            yield from self._schedule(ray, reader, settings, plan_units(reader.files, settings.shard_rows,
-                                                                        start_after, offset), output)
+            yield from self._schedule(
+                ray, reader, settings, plan_units(reader.files, settings.shard_rows, start_after, offset), output
+            )
         except ray.exceptions.RayError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, InputError):
@@ -282,15 +320,17 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def _schedule(self, ray: Any, reader: CorpusReader, settings: EmbedSettings, plan: Iterator[Unit],
-                  output: Path) -> Iterator[ShardReport]:
+    def _schedule(
+        self, ray: Any, reader: CorpusReader, settings: EmbedSettings, plan: Iterator[Unit], output: Path
+    ) -> Iterator[ShardReport]:
         device, count, remote = self._actors(ray)
         threads = remote.pop("_threads", None)
         # A lost node's actors are restarted elsewhere and their pending units rerun (same range, same name).
         actor_class = ray.remote(max_restarts=-1, max_task_retries=-1, **remote)(EmbedWorker)
-        actors = [actor_class.remote(reader, str(output), self.encoder_factory,
-                                     self.config.replace(device=device), threads)
-                  for _ in range(count)]
+        actors = [
+            actor_class.remote(reader, str(output), self.encoder_factory, self.config.replace(device=device), threads)
+            for _ in range(count)
+        ]
         args = (settings.shard_rows, settings.batch_size, settings.keep_text, settings.on_error == "fail")
         pending: deque[tuple[Any, int]] = deque()  # (object ref, actor), in input order
         load = [0] * count  # units queued or running per actor

@@ -32,8 +32,17 @@ if TYPE_CHECKING:  # units.py imports this module; the reader only reads a unit'
     from .units import Unit
 
 #: File name endings we read, mapped to a format; each may also end in ``.gz``.
-SUFFIXES = {"txt": "txt", "text": "txt", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "tsv": "tsv",
-            "tab": "tsv", "parquet": "parquet", "pq": "parquet"}
+SUFFIXES = {
+    "txt": "txt",
+    "text": "txt",
+    "jsonl": "jsonl",
+    "ndjson": "jsonl",
+    "csv": "csv",
+    "tsv": "tsv",
+    "tab": "tsv",
+    "parquet": "parquet",
+    "pq": "parquet",
+}
 
 #: Errors that mean "this file cannot be read (any further)" rather than "this row is bad".
 _FILE_ERRORS = (OSError, EOFError, zlib.error, csv.Error)
@@ -84,8 +93,7 @@ def detect_format(path: Path) -> tuple[str, bool]:
         name = name[:-3]
     suffix = name.rsplit(".", 1)[-1] if "." in name else ""
     if suffix not in SUFFIXES:
-        raise InputError(f"{path}: unsupported input type; use .txt, .jsonl, .csv, .tsv or .parquet "
-                         "(optionally .gz)")
+        raise InputError(f"{path}: unsupported input type; use .txt, .jsonl, .csv, .tsv or .parquet (optionally .gz)")
     fmt = SUFFIXES[suffix]
     if fmt == "parquet" and gzipped:
         raise InputError(f"{path}: gzipped Parquet is not supported; Parquet compresses inside the file")
@@ -103,8 +111,9 @@ def expand_inputs(spec: str | os.PathLike | list) -> list[InputFile]:
     for item in specs:
         path = input_path(item)  # a Path, or a RemotePath for s3:// and other storage URIs
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
-                           and _is_supported(p))
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")) and _is_supported(p)
+            )
             if not found:
                 raise InputError(f"{path}: directory holds no .txt/.jsonl/.csv/.tsv/.parquet files")
             paths.extend(found)
@@ -162,7 +171,7 @@ class CorpusReader:
 
     def records(self, start_after: tuple[int, int] | None = None) -> Iterator[Record]:
         """Every row of every file in order, starting after ``(file, row)`` when given (for resuming)."""
-        for index, file in enumerate(self.files):
+        for index in range(len(self.files)):
             skip = 0
             if start_after is not None:
                 if index < start_after[0]:
@@ -193,8 +202,9 @@ class CorpusReader:
                 yields for those rows; None (or a whole-file unit) reads the file from its start.
         """
         file = self.files[index]
-        reader = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv,
-                  "parquet": self._parquet}[file.format]
+        reader = {"txt": self._txt, "jsonl": self._jsonl, "csv": self._csv, "tsv": self._csv, "parquet": self._parquet}[
+            file.format
+        ]
         if unit is not None and unit.kind == "file":
             unit = None
         last = skip
@@ -206,8 +216,9 @@ class CorpusReader:
             raise
         except _FILE_ERRORS + (_arrow_error(),) as err:
             # Rows read before the failure stay good; the rest of the file becomes one bad "row".
-            yield Record(index, last + 1, self._default_id(file, last + 1), None,
-                         f"unreadable file: {type(err).__name__}: {err}")
+            yield Record(
+                index, last + 1, self._default_id(file, last + 1), None, f"unreadable file: {type(err).__name__}: {err}"
+            )
 
     # -- helpers --------------------------------------------------------------------------------------------
     @staticmethod
@@ -301,8 +312,10 @@ class CorpusReader:
 
     def _column(self, file: InputFile, names: list[str], field: str) -> int:
         if field not in names:
-            raise InputError(f"{file.path}: no column {field!r} (columns: {', '.join(names)}); "
-                             "choose one with --text-field / --id-field")
+            raise InputError(
+                f"{file.path}: no column {field!r} (columns: {', '.join(names)}); "
+                "choose one with --text-field / --id-field"
+            )
         return names.index(field)
 
     def _parquet(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:

@@ -52,8 +52,9 @@ class _Span:
             yield chunk
 
 
-def reembed_shard(engine: Any, reader: CorpusReader, settings: Any, shards: list[dict],
-                  index: int) -> tuple[list[Record], np.ndarray]:
+def reembed_shard(
+    engine: Any, reader: CorpusReader, settings: Any, shards: list[dict], index: int
+) -> tuple[list[Record], np.ndarray]:
     """The input rows of committed shard ``index`` and their vectors, embedded again by ``engine``.
 
     Raises:
@@ -71,7 +72,9 @@ def reembed_shard(engine: Any, reader: CorpusReader, settings: Any, shards: list
         stream.close()
     good = sum(1 for r in records if r.error is None)
     if (records[-1].file, records[-1].row) != end or good != entry["rows"] or len(vectors) != good:
-        raise RuntimeError(f"re-reading shard {entry['file']} gave {good} rows ending at "
-                           f"{[records[-1].file, records[-1].row]}, the manifest says {entry['rows']} ending at "
-                           f"{list(end)}")
+        raise RuntimeError(
+            f"re-reading shard {entry['file']} gave {good} rows ending at "
+            f"{[records[-1].file, records[-1].row]}, the manifest says {entry['rows']} ending at "
+            f"{list(end)}"
+        )
     return records, np.asarray(vectors, dtype=np.float32)

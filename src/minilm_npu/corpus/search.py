@@ -46,8 +46,9 @@ def corpus_files(corpus: str | os.PathLike) -> list[Path | RemotePath]:
     path = input_path(corpus)
     if path.is_file():
         if path.suffix.lower() not in (".parquet", ".pq"):
-            raise InputError(f"{path}: not a Parquet file; search takes an output directory of "
-                             "`minilm-npu embed` or a .parquet file")
+            raise InputError(
+                f"{path}: not a Parquet file; search takes an output directory of `minilm-npu embed` or a .parquet file"
+            )
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: no such corpus")
@@ -61,8 +62,7 @@ def corpus_files(corpus: str | os.PathLike) -> list[Path | RemotePath]:
             if entry.get("file"):
                 problem = shard_problem(directory, entry["file"], entry)
                 if problem:
-                    raise InputError(f"{directory.describe(entry['file'])}: damaged shard ({problem}); "
-                                     f"{REPAIR_HINT}")
+                    raise InputError(f"{directory.describe(entry['file'])}: damaged shard ({problem}); {REPAIR_HINT}")
                 files.append(_child(path, entry["file"]))
         return files
     files = sorted(p for p in path.iterdir() if p.name.endswith(".parquet") and not p.name.startswith((".", "_")))
@@ -100,8 +100,9 @@ def _batch_vectors(column) -> np.ndarray:
     return values.reshape(-1, dim) if dim else values.reshape(len(column), 0)
 
 
-def search_vectors(corpus: str | os.PathLike, queries: np.ndarray, k: int = 10,
-                   batch_rows: int = DEFAULT_BATCH_ROWS) -> list[list[Hit]]:
+def search_vectors(
+    corpus: str | os.PathLike, queries: np.ndarray, k: int = 10, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> list[list[Hit]]:
     """Top-``k`` rows by cosine similarity for each query vector.
 
     Args:
@@ -135,15 +136,20 @@ def search_vectors(corpus: str | os.PathLike, queries: np.ndarray, k: int = 10,
         for batch in _batches(path, parquet, batch_rows):
             emb = _batch_vectors(batch.column(0))
             if emb.shape[1] != q.shape[1]:
-                raise InputError(f"{path}: corpus vectors have {emb.shape[1]} dimensions, the query "
-                                 f"{q.shape[1]}; embed the query with the corpus's model")
+                raise InputError(
+                    f"{path}: corpus vectors have {emb.shape[1]} dimensions, the query "
+                    f"{q.shape[1]}; embed the query with the corpus's model"
+                )
             row_norms = np.linalg.norm(emb, axis=1)
             scores = (emb @ q.T) / np.where(row_norms > 0, row_norms, 1.0)[:, None]  # (n, Q)
             take = min(k, len(emb))
             if take == 0:
                 continue
-            part = np.argpartition(-scores, take - 1, axis=0)[:take] if take < len(emb) else \
-                np.broadcast_to(np.arange(len(emb))[:, None], scores.shape)
+            part = (
+                np.argpartition(-scores, take - 1, axis=0)[:take]
+                if take < len(emb)
+                else np.broadcast_to(np.arange(len(emb))[:, None], scores.shape)
+            )
             cand_scores = np.take_along_axis(scores, part, axis=0).T
             best_scores = np.concatenate([best_scores, cand_scores], axis=1)
             best_pos = np.concatenate([best_pos, (part + offset).T.astype(np.int64)], axis=1)
@@ -159,8 +165,9 @@ def _open(path: Path | RemotePath):
     try:
         return pq.ParquetFile(parquet_source(path))
     except (OSError, pa.ArrowException) as err:
-        raise InputError(f"{path}: unreadable Parquet file ({err}); if it came from `minilm-npu embed`, "
-                         f"{REPAIR_HINT}") from err
+        raise InputError(
+            f"{path}: unreadable Parquet file ({err}); if it came from `minilm-npu embed`, {REPAIR_HINT}"
+        ) from err
 
 
 def _batches(path: Path | RemotePath, parquet: Any, batch_rows: int) -> Iterator[Any]:
@@ -170,14 +177,18 @@ def _batches(path: Path | RemotePath, parquet: Any, batch_rows: int) -> Iterator
     try:
         yield from parquet.iter_batches(batch_size=batch_rows, columns=["embedding"])
     except (OSError, pa.ArrowException) as err:
-        raise InputError(f"{path}: damaged Parquet data ({err}); if it came from `minilm-npu embed`, "
-                         f"{REPAIR_HINT}") from err
+        raise InputError(
+            f"{path}: damaged Parquet data ({err}); if it came from `minilm-npu embed`, {REPAIR_HINT}"
+        ) from err
 
 
 def _top(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep each query's best ``k``: highest score first, earlier corpus row first on ties."""
-    order = np.stack([np.lexsort((pos[i], -scores[i]))[:k] for i in range(len(scores))]) if len(scores) else \
-        np.empty((0, 0), dtype=np.int64)
+    order = (
+        np.stack([np.lexsort((pos[i], -scores[i]))[:k] for i in range(len(scores))])
+        if len(scores)
+        else np.empty((0, 0), dtype=np.int64)
+    )
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(pos, order, axis=1)
 
 
@@ -193,8 +204,7 @@ def _resolve(files: list, offsets: list[int], scores: np.ndarray, pos: np.ndarra
         parquet = pq.ParquetFile(parquet_source(files[index]))
         names = parquet.schema_arrow.names
         columns = [c for c in ("id", "text") if c in names]
-        group_starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
-                                        for g in range(parquet.num_row_groups)])
+        group_starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
         groups: dict[int, list[int]] = {}
         for p in positions:
             row = p - offsets[index]
@@ -206,12 +216,18 @@ def _resolve(files: list, offsets: list[int], scores: np.ndarray, pos: np.ndarra
             for p in members:
                 row = p - offsets[index] - int(group_starts[group])
                 found[p] = (str(ids[row]) if ids is not None else str(p), texts[row] if texts is not None else None)
-    return [[Hit(rank=r + 1, id=found[int(p)][0], score=float(s), text=found[int(p)][1])
-             for r, (s, p) in enumerate(zip(scores[i], pos[i]))] for i in range(len(scores))]
+    return [
+        [
+            Hit(rank=r + 1, id=found[int(p)][0], score=float(s), text=found[int(p)][1])
+            for r, (s, p) in enumerate(zip(scores[i], pos[i]))
+        ]
+        for i in range(len(scores))
+    ]
 
 
-def search_corpus(corpus: str | os.PathLike, queries: str | list[str], encoder: Any, k: int = 10,
-                  batch_rows: int = DEFAULT_BATCH_ROWS) -> list[Hit] | list[list[Hit]]:
+def search_corpus(
+    corpus: str | os.PathLike, queries: str | list[str], encoder: Any, k: int = 10, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> list[Hit] | list[list[Hit]]:
     """Embed ``queries`` with ``encoder`` and search ``corpus``; one list of hits for a single string.
 
     Raises:
@@ -220,8 +236,7 @@ def search_corpus(corpus: str | os.PathLike, queries: str | list[str], encoder: 
     model = corpus_model(corpus)
     ours = getattr(encoder, "model_name", None)
     if model and ours and model != ours:
-        raise InputError(f"{corpus} was embedded with {model}, the query encoder is {ours}; pass the same "
-                         "--model-path")
+        raise InputError(f"{corpus} was embedded with {model}, the query encoder is {ours}; pass the same --model-path")
     single = isinstance(queries, str)
     vectors = encoder.encode([queries] if single else list(queries), normalize_embeddings=True)
     hits = search_vectors(corpus, np.asarray(vectors), k=k, batch_rows=batch_rows)

@@ -47,8 +47,7 @@ def is_uri(spec: object) -> bool:
 def local_path(spec: str | os.PathLike) -> Path:
     """``spec`` as a local path (``file:///x`` -> ``/x``)."""
     text = os.fspath(spec)
-    return Path(text[len("file://"):]) if isinstance(text, str) and text.lower().startswith("file://") else \
-        Path(text)
+    return Path(text[len("file://") :]) if isinstance(text, str) and text.lower().startswith("file://") else Path(text)
 
 
 def resolve(uri: str) -> tuple[Any, str]:
@@ -60,8 +59,10 @@ def resolve(uri: str) -> tuple[Any, str]:
         return pafs.FileSystem.from_uri(uri)
     except (OSError, pa.ArrowException) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{uri}: cannot open this storage URI ({reason}); use a local path or an s3://, gs:// "
-                         "or hdfs:// URI that pyarrow supports") from err
+        raise InputError(
+            f"{uri}: cannot open this storage URI ({reason}); use a local path or an s3://, gs:// "
+            "or hdfs:// URI that pyarrow supports"
+        ) from err
 
 
 def _one_line(err: BaseException) -> str:
@@ -210,8 +211,9 @@ class LocalDirectory:
         """Delete the whole directory (a finished ``.npy`` job's work directory)."""
         shutil.rmtree(self.path)
 
-    def write(self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None,
-              tmp: str | None = None) -> WrittenFile:
+    def write(
+        self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None, tmp: str | None = None
+    ) -> WrittenFile:
         """Write ``name`` through a temporary file (``tmp``, default ``<name>.tmp``): fsync, rename, fsync the
         directory. On any failure the temporary file is removed (frees the space)."""
         final = self.path / name
@@ -324,8 +326,10 @@ class RemotePath:
         try:
             return self.fs.get_file_info(self.path)
         except OSError as err:
-            raise InputError(f"{self.uri}: cannot read ({_one_line(err)}); check the URI, the bucket and the AWS "
-                             "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)") from err
+            raise InputError(
+                f"{self.uri}: cannot read ({_one_line(err)}); check the URI, the bucket and the AWS "
+                "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
+            ) from err
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
@@ -348,8 +352,9 @@ class RemotePath:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         except OSError as err:
-            raise InputError(f"{self.uri}: cannot list ({_one_line(err)}); check the URI, the bucket and the "
-                             "AWS credentials") from err
+            raise InputError(
+                f"{self.uri}: cannot list ({_one_line(err)}); check the URI, the bucket and the AWS credentials"
+            ) from err
         for info in infos:
             yield RemotePath(f"{self.uri}/{info.base_name}", self.fs, info.path, info)
 

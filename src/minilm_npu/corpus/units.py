@@ -124,8 +124,9 @@ def file_units(index: int, file: InputFile, shard_rows: int, offset: int = 0, lo
         yield Unit(index, "lines", start, offset + size, lo, first + lines, lo)
 
 
-def plan_units(files: list[InputFile], shard_rows: int, start_after: tuple[int, int] | None = None,
-               offset: int | None = None) -> Iterator[Unit]:
+def plan_units(
+    files: list[InputFile], shard_rows: int, start_after: tuple[int, int] | None = None, offset: int | None = None
+) -> Iterator[Unit]:
     """Every unit of the input in input order, beginning after ``start_after = (file, row)`` (a resume cursor).
 
     A unit wholly before the cursor is left out; one the cursor falls inside is kept with ``skip`` at the
@@ -136,10 +137,17 @@ def plan_units(files: list[InputFile], shard_rows: int, start_after: tuple[int, 
     """
     first_file, cursor = start_after if start_after else (0, 0)
     for index in range(first_file, len(files)):
-        resume = index == first_file and offset is not None and not files[index].gzip \
+        resume = (
+            index == first_file
+            and offset is not None
+            and not files[index].gzip
             and files[index].format in ("txt", "jsonl")
-        planned = file_units(index, files[index], shard_rows, offset, cursor) if resume else \
-            file_units(index, files[index], shard_rows)
+        )
+        planned = (
+            file_units(index, files[index], shard_rows, offset, cursor)
+            if resume
+            else file_units(index, files[index], shard_rows)
+        )
         for unit in planned:
             if index > first_file or cursor <= unit.lo:
                 yield unit

@@ -19,9 +19,21 @@ import numpy as np
 
 from .storage import TMP_SUFFIX, BeforeCommit, HashingSink, WrittenFile, fsync_dir, open_directory
 
-__all__ = ["TMP_SUFFIX", "BeforeCommit", "HashingSink", "WrittenFile", "assemble_npy", "embeddings_table",
-           "fsync_dir", "read_vectors", "shard_name", "shard_problem", "write_bytes_atomic", "write_json_atomic",
-           "write_shard"]
+__all__ = [
+    "TMP_SUFFIX",
+    "BeforeCommit",
+    "HashingSink",
+    "WrittenFile",
+    "assemble_npy",
+    "embeddings_table",
+    "fsync_dir",
+    "read_vectors",
+    "shard_name",
+    "shard_problem",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_shard",
+]
 
 
 def shard_name(index: int) -> str:
@@ -57,9 +69,15 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[st
     return pa.table(columns)
 
 
-def write_shard(directory, index: int, ids: Sequence[str], vectors: np.ndarray,
-                texts: Sequence[str] | None = None, before_commit: BeforeCommit = None,
-                name: str | None = None) -> WrittenFile:
+def write_shard(
+    directory,
+    index: int,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    texts: Sequence[str] | None = None,
+    before_commit: BeforeCommit = None,
+    name: str | None = None,
+) -> WrittenFile:
     """Write shard ``index`` (or the shard called ``name``) atomically into ``directory`` (a path, URI or opened
     directory); returns its name, size and checksum. A named shard's local temporary file carries the process
     id: two attempts at the same unit (a Ray retry beside a worker that is not quite dead) never write into one
@@ -72,8 +90,11 @@ def write_shard(directory, index: int, ids: Sequence[str], vectors: np.ndarray,
     tmp = f"{stem}.{os.getpid()}{suffix}{TMP_SUFFIX}" if name else None
     # One row group per shard: shards are already sized for memory, and search reads them one at a time.
     return open_directory(directory).write(
-        final, lambda sink: pq.write_table(table, sink, row_group_size=max(len(ids), 1), compression="zstd"),
-        before_commit, tmp)
+        final,
+        lambda sink: pq.write_table(table, sink, row_group_size=max(len(ids), 1), compression="zstd"),
+        before_commit,
+        tmp,
+    )
 
 
 def shard_problem(directory, name: str, entry: dict, checksum: bool = False) -> str | None:

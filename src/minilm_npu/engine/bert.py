@@ -75,12 +75,14 @@ class BertConfig:
         if model_type != "bert" or (architectures and not set(architectures) & set(BERT_ARCHITECTURES)):
             raise ModelFilesError(
                 f"the packed engine runs BERT models only; this config.json has model_type={model_type!r}, "
-                f"architectures={architectures}. Use backend='transformers' for other architectures")
+                f"architectures={architectures}. Use backend='transformers' for other architectures"
+            )
         if config.get("hidden_act", "gelu") != "gelu":
             raise ModelFilesError(f"hidden_act {config['hidden_act']!r} is not supported (only exact 'gelu')")
         if config.get("position_embedding_type", "absolute") != "absolute":
-            raise ModelFilesError(f"position_embedding_type {config['position_embedding_type']!r} is not "
-                                  "supported (only 'absolute')")
+            raise ModelFilesError(
+                f"position_embedding_type {config['position_embedding_type']!r} is not supported (only 'absolute')"
+            )
         try:
             parsed = cls(
                 vocab_size=int(config["vocab_size"]),
@@ -96,12 +98,23 @@ class BertConfig:
             raise ModelFilesError(f"config.json lacks {err.args[0]!r}, which a BERT config must have") from None
         except (TypeError, ValueError) as err:
             raise ModelFilesError(f"config.json has a malformed number: {err}") from None
-        if min(parsed.vocab_size, parsed.hidden_size, parsed.num_layers, parsed.num_heads,
-               parsed.intermediate_size, parsed.max_position_embeddings, parsed.type_vocab_size) < 1:
+        if (
+            min(
+                parsed.vocab_size,
+                parsed.hidden_size,
+                parsed.num_layers,
+                parsed.num_heads,
+                parsed.intermediate_size,
+                parsed.max_position_embeddings,
+                parsed.type_vocab_size,
+            )
+            < 1
+        ):
             raise ModelFilesError("config.json has a size that is not positive")
         if parsed.hidden_size % parsed.num_heads:
-            raise ModelFilesError(f"hidden_size {parsed.hidden_size} is not a multiple of num_attention_heads "
-                                  f"{parsed.num_heads}")
+            raise ModelFilesError(
+                f"hidden_size {parsed.hidden_size} is not a multiple of num_attention_heads {parsed.num_heads}"
+            )
         return parsed
 
 
@@ -152,14 +165,17 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
     stored: dict[str, str] = {}
     unexpected = []
     for name in found:
-        short = name[len("bert."):] if name.startswith("bert.") else name
+        short = name[len("bert.") :] if name.startswith("bert.") else name
         if short in expected:
             stored[short] = name
         elif not short.startswith(IGNORED_PREFIXES):
             unexpected.append(name)
     missing = [name for name in expected if name not in stored]
-    mismatched = [f"{stored[n]} {list(found[stored[n]])} (expected {list(shape)})"
-                  for n, shape in expected.items() if n in stored and tuple(found[stored[n]]) != shape]
+    mismatched = [
+        f"{stored[n]} {list(found[stored[n]])} (expected {list(shape)})"
+        for n, shape in expected.items()
+        if n in stored and tuple(found[stored[n]]) != shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing {_shorten(missing)}")
@@ -220,8 +236,8 @@ class PackedBatch:
     Built once per forward; layers only read it.
     """
 
-    ids: torch.Tensor          # [T] int64
-    positions: torch.Tensor    # [T] int64
+    ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
     starts: list[int]
     lengths: list[int]
     mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
@@ -246,9 +262,15 @@ def plan_buckets(lengths: Sequence[int], slack: float = 0.25, max_rows: int = 64
     return groups
 
 
-def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, slack: float = 0.25,
-         gears: Callable[[int], int] | None = None,
-         row_gears: Callable[[int], int] | None = None, square_mask: bool = False) -> PackedBatch:
+def pack(
+    batch: Sequence[Sequence[int]],
+    strategy: str,
+    device: torch.device,
+    slack: float = 0.25,
+    gears: Callable[[int], int] | None = None,
+    row_gears: Callable[[int], int] | None = None,
+    square_mask: bool = False,
+) -> PackedBatch:
     """Lay a batch of token-id lists end to end and precompute the attention plan.
 
     Args:
@@ -264,8 +286,11 @@ def pack(batch: Sequence[Sequence[int]], strategy: str, device: torch.device, sl
     """
     if strategy not in ATTENTION_STRATEGIES:
         raise ValueError(f"unknown attention strategy {strategy!r}")
-    if len(batch) == 1 and (gears is None or gears(len(batch[0])) == len(batch[0])) and (
-            row_gears is None or row_gears(1) == 1):
+    if (
+        len(batch) == 1
+        and (gears is None or gears(len(batch[0])) == len(batch[0]))
+        and (row_gears is None or row_gears(1) == 1)
+    ):
         return _pack_one(batch[0], strategy, device)
     lengths = [len(ids) for ids in batch]
     starts = list(itertools.accumulate([0] + lengths[:-1]))
@@ -348,8 +373,13 @@ class DenseLinear:
     every device).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False,
-                 activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        gelu: bool = False,
+        activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+    ):
         self.weight, self.bias, self.gelu, self.activation = weight, bias, gelu, activation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -384,10 +414,16 @@ class PackedBert:
             :func:`minilm_npu.devices.varlen_attention`.
     """
 
-    def __init__(self, config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
-                 dtype: torch.dtype = torch.float32, make_linear: LinearFactory | None = None,
-                 gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
-                 varlen: Callable[..., torch.Tensor] | None = None):
+    def __init__(
+        self,
+        config: BertConfig,
+        weights: dict[str, torch.Tensor],
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        make_linear: LinearFactory | None = None,
+        gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+        varlen: Callable[..., torch.Tensor] | None = None,
+    ):
         self.config, self.device, self.dtype, self.varlen, self.gelu = config, device, dtype, varlen, gelu
         make_linear = make_linear or (lambda _n, _role, weight, bias, act: DenseLinear(weight, bias, act, gelu))
 
@@ -396,8 +432,9 @@ class PackedBert:
 
         self.word = get("embeddings.word_embeddings.weight")
         # Every token has token type 0 (single-sentence embeddings), so its embedding folds into the positions.
-        self.position = (weights["embeddings.position_embeddings.weight"]
-                         + weights["embeddings.token_type_embeddings.weight"][0]).to(device=device, dtype=dtype)
+        self.position = (
+            weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0]
+        ).to(device=device, dtype=dtype)
         self.ln_embed = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
         self.layers: list[Layer] = []
         for n in range(config.num_layers):
@@ -405,17 +442,26 @@ class PackedBert:
             qkv_w = torch.cat([weights[p + f"attention.self.{m}.weight"] for m in ("query", "key", "value")])
             qkv_b = torch.cat([weights[p + f"attention.self.{m}.bias"] for m in ("query", "key", "value")])
             cast = lambda t: t.to(device=device, dtype=dtype).contiguous()  # noqa: E731
-            self.layers.append(Layer(
-                qkv=make_linear(n, "qkv", cast(qkv_w), cast(qkv_b), False),
-                attn_out=make_linear(n, "attn_out", get(p + "attention.output.dense.weight"),
-                                     get(p + "attention.output.dense.bias"), False),
-                ln1=(get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias")),
-                ffn_in=make_linear(n, "ffn_in", get(p + "intermediate.dense.weight"),
-                                   get(p + "intermediate.dense.bias"), True),
-                ffn_out=make_linear(n, "ffn_out", get(p + "output.dense.weight"), get(p + "output.dense.bias"),
-                                    False),
-                ln2=(get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
-            ))
+            self.layers.append(
+                Layer(
+                    qkv=make_linear(n, "qkv", cast(qkv_w), cast(qkv_b), False),
+                    attn_out=make_linear(
+                        n,
+                        "attn_out",
+                        get(p + "attention.output.dense.weight"),
+                        get(p + "attention.output.dense.bias"),
+                        False,
+                    ),
+                    ln1=(get(p + "attention.output.LayerNorm.weight"), get(p + "attention.output.LayerNorm.bias")),
+                    ffn_in=make_linear(
+                        n, "ffn_in", get(p + "intermediate.dense.weight"), get(p + "intermediate.dense.bias"), True
+                    ),
+                    ffn_out=make_linear(
+                        n, "ffn_out", get(p + "output.dense.weight"), get(p + "output.dense.bias"), False
+                    ),
+                    ln2=(get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias")),
+                )
+            )
 
     def attention(self, qkv: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
         """Multi-head self-attention per sequence: ``[T, 3H]`` fused projections in, ``[T, H]`` context out."""
@@ -424,11 +470,11 @@ class PackedBert:
         if packed.strategy == "varlen":
             q, k, v = qkv.view(-1, 3, heads, head_dim).unbind(1)
             ends = list(itertools.accumulate(packed.lengths))
-            return self.varlen(q, k, v, ends, head_dim ** -0.5).reshape(-1, hidden)
+            return self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden)
         if packed.strategy == "per_sequence":
             outputs = []
             for start, length in zip(packed.starts, packed.lengths):
-                q, k, v = qkv[start:start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
+                q, k, v = qkv[start : start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
                 outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
             return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         outputs = []
@@ -459,4 +505,3 @@ class PackedBert:
         if mode == "cls":
             return hidden[torch.tensor(packed.starts, device=hidden.device)].float()
         return torch.mm(packed.mean_weights, hidden.float())
-

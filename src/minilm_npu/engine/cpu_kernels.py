@@ -12,8 +12,20 @@ from __future__ import annotations
 import functools
 
 #: The instruction-set flags that decide a CPU kernel's speed, in the order they are printed.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
-             "avx_ne_convert", "amx_tile", "amx_int8", "amx_bf16")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx_ne_convert",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,10 +91,15 @@ def kernel_plan(flags: frozenset[str] | None = None) -> dict[str, str]:
     bf16 = bfloat16_isa(flags)
     return {
         "float32": f"oneDNN linear on a pre-reordered weight ({float32_isa(flags)})",
-        "int8": (f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in "
-                 + (f"bfloat16 ({bf16})" if bf16 else "float32 (no bfloat16 hardware)")),
-        "bfloat16": (f"oneDNN bfloat16 linear on a pre-reordered weight ({bf16})" if bf16 else
-                     "torch bfloat16 GEMM, emulated through float32 (no AVX512-BF16/AMX: slower than float32)"),
+        "int8": (
+            f"oneDNN qlinear u8 x s8, per-token activation scales ({int8_isa(flags)}); QKV in "
+            + (f"bfloat16 ({bf16})" if bf16 else "float32 (no bfloat16 hardware)")
+        ),
+        "bfloat16": (
+            f"oneDNN bfloat16 linear on a pre-reordered weight ({bf16})"
+            if bf16
+            else "torch bfloat16 GEMM, emulated through float32 (no AVX512-BF16/AMX: slower than float32)"
+        ),
     }
 
 
@@ -172,5 +189,6 @@ class AdaptiveThreads:
             self.warmed.add((size, threads))
             return
         previous = self.seconds_per_token.get((size, threads))
-        self.seconds_per_token[size, threads] = (seconds_per_token if previous is None
-                                                 else 0.7 * previous + 0.3 * seconds_per_token)
+        self.seconds_per_token[size, threads] = (
+            seconds_per_token if previous is None else 0.7 * previous + 0.3 * seconds_per_token
+        )

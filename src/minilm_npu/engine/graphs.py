@@ -26,8 +26,8 @@ import logging
 import numpy as np
 import torch
 
-from .bert import Bucket, PackedBatch, PackedBert
 from ..devices import GraphAPI
+from .bert import Bucket, PackedBatch, PackedBert
 from .policy import round_to_gear, round_to_power_of_two
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class StaticShapeForward:
         device = model.device
         # Token ids of every slot, then the length of every row: one buffer, one copy per call.
         self.inputs = torch.full((rows * width + rows,), FILLER_ID, dtype=torch.long, device=device)
-        self.inputs[rows * width:] = 1
+        self.inputs[rows * width :] = 1
         self.slots = torch.arange(width, device=device)
         self.positions = self.slots.repeat(rows)
         self.host = torch.empty_like(self.inputs, device="cpu", pin_memory=device.type != "cpu")
@@ -85,26 +85,34 @@ class StaticShapeForward:
         host = self.host.numpy()
         host[:slots] = FILLER_ID
         host[slots:] = 1
-        host[slots: slots + len(batch)] = lengths
+        host[slots : slots + len(batch)] = lengths
         starts = np.arange(len(batch), dtype=np.int64) * self.width
         # Token t of sequence s goes to slot s * width + t.
         offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        host[np.repeat(starts, lengths) + offsets] = np.fromiter(itertools.chain.from_iterable(batch),
-                                                                dtype=np.int64, count=offsets.size)
+        host[np.repeat(starts, lengths) + offsets] = np.fromiter(
+            itertools.chain.from_iterable(batch), dtype=np.int64, count=offsets.size
+        )
         # Pinned host memory + non_blocking: the copy is queued on the stream, ordered before the replay.
         self.inputs.copy_(self.host, non_blocking=True)
 
     def compute(self) -> torch.Tensor:
         """Pooled, not normalised, float32 ``[rows, hidden]`` from the current input buffer."""
         rows, width = self.rows, self.width
-        ids, lengths = self.inputs[: rows * width], self.inputs[rows * width:]
+        ids, lengths = self.inputs[: rows * width], self.inputs[rows * width :]
         valid = self.slots[None, :] < lengths[:, None]  # [rows, width]
         mask = valid[:, None, None, :]
         if self.square_mask:  # policy.attention_plan: kernels that take no broadcast mask (Ascend)
             mask = mask.expand(-1, -1, width, -1).contiguous()
-        packed = PackedBatch(ids=ids, positions=self.positions, starts=[], lengths=[width] * rows,
-                             mean_weights=None, buckets=[Bucket(None, mask, [width] * rows)],
-                             unpad=None, strategy="padded")
+        packed = PackedBatch(
+            ids=ids,
+            positions=self.positions,
+            starts=[],
+            lengths=[width] * rows,
+            mean_weights=None,
+            buckets=[Bucket(None, mask, [width] * rows)],
+            unpad=None,
+            strategy="padded",
+        )
         hidden = self.model.forward(packed).view(rows, width, -1)
         if self.pooling == "cls":
             return hidden[:, 0].float()
@@ -147,8 +155,7 @@ class GraphedForwards:
         square_mask: Full ``[rows, 1, width, width]`` attention masks (see policy.attention_plan).
     """
 
-    def __init__(self, model: PackedBert, dtype: str, pooling: str, api: GraphAPI | None,
-                 square_mask: bool = False):
+    def __init__(self, model: PackedBert, dtype: str, pooling: str, api: GraphAPI | None, square_mask: bool = False):
         self.model, self.dtype, self.pooling, self.api = model, dtype, pooling, api
         self.square_mask = square_mask
         self._runners: dict[tuple[int, int], object] = {}
@@ -164,8 +171,12 @@ class GraphedForwards:
                 try:
                     runner = (forward, _Captured(forward, self.api, self._pool))
                 except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager, once, loudly
-                    log.warning("device graph capture failed on %s (%s: %s); running eagerly from now on",
-                                self.model.device, type(err).__name__, err)
+                    log.warning(
+                        "device graph capture failed on %s (%s: %s); running eagerly from now on",
+                        self.model.device,
+                        type(err).__name__,
+                        err,
+                    )
                     self.failed = True
                     return None
             self._runners[gear] = runner

@@ -29,8 +29,14 @@ from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, LinearFactory, PackedBatch, PackedBert, load_weights, pack
 from .cpu_kernels import AdaptiveThreads, kernel_plan
 from .graphs import GRAPH_WIDTHS, GraphedForwards
-from .policy import (AttentionPlan, attention_plan, cpu_has_native_bfloat16, dtype_unsupported_reason,
-                     tune_host_allocator, warmup_lengths)
+from .policy import (
+    AttentionPlan,
+    attention_plan,
+    cpu_has_native_bfloat16,
+    dtype_unsupported_reason,
+    tune_host_allocator,
+    warmup_lengths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +96,9 @@ class FusedQuantizer:
     def _create(self) -> None:
         with self._lock:  # CPU lanes call this from two threads: one compiled function, not two
             if self._compiled is None:
-                log.info("int8: compiling the fused activation quantization (once per process; Inductor "
-                         "caches it on disk)")
+                log.info(
+                    "int8: compiling the fused activation quantization (once per process; Inductor caches it on disk)"
+                )
                 self._compiled = torch.compile(quantize_per_token, dynamic=True, fullgraph=True)
 
     def __call__(self, x: torch.Tensor, inv_smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +109,11 @@ class FusedQuantizer:
                 return self._compiled(x, inv_smooth)
             except Exception as err:  # noqa: BLE001 - no C++ compiler, an unsupported build: the eager ops remain
                 self.enabled = False
-                log.warning("int8: fused activation quantization unavailable (%s: %s); using eager torch ops",
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                log.warning(
+                    "int8: fused activation quantization unavailable (%s: %s); using eager torch ops",
+                    type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "",
+                )
         return quantize_per_token(x, inv_smooth)
 
 
@@ -136,12 +146,13 @@ class Int8Linear:
         act_max: ``[in]`` calibrated max |activation| per input channel; None skips smoothing.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False,
-                 act_max: torch.Tensor | None = None):
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False, act_max: torch.Tensor | None = None
+    ):
         weight = weight.float()
         self.inv_smooth = None
         if act_max is not None:
-            smooth = (act_max.float().clamp(min=1e-5).sqrt() / weight.abs().amax(dim=0).clamp(min=1e-5).sqrt())
+            smooth = act_max.float().clamp(min=1e-5).sqrt() / weight.abs().amax(dim=0).clamp(min=1e-5).sqrt()
             weight = weight * smooth
             self.inv_smooth = (1.0 / smooth).contiguous()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
@@ -154,8 +165,9 @@ class Int8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         quantized, scale = FUSED_QUANTIZER(x, self.inv_smooth)
-        out = torch.ops.onednn.qlinear_pointwise(quantized, 1.0, 128, self.packed, self.w_scale, self.w_zero,
-                                                 None, 1.0, 0, torch.float32, "none", [], "")
+        out = torch.ops.onednn.qlinear_pointwise(
+            quantized, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0, torch.float32, "none", [], ""
+        )
         out = torch.addcmul(self.bias, out, scale)
         return F.gelu(out) if self.gelu else out
 
@@ -219,8 +231,9 @@ class _ActivationMax:
         return self.linear(x)
 
 
-def float_linear_factory(device: torch.device, dtype: torch.dtype,
-                         activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu) -> LinearFactory:
+def float_linear_factory(
+    device: torch.device, dtype: torch.dtype, activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu
+) -> LinearFactory:
     """Linear layers of a float engine: :class:`OneDnnLinear` for float32 (and native bfloat16) on a CPU with
     oneDNN, else :class:`~minilm_npu.engine.bert.DenseLinear` with the device's exact GELU ``activation`` (accelerators,
     bfloat16/float16, CPU builds without oneDNN)."""
@@ -239,8 +252,9 @@ def float_linear_factory(device: torch.device, dtype: torch.dtype,
 INT8_ROLES = ("attn_out", "ffn_in", "ffn_out")
 
 
-def int8_linear_factory(config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device,
-                        calibration: list[list[int]]) -> LinearFactory:
+def int8_linear_factory(
+    config: BertConfig, weights: dict[str, torch.Tensor], device: torch.device, calibration: list[list[int]]
+) -> LinearFactory:
     """Linear layers of the int8 CPU engine, with SmoothQuant factors calibrated on ``calibration``.
 
     A float32 copy of the model runs the calibration batches once, recording max |input| per channel of every
@@ -258,7 +272,7 @@ def int8_linear_factory(config: BertConfig, weights: dict[str, torch.Tensor], de
     float_model = PackedBert(config, weights, device, torch.float32, recording)
     with torch.inference_mode():
         for start in range(0, len(calibration), 32):
-            float_model.forward(pack(calibration[start:start + 32], "per_sequence", device))
+            float_model.forward(pack(calibration[start : start + 32], "per_sequence", device))
     float_linear = float_linear_factory(device, torch.float32)
     bfloat16_qkv = cpu_has_native_bfloat16() and onednn_linear_supported()
 
@@ -294,16 +308,19 @@ class PackedBackend:
 
     name = "packed"
 
-    def __init__(self, model_files: ModelFiles, device: torch.device, dtype: str,
-                 attention: AttentionPlan | None = None):
+    def __init__(
+        self, model_files: ModelFiles, device: torch.device, dtype: str, attention: AttentionPlan | None = None
+    ):
         reason = dtype_unsupported_reason(device, dtype)
         if reason:
             raise InputError(reason)
         if dtype == "int8" and not int8_linear_supported():
             raise InputError("dtype 'int8' needs a PyTorch build with oneDNN (mkldnn); this one has none")
         if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_native_bfloat16():
-            log.warning("this CPU has no bfloat16 hardware (AVX512-BF16/AMX): bfloat16 runs emulated, several "
-                        "times slower than float32; use 'float32' or 'int8' here")
+            log.warning(
+                "this CPU has no bfloat16 hardware (AVX512-BF16/AMX): bfloat16 runs emulated, several "
+                "times slower than float32; use 'float32' or 'int8' here"
+            )
         if device.type == "cpu":
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
@@ -319,13 +336,23 @@ class PackedBackend:
             make_linear = int8_linear_factory(self.config, weights, device, calibration)
         else:
             make_linear = float_linear_factory(device, torch_dtype, gelu)
-        self.model = PackedBert(self.config, weights, device, torch_dtype, make_linear, gelu=gelu,
-                                varlen=varlen_attention(device.type) if self.plan.strategy == "varlen" else None)
+        self.model = PackedBert(
+            self.config,
+            weights,
+            device,
+            torch_dtype,
+            make_linear,
+            gelu=gelu,
+            varlen=varlen_attention(device.type) if self.plan.strategy == "varlen" else None,
+        )
         # Small batches on devices with graph capture replay a recorded forward pass (see graphs.py); the CPU has
         # no launch overhead to save.
         api = graph_api(device)
-        self.graphs = (GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
-                       if api is not None else None)
+        self.graphs = (
+            GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
+            if api is not None
+            else None
+        )
         # CPU: each forward on 1 thread or all, whichever measures faster under this machine's load.
         self._threads = AdaptiveThreads() if device.type == "cpu" else None
         # A CPU forward keeps no state (AdaptiveThreads' estimates are advisory), so threads may share this engine;
@@ -334,8 +361,9 @@ class PackedBackend:
 
     def _pack(self, batch: list[list[int]]) -> PackedBatch:
         plan = self.plan
-        return pack(batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears,
-                    square_mask=plan.square_mask)
+        return pack(
+            batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears, square_mask=plan.square_mask
+        )
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
@@ -364,21 +392,31 @@ class PackedBackend:
 
     def choices(self) -> dict[str, str]:
         """What this engine picked on its device, and why (``minilm-npu check`` reports it)."""
-        graphs = ("off (no graph API on this device, or MINILM_NPU_GRAPHS=0)" if self.graphs is None else
-                  "eager fallback (capture failed)" if self.graphs.failed else
-                  "device graphs for batches up to the padding budget, captured per (rows, width) gear")
-        choices = {"attention": f"{self.plan.strategy}: {self.plan.reason}", "gelu": self.gelu_choice,
-                   "graphs": graphs}
+        graphs = (
+            "off (no graph API on this device, or MINILM_NPU_GRAPHS=0)"
+            if self.graphs is None
+            else "eager fallback (capture failed)"
+            if self.graphs.failed
+            else "device graphs for batches up to the padding budget, captured per (rows, width) gear"
+        )
+        choices = {"attention": f"{self.plan.strategy}: {self.plan.reason}", "gelu": self.gelu_choice, "graphs": graphs}
         if self.device.type == "cpu":
-            choices["linear"] = (kernel_plan()[self.dtype] if self.dtype in ("float32", "int8", "bfloat16")
-                                 and onednn_linear_supported() else "F.linear")
-            choices["threads"] = (f"each forward on 1 thread or {torch.get_num_threads()}, whichever measures "
-                                  "faster under this load (per size class, re-tried every "
-                                  f"{self._threads.explore_every} calls)")
+            choices["linear"] = (
+                kernel_plan()[self.dtype]
+                if self.dtype in ("float32", "int8", "bfloat16") and onednn_linear_supported()
+                else "F.linear"
+            )
+            choices["threads"] = (
+                f"each forward on 1 thread or {torch.get_num_threads()}, whichever measures "
+                "faster under this load (per size class, re-tried every "
+                f"{self._threads.explore_every} calls)"
+            )
         if self.device.type == "npu":
             module = torch_npu_module()
-            choices["torch_npu"] = (f"{getattr(module, '__version__', 'unknown')} (op-plugin is built into "
-                                    "torch_npu; broadcast [rows,1,1,width] masks need op-plugin 26.1.0+)")
+            choices["torch_npu"] = (
+                f"{getattr(module, '__version__', 'unknown')} (op-plugin is built into "
+                "torch_npu; broadcast [rows,1,1,width] masks need op-plugin 26.1.0+)"
+            )
         return choices
 
     def warmup(self) -> None:
@@ -391,4 +429,3 @@ class PackedBackend:
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
         if self.graphs is not None:  # one query of any length: the latency-critical case
             self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
-

@@ -14,7 +14,6 @@ import torch
 from ..devices import varlen_attention
 from .cpu_kernels import bfloat16_isa
 
-
 # -- host memory ---------------------------------------------------------------------------------------------
 
 #: glibc ``mallopt`` parameters (malloc.h) and the value the CPU engine sets for both.
@@ -47,13 +46,18 @@ def tune_host_allocator() -> bool:
         import ctypes
         import os
 
-        chosen = ("malloc" in os.environ.get("LD_PRELOAD", "") or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
-                  or any(name.startswith("MALLOC_") for name in os.environ))
+        chosen = (
+            "malloc" in os.environ.get("LD_PRELOAD", "")
+            or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
+            or any(name.startswith("MALLOC_") for name in os.environ)
+        )
         if not chosen:
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                _host_allocator_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, HOST_ALLOCATOR_THRESHOLD)
-                                             and libc.mallopt(_M_TRIM_THRESHOLD, HOST_ALLOCATOR_THRESHOLD))
+                _host_allocator_tuned = bool(
+                    libc.mallopt(_M_MMAP_THRESHOLD, HOST_ALLOCATOR_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, HOST_ALLOCATOR_THRESHOLD)
+                )
             except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to tune
                 pass
     return _host_allocator_tuned
@@ -79,11 +83,12 @@ def dtype_unsupported_reason(device: torch.device, dtype: str) -> str | None:
       refused rather than silently slow; bfloat16 is allowed (native on AVX512-BF16/AMX CPUs, emulated elsewhere).
     """
     if dtype == "int8" and device.type != "cpu":
-        return (f"dtype 'int8' runs on the CPU only (oneDNN int8 kernels); on {device} use 'float16' or "
-                "'bfloat16'")
+        return f"dtype 'int8' runs on the CPU only (oneDNN int8 kernels); on {device} use 'float16' or 'bfloat16'"
     if dtype == "float16" and device.type == "cpu":
-        return ("dtype 'float16' is for accelerators; CPUs have no fast float16 matrix units. On the CPU use "
-                "'float32' (exact), 'int8' (fastest) or 'bfloat16'")
+        return (
+            "dtype 'float16' is for accelerators; CPUs have no fast float16 matrix units. On the CPU use "
+            "'float32' (exact), 'int8' (fastest) or 'bfloat16'"
+        )
     return None
 
 
@@ -156,9 +161,21 @@ def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
         return AttentionPlan("padded", False, "one length-sorted padded SDPA block per layer")
     gears = {"gears": round_to_gear, "row_gears": round_to_power_of_two}
     if dtype in ("float16", "bfloat16") and varlen_attention(device_type) is not None:
-        return AttentionPlan("varlen", False, "torch_npu.npu_fusion_attention, TND layout, cumulative lengths: "
-                                              "packed tokens, no padding, no mask", **gears)
-    why = ("float32: npu_fusion_attention's TND path is documented for float16/bfloat16 only"
-           if dtype not in ("float16", "bfloat16") else "this torch_npu has no npu_fusion_attention")
-    return AttentionPlan("padded", True, f"padded SDPA with a full [rows,1,width,width] mask ({why}; op-plugin "
-                                         "before 26.1.0 rejects broadcast [rows,1,1,width] masks)", **gears)
+        return AttentionPlan(
+            "varlen",
+            False,
+            "torch_npu.npu_fusion_attention, TND layout, cumulative lengths: packed tokens, no padding, no mask",
+            **gears,
+        )
+    why = (
+        "float32: npu_fusion_attention's TND path is documented for float16/bfloat16 only"
+        if dtype not in ("float16", "bfloat16")
+        else "this torch_npu has no npu_fusion_attention"
+    )
+    return AttentionPlan(
+        "padded",
+        True,
+        f"padded SDPA with a full [rows,1,width,width] mask ({why}; op-plugin "
+        "before 26.1.0 rejects broadcast [rows,1,1,width] masks)",
+        **gears,
+    )

@@ -39,8 +39,9 @@ class TransformersBackend:
 
     def __init__(self, model_files: ModelFiles, device: torch.device, dtype: str):
         if dtype not in TORCH_DTYPES:
-            raise InputError(f"the transformers backend runs {', '.join(TORCH_DTYPES)}, not {dtype!r}; "
-                             "int8 needs the packed backend")
+            raise InputError(
+                f"the transformers backend runs {', '.join(TORCH_DTYPES)}, not {dtype!r}; int8 needs the packed backend"
+            )
         try:
             from transformers import AutoModel
             from transformers.utils import logging as transformers_logging
@@ -54,15 +55,16 @@ class TransformersBackend:
     def _forward(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids, attention_mask = pad_batch(batch)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
         return hidden, attention_mask
 
     @torch.inference_mode()
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
         """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
         hidden = self._forward(batch)[0].float()
-        return [hidden[row, :len(ids)] for row, ids in enumerate(batch)]
+        return [hidden[row, : len(ids)] for row, ids in enumerate(batch)]
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:

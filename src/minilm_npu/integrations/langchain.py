@@ -28,9 +28,17 @@ class MiniLMEmbeddings(Embeddings):
     ``model_path``, ``device``, ``batch_size``, ``timeout``).
     """
 
-    def __init__(self, encoder: Any = None, *, url: str | None = None, api_key: str | None = None,
-                 model_path: str | None = None, device: str = "auto", batch_size: int | None = None,
-                 timeout: float = 60.0):
+    def __init__(
+        self,
+        encoder: Any = None,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        model_path: str | None = None,
+        device: str = "auto",
+        batch_size: int | None = None,
+        timeout: float = 60.0,
+    ):
         self.source = make_source(encoder, url, api_key, model_path, device, batch_size, timeout)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -33,9 +33,18 @@ class MiniLMEmbedding(BaseEmbedding):
 
     _source: Any = PrivateAttr()
 
-    def __init__(self, encoder: Any = None, *, url: str | None = None, api_key: str | None = None,
-                 model_path: str | None = None, device: str = "auto", embed_batch_size: int = 32,
-                 timeout: float = 60.0, **kwargs: Any):
+    def __init__(
+        self,
+        encoder: Any = None,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        model_path: str | None = None,
+        device: str = "auto",
+        embed_batch_size: int = 32,
+        timeout: float = 60.0,
+        **kwargs: Any,
+    ):
         source = make_source(encoder, url, api_key, model_path, device, None, timeout)
         kwargs.setdefault("model_name", source.model_name)
         super().__init__(embed_batch_size=embed_batch_size, **kwargs)

@@ -41,8 +41,7 @@ class LocalSource:
         batch_size: Texts per forward pass.
     """
 
-    def __init__(self, encoder: Any = None, model_path: str | None = None, device: str = "auto",
-                 batch_size: int = 32):
+    def __init__(self, encoder: Any = None, model_path: str | None = None, device: str = "auto", batch_size: int = 32):
         if encoder is None:
             from ..encoder import MiniLMEncoder
 
@@ -82,7 +81,7 @@ class RemoteSource:
         self.model_name = "sentence-transformers/all-MiniLM-L6-v2"  # replaced by the served name on first answer
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
-        return [list(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        return [list(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
 
     def _vectors(self, response: Any) -> list[list[float]]:
         if response.status_code != 200:
@@ -124,9 +123,15 @@ class RemoteSource:
         return out
 
 
-def make_source(encoder: Any = None, url: str | None = None, api_key: str | None = None,
-                model_path: str | None = None, device: str = "auto", batch_size: int | None = None,
-                timeout: float = 60.0) -> LocalSource | RemoteSource:
+def make_source(
+    encoder: Any = None,
+    url: str | None = None,
+    api_key: str | None = None,
+    model_path: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    timeout: float = 60.0,
+) -> LocalSource | RemoteSource:
     """A :class:`RemoteSource` when ``url`` is given, else a :class:`LocalSource`: what both adapters take.
 
     Args:

@@ -16,8 +16,8 @@ from .batcher import Batcher
 from .errors import install_error_handlers
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from .routes_ops import router as ops_router
 from .routes_openai import router as openai_router
+from .routes_ops import router as ops_router
 from .routes_tei import router as tei_router
 from .settings import ServerSettings
 from .state import ServerState
@@ -59,8 +59,11 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
         if not await batcher.health(max(settings.health_timeout_s, 60.0)):
             await asyncio.to_thread(batcher.close, 5.0)
             raise RuntimeError("warm-up failed: the model could not embed a test input (see the log above)")
-        log.info("model %s warmed up on %s; serving", state.model_name,
-                 ", ".join(str(worker.device) for worker in encoder.workers))
+        log.info(
+            "model %s warmed up on %s; serving",
+            state.model_name,
+            ", ".join(str(worker.device) for worker in encoder.workers),
+        )
         try:
             yield
         finally:
@@ -68,8 +71,12 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
 
     from .. import __version__
 
-    app = FastAPI(title="minilm-npu embedding server", version=__version__, lifespan=lifespan,
-                  description="OpenAI- and text-embeddings-inference-compatible sentence embeddings.")
+    app = FastAPI(
+        title="minilm-npu embedding server",
+        version=__version__,
+        lifespan=lifespan,
+        description="OpenAI- and text-embeddings-inference-compatible sentence embeddings.",
+    )
     app.state.server = state
     install_error_handlers(app)
     app.include_router(openai_router)

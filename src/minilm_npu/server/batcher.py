@@ -83,8 +83,14 @@ class Batcher:
         tokenizer_threads: Size of the pool that runs tokenization and validation.
     """
 
-    def __init__(self, encoder: Encoder, settings: ServerSettings | None = None, *,
-                 metrics: ServerMetrics | None = None, tokenizer_threads: int = 2):
+    def __init__(
+        self,
+        encoder: Encoder,
+        settings: ServerSettings | None = None,
+        *,
+        metrics: ServerMetrics | None = None,
+        tokenizer_threads: int = 2,
+    ):
         settings = settings or ServerSettings()
         self.encoder = encoder
         self.max_batch_tokens = encoder.config.max_batch_tokens
@@ -99,8 +105,7 @@ class Batcher:
         self._pool: DevicePool | None = None
         self._in_flight = 0
         self._running = 0  # batches on the workers now
-        self._preprocess_pool = ThreadPoolExecutor(max_workers=tokenizer_threads,
-                                                   thread_name_prefix="minilm-tokenize")
+        self._preprocess_pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="minilm-tokenize")
         self._probe_ids: list[list[int]] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -112,8 +117,9 @@ class Batcher:
     def start(self) -> None:
         """Start one thread per batch worker: one per device, or one-thread lanes (one per core) sharing one CPU's
         model (:meth:`~minilm_npu.contract.Encoder.batch_workers`)."""
-        self._pool = DevicePool(self.encoder.batch_workers(), self._take_batch, self._run_batch,
-                                name="minilm-batcher").start()
+        self._pool = DevicePool(
+            self.encoder.batch_workers(), self._take_batch, self._run_batch, name="minilm-batcher"
+        ).start()
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is queued, stop the workers, and fail anything left (server shutting down)."""
@@ -134,8 +140,12 @@ class Batcher:
     def admit(self) -> Iterator[None]:
         """Hold one of ``max_concurrent_requests`` slots for the request's whole life, or raise 429."""
         if self._in_flight >= self.max_concurrent_requests:
-            raise ApiError(429, f"the server is busy: {self.max_concurrent_requests} requests are already in "
-                                f"progress (--max-concurrent-requests); retry shortly", kind="overloaded")
+            raise ApiError(
+                429,
+                f"the server is busy: {self.max_concurrent_requests} requests are already in "
+                f"progress (--max-concurrent-requests); retry shortly",
+                kind="overloaded",
+            )
         self._in_flight += 1
         self.metrics.in_flight.inc()
         try:
@@ -211,8 +221,12 @@ class Batcher:
                     return None
                 if self.max_wait_s > 0:  # only when asked: wait for company until the oldest is max_wait old
                     deadline = self._queue[0][0].enqueued + self.max_wait_s
-                    while (self._queue and not self._closing and len(self._queue) < self.max_batch_size
-                           and self._queued_tokens() < self.max_batch_tokens):
+                    while (
+                        self._queue
+                        and not self._closing
+                        and len(self._queue) < self.max_batch_size
+                        and self._queued_tokens() < self.max_batch_tokens
+                    ):
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             break

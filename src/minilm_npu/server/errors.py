@@ -62,8 +62,9 @@ def error_body(path: str, message: str, kind: str, param: str | None = None) -> 
     return {"error": message, "error_type": tei_type}
 
 
-def error_response(path: str, status: int, message: str, kind: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    path: str, status: int, message: str, kind: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """A ``JSONResponse`` carrying :func:`error_body`."""
     return JSONResponse(error_body(path, message, kind, param), status_code=status, headers=headers)
 
@@ -119,8 +120,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code in (404, 405) else "validation"
-        return error_response(request.url.path, exc.status_code, str(exc.detail), kind,
-                              headers=getattr(exc, "headers", None))
+        return error_response(
+            request.url.path, exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

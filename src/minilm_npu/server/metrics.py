@@ -19,21 +19,33 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("minilm_requests", "HTTP requests by route and status code",
-                                ["route", "status"], registry=r)
-        self.latency = Histogram("minilm_request_duration_seconds", "HTTP request latency by route",
-                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram("minilm_queue_seconds", "Time a request's inputs waited for a device batch",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
-        self.inference_time = Histogram("minilm_inference_seconds", "Forward-pass time per device batch",
-                                        buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("minilm_batch_size", "Inputs per device batch", buckets=_SIZE_BUCKETS,
-                                    registry=r)
-        self.batch_tokens = Histogram("minilm_batch_tokens", "Real tokens per device batch",
-                                      buckets=_TOKEN_BUCKETS, registry=r)
+        self.requests = Counter(
+            "minilm_requests", "HTTP requests by route and status code", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "minilm_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "minilm_queue_seconds",
+            "Time a request's inputs waited for a device batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_time = Histogram(
+            "minilm_inference_seconds", "Forward-pass time per device batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("minilm_batch_size", "Inputs per device batch", buckets=_SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram(
+            "minilm_batch_tokens", "Real tokens per device batch", buckets=_TOKEN_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("minilm_queue_depth", "Inputs waiting for a device batch", registry=r)
-        self.in_flight = Gauge("minilm_requests_in_flight", "Embedding requests admitted and not yet answered",
-                               registry=r)
+        self.in_flight = Gauge(
+            "minilm_requests_in_flight", "Embedding requests admitted and not yet answered", registry=r
+        )
         self.inputs = Counter("minilm_inputs", "Inputs embedded", registry=r)
         self.tokens = Counter("minilm_tokens", "Real tokens embedded", registry=r)
 

@@ -69,9 +69,13 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self._authorised(scope):
-            response = error_response(scope["path"], 401, "missing or wrong API key: send "
-                                      "'Authorization: Bearer <key>'", "auth",
-                                      headers={"WWW-Authenticate": "Bearer"})
+            response = error_response(
+                scope["path"],
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                "auth",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -89,8 +93,9 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     def _too_large(self, scope: Scope):
-        return error_response(scope["path"], 413, f"request body is larger than {self.max_bytes} bytes "
-                              f"(--max-body-bytes)", "too_large")
+        return error_response(
+            scope["path"], 413, f"request body is larger than {self.max_bytes} bytes (--max-body-bytes)", "too_large"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):

@@ -34,11 +34,18 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> R
     batcher = state.batcher
     with batcher.admit():
         prepared = await batcher.preprocess(
-            prepare_inputs, body.input, state.encoder, max_client_batch_size=state.settings.max_client_batch_size,
-            truncate=body.truncate, dimensions=body.dimensions, work=input_work(body.input, batcher.INLINE_WORK))
+            prepare_inputs,
+            body.input,
+            state.encoder,
+            max_client_batch_size=state.settings.max_client_batch_size,
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+            work=input_work(body.input, batcher.INLINE_WORK),
+        )
         raw = await batcher.embed(prepared.ids)
-        content = await batcher.preprocess(_render, raw, body.dimensions, body.encoding_format,
-                                           state.model_name, prepared.prompt_tokens, work=raw.size)
+        content = await batcher.preprocess(
+            _render, raw, body.dimensions, body.encoding_format, state.model_name, prepared.prompt_tokens, work=raw.size
+        )
     return Response(content=content, media_type="application/json")
 
 

@@ -16,8 +16,7 @@ async def health(request: Request) -> dict:
     """200 when a real forward pass through the batcher's workers succeeds; 503 when the model cannot answer."""
     state = get_state(request)
     if not await state.batcher.health(state.settings.health_timeout_s):
-        raise ApiError(503, "the model cannot answer: the health forward pass failed or timed out",
-                       kind="unhealthy")
+        raise ApiError(503, "the model cannot answer: the health forward pass failed or timed out", kind="unhealthy")
     return {"status": "ok"}
 
 

@@ -32,9 +32,15 @@ async def embed(body: TEIEmbedRequest, request: Request) -> Response:
     batcher = state.batcher
     with batcher.admit():
         prepared = await batcher.preprocess(
-            prepare_inputs, body.inputs, state.encoder, max_client_batch_size=state.settings.max_client_batch_size,
-            truncate=body.truncate, dimensions=body.dimensions, param="inputs",
-            work=input_work(body.inputs, batcher.INLINE_WORK))
+            prepare_inputs,
+            body.inputs,
+            state.encoder,
+            max_client_batch_size=state.settings.max_client_batch_size,
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+            param="inputs",
+            work=input_work(body.inputs, batcher.INLINE_WORK),
+        )
         raw = await batcher.embed(prepared.ids)
         content = await batcher.preprocess(_render_vectors, raw, body.dimensions, body.normalize, work=raw.size)
     return Response(content=content, media_type="application/json")
@@ -48,20 +54,32 @@ async def similarity(body: TEISimilarityRequest, request: Request) -> Response:
         raise ApiError(400, "inputs.sentences must not be an empty list", kind="empty", param="sentences")
     limit = state.settings.max_client_batch_size
     if len(body.inputs.sentences) > limit:
-        raise ApiError(400, f"inputs.sentences has {len(body.inputs.sentences)} items; this server takes at most "
-                            f"{limit} per request (--max-client-batch-size)", param="sentences")
+        raise ApiError(
+            400,
+            f"inputs.sentences has {len(body.inputs.sentences)} items; this server takes at most "
+            f"{limit} per request (--max-client-batch-size)",
+            param="sentences",
+        )
     truncate = body.parameters.truncate if body.parameters else True
     texts = [body.inputs.source_sentence, *body.inputs.sentences]
     batcher = state.batcher
     with batcher.admit():
         prepared = await batcher.preprocess(
-            prepare_inputs, texts, state.encoder, max_client_batch_size=limit + 1,
-            truncate=truncate, param="inputs.sentences", work=input_work(texts, batcher.INLINE_WORK))
+            prepare_inputs,
+            texts,
+            state.encoder,
+            max_client_batch_size=limit + 1,
+            truncate=truncate,
+            param="inputs.sentences",
+            work=input_work(texts, batcher.INLINE_WORK),
+        )
         raw = await batcher.embed(prepared.ids)
     vectors = finish(raw, normalize=True)
     scores = vectors[1:] @ vectors[0]
-    return Response(content=json_body([float(s) for s in scores], finite=bool(np.isfinite(scores).all())),
-                    media_type="application/json")
+    return Response(
+        content=json_body([float(s) for s in scores], finite=bool(np.isfinite(scores).all())),
+        media_type="application/json",
+    )
 
 
 def _tokens(encoder, ids: list[list[int]], add_special_tokens: bool) -> list[list[dict]]:
@@ -69,8 +87,10 @@ def _tokens(encoder, ids: list[list[int]], add_special_tokens: bool) -> list[lis
     for seq in ids:
         texts = encoder.tokenizer.decode_tokens(seq)
         last = len(seq) - 1
-        tokens = [SimpleToken(id=tid, text=text, special=pos in (0, last)).model_dump()
-                  for pos, (tid, text) in enumerate(zip(seq, texts))]
+        tokens = [
+            SimpleToken(id=tid, text=text, special=pos in (0, last)).model_dump()
+            for pos, (tid, text) in enumerate(zip(seq, texts))
+        ]
         # [CLS] and [SEP] are always first and last: the tokenizer adds them to every input.
         out.append(tokens if add_special_tokens else tokens[1:-1])
     return out
@@ -83,7 +103,13 @@ async def tokenize(body: TEITokenizeRequest, request: Request) -> Response:
     batcher = state.batcher
     with batcher.admit():
         prepared = await batcher.preprocess(
-            prepare_inputs, body.inputs, state.encoder, max_client_batch_size=state.settings.max_client_batch_size,
-            truncate=False, param="inputs", check_length=False)
+            prepare_inputs,
+            body.inputs,
+            state.encoder,
+            max_client_batch_size=state.settings.max_client_batch_size,
+            truncate=False,
+            param="inputs",
+            check_length=False,
+        )
         tokens = await batcher.preprocess(_tokens, state.encoder, prepared.ids, body.add_special_tokens)
     return Response(content=_json(tokens), media_type="application/json")

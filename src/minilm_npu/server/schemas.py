@@ -11,7 +11,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 #: A string, a list of strings, one list of token ids, or a list of lists of token ids.
-EmbeddingInput = Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+EmbeddingInput = Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]  # noqa: UP007 - a runtime alias
 
 
 class _Request(BaseModel):
@@ -21,15 +21,19 @@ class _Request(BaseModel):
 class OpenAIEmbeddingRequest(_Request):
     """``POST /v1/embeddings``, as the OpenAI API defines it, plus ``truncate``."""
 
-    input: EmbeddingInput = Field(description="Text(s) or token ids to embed. An empty string is embedded "
-                                              "([CLS] [SEP]); an empty list is an error.")
+    input: EmbeddingInput = Field(
+        description="Text(s) or token ids to embed. An empty string is embedded "
+        "([CLS] [SEP]); an empty list is an error."
+    )
     model: StrictStr | None = Field(None, description="Accepted and echoed as the served model name.")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(None, description="Keep the first N dimensions and re-normalise "
-                                                           "(a quality trade-off, as in TEI).")
+    dimensions: StrictInt | None = Field(
+        None, description="Keep the first N dimensions and re-normalise (a quality trade-off, as in TEI)."
+    )
     user: StrictStr | None = None
-    truncate: StrictBool = Field(True, description="Extension: cut inputs over the model's limit (default); "
-                                                   "false rejects them with 400.")
+    truncate: StrictBool = Field(
+        True, description="Extension: cut inputs over the model's limit (default); false rejects them with 400."
+    )
 
 
 class TEIEmbedRequest(_Request):
@@ -64,7 +68,7 @@ class TEISimilarityRequest(_Request):
 class TEITokenizeRequest(_Request):
     """``POST /tokenize`` (TEI). Inputs are not truncated here, so a client can see what would be cut."""
 
-    inputs: Union[StrictStr, list[StrictStr]]
+    inputs: StrictStr | list[StrictStr]
     add_special_tokens: StrictBool = True
 
 

@@ -38,8 +38,11 @@ def _as_batch(inputs: Any) -> tuple[list[str] | None, list[list[int]] | None]:
         return None, [list(inputs)]
     if all(isinstance(item, list) for item in inputs):
         return None, [list(item) for item in inputs]
-    raise ApiError(422, "input must be a string, a list of strings, a list of token ids or a list of lists "
-                        "of token ids", param="input")
+    raise ApiError(
+        422,
+        "input must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+        param="input",
+    )
 
 
 def input_work(inputs: Any, limit: int) -> int:
@@ -55,8 +58,16 @@ def input_work(inputs: Any, limit: int) -> int:
     return total
 
 
-def prepare_inputs(inputs: Any, encoder: Encoder, *, max_client_batch_size: int, truncate: bool = True,
-                   dimensions: int | None = None, param: str = "input", check_length: bool = True) -> PreparedInput:
+def prepare_inputs(
+    inputs: Any,
+    encoder: Encoder,
+    *,
+    max_client_batch_size: int,
+    truncate: bool = True,
+    dimensions: int | None = None,
+    param: str = "input",
+    check_length: bool = True,
+) -> PreparedInput:
     """Validate one request's input and turn it into token ids.
 
     Args:
@@ -78,15 +89,20 @@ def prepare_inputs(inputs: Any, encoder: Encoder, *, max_client_batch_size: int,
     """
     limit = encoder.max_seq_length
     if dimensions is not None and not 1 <= dimensions <= encoder.dimension:
-        raise ApiError(400, f"dimensions must be between 1 and {encoder.dimension}, not {dimensions}",
-                       param="dimensions")
+        raise ApiError(
+            400, f"dimensions must be between 1 and {encoder.dimension}, not {dimensions}", param="dimensions"
+        )
     if not isinstance(inputs, str) and len(inputs) == 0:
         raise ApiError(400, f"{param} must not be an empty list", kind="empty", param=param)
     texts, id_lists = _as_batch(inputs)
     count = len(texts if texts is not None else id_lists)
     if count > max_client_batch_size:
-        raise ApiError(400, f"{param} has {count} items; this server takes at most {max_client_batch_size} "
-                            f"per request (--max-client-batch-size)", param=param)
+        raise ApiError(
+            400,
+            f"{param} has {count} items; this server takes at most {max_client_batch_size} "
+            f"per request (--max-client-batch-size)",
+            param=param,
+        )
     if texts is not None:
         try:
             ids = encoder.tokenize(texts, truncate=truncate and check_length)
@@ -99,8 +115,12 @@ def prepare_inputs(inputs: Any, encoder: Encoder, *, max_client_batch_size: int,
         if check_length and not truncate:
             for index, seq in enumerate(ids):
                 if len(seq) > limit:
-                    raise ApiError(400, f"{param}[{index}] has {len(seq)} tokens; the model takes at most {limit} "
-                                        f"(send truncate: true to cut it)", param=param)
+                    raise ApiError(
+                        400,
+                        f"{param}[{index}] has {len(seq)} tokens; the model takes at most {limit} "
+                        f"(send truncate: true to cut it)",
+                        param=param,
+                    )
     else:
         try:
             ids = check_token_ids(id_lists, encoder.tokenizer.vocab_size, limit, name=param)

@@ -65,8 +65,9 @@ def builtin_texts() -> list[str]:
     try:
         from ..samples import MIXED_24
     except ImportError as err:  # pragma: no cover - only while the samples module is missing from an install
-        raise InputError("the built-in sentences (minilm_npu.samples) are missing from this install; "
-                         "pass --texts FILE") from err
+        raise InputError(
+            "the built-in sentences (minilm_npu.samples) are missing from this install; pass --texts FILE"
+        ) from err
     return list(MIXED_24)
 
 
@@ -100,8 +101,10 @@ def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], lis
         reader = csv.DictReader(handle, delimiter="\t")
         missing = {"sentence1", "sentence2", "score"} - set(reader.fieldnames or [])
         if missing:
-            raise InputError(f"STS file {path} lacks column(s) {', '.join(sorted(missing))}; expected a "
-                             "tab-separated header with sentence1, sentence2, score (as stsb-dev.tsv)")
+            raise InputError(
+                f"STS file {path} lacks column(s) {', '.join(sorted(missing))}; expected a "
+                "tab-separated header with sentence1, sentence2, score (as stsb-dev.tsv)"
+            )
         for line, row in enumerate(reader, start=2):
             try:
                 scores.append(float(row["score"]))
@@ -178,7 +181,7 @@ def compare(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
 
 
 # -- the protocol ------------------------------------------------------------------------------------------------
-_RULES = {"<": lambda v, l: v < l, "<=": lambda v, l: v <= l, ">=": lambda v, l: v >= l}
+_RULES = {"<": lambda v, bound: v < bound, "<=": lambda v, bound: v <= bound, ">=": lambda v, bound: v >= bound}
 
 
 def _check(name: str, value: float, rule: str, limit: float) -> dict[str, object]:
@@ -193,27 +196,42 @@ def _sts_spearman(encoder, sts: tuple[list[str], list[str], np.ndarray], progres
     return spearman(row_cosines(first, second), sts[2])
 
 
-def _measure(encoder, texts: list[str], reference: np.ndarray, thresholds: Thresholds,
-             sts, sts_reference: float | None, progress: bool) -> tuple[dict, dict[str, np.ndarray]]:
+def _measure(
+    encoder,
+    texts: list[str],
+    reference: np.ndarray,
+    thresholds: Thresholds,
+    sts,
+    sts_reference: float | None,
+    progress: bool,
+) -> tuple[dict, dict[str, np.ndarray]]:
     start = time.perf_counter()
     batched = encoder.encode(texts, batch_size=32)
     seconds = time.perf_counter() - start
     if batched.shape != reference.shape:
-        raise InputError(f"the model under test gives {batched.shape[1]}-dimensional vectors, the reference "
-                         f"{reference.shape[1]}: pass --reference-model-path with the same model")
+        raise InputError(
+            f"the model under test gives {batched.shape[1]}-dimensional vectors, the reference "
+            f"{reference.shape[1]}: pass --reference-model-path with the same model"
+        )
     repeat = encoder.encode(texts, batch_size=32)
-    singles = np.stack([encoder.encode([text], batch_size=1)[0]
-                        for text in tqdm(texts, desc="one by one", unit="text", disable=not progress)])
+    singles = np.stack(
+        [
+            encoder.encode([text], batch_size=1)[0]
+            for text in tqdm(texts, desc="one by one", unit="text", disable=not progress)
+        ]
+    )
     metrics = compare(reference, batched)
     invariance = row_cosines(batched, singles)
-    metrics.update({
-        "finite": bool(np.isfinite(batched).all()),
-        "batch_invariance_min_cosine": float(invariance.min()),
-        "batch_invariance_max_abs": float(np.abs(batched - singles).max()),
-        "determinism_min_cosine": float(row_cosines(batched, repeat).min()),
-        "determinism_max_abs": float(np.abs(batched - repeat).max()),
-        "encode_seconds": seconds,
-    })
+    metrics.update(
+        {
+            "finite": bool(np.isfinite(batched).all()),
+            "batch_invariance_min_cosine": float(invariance.min()),
+            "batch_invariance_max_abs": float(np.abs(batched - singles).max()),
+            "determinism_min_cosine": float(row_cosines(batched, repeat).min()),
+            "determinism_max_abs": float(np.abs(batched - repeat).max()),
+            "encode_seconds": seconds,
+        }
+    )
     checks = [
         {"name": "finite", "value": metrics["finite"], "limit": True, "rule": "==", "passed": metrics["finite"]},
         _check("error_rate_pct", metrics["error_rate_pct"], "<", thresholds.error_rate_pct),
@@ -226,8 +244,12 @@ def _measure(encoder, texts: list[str], reference: np.ndarray, thresholds: Thres
         metrics["sts_spearman_reference"] = sts_reference
         metrics["sts_spearman_drop"] = sts_reference - metrics["sts_spearman"]
         checks.append(_check("sts_spearman_drop", metrics["sts_spearman_drop"], "<=", thresholds.sts_drop))
-    result = {"status": PASS if all(c["passed"] for c in checks) else FAIL, "metrics": metrics, "checks": checks,
-              "per_text_cosine": [float(c) for c in row_cosines(reference, batched)]}
+    result = {
+        "status": PASS if all(c["passed"] for c in checks) else FAIL,
+        "metrics": metrics,
+        "checks": checks,
+        "per_text_cosine": [float(c) for c in row_cosines(reference, batched)],
+    }
     return result, {"reference": reference, "test": batched}
 
 
@@ -235,16 +257,29 @@ def _weights_info(model_files) -> dict[str, object]:
     from ..modelfiles import OFFICIAL_SHA256, sha256_of
 
     digest = sha256_of(model_files.weights_path)
-    return {"model": model_files.name, "directory": str(model_files.directory), "weights_sha256": digest,
-            "official_weights": digest == OFFICIAL_SHA256}
+    return {
+        "model": model_files.name,
+        "directory": str(model_files.directory),
+        "weights_sha256": digest,
+        "official_weights": digest == OFFICIAL_SHA256,
+    }
 
 
-def run_accuracy(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend: str | None = None,
-                 model_path: str | None = None, reference_model_path: str | None = None,
-                 texts: Sequence[str] | None = None, user_texts: Sequence[str] = (),
-                 sts_path: str | Path | None = None, sts_limit: int | None = None,
-                 thresholds: Thresholds = Thresholds(), progress: bool = False,
-                 reference_encoder=None, make_encoder: Callable[[str], object] | None = None) -> AccuracyRun:
+def run_accuracy(
+    device: str = "cpu",
+    dtypes: Sequence[str] = ("float32",),
+    backend: str | None = None,
+    model_path: str | None = None,
+    reference_model_path: str | None = None,
+    texts: Sequence[str] | None = None,
+    user_texts: Sequence[str] = (),
+    sts_path: str | Path | None = None,
+    sts_limit: int | None = None,
+    thresholds: Thresholds = Thresholds(),
+    progress: bool = False,
+    reference_encoder=None,
+    make_encoder: Callable[[str], object] | None = None,
+) -> AccuracyRun:
     """Run the accuracy protocol for one device and one or more dtypes.
 
     Args:
@@ -268,9 +303,9 @@ def run_accuracy(device: str = "cpu", dtypes: Sequence[str] = ("float32",), back
     Raises:
         InputError, DeviceError, ModelFilesError: bad input, an unavailable device, a missing model.
     """
-    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from ..devices import parse_devices
     from ..encoder import MiniLMEncoder
+    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from .environment import describe_device, fingerprint
 
     dtypes = parse_dtypes(dtypes)
@@ -280,11 +315,14 @@ def run_accuracy(device: str = "cpu", dtypes: Sequence[str] = ("float32",), back
         raise InputError("no texts to compare")
     sts = load_sts(sts_path, sts_limit) if sts_path else None
     if make_encoder is None:
+
         def make_encoder(dtype: str):
             return MiniLMEncoder(model_path=model_path, device=device, dtype=dtype, backend=backend)
+
     if reference_encoder is None:
-        reference_encoder = MiniLMEncoder(model_path=reference_model_path, device="cpu", dtype="float32",
-                                          backend=REFERENCE_BACKEND)
+        reference_encoder = MiniLMEncoder(
+            model_path=reference_model_path, device="cpu", dtype="float32", backend=REFERENCE_BACKEND
+        )
     reference = reference_encoder.encode(all_texts, batch_size=32, show_progress_bar=progress)
     sts_reference = _sts_spearman(reference_encoder, sts, progress) if sts else None
     lengths = [len(ids) for ids in reference_encoder.tokenize(all_texts, truncate=False)]
@@ -306,17 +344,35 @@ def run_accuracy(device: str = "cpu", dtypes: Sequence[str] = ("float32",), back
     report = {
         "kind": "accuracy",
         "status": status,
-        "environment": fingerprint(device=device, dtype=",".join(dtypes), backend=backend or DEFAULT_BACKEND,
-                                   model=(under_test_files or reference_encoder.model_files).name,
-                                   device_name=device_name),
-        "under_test": {"device": device, "device_name": device_name, "backend": backend or DEFAULT_BACKEND,
-                       **(_weights_info(under_test_files) if under_test_files else {})},
-        "reference": {"device": "cpu", "dtype": "float32", "backend": reference_encoder.backend_name,
-                      **_weights_info(reference_encoder.model_files)},
-        "texts": {"count": len(all_texts), "builtin": len(all_texts) - len(user_texts), "user": len(user_texts),
-                  "tokens_min": min(lengths), "tokens_max": max(lengths), "tokens_mean": float(np.mean(lengths)),
-                  "over_128_tokens": sum(n > 128 for n in lengths),
-                  "truncated_at_max_seq_length": sum(n > reference_encoder.max_seq_length for n in lengths)},
+        "environment": fingerprint(
+            device=device,
+            dtype=",".join(dtypes),
+            backend=backend or DEFAULT_BACKEND,
+            model=(under_test_files or reference_encoder.model_files).name,
+            device_name=device_name,
+        ),
+        "under_test": {
+            "device": device,
+            "device_name": device_name,
+            "backend": backend or DEFAULT_BACKEND,
+            **(_weights_info(under_test_files) if under_test_files else {}),
+        },
+        "reference": {
+            "device": "cpu",
+            "dtype": "float32",
+            "backend": reference_encoder.backend_name,
+            **_weights_info(reference_encoder.model_files),
+        },
+        "texts": {
+            "count": len(all_texts),
+            "builtin": len(all_texts) - len(user_texts),
+            "user": len(user_texts),
+            "tokens_min": min(lengths),
+            "tokens_max": max(lengths),
+            "tokens_mean": float(np.mean(lengths)),
+            "over_128_tokens": sum(n > 128 for n in lengths),
+            "truncated_at_max_seq_length": sum(n > reference_encoder.max_seq_length for n in lengths),
+        },
         "sts": {"file": str(sts_path), "pairs": len(sts[2]), "spearman_reference": sts_reference} if sts else None,
         "thresholds": asdict(thresholds),
         "results": results,

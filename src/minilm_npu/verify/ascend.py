@@ -74,12 +74,20 @@ def visible_devices_setting(environ: dict[str, str] | None = None) -> Setting:
         return Setting(VISIBLE_DEVICES_VAR, "(unset)", "every card on the host is visible; npu:0 is card 0")
     shown = ", ".join(str(c) for c in cards) or "none"
     if not raw.strip():
-        return Setting(VISIBLE_DEVICES_VAR, repr(raw), "set but empty: CANN versions differ (all cards or none); "
-                       "unset it or list the cards, e.g. 0,1", warning=True)
+        return Setting(
+            VISIBLE_DEVICES_VAR,
+            repr(raw),
+            "set but empty: CANN versions differ (all cards or none); unset it or list the cards, e.g. 0,1",
+            warning=True,
+        )
     if ignored:
-        return Setting(VISIBLE_DEVICES_VAR, repr(raw),
-                       f"parsed as cards [{shown}] only: parsing stops at {ignored!r} (write indices with commas "
-                       "and no spaces, e.g. 1,2,3)", warning=True)
+        return Setting(
+            VISIBLE_DEVICES_VAR,
+            repr(raw),
+            f"parsed as cards [{shown}] only: parsing stops at {ignored!r} (write indices with commas "
+            "and no spaces, e.g. 1,2,3)",
+            warning=True,
+        )
     mapping = ", ".join(f"npu:{i} = card {c}" for i, c in enumerate(cards))
     return Setting(VISIBLE_DEVICES_VAR, repr(raw), f"cards [{shown}] visible, renumbered from 0: {mapping}")
 
@@ -99,25 +107,36 @@ def precision_mode_setting(configured: str | None, chip: str | None) -> Setting:
     if not mode:
         mode, source = _default_precision_mode(chip)
     if mode == "allow_fp32_to_fp16":
-        return Setting("precision mode", f"{mode} ({source})",
-                       "matmuls run in fp16 inside a float32 model: expect cosine ~0.9999, not exact; set "
-                       "torch_npu.npu.set_option({'ACL_PRECISION_MODE': 'must_keep_origin_dtype'}) for float32",
-                       warning=True)
+        return Setting(
+            "precision mode",
+            f"{mode} ({source})",
+            "matmuls run in fp16 inside a float32 model: expect cosine ~0.9999, not exact; set "
+            "torch_npu.npu.set_option({'ACL_PRECISION_MODE': 'must_keep_origin_dtype'}) for float32",
+            warning=True,
+        )
     if mode == "must_keep_origin_dtype":
         return Setting("precision mode", f"{mode} ({source})", "float32 stays float32: results comparable to CPU")
     if mode == "chip default":
-        return Setting("precision mode", "not set (chip default)", "allow_fp32_to_fp16 (fp16 matmuls inside a "
-                       "float32 model) on Atlas training 910/910 Pro; must_keep_origin_dtype (exact) on A2/A3")
-    return Setting("precision mode", f"{mode} ({source})", "reduced precision may be used inside float32 models",
-                   warning=mode.startswith(("force_fp16", "allow_mix", "allow_fp32_to")))
+        return Setting(
+            "precision mode",
+            "not set (chip default)",
+            "allow_fp32_to_fp16 (fp16 matmuls inside a "
+            "float32 model) on Atlas training 910/910 Pro; must_keep_origin_dtype (exact) on A2/A3",
+        )
+    return Setting(
+        "precision mode",
+        f"{mode} ({source})",
+        "reduced precision may be used inside float32 models",
+        warning=mode.startswith(("force_fp16", "allow_mix", "allow_fp32_to")),
+    )
 
 
 def _read_torch_npu_settings() -> dict[str, object]:
     """Best effort reads of runtime switches; every one may be absent in a given torch_npu release."""
     found: dict[str, object] = {}
     try:
-        import torch_npu  # noqa: F401 - Ascend-specific, only reached when devices.py already imported it
         import torch
+        import torch_npu  # noqa: F401 - Ascend-specific, only reached when devices.py already imported it
     except Exception:  # noqa: BLE001 - no torch_npu: the caller reports that
         return found
     npu = getattr(torch, "npu", None)
@@ -137,8 +156,9 @@ def _read_torch_npu_settings() -> dict[str, object]:
     return found
 
 
-def ascend_settings(npu_available: bool, chip: str | None = None,
-                    environ: dict[str, str] | None = None) -> list[Setting]:
+def ascend_settings(
+    npu_available: bool, chip: str | None = None, environ: dict[str, str] | None = None
+) -> list[Setting]:
     """Every Ascend setting worth a line in the doctor's report.
 
     Args:
@@ -153,21 +173,40 @@ def ascend_settings(npu_available: bool, chip: str | None = None,
     settings.append(precision_mode_setting(str(configured) if configured else None, chip))
     if "jit_compile_false" in runtime:
         jit_off = bool(runtime["jit_compile_false"])
-        settings.append(Setting("jit compile", "False" if jit_off else "True",
-                                "binary kernels, no online compile: fast first calls (recommended on A2/A3)"
-                                if jit_off else "operators compiled online per new shape: slow first calls, "
-                                "torch.npu.set_compile_mode(jit_compile=False) avoids it", warning=not jit_off))
+        settings.append(
+            Setting(
+                "jit compile",
+                "False" if jit_off else "True",
+                "binary kernels, no online compile: fast first calls (recommended on A2/A3)"
+                if jit_off
+                else "operators compiled online per new shape: slow first calls, "
+                "torch.npu.set_compile_mode(jit_compile=False) avoids it",
+                warning=not jit_off,
+            )
+        )
     else:
-        settings.append(Setting("jit compile", "unknown (no NPU runtime)", "torch.npu.set_compile_mode(jit_compile="
-                                "False) avoids online compiles of each new shape"))
+        settings.append(
+            Setting(
+                "jit compile",
+                "unknown (no NPU runtime)",
+                "torch.npu.set_compile_mode(jit_compile=False) avoids online compiles of each new shape",
+            )
+        )
     # BERT has no convolutions, so only the matmul flag can change this model's numbers; conv is shown for context.
-    for key, what in (("matmul_allow_hf32", "torch.npu.matmul.allow_hf32"),
-                      ("conv_allow_hf32", "torch.npu.conv.allow_hf32")):
+    for key, what in (
+        ("matmul_allow_hf32", "torch.npu.matmul.allow_hf32"),
+        ("conv_allow_hf32", "torch.npu.conv.allow_hf32"),
+    ):
         if key in runtime:
             on = bool(runtime[key])
             meaning = "HF32 (reduced-mantissa float32) allowed: faster, not exact" if on else "full float32"
             settings.append(Setting(what, str(on), meaning, warning=on and key == "matmul_allow_hf32"))
     if not npu_available:
-        settings.append(Setting("HF32 flags", "unknown (no NPU runtime)",
-                                "torch.npu.matmul.allow_hf32=True trades float32 exactness for speed in matmuls"))
+        settings.append(
+            Setting(
+                "HF32 flags",
+                "unknown (no NPU runtime)",
+                "torch.npu.matmul.allow_hf32=True trades float32 exactness for speed in matmuls",
+            )
+        )
     return settings

@@ -32,8 +32,9 @@ def batch_for(texts: Sequence[str], batch_size: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(batch_size)]
 
 
-def time_calls(encode: Encode, sync: Callable[[], None], batch: list[str], warmup: int, rounds: int,
-               bar: tqdm | None = None) -> dict[str, float]:
+def time_calls(
+    encode: Encode, sync: Callable[[], None], batch: list[str], warmup: int, rounds: int, bar: tqdm | None = None
+) -> dict[str, float]:
     """Time ``encode(batch, len(batch))``: ``warmup`` untimed calls (the first reported alone), then ``rounds``.
 
     Returns:
@@ -42,8 +43,9 @@ def time_calls(encode: Encode, sync: Callable[[], None], batch: list[str], warmu
     return time_each(encode, sync, [batch] * (warmup + rounds), warmup, bar)
 
 
-def time_each(encode: Encode, sync: Callable[[], None], batches: Sequence[list[str]], warmup: int,
-              bar: tqdm | None = None) -> dict[str, float]:
+def time_each(
+    encode: Encode, sync: Callable[[], None], batches: Sequence[list[str]], warmup: int, bar: tqdm | None = None
+) -> dict[str, float]:
     """:func:`time_calls` over a sequence of batches (e.g. one server request's texts each): the first
     ``warmup`` calls are untimed (the first reported alone), every later call is timed, device-synchronised."""
     first_ms = None
@@ -61,14 +63,27 @@ def time_each(encode: Encode, sync: Callable[[], None], batches: Sequence[list[s
         if bar is not None:
             bar.update(1)
     timed = np.asarray(samples, dtype=np.float64)
-    return {"first_call_ms": float(first_ms), "mean_ms": float(timed.mean()),
-            "p50_ms": float(np.percentile(timed, 50)), "p95_ms": float(np.percentile(timed, 95)),
-            "min_ms": float(timed.min()), "max_ms": float(timed.max())}
+    return {
+        "first_call_ms": float(first_ms),
+        "mean_ms": float(timed.mean()),
+        "p50_ms": float(np.percentile(timed, 50)),
+        "p95_ms": float(np.percentile(timed, 95)),
+        "min_ms": float(timed.min()),
+        "max_ms": float(timed.max()),
+    }
 
 
-def run_protocol(encode: Encode, sync: Callable[[], None], texts: Sequence[str], token_counts: Sequence[int],
-                 batch_sizes: Sequence[int], warmup: int, rounds: int, label: str = "bench",
-                 progress: bool = False) -> list[dict[str, float]]:
+def run_protocol(
+    encode: Encode,
+    sync: Callable[[], None],
+    texts: Sequence[str],
+    token_counts: Sequence[int],
+    batch_sizes: Sequence[int],
+    warmup: int,
+    rounds: int,
+    label: str = "bench",
+    progress: bool = False,
+) -> list[dict[str, float]]:
     """One row per batch size: latency statistics, sentences/s and tokens/s (from the mean latency)."""
     rows = []
     with tqdm(total=len(batch_sizes) * (warmup + rounds), desc=label, unit="call", disable=not progress) as bar:
@@ -77,8 +92,15 @@ def run_protocol(encode: Encode, sync: Callable[[], None], texts: Sequence[str],
             tokens = sum(token_counts[i % len(texts)] for i in range(batch_size))
             stats = time_calls(encode, sync, batch, warmup, rounds, bar)
             seconds = stats["mean_ms"] / 1000.0
-            rows.append({"batch_size": batch_size, "tokens": tokens, **stats,
-                         "sentences_per_s": batch_size / seconds, "tokens_per_s": tokens / seconds})
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "tokens": tokens,
+                    **stats,
+                    "sentences_per_s": batch_size / seconds,
+                    "tokens_per_s": tokens / seconds,
+                }
+            )
     return rows
 
 
@@ -100,11 +122,21 @@ def _sentence_transformers_encode(model_dir: str, device: str, dtype: str) -> En
     return lambda batch, batch_size: model.encode(batch, batch_size=batch_size, convert_to_numpy=True)
 
 
-def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend: str | None = None,
-              model_path: str | None = None, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, warmup: int = 3,
-              rounds: int = 10, texts: Sequence[str] | None = None, compare_cpu: bool = False,
-              compare: str | None = None, progress: bool = False,
-              make_encoder: Callable[[str], object] | None = None, cpu_encoder=None) -> dict:
+def run_bench(
+    device: str = "cpu",
+    dtypes: Sequence[str] = ("float32",),
+    backend: str | None = None,
+    model_path: str | None = None,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    warmup: int = 3,
+    rounds: int = 10,
+    texts: Sequence[str] | None = None,
+    compare_cpu: bool = False,
+    compare: str | None = None,
+    progress: bool = False,
+    make_encoder: Callable[[str], object] | None = None,
+    cpu_encoder=None,
+) -> dict:
     """Run the performance protocol for one device and one or more dtypes.
 
     Args:
@@ -125,9 +157,9 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
     Returns:
         The JSON-ready report.
     """
-    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from ..devices import parse_devices, synchronize
     from ..encoder import MiniLMEncoder
+    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from .environment import describe_device, fingerprint
 
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
@@ -140,6 +172,7 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
     target = parse_devices(device)[0]
     texts = list(texts if texts is not None else builtin_texts())
     if make_encoder is None:
+
         def make_encoder(dtype: str):
             return MiniLMEncoder(model_path=model_path, device=str(target), dtype=dtype, backend=backend)
 
@@ -155,17 +188,34 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
         load_s = time.perf_counter() - start
         model_files = encoder.model_files
         counts = [len(ids) for ids in encoder.tokenize(texts)]
-        rows = run_protocol(_our_encode(encoder), lambda: synchronize(target), texts, counts, batch_sizes, warmup,
-                            rounds, label=f"bench {target} {dtype}", progress=progress)
+        rows = run_protocol(
+            _our_encode(encoder),
+            lambda: synchronize(target),
+            texts,
+            counts,
+            batch_sizes,
+            warmup,
+            rounds,
+            label=f"bench {target} {dtype}",
+            progress=progress,
+        )
         result = {"dtype": dtype, "status": "ok", "backend": encoder.backend_name, "load_s": load_s, "rows": rows}
         del encoder
         if compare == "sentence-transformers":
             st_dtype = dtype if dtype in ("float16", "bfloat16") else "float32"
             if st_dtype not in st_runs:  # timed once per precision, however many of our dtypes compare to it
                 st_encode = _sentence_transformers_encode(str(model_files.directory), str(target), st_dtype)
-                st_runs[st_dtype] = run_protocol(st_encode, lambda: synchronize(target), texts, counts,
-                                                 batch_sizes, warmup, rounds, progress=progress,
-                                                 label=f"bench sentence-transformers {st_dtype}")
+                st_runs[st_dtype] = run_protocol(
+                    st_encode,
+                    lambda: synchronize(target),
+                    texts,
+                    counts,
+                    batch_sizes,
+                    warmup,
+                    rounds,
+                    progress=progress,
+                    label=f"bench sentence-transformers {st_dtype}",
+                )
             result["st_dtype"] = st_dtype
             for row, st_row in zip(rows, st_runs[st_dtype]):
                 row["st_sentences_per_s"] = st_row["sentences_per_s"]
@@ -177,8 +227,17 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
     if compare_cpu and model_files is not None:
         cpu = cpu_encoder or MiniLMEncoder(model_path=model_path, device="cpu", dtype="float32", backend=backend)
         counts = [len(ids) for ids in cpu.tokenize(texts)]
-        cpu_rows = run_protocol(_our_encode(cpu), lambda: None, texts, counts, batch_sizes, warmup, rounds,
-                                label="bench cpu float32", progress=progress)
+        cpu_rows = run_protocol(
+            _our_encode(cpu),
+            lambda: None,
+            texts,
+            counts,
+            batch_sizes,
+            warmup,
+            rounds,
+            label="bench cpu float32",
+            progress=progress,
+        )
         for result in results:
             for row, cpu_row in zip(result.get("rows", []), cpu_rows):
                 row["cpu_sentences_per_s"] = cpu_row["sentences_per_s"]
@@ -189,12 +248,23 @@ def run_bench(device: str = "cpu", dtypes: Sequence[str] = ("float32",), backend
     return {
         "kind": "bench",
         "status": "ok" if ran else UNSUPPORTED,
-        "environment": fingerprint(device=str(target), dtype=",".join(dtypes), backend=backend or DEFAULT_BACKEND,
-                                   model=model_files.name if model_files else None, device_name=device_name,
-                                   device_memory_bytes=memory),
-        "protocol": {"texts": len(texts), "batch_sizes": list(batch_sizes), "warmup": warmup, "rounds": rounds,
-                     "timing": "perf_counter around encode(), devices.synchronize() before and after",
-                     "compare_cpu": compare_cpu, "compare": compare},
+        "environment": fingerprint(
+            device=str(target),
+            dtype=",".join(dtypes),
+            backend=backend or DEFAULT_BACKEND,
+            model=model_files.name if model_files else None,
+            device_name=device_name,
+            device_memory_bytes=memory,
+        ),
+        "protocol": {
+            "texts": len(texts),
+            "batch_sizes": list(batch_sizes),
+            "warmup": warmup,
+            "rounds": rounds,
+            "timing": "perf_counter around encode(), devices.synchronize() before and after",
+            "compare_cpu": compare_cpu,
+            "compare": compare,
+        },
         "results": results,
         "cpu": {"dtype": "float32", "backend": backend or DEFAULT_BACKEND, "rows": cpu_rows} if cpu_rows else None,
     }

@@ -58,8 +58,14 @@ def _requested(spec: str | None) -> tuple[list[str], bool]:
     return parts, any(p.startswith("npu") for p in parts)
 
 
-def check_device(spec: str, reference: Callable[[], np.ndarray], texts: list[str], dtype: str = "float32",
-                 backend: str | None = None, model_path: str | None = None) -> list[DeviceCheck]:
+def check_device(
+    spec: str,
+    reference: Callable[[], np.ndarray],
+    texts: list[str],
+    dtype: str = "float32",
+    backend: str | None = None,
+    model_path: str | None = None,
+) -> list[DeviceCheck]:
     """Load the model on ``spec`` (``"npu"`` means every card), encode ``texts`` and compare with the reference.
 
     ``reference`` is called only once a device is known to exist, so asking for an absent NPU answers at once.
@@ -92,11 +98,14 @@ def check_device(spec: str, reference: Callable[[], np.ndarray], texts: list[str
         check.max_abs_error = float(np.abs(vectors - expected).max())
         if check.min_cosine >= PASS_MIN_COSINE:
             check.status = OK
-            check.message = f"{encoder.backend_name}/{dtype} matches the CPU reference (min cosine " \
-                            f"{check.min_cosine:.6f})"
+            check.message = (
+                f"{encoder.backend_name}/{dtype} matches the CPU reference (min cosine {check.min_cosine:.6f})"
+            )
         else:
-            check.message = f"{encoder.backend_name}/{dtype} differs from the CPU reference: min cosine " \
-                            f"{check.min_cosine:.6f} < {PASS_MIN_COSINE}"
+            check.message = (
+                f"{encoder.backend_name}/{dtype} differs from the CPU reference: min cosine "
+                f"{check.min_cosine:.6f} < {PASS_MIN_COSINE}"
+            )
         checks.append(check)
     return checks
 
@@ -124,15 +133,22 @@ def _npu_summary() -> dict[str, object]:
     if not installed:
         text = "no NPU: torch_npu is not installed (pip install torch_npu matching your torch and CANN)"
     elif count == 0:
-        text = "no NPU: torch_npu is installed but sees no card (check the driver, CANN's set_env.sh, " \
-               "ASCEND_RT_VISIBLE_DEVICES)"
+        text = (
+            "no NPU: torch_npu is installed but sees no card (check the driver, CANN's set_env.sh, "
+            "ASCEND_RT_VISIBLE_DEVICES)"
+        )
     else:
         text = f"{count} NPU(s) visible"
     return {"torch_npu_installed": installed, "count": count, "summary": text}
 
 
-def run_doctor(device: str | None = None, dtype: str = "float32", backend: str | None = None,
-               model_path: str | None = None, reference_encoder=None) -> dict:
+def run_doctor(
+    device: str | None = None,
+    dtype: str = "float32",
+    backend: str | None = None,
+    model_path: str | None = None,
+    reference_encoder=None,
+) -> dict:
     """Check the machine and the requested devices (default: all of them).
 
     Args:
@@ -145,9 +161,9 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
     Returns:
         The JSON-ready report; ``report["status"]`` is ``"ok"`` only when every requested device passed.
     """
-    from ..engine.backend import DEFAULT_BACKEND
     from ..devices import available_devices, parse_devices
     from ..encoder import MiniLMEncoder
+    from ..engine.backend import DEFAULT_BACKEND
     from ..modelfiles import DEFAULT_MODEL_ID
     from .ascend import ascend_settings
     from .environment import cann_version, describe_device, fingerprint
@@ -159,8 +175,9 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
 
     def reference() -> np.ndarray:
         if "vectors" not in cache:
-            encoder = reference_encoder or MiniLMEncoder(model_path=model_path, device="cpu", dtype="float32",
-                                                         backend=REFERENCE_BACKEND)
+            encoder = reference_encoder or MiniLMEncoder(
+                model_path=model_path, device="cpu", dtype="float32", backend=REFERENCE_BACKEND
+            )
             cache["vectors"] = encoder.encode(texts, batch_size=len(texts))
         return cache["vectors"]
 
@@ -179,9 +196,14 @@ def run_doctor(device: str | None = None, dtype: str = "float32", backend: str |
         "status": status,
         "requested": requested,
         "npu_requested": npu_asked,
-        "environment": fingerprint(device=",".join(requested), dtype=dtype, backend=backend or DEFAULT_BACKEND,
-                                   model=model_path or DEFAULT_MODEL_ID, cann=cann_version(),
-                                   device_name=", ".join(sorted({c.name for c in checks if c.name})) or None),
+        "environment": fingerprint(
+            device=",".join(requested),
+            dtype=dtype,
+            backend=backend or DEFAULT_BACKEND,
+            model=model_path or DEFAULT_MODEL_ID,
+            cann=cann_version(),
+            device_name=", ".join(sorted({c.name for c in checks if c.name})) or None,
+        ),
         "devices_visible": all_visible,
         "npu": npu,
         "ascend_settings": [s.as_dict() for s in ascend_settings(npu["count"] > 0, chip)],

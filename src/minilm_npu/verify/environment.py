@@ -14,8 +14,16 @@ import sys
 from pathlib import Path
 
 #: Distributions whose versions change results or speed, in the order reports list them.
-PACKAGES = ("torch", "torch_npu", "transformers", "tokenizers", "sentence-transformers", "numpy", "safetensors",
-            "minilm-npu")
+PACKAGES = (
+    "torch",
+    "torch_npu",
+    "transformers",
+    "tokenizers",
+    "sentence-transformers",
+    "numpy",
+    "safetensors",
+    "minilm-npu",
+)
 
 #: Where a CANN toolkit keeps its version file, relative to the toolkit's home (first match wins).
 _CANN_VERSION_FILES = ("version.cfg", "compiler/version.info", "runtime/version.info")
@@ -118,8 +126,14 @@ def machine() -> dict[str, object]:
     }
 
 
-def fingerprint(device: str | None = None, dtype: str | None = None, backend: str | None = None,
-                model: str | None = None, device_name: str | None = None, **extra: object) -> dict[str, object]:
+def fingerprint(
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str | None = None,
+    model: str | None = None,
+    device_name: str | None = None,
+    **extra: object,
+) -> dict[str, object]:
     """The environment block at the top of every JSON report.
 
     Args:

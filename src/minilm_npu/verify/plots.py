@@ -78,11 +78,19 @@ def bench_plots(report: dict, out_dir: Path) -> list[Path]:
             series.append((st_label, sizes, [r["st_sentences_per_s"] for r in rows], [r["st_mean_ms"] for r in rows]))
     if report.get("cpu"):
         rows = report["cpu"]["rows"]
-        series.append(("CPU baseline, float32", [r["batch_size"] for r in rows], [r["sentences_per_s"] for r in rows],
-                       [r["mean_ms"] for r in rows]))
+        series.append(
+            (
+                "CPU baseline, float32",
+                [r["batch_size"] for r in rows],
+                [r["sentences_per_s"] for r in rows],
+                [r["mean_ms"] for r in rows],
+            )
+        )
     paths = []
-    for name, index, ylabel in (("bench_throughput.png", 2, "sentences / s"), ("bench_latency.png", 3,
-                                                                                "mean latency per call (ms)")):
+    for name, index, ylabel in (
+        ("bench_throughput.png", 2, "sentences / s"),
+        ("bench_latency.png", 3, "mean latency per call (ms)"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
         for entry in series:
             ax.plot(entry[1], entry[index], marker="o", label=entry[0])

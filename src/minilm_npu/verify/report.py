@@ -69,13 +69,15 @@ def _environment_lines(env: dict) -> list[str]:
     versions = env.get("versions", {})
     shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     machine = env.get("machine", {})
-    return [f"- Date: {env.get('date')}",
-            f"- Device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
-            f"backend {env.get('backend')}",
-            f"- Model: {env.get('model')}",
-            f"- Machine: {machine.get('cpu')}, {machine.get('cpu_count')} cores, {machine.get('os')}; "
-            f"torch threads {env.get('torch_threads')}",
-            f"- Versions: {shown}"]
+    return [
+        f"- Date: {env.get('date')}",
+        f"- Device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
+        f"backend {env.get('backend')}",
+        f"- Model: {env.get('model')}",
+        f"- Machine: {machine.get('cpu')}, {machine.get('cpu_count')} cores, {machine.get('os')}; "
+        f"torch threads {env.get('torch_threads')}",
+        f"- Versions: {shown}",
+    ]
 
 
 def _memory(nbytes) -> str:
@@ -87,32 +89,51 @@ def check_markdown(report: dict) -> str:
     """The doctor's report as Markdown."""
     lines = [f"# Device check: {report['status'].upper()}", ""] + _environment_lines(report["environment"])
     lines += ["", "## Devices", ""]
-    lines += _table(["Device", "Name", "Memory", "Status", "Min cosine vs CPU", "Max abs error", "Load + encode (s)",
-                     "Note"],
-                    [[c["device"], c["name"] or "—", _memory(c["total_memory_bytes"]), c["status"],
-                      _num(c["min_cosine"]), _num(c["max_abs_error"], sci=True), _num(c["first_encode_s"], 2),
-                      c["message"].replace("|", "\\|")] for c in report["checks"]])
+    lines += _table(
+        ["Device", "Name", "Memory", "Status", "Min cosine vs CPU", "Max abs error", "Load + encode (s)", "Note"],
+        [
+            [
+                c["device"],
+                c["name"] or "—",
+                _memory(c["total_memory_bytes"]),
+                c["status"],
+                _num(c["min_cosine"]),
+                _num(c["max_abs_error"], sci=True),
+                _num(c["first_encode_s"], 2),
+                c["message"].replace("|", "\\|"),
+            ]
+            for c in report["checks"]
+        ],
+    )
     engines = [c for c in report["checks"] if c.get("engine")]
     if engines:
         lines += ["", "## Engine choices", ""]
         keys = list(dict.fromkeys(k for c in engines for k in c["engine"]))
         names = {"gelu": "GELU", "torch_npu": "torch_npu / op-plugin"}
-        lines += _table(["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
-                        [[c["device"]] + [c["engine"].get(k, "—").replace("|", "\\|") for k in keys]
-                         for c in engines])
+        lines += _table(
+            ["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
+            [[c["device"]] + [c["engine"].get(k, "—").replace("|", "\\|") for k in keys] for c in engines],
+        )
     lines += ["", f"NPU: {report['npu']['summary']}.", ""]
     if report.get("cpu_kernels"):
         lines += ["## CPU kernels", "", f"ISA: {report['cpu_kernels']['isa']}", ""]
-        lines += _table(["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
-                        [[dtype, kernel] for dtype, kernel in report["cpu_kernels"]["kernels"].items()])
+        lines += _table(
+            ["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
+            [[dtype, kernel] for dtype, kernel in report["cpu_kernels"]["kernels"].items()],
+        )
         lines += [""]
     lines += ["## Ascend settings", ""]
-    lines += _table(["Setting", "Value", "What it means"],
-                    [[("⚠ " if s["warning"] else "") + s["name"], f"`{s['value']}`", s["meaning"]]
-                     for s in report["ascend_settings"]])
+    lines += _table(
+        ["Setting", "Value", "What it means"],
+        [
+            [("⚠ " if s["warning"] else "") + s["name"], f"`{s['value']}`", s["meaning"]]
+            for s in report["ascend_settings"]
+        ],
+    )
     lines += ["", "## Versions", ""]
-    lines += _table(["Component", "Version"], [[k, v or "not found"]
-                                               for k, v in report["environment"]["versions"].items()])
+    lines += _table(
+        ["Component", "Version"], [[k, v or "not found"] for k, v in report["environment"]["versions"].items()]
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -138,28 +159,42 @@ _ACCURACY_ROWS = (
     ("STS Spearman (under test)", "sts_spearman", 4, False),
     ("STS Spearman drop vs reference", "sts_spearman_drop", 4, False),
 )
-_THRESHOLD_TEXT = {"error_rate_pct": "< {error_rate_pct} %", "min_cosine": "≥ {min_cosine}",
-                   "batch_invariance_min_cosine": "≥ {self_cosine}", "determinism_min_cosine": "≥ {self_cosine}",
-                   "sts_spearman_drop": "≤ {sts_drop}"}
+_THRESHOLD_TEXT = {
+    "error_rate_pct": "< {error_rate_pct} %",
+    "min_cosine": "≥ {min_cosine}",
+    "batch_invariance_min_cosine": "≥ {self_cosine}",
+    "determinism_min_cosine": "≥ {self_cosine}",
+    "sts_spearman_drop": "≤ {sts_drop}",
+}
 
 
 def accuracy_markdown(report: dict, plots: dict[str, list[str]] | None = None) -> str:
     """The accuracy report as Markdown: one column per dtype, thresholds last, then the plots."""
     env, texts, ref = report["environment"], report["texts"], report["reference"]
     under = report["under_test"]
-    lines = [f"# Accuracy: {under['device']} ({under['device_name']}) vs CPU float32 reference — {report['status']}",
-             ""] + _environment_lines(env)
-    lines += [f"- Reference: {ref['backend']} on cpu, float32, {ref['model']} (official weights: "
-              f"{'yes' if ref['official_weights'] else 'no'})"]
+    lines = [
+        f"# Accuracy: {under['device']} ({under['device_name']}) vs CPU float32 reference — {report['status']}",
+        "",
+    ] + _environment_lines(env)
+    lines += [
+        f"- Reference: {ref['backend']} on cpu, float32, {ref['model']} (official weights: "
+        f"{'yes' if ref['official_weights'] else 'no'})"
+    ]
     if "weights_sha256" in under:
-        lines += [f"- Under test: {under['backend']} on {under['device']}, weights sha256 "
-                  f"{under['weights_sha256'][:16]}… (official: {'yes' if under['official_weights'] else 'no'})"]
-    lines += [f"- Texts: {texts['count']} ({texts['builtin']} built-in mixed + {texts['user']} user), "
-              f"{texts['tokens_min']}–{texts['tokens_max']} tokens, {texts['over_128_tokens']} over 128, "
-              f"{texts['truncated_at_max_seq_length']} truncated at the model's limit"]
+        lines += [
+            f"- Under test: {under['backend']} on {under['device']}, weights sha256 "
+            f"{under['weights_sha256'][:16]}… (official: {'yes' if under['official_weights'] else 'no'})"
+        ]
+    lines += [
+        f"- Texts: {texts['count']} ({texts['builtin']} built-in mixed + {texts['user']} user), "
+        f"{texts['tokens_min']}–{texts['tokens_max']} tokens, {texts['over_128_tokens']} over 128, "
+        f"{texts['truncated_at_max_seq_length']} truncated at the model's limit"
+    ]
     if report.get("sts"):
-        lines += [f"- STS: {report['sts']['file']}, {report['sts']['pairs']} pairs, reference Spearman "
-                  f"{_num(report['sts']['spearman_reference'], 4)}"]
+        lines += [
+            f"- STS: {report['sts']['file']}, {report['sts']['pairs']} pairs, reference Spearman "
+            f"{_num(report['sts']['spearman_reference'], 4)}"
+        ]
     ran = [r for r in report["results"] if "metrics" in r]
     thresholds = report["thresholds"]
     lines += ["", "## Results", ""]
@@ -168,8 +203,11 @@ def accuracy_markdown(report: dict, plots: dict[str, list[str]] | None = None) -
         if not any(key in r["metrics"] for r in ran):
             continue
         limit = _THRESHOLD_TEXT.get(key, "")
-        rows.append([label] + [_num(r["metrics"].get(key), digits, sci) for r in ran]
-                    + [limit.format(**thresholds) if limit else ""])
+        rows.append(
+            [label]
+            + [_num(r["metrics"].get(key), digits, sci) for r in ran]
+            + [limit.format(**thresholds) if limit else ""]
+        )
     rows.append(["**Verdict**"] + [f"**{r['status']}**" for r in ran] + [""])
     lines += _table(["Metric"] + [r["dtype"] for r in ran] + ["Threshold"], rows)
     for result in report["results"]:
@@ -194,10 +232,18 @@ def write_accuracy(run, out: str | Path) -> list[Path]:
     written, plots = [], {}
     device = run.report["under_test"]["device"]
     for dtype, arrays in run.arrays.items():
-        sim = similarity_plot(arrays["reference"], arrays["test"], out / f"accuracy_similarity_{dtype}.png",
-                              f"cosine similarity matrices: cpu float32 reference vs {device} {dtype}")
-        hist = error_histogram(arrays["reference"], arrays["test"], out / f"accuracy_errors_{dtype}.png",
-                               f"per-element error, {device} {dtype}")
+        sim = similarity_plot(
+            arrays["reference"],
+            arrays["test"],
+            out / f"accuracy_similarity_{dtype}.png",
+            f"cosine similarity matrices: cpu float32 reference vs {device} {dtype}",
+        )
+        hist = error_histogram(
+            arrays["reference"],
+            arrays["test"],
+            out / f"accuracy_errors_{dtype}.png",
+            f"per-element error, {device} {dtype}",
+        )
         plots[dtype] = [sim.name, hist.name]
         written += [sim, hist]
     (out / "accuracy.json").write_text(to_json(run.report), encoding="utf-8")
@@ -211,24 +257,48 @@ def bench_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     env, protocol = report["environment"], report["protocol"]
     lines = [f"# Performance: {env['device']} ({env['device_name']}), backend {env['backend']}", ""]
     lines += _environment_lines(env)
-    lines += [f"- Protocol: {protocol['texts']} texts, batch sizes {', '.join(map(str, protocol['batch_sizes']))}, "
-              f"{protocol['warmup']} warm-up call(s), mean of {protocol['rounds']}; {protocol['timing']}"]
+    lines += [
+        f"- Protocol: {protocol['texts']} texts, batch sizes {', '.join(map(str, protocol['batch_sizes']))}, "
+        f"{protocol['warmup']} warm-up call(s), mean of {protocol['rounds']}; {protocol['timing']}"
+    ]
     for result in report["results"]:
         lines += ["", f"## {result['dtype']}", ""]
         if "rows" not in result:
             lines += [f"{result['status']}: {result['reason']}"]
             continue
         lines += [f"Model load: {result['load_s']:.2f} s.", ""]
-        header = ["Batch size", "Mean latency (ms)", "p50 (ms)", "p95 (ms)", "First call (ms)", "Sentences/s",
-                  "Tokens/s"]
-        extra = [("cpu_sentences_per_s", "CPU sentences/s", 2), ("speedup_vs_cpu", "Speedup vs CPU", 2),
-                 ("st_sentences_per_s", f"sentence-transformers {result.get('st_dtype', '')} sentences/s", 2),
-                 ("ratio_vs_st", "Ratio vs ST", 2)]
+        header = [
+            "Batch size",
+            "Mean latency (ms)",
+            "p50 (ms)",
+            "p95 (ms)",
+            "First call (ms)",
+            "Sentences/s",
+            "Tokens/s",
+        ]
+        extra = [
+            ("cpu_sentences_per_s", "CPU sentences/s", 2),
+            ("speedup_vs_cpu", "Speedup vs CPU", 2),
+            ("st_sentences_per_s", f"sentence-transformers {result.get('st_dtype', '')} sentences/s", 2),
+            ("ratio_vs_st", "Ratio vs ST", 2),
+        ]
         extra = [e for e in extra if e[0] in result["rows"][0]]
-        rows = [[r["batch_size"], _num(r["mean_ms"], 2), _num(r["p50_ms"], 2), _num(r["p95_ms"], 2),
-                 _num(r["first_call_ms"], 2), _num(r["sentences_per_s"], 2), _num(r["tokens_per_s"], 0)]
-                + [_num(r[key], digits) + ("×" if key in ("speedup_vs_cpu", "ratio_vs_st") else "")
-                   for key, _, digits in extra] for r in result["rows"]]
+        rows = [
+            [
+                r["batch_size"],
+                _num(r["mean_ms"], 2),
+                _num(r["p50_ms"], 2),
+                _num(r["p95_ms"], 2),
+                _num(r["first_call_ms"], 2),
+                _num(r["sentences_per_s"], 2),
+                _num(r["tokens_per_s"], 0),
+            ]
+            + [
+                _num(r[key], digits) + ("×" if key in ("speedup_vs_cpu", "ratio_vs_st") else "")
+                for key, _, digits in extra
+            ]
+            for r in result["rows"]
+        ]
         lines += _table(header + [e[1] for e in extra], rows)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
@@ -251,27 +321,46 @@ def index_markdown(check: dict, accuracy: dict, bench: dict) -> str:
     """index.md: one line per report, with its verdict, and the environment once."""
     lines = [f"# Port verification: {bench['environment']['device']} ({bench['environment']['device_name']})", ""]
     lines += _environment_lines(accuracy["environment"])
-    best = max((r for res in bench["results"] for r in res.get("rows", [])), key=lambda r: r["sentences_per_s"],
-               default=None)
-    performance = (f"best {best['sentences_per_s']:.1f} sentences/s at batch {best['batch_size']}" if best
-                   else bench["status"])
-    lines += [""] + _table(["Report", "Result", "Files"], [
-        ["Device check", check["status"], "[check.md](check.md), [check.json](check.json)"],
-        ["Accuracy", accuracy["status"], "[accuracy.md](accuracy.md), [accuracy.json](accuracy.json)"],
-        ["Performance", performance, "[bench.md](bench.md), [bench.json](bench.json)"]])
+    best = max(
+        (r for res in bench["results"] for r in res.get("rows", [])), key=lambda r: r["sentences_per_s"], default=None
+    )
+    performance = (
+        f"best {best['sentences_per_s']:.1f} sentences/s at batch {best['batch_size']}" if best else bench["status"]
+    )
+    lines += [""] + _table(
+        ["Report", "Result", "Files"],
+        [
+            ["Device check", check["status"], "[check.md](check.md), [check.json](check.json)"],
+            ["Accuracy", accuracy["status"], "[accuracy.md](accuracy.md), [accuracy.json](accuracy.json)"],
+            ["Performance", performance, "[bench.md](bench.md), [bench.json](bench.json)"],
+        ],
+    )
     # The two plots a reader looks at first; the rest are linked from the reports themselves.
     plots = (["bench_throughput.png"] if best else []) + [
-        f"accuracy_similarity_{r['dtype']}.png" for r in accuracy["results"] if "metrics" in r][:1]
+        f"accuracy_similarity_{r['dtype']}.png" for r in accuracy["results"] if "metrics" in r
+    ][:1]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
 
 
-def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",), backend: str | None = None,
-               model_path: str | None = None, batch_sizes: Sequence[int] = (1, 4, 16, 32, 64), warmup: int = 3,
-               rounds: int = 10, sts_path: str | Path | None = None, user_texts: Sequence[str] = (),
-               compare_cpu: bool = False, compare: str | None = None, progress: bool = False,
-               texts: Sequence[str] | None = None, reference_model_path: str | None = None) -> dict:
+def run_report(
+    device: str,
+    out: str | Path,
+    dtypes: Sequence[str] = ("float32",),
+    backend: str | None = None,
+    model_path: str | None = None,
+    batch_sizes: Sequence[int] = (1, 4, 16, 32, 64),
+    warmup: int = 3,
+    rounds: int = 10,
+    sts_path: str | Path | None = None,
+    user_texts: Sequence[str] = (),
+    compare_cpu: bool = False,
+    compare: str | None = None,
+    progress: bool = False,
+    texts: Sequence[str] | None = None,
+    reference_model_path: str | None = None,
+) -> dict:
     """Run check, accuracy and bench for ``device`` and write everything plus ``index.md`` into ``out``.
 
     ``reference_model_path`` is the model of the CPU float32 reference side (None: the bundled official files).
@@ -279,20 +368,22 @@ def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",
     Returns:
         ``{"check": ..., "accuracy": ..., "bench": ..., "index": Path}`` with the three reports.
     """
-    from .accuracy import run_accuracy
+    from ..encoder import MiniLMEncoder
+    from ..engine.backend import DEFAULT_BACKEND
+    from .accuracy import REFERENCE_BACKEND, run_accuracy
     from .bench import run_bench
     from .doctor import run_doctor
 
-    from ..engine.backend import DEFAULT_BACKEND
-    from ..encoder import MiniLMEncoder
-    from .accuracy import REFERENCE_BACKEND
-
     out = _out_dir(out)
     # One reference model for the doctor and the accuracy run, one model per dtype for accuracy and bench.
-    reference = MiniLMEncoder(model_path=reference_model_path, device="cpu", dtype="float32",
-                              backend=REFERENCE_BACKEND)
-    check = run_doctor(device, dtype=dtypes[0], backend=backend, model_path=model_path,
-                       reference_encoder=reference if model_path == reference_model_path else None)
+    reference = MiniLMEncoder(model_path=reference_model_path, device="cpu", dtype="float32", backend=REFERENCE_BACKEND)
+    check = run_doctor(
+        device,
+        dtype=dtypes[0],
+        backend=backend,
+        model_path=model_path,
+        reference_encoder=reference if model_path == reference_model_path else None,
+    )
     write_check(check, out)
     encoders: dict[str, object] = {}
     load_seconds: dict[str, float] = {}
@@ -304,14 +395,34 @@ def run_report(device: str, out: str | Path, dtypes: Sequence[str] = ("float32",
             load_seconds[dtype] = time.perf_counter() - start
         return encoders[dtype]
 
-    accuracy = run_accuracy(device=device, dtypes=dtypes, backend=backend, model_path=model_path, texts=texts,
-                            user_texts=user_texts, sts_path=sts_path, progress=progress,
-                            reference_encoder=reference, make_encoder=make_encoder)
+    accuracy = run_accuracy(
+        device=device,
+        dtypes=dtypes,
+        backend=backend,
+        model_path=model_path,
+        texts=texts,
+        user_texts=user_texts,
+        sts_path=sts_path,
+        progress=progress,
+        reference_encoder=reference,
+        make_encoder=make_encoder,
+    )
     write_accuracy(accuracy, out)
-    bench = run_bench(device=device, dtypes=dtypes, backend=backend, model_path=model_path, batch_sizes=batch_sizes,
-                      warmup=warmup, rounds=rounds, texts=texts, compare_cpu=compare_cpu, compare=compare,
-                      progress=progress, make_encoder=make_encoder,
-                      cpu_encoder=reference if (backend or DEFAULT_BACKEND) == REFERENCE_BACKEND else None)
+    bench = run_bench(
+        device=device,
+        dtypes=dtypes,
+        backend=backend,
+        model_path=model_path,
+        batch_sizes=batch_sizes,
+        warmup=warmup,
+        rounds=rounds,
+        texts=texts,
+        compare_cpu=compare_cpu,
+        compare=compare,
+        progress=progress,
+        make_encoder=make_encoder,
+        cpu_encoder=reference if (backend or DEFAULT_BACKEND) == REFERENCE_BACKEND else None,
+    )
     for result in bench["results"]:
         if result["dtype"] in load_seconds:  # the bench reused the accuracy run's model: report its real load
             result["load_s"] = load_seconds[result["dtype"]]
