@@ -10,11 +10,13 @@ meaning, precedence and output types as sentence-transformers 3-6:
 * ``precision`` quantizes exactly as ``sentence_transformers.quantization.quantize_embeddings`` (same numpy
   operations, so the same bits for the same floats): int8/uint8 buckets are calibrated on the call's own batch,
   so one text alone cannot be quantized to int8/uint8 (the same error as sentence-transformers).
-* ``prompt`` is prepended to every text; ``prompt_name`` looks one up in the model's prompts.
+* ``prompt`` is prepended to every text; ``prompt_name`` looks one up in the model's prompts; with neither, the
+  model's ``default_prompt_name`` applies. Where the model's Pooling has ``include_prompt=False``, the prompt's
+  tokens are left out of pooling (counted as sentence-transformers counts them).
 
-Two deliberate differences, both documented in the README: ``normalize_embeddings`` keeps this encoder's meaning
-(False skips the model's own Normalize module, i.e. raw pooled vectors, which the server relies on; in
-sentence-transformers the module runs regardless), and an empty input list gives ``(0, dimension)`` instead of
+Two deliberate differences, both documented in the README: ``normalize_embeddings=False`` skips the model's own
+Normalize module (raw vectors, which the server relies on; in sentence-transformers the module runs regardless;
+left out, both return what the model's modules give), and an empty input list gives ``(0, dimension)`` instead of
 sentence-transformers' shape-``(0,)`` array.
 
 Also here: the rest of the surface people call on a ``SentenceTransformer`` (:class:`SentenceTransformerSurface`),
@@ -40,7 +42,7 @@ PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 #: sentence-transformers arguments this encoder does not take, and what to do instead.
 UNSUPPORTED = {
-    "truncate_dim": "this model is not Matryoshka-trained; slice the vectors yourself ([:, :dim])",
+    "truncate_dim": "slice the vectors yourself ([:, :dim]) and normalise them again if you need unit length",
     "pool": "multi-process pools are not needed: MiniLMEncoder(device='cuda:0,cuda:1') spreads work itself",
     "chunk_size": "multi-process chunks are not needed: MiniLMEncoder(device='cuda:0,cuda:1') spreads work itself",
     "task": "this model has no task router",
@@ -180,7 +182,11 @@ def _check_options(options: dict[str, Any]) -> None:
             )
 
 
-def _resolve_prompt(prompts: dict[str, str], prompt: str | None, prompt_name: str | None) -> str | None:
+def _resolve_prompt(
+    prompts: dict[str, str], prompt: str | None, prompt_name: str | None, default_name: str | None = None
+) -> str | None:
+    if prompt is None and prompt_name is None and default_name is not None:
+        return prompts.get(default_name)
     if prompt is None and prompt_name is not None:
         if prompt_name not in prompts:
             raise InputError(
@@ -217,8 +223,8 @@ def _output_device(encoder, device: Any) -> torch.device:
 def encode(
     encoder,
     sentences: str | Sequence[str],
-    batch_size: int,
-    normalize_embeddings: bool,
+    batch_size: int | None,
+    normalize_embeddings: bool | None,
     show_progress_bar: bool | None,
     **options: Any,
 ) -> Any:
@@ -250,7 +256,9 @@ def encode(
         raise InputError(f"precision {precision!r} is not supported; choose one of: {', '.join(PRECISIONS)}")
     if show_progress_bar is None:  # sentence-transformers' rule: show it when logging is verbose
         show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-    prompt = _resolve_prompt(encoder.prompts, options.get("prompt"), options.get("prompt_name"))
+    prompt = _resolve_prompt(
+        encoder.prompts, options.get("prompt"), options.get("prompt_name"), encoder.model_files.default_prompt_name
+    )
     device = _output_device(encoder, options.get("device"))
     single = isinstance(sentences, str)
     texts = [sentences] if single else encoder._check_texts(sentences)
@@ -263,9 +271,8 @@ def encode(
             result = quantize_embeddings(result, precision)
         return result[0] if single else result
 
-    vectors = encoder.encode(
-        texts, batch_size=batch_size, normalize_embeddings=normalize_embeddings, show_progress_bar=show_progress_bar
-    )
+    prompt_length = encoder.tokenizer.prompt_length(prompt) if prompt else 0
+    vectors = encoder.encode_texts(texts, batch_size, normalize_embeddings, show_progress_bar, prompt_length)
     quantized = precision != "float32" and len(vectors) > 0
     if quantized:  # the whole call's batch, as sentence-transformers: int8/uint8 buckets come from it
         vectors = quantize_embeddings(vectors, precision)
@@ -312,11 +319,11 @@ class SentenceTransformerSurface:
         self.tokenizer.set_max_seq_length(value)
 
     def get_embedding_dimension(self) -> int:
-        """The embedding dimension (384)."""
+        """The embedding dimension (384 for all-MiniLM-L6-v2)."""
         return self.dimension
 
     def get_sentence_embedding_dimension(self) -> int:
-        """The embedding dimension (384); sentence-transformers' name before 6.0."""
+        """The embedding dimension (384 for all-MiniLM-L6-v2); sentence-transformers' name before 6.0."""
         return self.dimension
 
     def get_max_seq_length(self) -> int:
@@ -332,13 +339,13 @@ class SentenceTransformerSurface:
         return pairwise_cos_sim(embeddings1, embeddings2)
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """:meth:`encode` with the model's ``query`` prompt unless a prompt is given (empty for this model)."""
+        """:meth:`encode` with the model's ``query`` prompt unless a prompt is given (empty for all-MiniLM-L6-v2)."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None and "query" in self.prompts:
             kwargs["prompt_name"] = "query"
         return self.encode(sentences, **kwargs)
 
     def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """:meth:`encode` with the model's ``document``/``passage``/``corpus`` prompt (empty for this model)."""
+        """:meth:`encode` with the model's ``document``/``passage``/``corpus`` prompt (empty for all-MiniLM-L6-v2)."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
             name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
             if name is not None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from minilm_npu import devices
 from minilm_npu.engine import policy
 from minilm_npu.engine.bert import BertConfig, PackedBert, load_weights, pack
+from minilm_npu.engine.head import SentenceHead
 from minilm_npu.modelfiles import resolve_model
 from minilm_npu.samples import MIXED_24
 from minilm_npu.tokenization import Tokenizer
@@ -104,7 +105,7 @@ def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, 
     monkeypatch.setattr(torch.nn.functional, "gelu", forbidden)
     packed = pack(ids, plan.strategy, model.device)
     with torch.inference_mode():
-        ours = F.normalize(model.pool(model.forward(packed), packed, "mean"), dim=1).numpy()
+        ours = F.normalize(SentenceHead.pool(model.forward(packed), packed.layout, "mean"), dim=1).numpy()
     monkeypatch.undo()
     assert fake_torch_npu.gelu_calls  # the exact kernel ran
     np.testing.assert_allclose(ours, st_model.encode(BATCH), atol=1e-5, rtol=0)
@@ -117,6 +118,6 @@ def test_square_mask_equals_broadcast_mask(real):
         outputs = []
         for square in (False, True):
             packed = pack(ids, "padded", model.device, square_mask=square)
-            outputs.append(model.pool(model.forward(packed), packed, "mean"))
+            outputs.append(SentenceHead.pool(model.forward(packed), packed.layout, "mean"))
     assert packed.buckets[0].mask.shape[-2:] == (packed.buckets[0].mask.shape[-1],) * 2
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)

@@ -28,7 +28,7 @@ class FakeEncoder(ProtocolFake):
         vec = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
         return vec / np.linalg.norm(vec)
 
-    def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
+    def encode(self, sentences, batch_size=None, normalize_embeddings=None, show_progress_bar=False):
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         self.calls += 1

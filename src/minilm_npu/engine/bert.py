@@ -1,5 +1,9 @@
 """A lean BERT encoder that runs on packed tokens: the packed engine's model, in one file.
 
+It runs BERT and the RoBERTa family (XLM-RoBERTa, RoBERTa): the same post-LN encoder; the RoBERTa family numbers
+positions from ``pad_token_id + 1`` on (a token equal to the padding id keeps position ``pad_token_id``, as in
+transformers) and has one token type.
+
 Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor. Embeddings, every linear
 layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so no FLOP is spent on
 padding. Only attention needs to know which token belongs to which sequence; it goes through a strategy chosen
@@ -12,7 +16,9 @@ per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
 * ``"varlen"``: one call of a device kernel that takes the packed tokens and cumulative lengths directly (Ascend's
   ``npu_fusion_attention`` with ``input_layout="TND"``, given as ``PackedBert(varlen=...)``).
 
-Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
+Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer. Pooling and the
+model's other sentence-transformers modules are :mod:`minilm_npu.engine.head`'s, fed the :class:`TokenLayout` built
+here.
 Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
 into one linear layer. Linear layers are plain callables built by a factory given at construction, so the CPU
 engines choose theirs (oneDNN float32, int8) before the model exists (:mod:`minilm_npu.engine.packed`).
@@ -30,13 +36,20 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import to_device
-from ..modelfiles import ModelFilesError
+from ..modelconfig import SUPPORTED_MODEL_TYPES, ModelFilesError, position_offset
+from .head import TokenLayout
 
 ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded", "varlen")
-#: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
-BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
-#: Checkpoint entries that are allowed but unused: a buffer and the task heads sentence embeddings never use.
-IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
+#: Per model type: the class-name stem of its architectures and the prefix its task models put on encoder weights.
+MODEL_FAMILIES = {
+    "bert": ("Bert", "bert."),
+    "roberta": ("Roberta", "roberta."),
+    "xlm-roberta": ("XLMRoberta", "roberta."),
+}
+#: Architectures whose checkpoints hold exactly this encoder (embeddings + post-LN layers, erf GELU), per stem.
+ARCHITECTURE_SUFFIXES = ("Model", "ForMaskedLM", "ForPreTraining", "ForSequenceClassification")
+#: Checkpoint entries that are allowed but unused: buffers and the task heads sentence embeddings never use.
+IGNORED_PREFIXES = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.", "cls.", "lm_head.")
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 #: Builds one linear layer: ``(layer_index, role, weight, bias, gelu) -> Linear``; ``role`` is one of
@@ -57,6 +70,11 @@ class BertConfig:
     layer_norm_eps: float
     max_position_embeddings: int
     type_vocab_size: int
+    #: Position of a sequence's first token: 0 for BERT, ``pad_token_id + 1`` for the RoBERTa family.
+    position_offset: int = 0
+    pad_token_id: int = 0
+    #: Prefix of the encoder's weights in task checkpoints (``bert.``, ``roberta.``).
+    weight_prefix: str = "bert."
 
     @property
     def head_dim(self) -> int:
@@ -72,10 +90,12 @@ class BertConfig:
         """
         model_type = config.get("model_type")
         architectures = config.get("architectures") or []
-        if model_type != "bert" or (architectures and not set(architectures) & set(BERT_ARCHITECTURES)):
+        stem, prefix = MODEL_FAMILIES.get(model_type, ("", ""))
+        known = {stem + suffix for suffix in ARCHITECTURE_SUFFIXES}
+        if model_type not in SUPPORTED_MODEL_TYPES or (architectures and not set(architectures) & known):
             raise ModelFilesError(
-                f"the packed engine runs BERT models only; this config.json has model_type={model_type!r}, "
-                f"architectures={architectures}. Use backend='transformers' for other architectures"
+                f"the packed engine runs {', '.join(SUPPORTED_MODEL_TYPES)} encoders; this config.json has "
+                f"model_type={model_type!r}, architectures={architectures}"
             )
         if config.get("hidden_act", "gelu") != "gelu":
             raise ModelFilesError(f"hidden_act {config['hidden_act']!r} is not supported (only exact 'gelu')")
@@ -93,6 +113,9 @@ class BertConfig:
                 layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
                 max_position_embeddings=int(config.get("max_position_embeddings", 512)),
                 type_vocab_size=int(config.get("type_vocab_size", 2)),
+                position_offset=position_offset(config),
+                pad_token_id=int(config.get("pad_token_id") or 0),
+                weight_prefix=prefix,
             )
         except KeyError as err:
             raise ModelFilesError(f"config.json lacks {err.args[0]!r}, which a BERT config must have") from None
@@ -119,7 +142,7 @@ class BertConfig:
 
 
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a BERT checkpoint must hold (names without the ``bert.`` prefix) and its shape."""
+    """Every tensor a checkpoint must hold (names without the ``bert.``/``roberta.`` prefix) and its shape."""
     h, i = config.hidden_size, config.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
         "embeddings.word_embeddings.weight": (config.vocab_size, h),
@@ -152,7 +175,7 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
     """Match a checkpoint's tensor names and shapes against what ``config`` needs.
 
     Args:
-        found: Tensor name -> shape, as stored (with or without a ``bert.`` prefix).
+        found: Tensor name -> shape, as stored (with or without the ``bert.``/``roberta.`` prefix).
         config: The architecture.
 
     Returns:
@@ -165,7 +188,7 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
     stored: dict[str, str] = {}
     unexpected = []
     for name in found:
-        short = name[len("bert.") :] if name.startswith("bert.") else name
+        short = name.removeprefix(config.weight_prefix)
         if short in expected:
             stored[short] = name
         elif not short.startswith(IGNORED_PREFIXES):
@@ -189,7 +212,7 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
 
 
 def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
-    """Load a BERT checkpoint from safetensors (never pickle), checking every name and shape first.
+    """Load a checkpoint from safetensors (never pickle), checking every name and shape first.
 
     Returns:
         Expected (unprefixed) name -> float32 CPU tensor.
@@ -237,10 +260,9 @@ class PackedBatch:
     """
 
     ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
+    layout: TokenLayout  # which sequence each row belongs to and where in it (pooling; positions)
     starts: list[int]
     lengths: list[int]
-    mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
     buckets: list[Bucket]
     unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
     strategy: str
@@ -296,8 +318,7 @@ def pack(
     starts = list(itertools.accumulate([0] + lengths[:-1]))
     total = sum(lengths)
     ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
-    seq_index = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths))
-    positions = torch.arange(total) - torch.tensor(starts)[seq_index]
+    layout = TokenLayout.packed(lengths)
     buckets: list[Bucket] = []
     unpad = None
     if strategy in ("bucketed", "padded"):
@@ -330,22 +351,20 @@ def pack(
         block_rows = torch.cat([r for _, r in flat_rows])
         unpad = torch.empty(total, dtype=torch.long)
         unpad[packed_rows] = block_rows
-    # Mean pooling as one small matmul: index_add_/scatter_add_ over [T, H] is single-threaded and slow on CPUs
-    # (tens of ms for a 600-token batch), while [B, T] @ [T, H] is a GEMM every device runs well.
-    mean_weights = torch.zeros(len(batch), total)
-    mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
     # Everything was built on the host; it moves in one pinned, non-blocking copy per dtype (devices.to_device).
-    tensors = [ids, positions, mean_weights, unpad]
+    tensors = [ids, layout.rows, layout.slots, layout.lengths, unpad]
     for bucket in buckets:
         tensors += [bucket.gather, bucket.mask]
     moved = iter(to_device(tensors, device))
-    ids, positions, mean_weights, unpad = (next(moved) for _ in range(4))
+    ids = next(moved)
+    layout = TokenLayout(next(moved), next(moved), next(moved), len(batch))
+    unpad = next(moved)
     for bucket in buckets:
         bucket.gather, bucket.mask = next(moved), next(moved)
         if square_mask and bucket.mask is not None:
             width = bucket.mask.shape[-1]
             bucket.mask = bucket.mask.expand(-1, -1, width, -1).contiguous()
-    return PackedBatch(ids, positions, starts, lengths, mean_weights, buckets, unpad, strategy)
+    return PackedBatch(ids, layout, starts, lengths, buckets, unpad, strategy)
 
 
 def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> PackedBatch:
@@ -357,10 +376,10 @@ def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> Packed
     when its length is a gear.)
     """
     length = len(ids)
-    tensors = [torch.tensor(ids, dtype=torch.long), torch.arange(length), torch.full((1, length), 1.0 / length)]
-    ids_t, positions, mean_weights = to_device(tensors, device)
+    tensors = [torch.tensor(ids, dtype=torch.long), torch.zeros(length, dtype=torch.long), torch.arange(length)]
+    ids_t, rows, slots, lengths = to_device(tensors + [torch.tensor([length])], device)
     buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
-    return PackedBatch(ids_t, positions, [0], [length], mean_weights, buckets, None, strategy)
+    return PackedBatch(ids_t, TokenLayout(rows, slots, lengths, 1), [0], [length], buckets, None, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -488,20 +507,27 @@ class PackedBert:
         blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
+    def position_ids(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Position ids of packed tokens from their slots in their sequences: the slots themselves for BERT; for the
+        RoBERTa family transformers' rule, ``pad_token_id`` + the count of non-padding tokens up to and including
+        this one, or ``pad_token_id`` itself for a token equal to it (a literal ``<pad>`` in a text)."""
+        if not self.config.position_offset:
+            return slots
+        pad = self.config.pad_token_id
+        real = ids.ne(pad).long()
+        seen = torch.cumsum(real, 0)
+        first = torch.arange(ids.shape[0], device=ids.device) - slots  # each token's sequence's first row
+        return (seen - seen.index_select(0, first) + real.index_select(0, first)) * real + pad
+
     def forward(self, packed: PackedBatch) -> torch.Tensor:
         """Hidden states ``[T, H]`` of the last layer for a packed batch."""
         eps = self.config.layer_norm_eps
         width = (self.config.hidden_size,)
-        x = self.word.index_select(0, packed.ids) + self.position.index_select(0, packed.positions)
+        positions = self.position_ids(packed.ids, packed.layout.slots)
+        x = self.word.index_select(0, packed.ids) + self.position.index_select(0, positions)
         x = F.layer_norm(x, width, *self.ln_embed, eps)
         for layer in self.layers:
             context = self.attention(layer.qkv(x), packed)
             x = F.layer_norm(layer.attn_out(context).add_(x), width, *layer.ln1, eps)
             x = F.layer_norm(layer.ffn_out(layer.ffn_in(x)).add_(x), width, *layer.ln2, eps)
         return x
-
-    def pool(self, hidden: torch.Tensor, packed: PackedBatch, mode: str) -> torch.Tensor:
-        """Mean (segment sums) or CLS pooling in float32: ``[B, H]``."""
-        if mode == "cls":
-            return hidden[torch.tensor(packed.starts, device=hidden.device)].float()
-        return torch.mm(packed.mean_weights, hidden.float())

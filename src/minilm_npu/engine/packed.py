@@ -29,6 +29,7 @@ from .backend import TORCH_DTYPES
 from .bert import BertConfig, DenseLinear, LinearFactory, PackedBatch, PackedBert, load_weights, pack
 from .cpu_kernels import AdaptiveThreads, kernel_plan
 from .graphs import GRAPH_WIDTHS, GraphedForwards
+from .head import SentenceHead
 from .policy import (
     AttentionPlan,
     attention_plan,
@@ -295,7 +296,7 @@ class PackedBackend:
     """The packed engine on one device.
 
     Args:
-        model_files: The resolved model (BERT family, mean or CLS pooling).
+        model_files: The resolved model (BERT or RoBERTa family; its pooling and Dense modules run here too).
         device: Where the model runs.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
         attention: How attention runs; default :func:`~minilm_npu.engine.policy.attention_plan` (tests pass
@@ -303,7 +304,7 @@ class PackedBackend:
 
     Raises:
         InputError: a dtype this device cannot run.
-        ModelFilesError: not a BERT checkpoint, or weights that do not match config.json.
+        ModelFilesError: not a checkpoint this engine runs, or weights that do not match config.json.
     """
 
     name = "packed"
@@ -325,6 +326,7 @@ class PackedBackend:
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
+        self.head = SentenceHead(model_files, device)
         self.plan = attention or attention_plan(device.type, dtype)
         weights = load_weights(model_files.weights_path, self.config)
         torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
@@ -349,7 +351,7 @@ class PackedBackend:
         # no launch overhead to save.
         api = graph_api(device)
         self.graphs = (
-            GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
+            GraphedForwards(self.model, dtype, self.head, api, square_mask=self.plan.square_mask)
             if api is not None
             else None
         )
@@ -366,21 +368,23 @@ class PackedBackend:
         )
 
     @torch.inference_mode()
-    def embed(self, batch: list[list[int]]) -> torch.Tensor:
-        """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
+    def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
+        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
+        ``self.device``; ``prompt_length`` leading tokens are left out of pooling where the model says so (the
+        static-shape graphs pool every token, so such batches run eagerly)."""
         if not batch:
-            return torch.empty(0, self.config.hidden_size, device=self.device)
-        if self.graphs is not None:
+            return torch.empty(0, self.head.dimension, device=self.device)
+        if self.graphs is not None and not prompt_length:
             pooled = self.graphs.embed(batch)
             if pooled is not None:
                 return pooled
         if self._threads is not None:
-            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch))
-        return self._embed(batch)
+            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch, prompt_length))
+        return self._embed(batch, prompt_length)
 
-    def _embed(self, batch: list[list[int]]) -> torch.Tensor:
+    def _embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
         packed = self._pack(batch)
-        return self.model.pool(self.model.forward(packed), packed, self.pooling)
+        return self.head(self.model.forward(packed), packed.layout, prompt_length)
 
     @torch.inference_mode()
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
@@ -425,7 +429,10 @@ class PackedBackend:
         the compile happens in the first batch of >= 64 tokens)."""
         if self.dtype == "int8":
             FUSED_QUANTIZER.compile()
+        vocab = self.config.vocab_size  # any valid ids will do; BERT's [CLS] word... [SEP] where they exist
         for lengths in warmup_lengths(self.device):
-            self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+            self.embed(
+                [[101 % vocab] + [1000 % vocab] * (n - 2) + [102 % vocab] if n >= 2 else [101 % vocab] for n in lengths]
+            )
         if self.graphs is not None:  # one query of any length: the latency-critical case
             self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
