@@ -26,6 +26,8 @@ SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 #: Architectures whose position ids start after the padding id (fairseq's convention), not at 0.
 PADDING_OFFSET_MODEL_TYPES = ("roberta", "xlm-roberta")
+#: sentence-transformers' similarity functions (``config_sentence_transformers.json``; cosine when unset).
+SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 #: transformers' ``model_max_length`` when a tokenizer config sets none.
 UNLIMITED = int(1e30)
 #: Where sentence-transformers versions kept the Transformer module's settings (it tries them in this order).
@@ -140,8 +142,8 @@ def _read_pooling(path: Path) -> tuple[tuple[str, ...], bool]:
         flags = {"cls_token": "cls", "max_tokens": "max", "mean_tokens": "mean"}
         flags |= {"mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean"}
         flags |= {"lasttoken": "lasttoken"}
-        found = [name for key, name in flags.items() if config.get(f"pooling_mode_{key}")]
-        modes = tuple(sorted(found, key=POOLING_MODES.index)) or ("mean",)
+        # In sentence-transformers' concatenation order (the flags' order above), whatever the file's order.
+        modes = tuple(name for key, name in flags.items() if config.get(f"pooling_mode_{key}")) or ("mean",)
     else:
         modes = (mode,) if isinstance(mode, str) else tuple(mode)
     unknown = [m for m in modes if m not in POOLING_MODES]
@@ -217,12 +219,13 @@ def read_modules(directory: Path) -> dict[str, Any]:
     }
 
 
-def read_prompts(directory: Path) -> dict[str, Any]:
-    """``config_sentence_transformers.json``: prompts and default prompt name (as ``ModelFiles`` fields).
+def read_model_settings(directory: Path) -> dict[str, Any]:
+    """``config_sentence_transformers.json``: prompts, default prompt name and similarity function (as
+    ``ModelFiles`` fields).
 
     Raises:
-        ModelFilesError: a model of another kind (CrossEncoder, SparseEncoder, ...), or a default prompt name
-            that names no prompt.
+        ModelFilesError: a model of another kind (CrossEncoder, SparseEncoder, ...), a default prompt name that
+            names no prompt, or an unknown similarity function.
     """
     path = directory / "config_sentence_transformers.json"
     config = read_optional(path)
@@ -234,4 +237,8 @@ def read_prompts(directory: Path) -> dict[str, Any]:
     default = config.get("default_prompt_name")
     if default is not None and default not in prompts:
         raise ModelFilesError(f"{path}: default_prompt_name {default!r} is not one of its prompts {sorted(prompts)}")
-    return {"prompts": {k: v or "" for k, v in prompts.items()}, "default_prompt_name": default}
+    similarity = config.get("similarity_fn_name") or "cosine"
+    if similarity not in SIMILARITY_FUNCTIONS:
+        raise ModelFilesError(f"{path}: similarity_fn_name {similarity!r} is not one of {SIMILARITY_FUNCTIONS}")
+    prompts = {k: v or "" for k, v in prompts.items()}
+    return {"prompts": prompts, "default_prompt_name": default, "similarity_fn_name": similarity}

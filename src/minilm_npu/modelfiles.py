@@ -32,9 +32,9 @@ from .modelconfig import (
     pickle_hint,
     read_json,
     read_max_seq_length,
+    read_model_settings,
     read_modules,
     read_optional,
-    read_prompts,
 )
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -65,6 +65,7 @@ class ModelFiles:
         prompts: Named prompts from ``config_sentence_transformers.json`` over sentence-transformers' defaults
             (empty ``query`` and ``document`` prompts).
         default_prompt_name: The prompt ``encode`` applies when given none (``config_sentence_transformers.json``).
+        similarity_fn_name: What ``similarity`` computes: cosine (the default), dot, euclidean or manhattan.
         transformer_path: Where the Transformer module's files are, relative to ``directory`` (nearly always "").
     """
 
@@ -79,6 +80,7 @@ class ModelFiles:
     normalize: bool = False
     prompts: dict[str, str] = field(default_factory=lambda: {"query": "", "document": ""}, repr=False)
     default_prompt_name: str | None = None
+    similarity_fn_name: str = "cosine"
     transformer_path: str = ""
 
     @property
@@ -152,7 +154,7 @@ def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles
         max_seq_length=read_max_seq_length(transformer_dir, st_config, config),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         **modules,
-        **read_prompts(directory),
+        **read_model_settings(directory),
     )
 
 

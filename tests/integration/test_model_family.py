@@ -116,6 +116,21 @@ def test_encode_equals_sentence_transformers(name, backend, st, ours):
     assert_close(encoder.encode(TEXTS[3]), theirs.encode(TEXTS[3]), f"{name}, one text")
 
 
+@pytest.mark.parametrize("name", ["bert-mean-raw", "bert-sqrt-len", "xlmr-mean", "bert-cls-normalize"])
+def test_similarity_is_the_models_own(name, st, ours):
+    """dot, manhattan, euclidean and (by default) cosine, as the model's config_sentence_transformers.json says."""
+    theirs, encoder = st(name), ours(name)
+    assert encoder.similarity_fn_name == theirs.similarity_fn_name
+    a, b = theirs.encode(TEXTS[:6]), theirs.encode(TEXTS[6:10])
+    np.testing.assert_allclose(encoder.similarity(a, b).numpy(), theirs.similarity(a, b).numpy(), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.similarity_pairwise(a[:4], b).numpy(),
+        theirs.similarity_pairwise(a[:4], b).numpy(),
+        rtol=1e-6,
+        atol=1e-5,
+    )
+
+
 @pytest.mark.parametrize("name", ["bert-mean-raw", "bert-max-dense", "xlmr-mean"])
 def test_normalize_false_skips_only_the_final_normalize(name, st, ours):
     from sentence_transformers import SentenceTransformer

@@ -115,6 +115,7 @@ def test_prompts_and_default_prompt(tmp_path):
     model = read_model_dir(write_model(tmp_path / "m", files=files))
     assert model.prompts == {"query": "query: ", "document": "", "passage": "passage: "}
     assert model.default_prompt_name == "query" and model.default_prompt == "query: "
+    assert model.similarity_fn_name == "cosine"  # sentence-transformers' default when none is named
 
 
 def test_plain_transformers_checkpoint_gets_mean_pooling(tmp_path):
@@ -138,6 +139,7 @@ def test_plain_transformers_checkpoint_gets_mean_pooling(tmp_path):
         (MODULES, {"config_sentence_transformers.json": {"model_type": "CrossEncoder"}}, BERT, "a CrossEncoder model"),
         (MODULES, {"config_sentence_transformers.json": {"default_prompt_name": "x"}}, BERT, "names no prompt|not one"),
         (MODULES, {}, {"model_type": "mpnet", "architectures": ["MPNetModel"]}, "model_type 'mpnet'.*MPNetModel"),
+        (MODULES, {"config_sentence_transformers.json": {"similarity_fn_name": "jaccard"}}, BERT, "'jaccard'"),
     ],
 )
 def test_what_we_do_not_run_is_named(tmp_path, modules, files, config, message):
