@@ -20,7 +20,7 @@ left out, both return what the model's modules give), and an empty input list gi
 sentence-transformers' shape-``(0,)`` array.
 
 Also here: the rest of the surface people call on a ``SentenceTransformer`` (:class:`SentenceTransformerSurface`),
-and the cosine ``similarity`` functions sentence-transformers uses for this model.
+and sentence-transformers' ``similarity`` functions (cosine, dot, euclidean, manhattan: the model's own choice).
 """
 
 from __future__ import annotations
@@ -171,6 +171,29 @@ def pairwise_cos_sim(a: Any, b: Any) -> torch.Tensor:
     return (F.normalize(a, p=2, dim=-1) * F.normalize(b, p=2, dim=-1)).sum(dim=-1)
 
 
+def _batch(a: Any) -> torch.Tensor:
+    a = _as_float_tensor(a)
+    return a.unsqueeze(0) if a.dim() == 1 else a
+
+
+#: sentence-transformers' similarity functions by name: ``(every pair, pairwise)``, as its ``util`` computes them.
+SIMILARITIES = {
+    "cosine": (cos_sim, pairwise_cos_sim),
+    "dot": (
+        lambda a, b: torch.mm(_batch(a), _batch(b).transpose(0, 1)),
+        lambda a, b: (_as_float_tensor(a) * _as_float_tensor(b)).sum(dim=-1),
+    ),
+    "euclidean": (
+        lambda a, b: -torch.cdist(_batch(a), _batch(b), p=2.0),
+        lambda a, b: -torch.linalg.vector_norm(_as_float_tensor(a) - _as_float_tensor(b), dim=-1),
+    ),
+    "manhattan": (
+        lambda a, b: -torch.cdist(_batch(a), _batch(b), p=1.0),
+        lambda a, b: -torch.sum(torch.abs(_as_float_tensor(a) - _as_float_tensor(b)), dim=-1),
+    ),
+}
+
+
 def _check_options(options: dict[str, Any]) -> None:
     for name in options:
         if name in UNSUPPORTED:
@@ -291,8 +314,10 @@ class SentenceTransformerSurface:
     Expects ``self.encode``, ``self.dimension``, ``self.tokenizer`` and ``self.model_files``.
     """
 
-    #: sentence-transformers' similarity function for this model (its default, as it has none configured).
-    similarity_fn_name = "cosine"
+    @property
+    def similarity_fn_name(self) -> str:
+        """The model's similarity function (``config_sentence_transformers.json``; cosine when it names none)."""
+        return self.model_files.similarity_fn_name
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -331,12 +356,13 @@ class SentenceTransformerSurface:
         return self.max_seq_length
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
-        """Cosine similarity of every pair: ``[N1, N2]`` tensor, as ``SentenceTransformer.similarity``."""
-        return cos_sim(embeddings1, embeddings2)
+        """The model's similarity (cosine unless it names another) of every pair: ``[N1, N2]`` tensor, as
+        ``SentenceTransformer.similarity``."""
+        return SIMILARITIES[self.similarity_fn_name][0](embeddings1, embeddings2)
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
-        """Cosine similarity of ``embeddings1[i]`` and ``embeddings2[i]``: ``[N]`` tensor."""
-        return pairwise_cos_sim(embeddings1, embeddings2)
+        """The model's similarity of ``embeddings1[i]`` and ``embeddings2[i]``: ``[N]`` tensor."""
+        return SIMILARITIES[self.similarity_fn_name][1](embeddings1, embeddings2)
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
         """:meth:`encode` with the model's ``query`` prompt unless a prompt is given (empty for all-MiniLM-L6-v2)."""
