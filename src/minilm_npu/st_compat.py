@@ -14,10 +14,10 @@ meaning, precedence and output types as sentence-transformers 3-6:
   model's ``default_prompt_name`` applies. Where the model's Pooling has ``include_prompt=False``, the prompt's
   tokens are left out of pooling (counted as sentence-transformers counts them).
 
-Two deliberate differences, both documented in the README: ``normalize_embeddings=False`` skips the model's own
-Normalize module (raw vectors, which the server relies on; in sentence-transformers the module runs regardless;
-left out, both return what the model's modules give), and an empty input list gives ``(0, dimension)`` instead of
-sentence-transformers' shape-``(0,)`` array.
+Two deliberate differences, both documented in docs/integrations.md: ``normalize_embeddings=False`` skips the
+model's own Normalize module (raw vectors, which the server relies on; in sentence-transformers the module runs
+regardless; left out, both return what the model's modules give), and an empty input list gives ``(0, dimension)``
+instead of sentence-transformers' shape-``(0,)`` array.
 
 Also here: the rest of the surface people call on a ``SentenceTransformer`` (:class:`SentenceTransformerSurface`),
 and sentence-transformers' ``similarity`` functions (cosine, dot, euclidean, manhattan: the model's own choice).
