@@ -164,6 +164,15 @@ def test_prompts_and_prompt_tokens_left_out_of_pooling(call, backend, st, ours):
     assert_close(encoder.encode_document(TEXTS[:9]), theirs.encode_document(TEXTS[:9]), "encode_document")
 
 
+@pytest.mark.parametrize("name", ["bert-prompts", "xlmr-cls-dense"])
+def test_token_embeddings_equal_sentence_transformers(name, st, ours):
+    """output_value="token_embeddings": the transformer's states, the default prompt's tokens included."""
+    got = ours(name).encode(TEXTS[:9], output_value="token_embeddings")
+    expected = st(name).encode(TEXTS[:9], output_value="token_embeddings")
+    for index, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert_close(a.numpy(), b.numpy(), f"{name} text {index}")
+
+
 def _layout_outputs(encoder: MiniLMEncoder, plan, batches: list[list[list[int]]], prompt_length: int = 0):
     from minilm_npu.engine.packed import PackedBackend
 

@@ -2,8 +2,8 @@
 
 A backend sees token ids only, already checked at the edge (:func:`minilm_npu.tokenization.check_token_ids`):
 non-empty, at most ``max_seq_length`` long, inside the vocabulary. It pads or packs as it
-likes, runs the forward pass on its device and pools (mean or CLS, as the model's files say). Normalisation and
-the copy back to the CPU are the encoder's post stage, shared by every backend.
+likes, runs the forward pass on its device and the model's pooling and Dense modules (:mod:`.head`). The model's
+final Normalize and the copy back to the CPU are the encoder's post stage, shared by every backend.
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ class Backend(Protocol):
     #: can run a call's batches side by side on one CPU without a second copy of the model (``encoder.cpu_lanes``).
     shareable: bool
 
-    def embed(self, batch: list[list[int]]) -> torch.Tensor:
-        """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
+    def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
+        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
+        ``self.device``; ``prompt_length`` leading tokens left out of pooling (passed only for models whose Pooling
+        has ``include_prompt=False``)."""
 
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
         """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
