@@ -357,7 +357,7 @@ def pack(
         tensors += [bucket.gather, bucket.mask]
     moved = iter(to_device(tensors, device))
     ids = next(moved)
-    layout = TokenLayout(next(moved), next(moved), next(moved), len(batch))
+    layout = TokenLayout(next(moved), next(moved), next(moved), len(batch), dense=True)
     unpad = next(moved)
     for bucket in buckets:
         bucket.gather, bucket.mask = next(moved), next(moved)
@@ -379,7 +379,7 @@ def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> Packed
     tensors = [torch.tensor(ids, dtype=torch.long), torch.zeros(length, dtype=torch.long), torch.arange(length)]
     ids_t, rows, slots, lengths = to_device(tensors + [torch.tensor([length])], device)
     buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
-    return PackedBatch(ids_t, TokenLayout(rows, slots, lengths, 1), [0], [length], buckets, None, strategy)
+    return PackedBatch(ids_t, TokenLayout(rows, slots, lengths, 1, dense=True), [0], [length], buckets, None, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------

@@ -44,12 +44,14 @@ class TokenLayout:
         slots: ``[rows]`` int64: the row's index inside its sequence (0 for its first token).
         lengths: ``[count]`` int64: real tokens per sequence.
         count: How many sequences.
+        dense: Every row belongs to a sequence, in order (sequences end to end: no padding rows).
     """
 
     rows: torch.Tensor
     slots: torch.Tensor
     lengths: torch.Tensor
     count: int
+    dense: bool = False
 
     @classmethod
     def packed(cls, lengths: Sequence[int]) -> TokenLayout:
@@ -57,7 +59,7 @@ class TokenLayout:
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths_t)
         starts = torch.cumsum(lengths_t, 0) - lengths_t
-        return cls(rows, torch.arange(int(lengths_t.sum())) - starts[rows], lengths_t, len(lengths))
+        return cls(rows, torch.arange(int(lengths_t.sum())) - starts[rows], lengths_t, len(lengths), dense=True)
 
     @classmethod
     def padded(cls, lengths: torch.Tensor, width: int) -> TokenLayout:
@@ -70,7 +72,7 @@ class TokenLayout:
 
     def to(self, device: torch.device) -> TokenLayout:
         """The same layout on ``device``."""
-        return TokenLayout(self.rows.to(device), self.slots.to(device), self.lengths.to(device), self.count)
+        return TokenLayout(self.rows.to(device), self.slots.to(device), self.lengths.to(device), self.count, self.dense)
 
 
 def _activation(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -159,7 +161,15 @@ class SentenceHead:
     def pool(hidden: torch.Tensor, layout: TokenLayout, mode: str, skip: int = 0) -> torch.Tensor:
         """One pooling mode over float32 ``hidden``, leaving each sequence's first ``skip`` tokens out."""
         count, rows, slots = layout.count, layout.rows, layout.slots
-        length = layout.lengths.index_select(0, rows.clamp(max=count - 1))  # each row's sequence length
+        if count == 1 and layout.dense and not skip and mode in ("mean", "cls", "lasttoken", "max"):
+            # One sequence, every row its own (a query): no index work at all.
+            if mode == "mean":
+                return hidden.mean(dim=0, keepdim=True)
+            if mode == "max":
+                return hidden.amax(dim=0, keepdim=True)
+            return hidden[:1] if mode == "cls" else hidden[-1:]
+        # Each row's sequence length (rows past the last sequence, padding, read the last one's: never used).
+        length = layout.lengths.index_select(0, rows if layout.dense else rows.clamp(max=count - 1))
         if mode == "max":
             target = torch.where(slots >= skip, rows, count)[:, None].expand(-1, hidden.shape[1])
             empty = hidden.new_full((count + 1, hidden.shape[1]), float("-inf"))
