@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .accuracy import AccuracyRun
 from .results import AccuracyReport, BenchReport, BenchResult, CheckReport, Environment, to_dict
 
 CHECK_FILES = ("check.json", "check.md")
@@ -218,9 +219,8 @@ def accuracy_markdown(report: AccuracyReport, plots: dict[str, list[str]] | None
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_accuracy(run: Any, out: str | Path) -> list[Path]:
-    """accuracy.json, accuracy.md, and per dtype the similarity-matrix plot and the error histogram of an
-    :class:`~minilm_npu.verify.accuracy.AccuracyRun`."""
+def write_accuracy(run: AccuracyRun, out: str | Path) -> list[Path]:
+    """accuracy.json, accuracy.md, and per dtype the similarity-matrix plot and the error histogram."""
     from .plots import error_histogram, similarity_plot
 
     out = out_dir(out)
