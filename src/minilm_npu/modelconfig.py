@@ -2,7 +2,7 @@
 
 The modules after the transformer (``modules.json``: Pooling with its modes, Dense layers, Normalize), the token
 limit (``sentence_bert_config.json`` or ``tokenizer_config.json``), prompts (``config_sentence_transformers.json``).
-Used by :mod:`minilm_npu.modelfiles`; imports nothing else of minilm_npu.
+Used by :mod:`minilm_npu.modelfiles`; of minilm_npu it imports only :class:`~minilm_npu.errors.ModelFilesError`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class ModelFilesError(ValueError):
-    """The model cannot be found, is incomplete, is not the file it claims to be, or is not a model we run."""
-
+from .errors import ModelFilesError
 
 #: sentence-transformers' pooling modes, in the order it concatenates several (its ``Pooling`` module).
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")

@@ -13,7 +13,8 @@ Every setting comes from the model's files, read as sentence-transformers reads 
 after the transformer (``modules.json``: pooling modes, Dense layers, Normalize) and the prompts. Weights are only
 ever read from safetensors, never unpickled.
 
-This module imports nothing of minilm_npu but :mod:`minilm_npu.modelconfig`.
+Of minilm_npu it imports only :mod:`minilm_npu.modelconfig` and :class:`~minilm_npu.errors.ModelFilesError`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelFilesError
 from .modelconfig import (
     ST_CONFIG_FILES,
     DenseLayer,
-    ModelFilesError,
     check_model_type,
     pickle_hint,
     read_json,
