@@ -23,7 +23,6 @@ from minilm_npu import MiniLMEncoder
 from minilm_npu.samples import MIXED_24
 from tests import texts
 from tests.fixtures.models import MODELS
-from tests.integration.test_ascend_paths import fake_torch_npu  # noqa: F401 - fixture
 
 # Several scripts, the tokenizers' special tokens written out in a text, whitespace, and texts longer than every
 # model's limit (XLM-RoBERTa's tokenizer here splits unseen words into many pieces).
@@ -219,7 +218,7 @@ def test_every_engine_layout_is_exact(name, layout, st, ours, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["xlmr-cls-dense", "bert-weightedmean-dense"])
-def test_npu_varlen_path_is_exact(name, st, ours, fake_torch_npu):  # noqa: F811 - fixture
+def test_npu_varlen_path_is_exact(name, st, ours, fake_torch_npu):
     """The NPU's choices (TND varlen attention, npu_gelu) through the stand-in torch_npu, on other models."""
     from minilm_npu import devices
     from minilm_npu.engine import policy
