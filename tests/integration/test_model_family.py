@@ -262,3 +262,17 @@ def test_model_limit_is_settable_below_it_only(ours, st):
     assert encoder.max_seq_length == 40 == theirs.max_seq_length
     with pytest.raises(ValueError, match="from 2 to 40"):
         encoder.max_seq_length = 41
+
+
+def test_dense_that_does_not_fit_the_pooled_width_is_refused(st_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from minilm_npu.modelfiles import ModelFilesError
+
+    copy = tmp_path / "model"
+    shutil.copytree(st_model_dir("bert-max-dense"), copy)
+    config = json.loads((copy / "2_Dense" / "config.json").read_text())
+    (copy / "2_Dense" / "config.json").write_text(json.dumps({**config, "in_features": 48}))
+    with pytest.raises(ModelFilesError, match="in_features 48, but the module before it gives 32"):
+        MiniLMEncoder(model_path=str(copy), device="cpu")

@@ -137,6 +137,14 @@ class SentenceHead:
     def __init__(self, model_files: ModelFiles, device: torch.device):
         self.modes = model_files.pooling_modes
         self.include_prompt = model_files.include_prompt
+        width = model_files.hidden_size * len(self.modes)
+        for layer in model_files.dense:
+            if layer.in_features != width:
+                raise ModelFilesError(
+                    f"{layer.directory / 'config.json'}: in_features {layer.in_features}, but the module before "
+                    f"it gives {width} values"
+                )
+            width = layer.out_features
         self.dense = [Dense(layer, device) for layer in model_files.dense]
         self.dimension = model_files.dimension
 
