@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from .engine.backend import DEFAULT_BACKEND, parse_backend, parse_dtype
 from .errors import InputError
@@ -57,6 +58,6 @@ class EncoderConfig:
         if not isinstance(self.device, str) or not self.device.strip():
             raise InputError(f"device must be a device string such as 'auto', 'cpu' or 'npu:0', not {self.device!r}")
 
-    def replace(self, **changes: object) -> EncoderConfig:
+    def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)

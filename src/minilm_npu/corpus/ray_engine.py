@@ -175,9 +175,9 @@ class EmbedWorker:
         threads: int | None,
     ):
         if threads:
-            import torch
+            from ..engine.cpu_execution import set_threads
 
-            torch.set_num_threads(threads)
+            set_threads(threads)
         if factory is None:
             from ..encoder import MiniLMEncoder
 
