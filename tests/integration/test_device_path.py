@@ -50,8 +50,12 @@ def engine32(model_dir):
 def float32_precision_flags() -> dict[str, object]:
     """Every switch that lets torch compute a float32 matmul in less precision, as it stands now: the global one,
     CUDA's TF32, and (torch 2.9+) each backend's own, oneDNN's (the CPU's linear layers) among them."""
+    try:
+        precision: object = torch.get_float32_matmul_precision()
+    except RuntimeError as err:  # torch 2.9+ refuses to answer once a per-backend switch was set beside it
+        precision = f"unreadable ({str(err).splitlines()[0][:80]})"
     flags: dict[str, object] = {
-        "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+        "torch.get_float32_matmul_precision()": precision,
         "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     for name in ("cuda.matmul", "mkldnn", "mkldnn.matmul"):
