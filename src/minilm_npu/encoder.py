@@ -290,14 +290,14 @@ class MiniLMEncoder(SentenceTransformerSurface):
             return out
         lengths = [len(x) for x in ids]
         batches = plan_batches(lengths, batch_size, self.config.max_batch_tokens, len(self.workers))
-        lanes = self.execution.side_by_side(batches, lengths)
+        side_by_side = self.execution.side_by_side(batches, lengths)
         with tqdm(total=len(ids), disable=not progress, unit="text", desc="encode") as bar:
-            if len(lanes) < 2 or len(batches) == 1:  # no other thread to involve
+            if len(side_by_side) < 2:  # no other thread to involve
                 for batch in batches:
                     out[batch] = self.workers[0].run_on_all_cores([ids[i] for i in batch], normalize)
                     bar.update(len(batch))
             else:
-                self._run_parallel(lanes, ids, batches, normalize, out, bar)
+                self._run_parallel(side_by_side, ids, batches, normalize, out, bar)
         return out
 
     def _run_parallel(

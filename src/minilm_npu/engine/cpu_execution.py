@@ -5,8 +5,9 @@ Four decisions, each with its reason below:
 * **shares**: several CPU workers (``device="cpu,cpu"``) split the cores (:attr:`CpuExecution.worker_threads`);
 * **lanes**: a call of several batches on one CPU, and a busy server, run on one-thread lanes that share the one
   model (:meth:`CpuExecution.lanes`, :meth:`CpuExecution.side_by_side`, :data:`LANE_SLACK`);
-* **all cores**: a batch nothing runs beside gets every core (:meth:`CpuExecution.runs_alone`), and a server's
-  workers after the first take work only while another batch is running (:meth:`CpuExecution.takes_work`);
+* **all cores**: a batch nothing runs beside gets every core, in an ``encode`` call (:meth:`CpuExecution.side_by_side`
+  gives no workers) and in the server (:meth:`CpuExecution.runs_alone`), whose workers after the first take work
+  only while another batch is running (:meth:`CpuExecution.takes_work`);
 * **adaptive counts**: each CPU forward runs on one thread or on all of its worker's, whichever this machine runs
   faster under its current load (:class:`AdaptiveThreads`).
 
@@ -119,13 +120,16 @@ class CpuExecution(Generic[W]):
 
     def side_by_side(self, batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[W]:
         """The workers one ``encode`` call runs its batches on side by side: every worker when there are several,
-        else the lanes when the work divides, else ``[]`` (one batch after another on every core).
+        else the lanes when the work divides, else ``[]``: one batch after another, each on every core, as a call of
+        one batch always runs (nothing runs beside it).
 
         The work divides when there is at least one batch per lane and none holds more than :data:`LANE_SLACK` times
         an even share of the tokens: one core runs a forward more slowly than all of them, so with two lanes a batch
         holding more than ~60 % of a call's work takes longer alone on its lane than the whole call one batch after
         another (33 texts at batch 32).
         """
+        if len(batches) < 2:
+            return []
         if len(self.workers) > 1:
             return self.workers
         lanes = self.lanes()
