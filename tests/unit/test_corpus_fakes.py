@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from tests.fixtures.fake_encoder import FakeEncoder as ProtocolFake
+from .server_fakes import FakeEncoder as ProtocolFake
 
 
 class FakeEncoder(ProtocolFake):

@@ -11,7 +11,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from minilm_npu.server import ServerSettings, create_app  # noqa: E402
-from tests.fixtures.fake_encoder import FakeEncoder  # noqa: E402
+
+from .server_fakes import FakeEncoder  # noqa: E402
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
