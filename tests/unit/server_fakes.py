@@ -1,6 +1,104 @@
-"""The protocol fake encoder lives in :mod:`tests.fixtures.fake_encoder`; this module keeps its old import path
-for the modules that still use it."""
+"""A fake encoder that implements :class:`minilm_npu.contract.Encoder`, for fast server (and corpus) plumbing tests.
 
-from tests.fixtures.fake_encoder import CLS, SEP, VOCAB, FakeEncoder, FakeWorker
+``test_encoder_contract.py`` checks it, and the real encoder, against the protocol (signatures included), so the
+fake cannot drift from what the server may use.
+"""
 
-__all__ = ["CLS", "SEP", "VOCAB", "FakeEncoder", "FakeWorker"]
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+
+from minilm_npu.config import EncoderConfig
+
+CLS, SEP, VOCAB = 101, 102, 30522
+
+
+class FakeWorker:
+    """One fake device: runs exactly the batch it gets, recording its size."""
+
+    def __init__(self, device: str, encoder: FakeEncoder):
+        self.device, self.encoder = device, encoder
+
+    def run(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        enc = self.encoder
+        if enc.fail:
+            raise RuntimeError("device lost")
+        with enc.lock:
+            enc.batches.append(len(ids))
+            enc.ran_on.append(self.device)
+        if enc.delay_s:
+            time.sleep(enc.delay_s)
+        out = np.stack([enc.vector(seq) for seq in ids])
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    def run_on_all_cores(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
+        with self.encoder.lock:
+            self.encoder.alone += 1
+        return self.run(ids, normalize)
+
+
+class FakeEncoder:
+    """Words hash to token ids; a sequence's vector depends only on its ids (so batching cannot change it)."""
+
+    dimension = 384
+    max_seq_length = 256
+    model_name = "fake/minilm"
+    pooling = "mean"
+
+    def __init__(self, devices=("cpu",), delay_s: float = 0.0, **config):
+        self.config = EncoderConfig(device=",".join(devices), **config)
+        self.workers = [FakeWorker(device, self) for device in devices]
+        self.delay_s = delay_s
+        self.fail = False
+        self.batches: list[int] = []
+        self.alone = 0  # batches run with every core (nothing else running or queued)
+        self.ran_on: list[str] = []  # the device of each batch
+        self.lock = threading.Lock()
+        self.tokenizer = SimpleNamespace(vocab_size=VOCAB, decode_tokens=self.decode_tokens)
+        self.warmed = False
+
+    def warmup(self) -> None:
+        self.warmed = True
+
+    def tokenize(self, texts, truncate=True):
+        out = []
+        for text in texts:
+            ids = [CLS] + [1000 + zlib.crc32(w.encode()) % 20000 for w in text.split()] + [SEP]
+            if truncate and len(ids) > self.max_seq_length:
+                ids = ids[: self.max_seq_length - 1] + [SEP]
+            out.append(ids)
+        return out
+
+    def decode_tokens(self, ids):
+        names = {CLS: "[CLS]", SEP: "[SEP]"}
+        return [names.get(i, f"tok{i}") for i in ids]
+
+    def vector(self, ids) -> np.ndarray:
+        rng = np.random.default_rng(zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes()))
+        return rng.standard_normal(self.dimension).astype(np.float32)
+
+    def encode_token_ids(self, token_ids, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
+        return self.workers[0].run([list(ids) for ids in token_ids], normalize_embeddings)
+
+    def batch_workers(self):
+        return self.workers
+
+    def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
+        single = isinstance(sentences, str)
+        out = self.encode_token_ids(
+            self.tokenize([sentences] if single else list(sentences)), batch_size, normalize_embeddings
+        )
+        return out[0] if single else out
+
+    def expected(self, texts, normalize=True) -> np.ndarray:
+        out = np.stack([self.vector(seq) for seq in self.tokenize(texts)])
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out

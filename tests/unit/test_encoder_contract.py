@@ -9,8 +9,8 @@ import pytest
 from minilm_npu.contract import DeviceWorker, Encoder
 from minilm_npu.encoder import MiniLMEncoder
 from tests.fixtures.backends import fake_backend  # noqa: F401 - fixture
-from tests.fixtures.fake_encoder import FakeEncoder
 
+from .server_fakes import FakeEncoder
 from .test_corpus_fakes import FakeEncoder as CorpusFakeEncoder
 
 

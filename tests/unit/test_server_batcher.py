@@ -14,7 +14,8 @@ from minilm_npu.server.batcher import Batcher  # noqa: E402
 from minilm_npu.server.errors import ApiError  # noqa: E402
 from minilm_npu.server.settings import ServerSettings  # noqa: E402
 from minilm_npu.server.vectors import finish  # noqa: E402
-from tests.fixtures.fake_encoder import FakeEncoder  # noqa: E402
+
+from .server_fakes import FakeEncoder  # noqa: E402
 
 
 def _run(coro):
