@@ -59,10 +59,10 @@ def float32_precision_flags() -> dict[str, object]:
         "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
     for name in ("cuda.matmul", "mkldnn", "mkldnn.matmul"):
-        backend = torch.backends
+        switches: object = torch.backends
         for part in name.split("."):
-            backend = getattr(backend, part, None)
-        value = getattr(backend, "fp32_precision", None)
+            switches = getattr(switches, part, None)
+        value = getattr(switches, "fp32_precision", None)
         if value is not None:
             flags[f"torch.backends.{name}.fp32_precision"] = value
     return flags
