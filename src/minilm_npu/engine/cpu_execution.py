@@ -41,7 +41,11 @@ T = TypeVar("T")
 
 def set_threads(count: int) -> None:
     """Run the calling thread's later parallel regions on ``count`` threads (the one ``torch.set_num_threads`` of
-    the project; :func:`use_threads` for a scoped change)."""
+    the project; :func:`use_threads` for a scoped change).
+
+    The count is the calling thread's, except that a thread's first parallel region starts it from the count any
+    thread set last: a new thread that must run on a given count says so.
+    """
     torch.set_num_threads(count)
 
 
