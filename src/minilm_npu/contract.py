@@ -24,6 +24,9 @@ class TokenizerInfo(Protocol):
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
         """Token strings for ids."""
 
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token ids."""
+
 
 @runtime_checkable
 class DeviceWorker(Protocol):
@@ -41,6 +44,10 @@ class DeviceWorker(Protocol):
         """:meth:`run` with every host core even where this worker has a share of them (a CPU worker beside
         others): for a batch nothing else runs beside."""
 
+    def run_tokens(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """Last-layer hidden states per sequence (special tokens included), float32 ``(len(seq), dimension)``
+        arrays in order, as one forward pass on this worker's share of the cores."""
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -54,6 +61,7 @@ class Encoder(Protocol):
         model_name: The model's hub id or directory name.
         pooling: ``"mean"`` or ``"cls"``.
         tokenizer: Vocabulary size and id-to-token decoding.
+        prompts: Named prompts (sentence-transformers' ``prompt_name``): name -> text put before an input.
     """
 
     config: EncoderConfig
@@ -72,8 +80,14 @@ class Encoder(Protocol):
     @property
     def pooling(self) -> str: ...
 
-    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
-        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``."""
+    @property
+    def prompts(self) -> dict[str, str]: ...
+
+    def tokenize(
+        self, texts: Sequence[str], truncate: bool = True, truncation_direction: str = "right"
+    ) -> list[list[int]]:
+        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``;
+        ``truncation_direction="left"`` keeps a long text's end (special tokens kept either way)."""
 
     def encode(
         self,

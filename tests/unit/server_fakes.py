@@ -43,6 +43,10 @@ class FakeWorker:
             self.encoder.alone += 1
         return self.run(ids, normalize)
 
+    def run_tokens(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """One row per token: the vector of the sequence's first ``position + 1`` ids."""
+        return [np.stack([self.encoder.vector(seq[: i + 1]) for i in range(len(seq))]) for seq in ids]
+
 
 class FakeEncoder:
     """Words hash to token ids; a sequence's vector depends only on its ids (so batching cannot change it)."""
@@ -51,6 +55,8 @@ class FakeEncoder:
     max_seq_length = 256
     model_name = "fake/minilm"
     pooling = "mean"
+    #: sentence-transformers' defaults (empty) plus one prompt that changes the text.
+    prompts = {"query": "", "document": "", "search": "search for:"}
 
     def __init__(self, devices=("cpu",), delay_s: float = 0.0, **config):
         self.config = EncoderConfig(device=",".join(devices), **config)
@@ -61,24 +67,28 @@ class FakeEncoder:
         self.alone = 0  # batches run with every core (nothing else running or queued)
         self.ran_on: list[str] = []  # the device of each batch
         self.lock = threading.Lock()
-        self.tokenizer = SimpleNamespace(vocab_size=VOCAB, decode_tokens=self.decode_tokens)
+        self.tokenizer = SimpleNamespace(vocab_size=VOCAB, decode_tokens=self.decode_tokens, decode=self.decode)
         self.warmed = False
 
     def warmup(self) -> None:
         self.warmed = True
 
-    def tokenize(self, texts, truncate=True):
+    def tokenize(self, texts, truncate=True, truncation_direction="right"):
         out = []
+        keep = self.max_seq_length - 2
         for text in texts:
-            ids = [CLS] + [1000 + zlib.crc32(w.encode()) % 20000 for w in text.split()] + [SEP]
-            if truncate and len(ids) > self.max_seq_length:
-                ids = ids[: self.max_seq_length - 1] + [SEP]
-            out.append(ids)
+            words = [1000 + zlib.crc32(w.encode()) % 20000 for w in text.split()]
+            if truncate and len(words) > keep:
+                words = words[-keep:] if truncation_direction == "left" else words[:keep]
+            out.append([CLS, *words, SEP])
         return out
 
     def decode_tokens(self, ids):
         names = {CLS: "[CLS]", SEP: "[SEP]"}
         return [names.get(i, f"tok{i}") for i in ids]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(t for t in self.decode_tokens(ids) if not (skip_special_tokens and t in ("[CLS]", "[SEP]")))
 
     def vector(self, ids) -> np.ndarray:
         rng = np.random.default_rng(zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes()))

@@ -14,13 +14,16 @@ from ..contract import Encoder
 from ..devices import release_host_threads
 from .batcher import Batcher
 from .errors import install_error_handlers
+from .handlers import TokenEmbedder, default_tasks
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from .openapi import install_openapi
 from .routes_openai import router as openai_router
 from .routes_ops import router as ops_router
 from .routes_tei import router as tei_router
 from .settings import ServerSettings
 from .state import ServerState
+from .validation import Edge
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,16 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
     settings = settings or ServerSettings()
     metrics = ServerMetrics()
     batcher = Batcher(encoder, settings, metrics=metrics)
-    state = ServerState(encoder=encoder, settings=settings, batcher=batcher, metrics=metrics)
+    state = ServerState(
+        encoder=encoder,
+        settings=settings,
+        batcher=batcher,
+        metrics=metrics,
+        edge=Edge(encoder, settings.max_client_batch_size),
+        # The last batch worker: a one-thread lane on one CPU, so /embed_all adds no OpenMP pool of its size.
+        tokens=TokenEmbedder(encoder.batch_workers()[-1], release_host_threads),
+        tasks=default_tasks(),
+    )
 
     def warm_up() -> None:
         encoder.warmup()  # every device, not only the one the probe below lands on
@@ -67,18 +79,22 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
         try:
             yield
         finally:
+            state.tokens.close()
             await asyncio.to_thread(batcher.close)
 
     from .. import __version__
 
+    docs = {} if settings.docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(
         title="minilm-npu embedding server",
         version=__version__,
         lifespan=lifespan,
         description="OpenAI- and text-embeddings-inference-compatible sentence embeddings.",
+        **docs,
     )
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(app, state)
     app.include_router(openai_router)
     app.include_router(tei_router)
     app.include_router(ops_router)

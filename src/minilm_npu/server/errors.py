@@ -8,6 +8,7 @@ Starlette's 404/405, anything unexpected) into one of the two, so a client never
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,12 +23,13 @@ _TYPES = {
     "empty": ("invalid_request_error", "empty"),
     "auth": ("invalid_request_error", "auth"),
     "not_found": ("invalid_request_error", "not_found"),
+    "no_model": ("invalid_request_error", "not_found"),
     "too_large": ("invalid_request_error", "payload_too_large"),
     "overloaded": ("rate_limit_error", "overloaded"),
     "unhealthy": ("server_error", "unhealthy"),
     "backend": ("server_error", "backend"),
 }
-_CODES = {"auth": "invalid_api_key", "overloaded": "rate_limit_exceeded"}
+_CODES = {"auth": "invalid_api_key", "overloaded": "rate_limit_exceeded", "no_model": "model_not_found"}
 
 
 class ApiError(Exception):
@@ -36,8 +38,8 @@ class ApiError(Exception):
     Args:
         status: HTTP status code.
         message: One line saying what was wrong and, where it helps, which limit or flag applies.
-        kind: One of ``validation``, ``empty``, ``auth``, ``not_found``, ``too_large``, ``overloaded``,
-            ``unhealthy``, ``backend``.
+        kind: One of ``validation``, ``empty``, ``auth``, ``not_found``, ``no_model``, ``too_large``,
+            ``overloaded``, ``unhealthy``, ``backend``.
         param: The request field at fault (OpenAI's ``param``), if any.
     """
 
@@ -50,8 +52,9 @@ class ApiError(Exception):
 
 
 def is_openai_path(path: str) -> bool:
-    """Whether a path belongs to the OpenAI-compatible API (and so gets OpenAI-style errors)."""
-    return path == "/v1" or path.startswith("/v1/")
+    """Whether a path belongs to the OpenAI-compatible API (and so gets OpenAI-style errors): ``/v1/*``, and
+    ``/embeddings``, which text-embeddings-inference serves as OpenAI's route without the ``/v1``."""
+    return path.startswith("/v1/") or path in ("/v1", "/embeddings")
 
 
 def error_body(path: str, message: str, kind: str, param: str | None = None) -> dict:
@@ -71,21 +74,21 @@ def error_response(
 
 def _union_tag(error: dict, field: str | None) -> str | None:
     """The union member (``str``, ``list[int]``, ...) an error belongs to, if it is one of ``field``'s."""
-    loc = error.get("loc", ())
-    if len(loc) > 2 and loc[0] == "body" and loc[1] == field and isinstance(loc[2], str):
-        tag = loc[2]
+    loc = [part for part in error.get("loc", ()) if part != "body"]
+    if len(loc) > 1 and loc[0] == field and isinstance(loc[1], str):
+        tag = loc[1]
         if tag in ("str", "int", "bool") or "[" in tag:
             return tag
     return None
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line out of pydantic's error list: which field, and what was expected.
+def describe_validation(errors: Sequence[dict]) -> tuple[str, str | None]:
+    """One line out of pydantic's error list (FastAPI's, whose locations start with ``body``, or pydantic's own):
+    which field, and what was expected.
 
     A union field (``input``) fails once per accepted shape, each with the shape's tag in its location; those
     are folded into one "expected one of ..." message rather than reporting the first shape's complaint.
     """
-    errors = exc.errors()
     if not errors:
         return "invalid request", None
     first = errors[0]
@@ -93,7 +96,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
         return "request body is not valid JSON", None
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     field = loc[0] if loc else None
-    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+    if not loc and first.get("type") in ("model_attributes_type", "model_type", "dict_type", "missing"):
         return "request body must be a JSON object (send Content-Type: application/json)", None
     shapes = [tag for tag in (_union_tag(e, field) for e in errors) if tag]
     if field and len(shapes) > 1:
@@ -114,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _describe_validation(exc)
+        message, param = describe_validation(exc.errors())
         return error_response(request.url.path, 422, message, "validation", param)
 
     @app.exception_handler(StarletteHTTPException)
