@@ -108,7 +108,10 @@ class FakeEncoder:
         return out[0] if single else out
 
     def expected(self, texts, normalize=True) -> np.ndarray:
-        out = np.stack([self.vector(seq) for seq in self.tokenize(texts)])
+        return self.expected_ids(self.tokenize(texts), normalize)
+
+    def expected_ids(self, ids, normalize=True) -> np.ndarray:
+        out = np.stack([self.vector(seq) for seq in ids])
         if normalize:
             out /= np.linalg.norm(out, axis=1, keepdims=True)
         return out

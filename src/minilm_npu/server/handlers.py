@@ -253,6 +253,20 @@ def pick_task(tasks: tuple[Task, ...], body: Any) -> Task:
     return next((task for task in tasks if task.matches(body)), tasks[-1])
 
 
+async def run_task(state: ServerState, raw: bytes) -> bytes:
+    """``POST /``: the body's task (:attr:`ServerState.tasks`), validated against that task's request model.
+
+    Raises:
+        pydantic.ValidationError: the body does not fit the task's model (a 422, as on any other route).
+    """
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None  # the fallback task's model reports the invalid JSON
+    task = pick_task(state.tasks, parsed)
+    return await task.run(state, task.model.model_validate_json(raw))
+
+
 class TokenEmbedder:
     """Runs ``/embed_all`` forwards on one thread of their own, beside the batcher's.
 

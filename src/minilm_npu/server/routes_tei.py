@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
@@ -57,21 +56,6 @@ async def decode(body: TEIDecodeRequest, request: Request) -> Response:
     return _json(await handlers.decode(get_state(request), body))
 
 
-async def run_task(state, raw: bytes) -> bytes:
-    """``POST /``: the body's task (see :func:`handlers.default_tasks`), validated against that task's model.
-
-    Raises:
-        ValidationError: the body does not fit the task's model (rendered as a 422 like any other route's).
-    """
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        parsed = None  # the fallback task's model reports the invalid JSON
-    task = handlers.pick_task(state.tasks, parsed)
-    body = task.model.model_validate_json(raw)
-    return await task.run(state, body)
-
-
 _TASK_DOC = {
     "requestBody": {
         "required": True,
@@ -107,7 +91,7 @@ _TASK_DOC = {
 async def _task_route(request: Request) -> Response:
     state = get_state(request)
     try:
-        return _json(await run_task(state, await request.body()))
+        return _json(await handlers.run_task(state, await request.body()))
     except ValidationError as err:
         from fastapi.exceptions import RequestValidationError
 

@@ -24,6 +24,8 @@ class ServerSettings:
         max_body_bytes: Largest request body accepted; larger bodies get 413 before they are parsed.
         health_timeout_s: How long ``/health`` waits for its forward pass before answering 503.
         docs: Serve the API's description (``/openapi.json``, ``/docs``, ``/redoc``), without an API key.
+        fast_path: Serve the embedding routes straight from ASGI (``server/fastpath.py``); False sends them
+            through FastAPI's routing too (the same answers, slower; for comparisons).
     """
 
     served_model_name: str | None = None
@@ -34,6 +36,7 @@ class ServerSettings:
     max_body_bytes: int = 2_000_000
     health_timeout_s: float = 10.0
     docs: bool = True
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_client_batch_size", "max_concurrent_requests", "max_body_bytes"):
