@@ -8,6 +8,7 @@ Starlette's 404/405, anything unexpected) into one of the two, so a client never
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
@@ -72,11 +73,15 @@ def error_response(
     return JSONResponse(error_body(path, message, kind, param), status_code=status, headers=headers)
 
 
+#: pydantic names a validated type ``function-before[_integral(), int]``; a client only needs the ``int``.
+_VALIDATOR_TAG = re.compile(r"function-\w+\[\w+\(\), (\w+)\]")
+
+
 def _union_tag(error: dict, field: str | None) -> str | None:
     """The union member (``str``, ``list[int]``, ...) an error belongs to, if it is one of ``field``'s."""
     loc = [part for part in error.get("loc", ()) if part != "body"]
     if len(loc) > 1 and loc[0] == field and isinstance(loc[1], str):
-        tag = loc[1]
+        tag = _VALIDATOR_TAG.sub(r"\1", loc[1])
         if tag in ("str", "int", "bool") or "[" in tag:
             return tag
     return None
@@ -108,6 +113,16 @@ def describe_validation(errors: Sequence[dict]) -> tuple[str, str | None]:
     return message, field
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(request.url.path):
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that render every error in the route's API style."""
 
@@ -123,9 +138,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code in (404, 405) else "validation"
-        return error_response(
-            request.url.path, exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; "/" has two (GET health, POST task).
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(request.url.path, exc.status_code, str(exc.detail), kind, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 #: This server's values of the ``$name`` bounds below (``openapi.placeholder_values``), set while its OpenAPI
 #: document is generated; a ``$name`` with no value is left out of the schema.
@@ -39,8 +39,16 @@ def _bounds(**schema: Any) -> Any:
     return Field(json_schema_extra=_schema_extra(**schema))
 
 
+def _integral(value: Any) -> Any:
+    """``3.0`` as ``3``: JSON Schema's integers include numbers with a zero fraction (what generated clients and
+    Schemathesis may send); ``3.5``, ``"3"`` and ``true`` stay errors."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+#: An integer as JSON Schema defines one (``2.0`` included), never a bool or a string.
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 #: One token id: in the vocabulary.
-TokenId = Annotated[StrictInt, _bounds(minimum=0, maximum="$max_token_id")]
+TokenId = Annotated[Integer, _bounds(minimum=0, maximum="$max_token_id")]
 Texts = Annotated[list[StrictStr], _bounds(minItems=1, maxItems="$max_client_batch_size")]
 Ids = Annotated[list[TokenId], _bounds(minItems=1)]
 IdBatch = Annotated[list[Ids], _bounds(minItems=1, maxItems="$max_client_batch_size")]
@@ -73,7 +81,7 @@ class OpenAIEmbeddingRequest(_Request):
     )
     model: StrictStr | None = Field(None, description="Accepted and echoed as the served model name.")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: StrictInt | None = Field(
+    dimensions: Integer | None = Field(
         None,
         description="Keep the first N dimensions and re-normalise (a quality trade-off, as in TEI).",
         json_schema_extra=_schema_extra(minimum=1, maximum="$dimension"),
@@ -90,7 +98,7 @@ class TEIEmbedRequest(_Request):
     truncate: StrictBool | None = Field(True, description=_TRUNCATE)
     truncation_direction: TruncationDirection = Field("right", description=_DIRECTION)
     prompt_name: StrictStr | None = _prompt_name()
-    dimensions: StrictInt | None = Field(
+    dimensions: Integer | None = Field(
         None,
         description="Keep the first N dimensions (re-normalised when normalize is true).",
         json_schema_extra=_schema_extra(minimum=1, maximum="$dimension"),
