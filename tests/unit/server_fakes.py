@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from minilm_npu.config import EncoderConfig
+from minilm_npu.tokenization import UntokenizableText
 
 CLS, SEP, VOCAB = 101, 102, 30522
 
@@ -76,7 +77,11 @@ class FakeEncoder:
     def tokenize(self, texts, truncate=True, truncation_direction="right"):
         out = []
         keep = self.max_seq_length - 2
-        for text in texts:
+        for index, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as bad:  # as the real tokenizer: the text, named by its position
+                raise UntokenizableText(index, f"is not valid Unicode: {bad.reason}") from None
             words = [1000 + zlib.crc32(w.encode()) % 20000 for w in text.split()]
             if truncate and len(words) > keep:
                 words = words[-keep:] if truncation_direction == "left" else words[:keep]

@@ -225,3 +225,20 @@ def test_every_answered_status_is_in_the_schema(fake, client):
             assert r.status_code == status, (path, r.text)
             documented = schema[path if path != "/v1/models/x" else "/v1/models/{model_id}"][method]["responses"]
             assert str(status) in documented, (path, status)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_lone_surrogate_is_a_400_naming_the_input_on_both_paths(fake, fast_path):
+    """Valid JSON (a "\\ud800" escape) that is not valid Unicode: pydantic-core's parser refuses the body, the
+    standard library's reads it, and the input is named as on every route (not "invalid JSON")."""
+    headers = {**AUTH, "Content-Type": "application/json"}
+    with _client(fake, fast_path=fast_path) as c:
+        for path, raw, name in (
+            ("/v1/embeddings", '{"input": ["fine", "bad \\ud800"]}', "input[1]"),
+            ("/embed", '{"inputs": "\\udfff"}', "inputs"),
+            ("/", '{"inputs": ["ok", "\\ud800"]}', "inputs[1]"),
+        ):
+            r = c.post(path, content=raw, headers=headers)
+            assert r.status_code == 400, r.text
+            message = r.json()["error"]["message"] if path.startswith("/v1") else r.json()["error"]
+            assert message.startswith(f"{name} ")

@@ -3,10 +3,10 @@
 ``POST /v1/embeddings``, ``/embeddings``, ``/embed``, ``/`` and ``/invocations`` carry nearly all of a server's
 traffic, and a short request's own work (tokenizing a sentence, rendering one vector) is tens of microseconds;
 Starlette's routing and FastAPI's request handling around it cost several times that on every request. Here the
-body is validated by pydantic-core straight from the JSON bytes (the same request models, so the same rules and
-the same messages) and handed to the same handlers the FastAPI routes call; the answer is the same either way
-(tests compare the two). Everything else, and these paths with other methods, goes on to FastAPI. The
-middlewares (metrics, API key, body limit) wrap both.
+body is validated by pydantic-core straight from the JSON bytes (``handlers.parse_body``: the same request
+models, so the same rules and the same messages) and handed to the same handlers the FastAPI routes call; the
+answer is the same either way (tests compare the two). Everything else, and these paths with other methods, goes
+on to FastAPI. The edge middlewares (metrics, API key, body limit) wrap both.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 def _validated(model: type[BaseModel], handler: Callable[[ServerState, BaseModel], Awaitable[bytes]]) -> Handler:
     async def run(state: ServerState, raw: bytes) -> bytes:
-        return await handler(state, model.model_validate_json(raw))
+        return await handler(state, handlers.parse_body(model, raw))
 
     return run
 

@@ -7,12 +7,14 @@ gets the same answer whichever way it came in. Errors are raised as :class:`~min
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from .errors import ApiError
 from .schemas import (
@@ -253,6 +255,34 @@ def pick_task(tasks: tuple[Task, ...], body: Any) -> Task:
     return next((task for task in tasks if task.matches(body)), tasks[-1])
 
 
+def _loads(raw: bytes) -> Any:
+    """JSON as the standard library reads it, which keeps lone surrogates (``"\\ud800"``) where the fast parsers
+    refuse the whole body: such text is then a 400 naming the input, as on every route, not "invalid JSON"."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    """``raw`` validated against ``model``: straight from the bytes by pydantic-core, or through the standard
+    library's JSON where pydantic-core's parser refuses it (lone surrogates, see :func:`_loads`).
+
+    Raises:
+        pydantic.ValidationError: not JSON, or not what ``model`` takes.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        if err.errors()[0].get("type") != "json_invalid":
+            raise
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            raise err from None
+        return model.model_validate(parsed)
+
+
 async def run_task(state: ServerState, raw: bytes) -> bytes:
     """``POST /``: the body's task (:attr:`ServerState.tasks`), validated against that task's request model.
 
@@ -260,11 +290,11 @@ async def run_task(state: ServerState, raw: bytes) -> bytes:
         pydantic.ValidationError: the body does not fit the task's model (a 422, as on any other route).
     """
     try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        parsed = _loads(raw)
+    except ValueError:
         parsed = None  # the fallback task's model reports the invalid JSON
     task = pick_task(state.tasks, parsed)
-    return await task.run(state, task.model.model_validate_json(raw))
+    return await task.run(state, parse_body(task.model, raw))
 
 
 class TokenEmbedder:
