@@ -189,7 +189,9 @@ def _shared_encoder():
     return _ENCODER
 
 
-class TestLangChainInProcessUnit(EmbeddingsUnitTests):
+class _InProcess:
+    """``MiniLMEmbeddings`` around an encoder in this process."""
+
     @property
     def embeddings_class(self):
         return MiniLMEmbeddings
@@ -199,14 +201,12 @@ class TestLangChainInProcessUnit(EmbeddingsUnitTests):
         return {"encoder": _shared_encoder()}
 
 
-class TestLangChainInProcessIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self):
-        return MiniLMEmbeddings
+class TestLangChainInProcessUnit(_InProcess, EmbeddingsUnitTests):
+    pass
 
-    @property
-    def embedding_model_params(self):
-        return {"encoder": _shared_encoder()}
+
+class TestLangChainInProcessIntegration(_InProcess, EmbeddingsIntegrationTests):
+    pass
 
 
 class _ByUrl:

@@ -242,3 +242,25 @@ def test_a_lone_surrogate_is_a_400_naming_the_input_on_both_paths(fake, fast_pat
             assert r.status_code == 400, r.text
             message = r.json()["error"]["message"] if path.startswith("/v1") else r.json()["error"]
             assert message.startswith(f"{name} ")
+
+
+def test_schemathesis_found_cases(fake, client):
+    """The cases Schemathesis found, kept as plain tests."""
+    # JSON Schema's integers include 7.0: token ids and dimensions sent that way are accepted; 7.5 is not.
+    ids = fake.tokenize(["a b"])[0]
+    r = client.post("/v1/embeddings", json={"input": [float(i) for i in ids], "dimensions": 8.0}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    full = fake.expected(["a b"], normalize=False)[0][:8]
+    np.testing.assert_allclose(r.json()["data"][0]["embedding"], full / np.linalg.norm(full), atol=1e-6)
+    r = client.post("/v1/embeddings", json={"input": [101.5]}, headers=AUTH)
+    assert r.status_code == 422 and "list[int]" in r.json()["error"]["message"]
+    # A bound the schema states (dimensions >= 1) is a 4xx, documented.
+    assert client.post("/v1/embeddings", json={"input": "", "dimensions": 0}, headers=AUTH).status_code == 400
+    # A method the path does not serve: 405 naming every method the path serves ("/" has GET and POST, the health
+    # route and the task).
+    r = client.request("OPTIONS", "/", headers=AUTH)
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    r = client.put("/v1/embeddings", headers=AUTH)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    # Prometheus text, as documented (not application/json).
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")

@@ -27,7 +27,7 @@ from .schemas import (
     TEITokenizeRequest,
 )
 from .state import ServerState
-from .validation import input_work, prepare_inputs
+from .validation import Edge, PreparedInput, input_work, prepare_inputs
 from .vectors import finish, json_body, to_base64
 
 
@@ -49,18 +49,29 @@ def _render_vectors(raw: np.ndarray, dimensions: int | None, normalize: bool) ->
     return json_body(vectors.tolist(), finite=bool(np.isfinite(vectors).all()))
 
 
+async def _prepare(state: ServerState, inputs: Any, edge: Edge | None = None, **options: Any) -> PreparedInput:
+    """:func:`~minilm_npu.server.validation.prepare_inputs` for a request: on the event loop when it is small,
+    else in the tokenizer pool (``Batcher.preprocess``)."""
+    batcher = state.batcher
+    work = input_work(inputs, batcher.INLINE_WORK)
+    return await batcher.preprocess(prepare_inputs, inputs, edge or state.edge, work=work, **options)
+
+
+def _tei_options(body: TEIEmbedRequest | TEIEmbedAllRequest) -> dict[str, Any]:
+    """The input options TEI's embedding requests share."""
+    return {
+        "truncate": body.truncate,
+        "truncation_direction": body.truncation_direction,
+        "prompt_name": body.prompt_name,
+        "param": "inputs",
+    }
+
+
 async def embed_openai(state: ServerState, body: OpenAIEmbeddingRequest) -> bytes:
     """``POST /v1/embeddings``: ``model`` is accepted whatever it says and answered with the served name."""
     batcher = state.batcher
     with batcher.admit():
-        prepared = await batcher.preprocess(
-            prepare_inputs,
-            body.input,
-            state.edge,
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-            work=input_work(body.input, batcher.INLINE_WORK),
-        )
+        prepared = await _prepare(state, body.input, truncate=body.truncate, dimensions=body.dimensions)
         raw = await batcher.embed(prepared.ids)
         return await batcher.preprocess(
             _render_openai,
@@ -77,17 +88,7 @@ async def embed_tei(state: ServerState, body: TEIEmbedRequest) -> bytes:
     """``POST /embed``: one vector per input (a list of one for a single string)."""
     batcher = state.batcher
     with batcher.admit():
-        prepared = await batcher.preprocess(
-            prepare_inputs,
-            body.inputs,
-            state.edge,
-            truncate=body.truncate,
-            truncation_direction=body.truncation_direction,
-            prompt_name=body.prompt_name,
-            dimensions=body.dimensions,
-            param="inputs",
-            work=input_work(body.inputs, batcher.INLINE_WORK),
-        )
+        prepared = await _prepare(state, body.inputs, dimensions=body.dimensions, **_tei_options(body))
         raw = await batcher.embed(prepared.ids)
         return await batcher.preprocess(_render_vectors, raw, body.dimensions, body.normalize, work=raw.size)
 
@@ -110,8 +111,8 @@ async def similarity(state: ServerState, body: TEISimilarityRequest) -> bytes:
     names = ["inputs.source_sentence", *(f"inputs.sentences[{i}]" for i in range(len(sentences)))]
     batcher = state.batcher
     with batcher.admit():
-        prepared = await batcher.preprocess(
-            prepare_inputs,
+        prepared = await _prepare(
+            state,
             texts,
             state.edge.with_batch_limit(limit + 1),
             truncate=parameters.truncate if parameters else True,
@@ -119,7 +120,6 @@ async def similarity(state: ServerState, body: TEISimilarityRequest) -> bytes:
             prompt_name=parameters.prompt_name if parameters else None,
             param="inputs",
             names=names,
-            work=input_work(texts, batcher.INLINE_WORK),
         )
         raw = await batcher.embed(prepared.ids)
     vectors = finish(raw, normalize=True)
@@ -146,18 +146,8 @@ def _token_chunks(ids: list[list[int]], max_tokens: int, max_rows: int) -> list[
 async def embed_all(state: ServerState, body: TEIEmbedAllRequest) -> bytes:
     """``POST /embed_all``: every token's last-layer vector (special tokens included, not pooled, not normalised),
     ``[input][token][dimension]``, as sentence-transformers' ``output_value="token_embeddings"``."""
-    batcher = state.batcher
-    with batcher.admit():
-        prepared = await batcher.preprocess(
-            prepare_inputs,
-            body.inputs,
-            state.edge,
-            truncate=body.truncate,
-            truncation_direction=body.truncation_direction,
-            prompt_name=body.prompt_name,
-            param="inputs",
-            work=input_work(body.inputs, batcher.INLINE_WORK),
-        )
+    with state.batcher.admit():
+        prepared = await _prepare(state, body.inputs, **_tei_options(body))
         config = state.encoder.config
         chunks = _token_chunks(prepared.ids, config.max_batch_tokens, config.batch_size)
         return await state.tokens.run(chunks)
@@ -181,14 +171,7 @@ async def tokenize(state: ServerState, body: TEITokenizeRequest) -> bytes:
     """``POST /tokenize``: tokens of each input, untruncated (so a client can see what would be cut)."""
     batcher = state.batcher
     with batcher.admit():
-        prepared = await batcher.preprocess(
-            prepare_inputs,
-            body.inputs,
-            state.edge,
-            prompt_name=body.prompt_name,
-            param="inputs",
-            check_length=False,
-        )
+        prepared = await _prepare(state, body.inputs, prompt_name=body.prompt_name, param="inputs", check_length=False)
         return await batcher.preprocess(_tokens, state.encoder, prepared.ids, body.add_special_tokens)
 
 
