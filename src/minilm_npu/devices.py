@@ -181,9 +181,9 @@ def release_host_threads() -> bool:
     Why: OpenMP keeps one pool of worker threads per thread that ever ran a parallel region, and GNU libgomp (which
     torch's x86 Linux wheels ship) stops its workers from spin-waiting between regions once the process holds more
     OpenMP threads than CPUs: every op of a forward then ends in a sleep and a wake-up. A server loads and warms
-    the model on one thread and runs it on another, so it holds two pools. Measured on a 2-core Zen 4: one short
-    sentence's forward 3.0 ms on the loading thread, 7.0 ms on a second thread, 3.0 ms there once the loading
-    thread's pool was released with this call (OpenMP 5.0's ``omp_pause_resource_all(omp_pause_hard)``).
+    the model on one thread and runs it on another, so it holds two pools, and every forward on the serving thread
+    pays those sleeps until the loading thread's pool is released with this call (OpenMP 5.0's
+    ``omp_pause_resource_all(omp_pause_hard)``). Measurements: docs/benchmarks.md (server).
 
     Returns:
         True if an OpenMP runtime took the call; False where none is loaded (nothing to release).
