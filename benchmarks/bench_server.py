@@ -7,10 +7,13 @@ shares the server's interpreter lock nor takes much of the CPU the server needs.
 ``--texts-per-request`` texts of ``--words`` words per request; every level is bounded by ``--requests`` and
 ``--max-seconds``. The in-process baseline encodes the same texts with ``MiniLMEncoder.encode(batch_size=32)`` in
 one call, and times one request's worth of texts per call (its p50 is the in-process latency), before the server
-starts. Targets: one client's p50 <= in-process p50 +
-1.5 ms; at 64 clients >= 90 % of in-process throughput (``--texts-per-request 1`` is the one-sentence case). On a
-small CPU box the clients and the server share the cores, which the in-process baseline does not pay; on an
-accelerator the model's work leaves the CPU.
+starts. Targets: one client's p50 <= in-process p50 + 1.0 ms; at 64 clients >= 90 % of in-process throughput
+(``--texts-per-request 1 --words 6-10`` is the one-short-sentence case). ``--variants fast,fastapi`` runs the
+server as users run it beside one whose embedding routes go through FastAPI's routing, measured in turn at every
+level (``--rounds`` repeats them, for a range on a shared machine); each row also gives the server's CPU time per
+request (all its threads), which other load on the machine disturbs less than latency. On a small CPU box the
+clients and the server share the cores, which the in-process baseline does not pay; on an accelerator the model's
+work leaves the CPU.
 
     python benchmarks/bench_server.py --device cpu --requests 256
 """

@@ -39,6 +39,7 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self._cache: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,8 +58,21 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
+            counter, histogram = self._children(route, status)
+            counter.inc()
+            histogram.observe(time.perf_counter() - start)
+
+    def _children(self, route: str, status: int) -> tuple[Any, Any]:
+        """The labelled counter and histogram of a route and status, looked up once (``labels()`` takes a lock
+        and builds its key on every call)."""
+        key = (route, status)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._cache[key] = (
+                self.metrics.requests.labels(route=route, status=str(status)),
+                self.metrics.latency.labels(route=route),
+            )
+        return children
 
 
 class ApiKeyMiddleware:
