@@ -10,7 +10,7 @@ strategy, gears, dtypes, host allocator) is engine policy, in :mod:`minilm_npu.e
 imported lazily, only when an NPU is asked for or ``"auto"`` is looking for one, so CPU/CUDA users never pay for
 it.
 
-This module imports nothing else of minilm_npu.
+Of minilm_npu it imports only :class:`~minilm_npu.errors.DeviceError` (re-exported here).
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import DeviceError
+
 # Order in which "auto" looks for an accelerator: Ascend first (the project's first target), then CUDA, then
 # Apple's MPS, then the CPU.
 AUTO_ORDER = ("npu", "cuda", "mps", "cpu")
 KNOWN_TYPES = ("cpu", "cuda", "npu", "mps")
 _SPEC = re.compile(r"^(?P<type>[a-z]+)(?::(?P<index>\d+))?$")
-
-
-class DeviceError(ValueError):
-    """A device string that cannot be honoured on this machine; the message lists what is available."""
 
 
 _torch_npu_state: bool | None = None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import DEFAULT_MAX_BATCH_TOKENS, EncoderConfig
+from .contract import ModelInfo
 from .devices import parse_devices
 from .engine.backend import Backend, create_backend
 from .errors import InputError
@@ -290,6 +291,12 @@ class MiniLMEncoder(SentenceTransformerSurface):
     def pooling(self) -> str:
         """``"mean"`` or ``"cls"``, as the model's files say."""
         return self.model_files.pooling
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model's name and where its files are, as plain data (the contract's view of ``model_files``)."""
+        files = self.model_files
+        return ModelInfo(name=files.name, directory=str(files.directory), weights_path=str(files.weights_path))
 
     def __repr__(self) -> str:
         devices = ",".join(str(d) for d in self.devices)

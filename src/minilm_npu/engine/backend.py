@@ -9,55 +9,27 @@ the copy back to the CPU are the encoder's post stage, shared by every backend.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 
-from ..errors import InputError
+# The names and their checks live in the torch-free config leaf; re-exported here for the engines' users.
+from ..config import BACKENDS, DEFAULT_BACKEND, DTYPES, parse_backend, parse_dtype, parse_dtypes
 from ..modelfiles import ModelFiles
 
-DTYPES = ("float32", "bfloat16", "float16", "int8")
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "DTYPES",
+    "TORCH_DTYPES",
+    "Backend",
+    "create_backend",
+    "parse_backend",
+    "parse_dtype",
+    "parse_dtypes",
+]
+
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-#: name -> "module:class". "packed" is the fast engine, "transformers" the reference port's exact method.
-BACKENDS = {
-    "packed": "minilm_npu.engine.packed:PackedBackend",
-    "transformers": "minilm_npu.engine.reference:TransformersBackend",
-}
-DEFAULT_BACKEND = "packed"
-
-
-def parse_dtype(dtype: object) -> str:
-    """The one dtype check: a name from :data:`DTYPES`, or InputError listing them."""
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    return str(dtype)
-
-
-def parse_dtypes(dtypes: str | Sequence[str]) -> list[str]:
-    """Several dtypes: ``"all"``, a comma list (``"float32, int8"``) or a list of names, each checked by
-    :func:`parse_dtype`; duplicates dropped, order kept.
-
-    Raises:
-        InputError: an unknown name, or none at all.
-    """
-    if isinstance(dtypes, str):
-        if dtypes.strip().lower() == "all":
-            return list(DTYPES)
-        dtypes = dtypes.split(",")
-    names = [str(name).strip().lower() for name in dtypes if str(name).strip()]
-    if not names:
-        raise InputError(f"unknown dtype (none given); choose from {', '.join(DTYPES)} or all")
-    return list(dict.fromkeys(parse_dtype(name) for name in names))
-
-
-def parse_backend(backend: object) -> str:
-    """The one backend check: a name from :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`), or InputError."""
-    backend = DEFAULT_BACKEND if backend is None else backend
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    return str(backend)
 
 
 class Backend(Protocol):
