@@ -57,21 +57,26 @@ def test_exact_gelu_choice(fake_torch_npu, monkeypatch):
 
 
 def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, st_model, monkeypatch):
-    """The NPU's choices (TND varlen attention, npu_gelu) on the real model, in float32 arithmetic on the CPU."""
+    """The NPU's choices (TND varlen attention, npu_gelu) on the real model, in float32 arithmetic on the CPU.
+
+    F.gelu is replaced before the model is built, so neither a call at run time nor a default taken at build time
+    can reach the real one; and npu_gelu runs exactly once per layer and forward.
+    """
     config, weights, ids = real
     plan = policy.attention_plan("npu", "float16")
-    gelu, _ = devices.exact_gelu("npu")
-    model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("an Ascend path called F.gelu, which runs the tanh approximation on an NPU")
 
     monkeypatch.setattr(torch.nn.functional, "gelu", forbidden)
+    gelu, _ = devices.exact_gelu("npu")
+    model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
     packed = pack(ids, plan.strategy, model.device)
     with torch.inference_mode():
-        ours = F.normalize(SentenceHead.pool(model.forward(packed), packed.layout, "mean"), dim=1).numpy()
+        pooled = SentenceHead.pool(model.forward(packed), packed.rows, "mean")
     monkeypatch.undo()
-    assert fake_torch_npu.gelu_calls  # the exact kernel ran
+    assert fake_torch_npu.gelu_calls == ["none"] * config.num_layers  # the exact kernel, in every layer
+    ours = F.normalize(pooled, dim=1).numpy()
     np.testing.assert_allclose(ours, st_model.encode(BATCH), atol=1e-5, rtol=0)
 
 
@@ -82,6 +87,6 @@ def test_square_mask_equals_broadcast_mask(real):
         outputs = []
         for square in (False, True):
             packed = pack(ids, "padded", model.device, square_mask=square)
-            outputs.append(SentenceHead.pool(model.forward(packed), packed.layout, "mean"))
+            outputs.append(SentenceHead.pool(model.forward(packed), packed.rows, "mean"))
     assert packed.buckets[0].mask.shape[-2:] == (packed.buckets[0].mask.shape[-1],) * 2
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)

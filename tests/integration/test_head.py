@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minilm_npu.engine.head import SentenceHead, TokenLayout
+from minilm_npu.engine.head import RowLayout, SentenceHead
 
 MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 LENGTHS = [7, 1, 3, 12, 2, 5]  # with a prompt of 3 tokens: some sequences are all prompt, one is shorter
@@ -37,14 +37,14 @@ def test_every_mode_equals_sentence_transformers(mode, prompt_length):
     padded = torch.randn(len(LENGTHS), width, 16, generator=generator)
     expected = st_pooling(mode, padded, LENGTHS, prompt_length)
     # Padded layout: every slot of every row, padding included (the static-shape graphs' and transformers' layout).
-    layout = TokenLayout.padded(torch.tensor(LENGTHS), width)
+    layout = RowLayout.padded(torch.tensor(LENGTHS), width)
     got = SentenceHead.pool(padded.reshape(-1, 16), layout, mode, prompt_length)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
     # Packed layout: real tokens end to end (the packed engine's), one sequence alone included.
     packed = torch.cat([padded[i, :n] for i, n in enumerate(LENGTHS)])
-    got = SentenceHead.pool(packed, TokenLayout.packed(LENGTHS), mode, prompt_length)
+    got = SentenceHead.pool(packed, RowLayout.packed(LENGTHS), mode, prompt_length)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
-    alone = SentenceHead.pool(padded[3, :12], TokenLayout.packed([12]), mode, prompt_length)
+    alone = SentenceHead.pool(padded[3, :12], RowLayout.packed([12]), mode, prompt_length)
     torch.testing.assert_close(alone, expected[3:4], atol=1e-6, rtol=1e-6)
 
 
@@ -52,7 +52,7 @@ def test_modes_concatenate_and_prompt_only_matters_without_include_prompt():
     files = SimpleNamespace(pooling_modes=("cls", "mean"), include_prompt=True, dense=(), dimension=32)
     head = SentenceHead(files, torch.device("cpu"))
     hidden = torch.randn(sum(LENGTHS), 16)
-    layout = TokenLayout.packed(LENGTHS)
+    layout = RowLayout.packed(LENGTHS)
     both = head(hidden, layout, prompt_length=3)  # include_prompt=True: the prompt is pooled like the text
     assert both.shape == (len(LENGTHS), 32)
     torch.testing.assert_close(both[:, :16], SentenceHead.pool(hidden, layout, "cls"))

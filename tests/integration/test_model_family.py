@@ -238,7 +238,7 @@ def test_npu_varlen_path_is_exact(name, st, ours, fake_torch_npu):
     with torch.inference_mode():
         packed = pack(ids, policy.attention_plan("npu", "float16").strategy, model.device)
         assert packed.strategy == "varlen"
-        pooled = head(model.forward(packed), packed.layout)
+        pooled = head(model.forward(packed), packed.rows)
     assert fake_torch_npu.gelu_calls
     assert_close(_finish(pooled, encoder), st(name).encode(TEXTS), name)
 

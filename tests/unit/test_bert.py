@@ -80,7 +80,7 @@ def test_roberta_positions_follow_transformers():
     model = PackedBert(config, {n: torch.zeros(s) for n, s in expected_shapes(config).items()}, torch.device("cpu"))
     batch = [[0, 5, 6, 2], [0, 2], [0, 7, 1, 8, 2]]
     packed = pack(batch, "per_sequence", torch.device("cpu"))
-    ours = model.position_ids(packed.ids, packed.layout.slots).tolist()
+    ours = model.position_ids(packed.ids, packed.rows.slots).tolist()
     embeddings = XLMRobertaEmbeddings(XLMRobertaConfig(pad_token_id=1))
     theirs = [embeddings.create_position_ids_from_input_ids(torch.tensor([ids]), 1)[0].tolist() for ids in batch]
     assert ours == sum(theirs, []) == [2, 3, 4, 5, 2, 3, 2, 3, 1, 4, 5]
@@ -146,13 +146,13 @@ def test_pack_indices(strategy):
     batch = [[101, 5, 102], [101, 102], [101, 7, 8, 9, 102]]
     packed = pack(batch, strategy, torch.device("cpu"))
     assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102]
-    assert packed.layout.slots.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
-    assert packed.layout.rows.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
-    assert packed.layout.lengths.tolist() == [3, 2, 5] and packed.layout.count == 3
+    assert packed.rows.slots.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
+    assert packed.rows.sequence.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
+    assert packed.rows.lengths.tolist() == [3, 2, 5] and packed.rows.count == 3
     assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
     # Mean pooling over the layout: each sequence's own rows, nothing elsewhere.
     rows = torch.arange(10.0)[:, None]
-    assert SentenceHead.pool(rows, packed.layout, "mean").flatten().tolist() == [1.0, 3.5, 7.0]
+    assert SentenceHead.pool(rows, packed.rows, "mean").flatten().tolist() == [1.0, 3.5, 7.0]
     if strategy != "per_sequence":
         # Gathering into blocks and reading back through `unpad` must give every packed row once, in order.
         rows = torch.arange(10.0)[:, None]
@@ -189,9 +189,9 @@ def test_pack_with_row_gears_pads_the_sequence_count_and_reads_back_only_real_ro
 def test_one_sequence_is_its_own_block(strategy):
     """A lone sequence skips the gather/unpad bookkeeping; a gear that would pad it keeps the general path."""
     packed = pack([[101, 7, 8, 102]], strategy, torch.device("cpu"))
-    assert packed.ids.tolist() == [101, 7, 8, 102] and packed.layout.slots.tolist() == [0, 1, 2, 3]
+    assert packed.ids.tolist() == [101, 7, 8, 102] and packed.rows.slots.tolist() == [0, 1, 2, 3]
     assert packed.starts == [0] and packed.lengths == [4] and packed.unpad is None
-    assert packed.layout.rows.tolist() == [0] * 4 and packed.layout.lengths.tolist() == [4]
+    assert packed.rows.sequence.tolist() == [0] * 4 and packed.rows.lengths.tolist() == [4]
     assert [(b.gather, b.mask, b.lengths) for b in packed.buckets] == (
         [] if strategy == "per_sequence" else [(None, None, [4])]
     )

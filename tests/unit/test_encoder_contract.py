@@ -9,11 +9,11 @@ import pytest
 
 from minilm_npu.contract import DeviceWorker, Encoder, ModelInfo
 from minilm_npu.encoder import MiniLMEncoder
+from tests.fixtures.backends import fake_backend  # noqa: F401 - fixture
 from tests.fixtures.corpus import FakeEncoder as CorpusFakeEncoder
 from tests.fixtures.verify import VerifyFake
 
 from .server_fakes import FakeEncoder
-from .test_encoder_workers import fake_backend  # noqa: F401 - fixture
 
 
 def _protocol_methods(protocol) -> dict[str, inspect.Signature]:

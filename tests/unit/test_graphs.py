@@ -62,14 +62,14 @@ def test_gears_round_up_and_respect_the_budget():
 def test_static_shape_forward_equals_packed_forward(tiny, count, longest):
     batch = random_batch(count, longest, seed=count)
     packed = pack(batch, "per_sequence", tiny.device)
-    expected = head("mean")(tiny.forward(packed), packed.layout)
+    expected = head("mean")(tiny.forward(packed), packed.rows)
     graphs = GraphedForwards(tiny, "float16", head("mean"), api=None)  # the eager static-shape path, as the CPU runs it
     torch.testing.assert_close(graphs.embed(batch), expected, atol=1e-5, rtol=0)
     # Every pooling mode, several at once, through the static layout (padding slots, spare rows).
     modes = head("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
     static = StaticShapeForward(tiny, *gear_for([len(ids) for ids in batch], "float16"), modes)
     static.load(batch)
-    torch.testing.assert_close(static.compute()[:count], modes(tiny.forward(packed), packed.layout), atol=1e-5, rtol=0)
+    torch.testing.assert_close(static.compute()[:count], modes(tiny.forward(packed), packed.rows), atol=1e-5, rtol=0)
 
 
 def test_one_runner_per_gear_and_reused(tiny):

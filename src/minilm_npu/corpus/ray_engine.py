@@ -200,9 +200,9 @@ class EmbedWorker:
         threads: int | None,
     ):
         if threads:  # this actor's share of the node's cores, set before the model is built
-            import torch
+            from ..engine.cpu_execution import set_threads
 
-            torch.set_num_threads(threads)
+            set_threads(threads)
         self.encoder = build_encoder(config, factory)
         self.reader, self.output = reader, open_directory(output)  # a local path or a storage URI
 

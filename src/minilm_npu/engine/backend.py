@@ -1,4 +1,4 @@
-"""The engine interface: token ids in, pooled vectors out, on one device.
+"""The engine interface: token ids in, sentence embeddings out, on one device.
 
 A backend sees token ids only, already checked at the edge (:func:`minilm_npu.tokenization.check_token_ids`):
 non-empty, at most ``max_seq_length`` long, inside the vocabulary. It pads or packs as it
@@ -8,8 +8,9 @@ final Normalize and the copy back to the CPU are the encoder's post stage, share
 
 from __future__ import annotations
 
+import abc
 import importlib
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 
@@ -32,23 +33,44 @@ __all__ = [
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class Backend(Protocol):
-    """What an engine provides to the encoder."""
+class Backend(abc.ABC):
+    """What an engine provides to the encoder; every engine (and every test fake) subclasses it.
+
+    A subclass sets ``name`` (class attribute), ``device`` and ``dtype``, and implements :meth:`embed` and
+    :meth:`token_embeddings`. The optional parts have defaults here: not shareable, nothing to warm up, no
+    device-dependent choices to report.
+
+    Attributes:
+        name: The backend's name in :data:`BACKENDS`.
+        device: Where the forward pass runs.
+        dtype: One of :data:`DTYPES`.
+        shareable: ``embed`` may run from several threads at once on this one object, so one CPU can run a call's
+            batches side by side without a second copy of the model (the lanes of
+            :class:`~minilm_npu.engine.cpu_execution.CpuExecution`).
+    """
 
     name: str
     device: torch.device
     dtype: str
-    #: Optional (default False): ``embed`` may run from several threads at once on this one object, so the encoder
-    #: can run a call's batches side by side on one CPU without a second copy of the model (``encoder.cpu_lanes``).
-    shareable: bool
+    shareable: bool = False
 
+    @abc.abstractmethod
     def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
         """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
         ``self.device``; ``prompt_length`` leading tokens left out of pooling (passed only for models whose Pooling
         has ``include_prompt=False``)."""
 
+    @abc.abstractmethod
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
         """Last-layer hidden states before pooling, float32 ``[len(ids), hidden]`` per sequence."""
+
+    def warmup(self) -> None:
+        """Run the device's warm-up shapes once (allocation, kernel choice, graph builds); nothing by default."""
+        return None
+
+    def choices(self) -> dict[str, str]:
+        """What this engine picked on its device and why (for ``minilm-npu check`` and reports); none by default."""
+        return {}
 
 
 def create_backend(name: str, model_files: ModelFiles, device: torch.device, dtype: str) -> Backend:
@@ -59,5 +81,7 @@ def create_backend(name: str, model_files: ModelFiles, device: torch.device, dty
     """
     module_name, class_name = BACKENDS[parse_backend(name)].split(":")
     parse_dtype(dtype)
-    backend_class = getattr(importlib.import_module(module_name), class_name)
+    backend_class: Callable[[ModelFiles, torch.device, str], Backend] = getattr(
+        importlib.import_module(module_name), class_name
+    )
     return backend_class(model_files, device, dtype)

@@ -1,7 +1,7 @@
 """sentence-transformers' modules after the transformer: pooling and Dense layers, one implementation for every backend.
 
 The packed engine (eager and static-shape graphs) and the transformers reference backend all hand their last
-hidden states here as one flat ``[rows, hidden]`` tensor plus a :class:`TokenLayout` saying which sequence each row
+hidden states here as one flat ``[rows, hidden]`` tensor plus a :class:`RowLayout` saying which sequence each row
 belongs to; this module does what sentence-transformers' ``Pooling`` and ``Dense`` modules do with them. The
 model's final ``Normalize`` is left to the encoder's post stage (``normalize_embeddings=False`` skips it).
 
@@ -36,25 +36,25 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TokenLayout:
+class RowLayout:
     """Which sequence each row of a flat ``[rows, hidden]`` tensor belongs to.
 
     Attributes:
-        rows: ``[rows]`` int64: the row's sequence, or ``count`` for a row no sequence owns (padding).
+        sequence: ``[rows]`` int64: the row's sequence, or ``count`` for a row no sequence owns (padding).
         slots: ``[rows]`` int64: the row's index inside its sequence (0 for its first token).
         lengths: ``[count]`` int64: real tokens per sequence.
         count: How many sequences.
         dense: Every row belongs to a sequence, in order (sequences end to end: no padding rows).
     """
 
-    rows: torch.Tensor
+    sequence: torch.Tensor
     slots: torch.Tensor
     lengths: torch.Tensor
     count: int
     dense: bool = False
 
     @classmethod
-    def packed(cls, lengths: Sequence[int]) -> TokenLayout:
+    def packed(cls, lengths: Sequence[int]) -> RowLayout:
         """Sequences laid end to end (the packed engine), built on the host."""
         lengths_t = torch.tensor(lengths, dtype=torch.long)
         rows = torch.repeat_interleave(torch.arange(len(lengths)), lengths_t)
@@ -62,17 +62,13 @@ class TokenLayout:
         return cls(rows, torch.arange(int(lengths_t.sum())) - starts[rows], lengths_t, len(lengths), dense=True)
 
     @classmethod
-    def padded(cls, lengths: torch.Tensor, width: int) -> TokenLayout:
+    def padded(cls, lengths: torch.Tensor, width: int) -> RowLayout:
         """``len(lengths)`` rows of ``width`` slots each (padded batches, static shapes), on ``lengths``' device."""
         count = lengths.shape[0]
         slots = torch.arange(width, device=lengths.device)
         owner = torch.arange(count, device=lengths.device)[:, None].expand(-1, width)
         rows = torch.where(slots[None, :] < lengths[:, None], owner, count).reshape(-1)
         return cls(rows, slots.repeat(count), lengths, count)
-
-    def to(self, device: torch.device) -> TokenLayout:
-        """The same layout on ``device``."""
-        return TokenLayout(self.rows.to(device), self.slots.to(device), self.lengths.to(device), self.count, self.dense)
 
 
 def _activation(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -148,7 +144,7 @@ class SentenceHead:
         self.dense = [Dense(layer, device) for layer in model_files.dense]
         self.dimension = model_files.dimension
 
-    def __call__(self, hidden: torch.Tensor, layout: TokenLayout, prompt_length: int = 0) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, layout: RowLayout, prompt_length: int = 0) -> torch.Tensor:
         """Sentence embeddings ``[layout.count, dimension]`` float32, before the model's final Normalize.
 
         Args:
@@ -166,9 +162,9 @@ class SentenceHead:
         return out
 
     @staticmethod
-    def pool(hidden: torch.Tensor, layout: TokenLayout, mode: str, skip: int = 0) -> torch.Tensor:
+    def pool(hidden: torch.Tensor, layout: RowLayout, mode: str, skip: int = 0) -> torch.Tensor:
         """One pooling mode over float32 ``hidden``, leaving each sequence's first ``skip`` tokens out."""
-        count, rows, slots = layout.count, layout.rows, layout.slots
+        count, rows, slots = layout.count, layout.sequence, layout.slots
         if count == 1 and layout.dense and not skip and mode in ("mean", "cls", "lasttoken", "max"):
             # One sequence, every row its own (a query): no index work at all.
             if mode == "mean":

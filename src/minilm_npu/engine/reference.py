@@ -12,8 +12,8 @@ import torch
 
 from ..errors import InputError
 from ..modelfiles import ModelFiles
-from .backend import TORCH_DTYPES
-from .head import SentenceHead, TokenLayout
+from .backend import TORCH_DTYPES, Backend
+from .head import RowLayout, SentenceHead
 
 
 def pad_batch(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +27,7 @@ def pad_batch(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """transformers ``AutoModel`` on one device, padded batches, the model's pooling and Dense modules.
 
     Args:
@@ -72,8 +72,9 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
-        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]``; pooling
-        runs in float32 whatever the model's dtype (summing hundreds of bf16 vectors loses digits for nothing)."""
+        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
+        ``self.device``; pooling runs in float32 whatever the model's dtype (summing hundreds of bf16 vectors loses
+        digits for nothing)."""
         hidden, attention_mask = self._forward(batch)
-        layout = TokenLayout.padded(attention_mask.sum(dim=1), attention_mask.shape[1])
+        layout = RowLayout.padded(attention_mask.sum(dim=1), attention_mask.shape[1])
         return self.head(hidden.reshape(-1, hidden.shape[-1]), layout, prompt_length)
