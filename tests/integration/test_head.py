@@ -49,7 +49,7 @@ def test_every_mode_equals_sentence_transformers(mode, prompt_length):
 
 
 def test_modes_concatenate_and_prompt_only_matters_without_include_prompt():
-    files = SimpleNamespace(pooling_modes=("cls", "mean"), include_prompt=True, dense=(), dimension=32)
+    files = SimpleNamespace(pooling_modes=("cls", "mean"), include_prompt=True, dense=(), dimension=32, hidden_size=16)
     head = SentenceHead(files, torch.device("cpu"))
     hidden = torch.randn(sum(LENGTHS), 16)
     layout = RowLayout.packed(LENGTHS)

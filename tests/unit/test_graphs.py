@@ -29,8 +29,9 @@ CONFIG = BertConfig(
 
 def head(*modes: str) -> SentenceHead:
     """Pooling only (no Dense), as a model with these pooling modes has it."""
+    width = CONFIG.hidden_size
     files = SimpleNamespace(
-        pooling_modes=modes, include_prompt=True, dense=(), dimension=CONFIG.hidden_size * len(modes)
+        pooling_modes=modes, include_prompt=True, dense=(), hidden_size=width, dimension=width * len(modes)
     )
     return SentenceHead(files, torch.device("cpu"))
 

@@ -65,9 +65,9 @@ class BertConfig:
         Raises:
             ModelFilesError: not a checkpoint this engine can run exactly (with the reason).
         """
-        model_type = str(config.get("model_type"))
+        model_type = config.get("model_type")
         architectures = config.get("architectures") or []
-        stem, prefix = MODEL_FAMILIES.get(model_type, ("", ""))
+        stem, prefix = MODEL_FAMILIES.get(str(model_type), ("", ""))
         known = {stem + suffix for suffix in ARCHITECTURE_SUFFIXES}
         if model_type not in SUPPORTED_MODEL_TYPES or (architectures and not set(architectures) & known):
             raise ModelFilesError(
