@@ -111,8 +111,9 @@ def check_device(
 
 
 def cpu_kernels() -> dict[str, object]:
-    """The CPU's ISA flags that matter and, per CPU dtype, the linear-layer kernel the packed engine picks here."""
-    from ..engine.cpu_kernels import isa_summary, kernel_plan
+    """The CPU's ISA flags that matter, the instruction set oneDNN runs (with the cap in force, if any) and, per
+    CPU dtype, the linear-layer kernel the packed engine picks here."""
+    from ..engine.cpu_kernels import cap_summary, isa_summary, kernel_plan, onednn_isa
     from ..engine.packed import int8_linear_supported, onednn_linear_supported
 
     plan = kernel_plan()
@@ -120,7 +121,7 @@ def cpu_kernels() -> dict[str, object]:
         plan["float32"] = "F.linear (this torch build has no oneDNN linear)"
     if not int8_linear_supported():
         plan["int8"] = "unavailable (this torch build has no oneDNN int8 kernels)"
-    return {"isa": isa_summary(), "kernels": plan}
+    return {"isa": isa_summary(), "onednn": onednn_isa(), "cap": cap_summary(), "kernels": plan}
 
 
 def _npu_summary() -> dict[str, object]:

@@ -101,10 +101,12 @@ def cpu_model() -> str:
 
 
 def cpu_line() -> str:
-    """One line for a benchmark table: the CPU's name, logical CPUs and the ISA flags the kernels care about."""
-    from ..engine.cpu_kernels import isa_summary  # reads /proc/cpuinfo only; nothing heavy
+    """One line for a benchmark table: the CPU's name, logical CPUs, the ISA flags the kernels care about and the
+    cap (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) the run was under, if any."""
+    from ..engine.cpu_kernels import cap_summary, isa_summary  # reads /proc/cpuinfo only; nothing heavy
 
-    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, ISA: {isa_summary()}"
+    cap = cap_summary()
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, ISA: {isa_summary()}" + (f"; capped: {cap}" if cap else "")
 
 
 def describe_device(device) -> tuple[str, int | None]:

@@ -116,7 +116,10 @@ def check_markdown(report: dict) -> str:
         )
     lines += ["", f"NPU: {report['npu']['summary']}.", ""]
     if report.get("cpu_kernels"):
-        lines += ["## CPU kernels", "", f"ISA: {report['cpu_kernels']['isa']}", ""]
+        kernels = report["cpu_kernels"]
+        lines += ["## CPU kernels", "", f"ISA: {kernels['isa']}; oneDNN runs {kernels.get('onednn', '?')}", ""]
+        if kernels.get("cap"):
+            lines += [f"Capped: {kernels['cap']}.", ""]
         lines += _table(
             ["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
             [[dtype, kernel] for dtype, kernel in report["cpu_kernels"]["kernels"].items()],
