@@ -44,11 +44,15 @@ test-latest:
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -n 2
 
-# Refresh $(LOCK) to the newest releases (needs PyPI; uv is installed into .venv for it). Then `make test`.
-lock: setup
+# Refresh $(LOCK) to the newest releases (needs PyPI; uv is installed into .venv for it), for every Python from
+# 3.10 on (markers where versions differ); then `make test`. docs/testing.md says more.
+CUDA_ONLY := $(shell grep -v '^\#' requirements/cuda-only.txt)
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra all --extra test --universal --python-version 3.10 \
-		--constraint requirements/torch.txt --no-header --output-file $(LOCK)
+		--no-python-downloads --constraint requirements/torch.txt $(addprefix --no-emit-package ,$(CUDA_ONLY)) \
+		--no-header --output-file $(LOCK)
 
 # ruff's lint and format check over everything that is Python (settings in pyproject.toml).
 lint: setup
