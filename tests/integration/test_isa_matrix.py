@@ -72,7 +72,8 @@ def test_isa_dependent_tests_pass_under_the_cap(name):
         pytest.skip(f"{name} ({cpus}): {reason}")
     if onednn_levels(cap=onednn) == onednn_levels() and aten == aten_capability():
         pytest.skip(f"{name} ({cpus}) is what this process runs ({onednn_isa()}, ATen {aten}): the suite covered it")
-    env = {name: value for name, value in os.environ.items() if name not in CAP_VARIABLES}
+    # A fresh pytest: none of this worker's pytest/xdist variables, and the class's caps in place of any in force.
+    env = {k: v for k, v in os.environ.items() if k not in CAP_VARIABLES and not k.startswith("PYTEST_")}
     env.update(ONEDNN_MAX_CPU_ISA=onednn, ATEN_CPU_CAPABILITY=aten, MKL_ENABLE_INSTRUCTIONS=mkl)
     command = [sys.executable, "-m", "pytest", "-m", "isa", "-p", "no:xdist", "-p", "no:cacheprovider", "-q"]
     run = subprocess.run(
