@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 # `make test-latest`: the same suite against the newest releases, in a venv of its own.
 LATEST := .venv-latest
 
-.PHONY: setup run test test-latest lock lint bench report clean
+.PHONY: setup run test test-latest lock lint typecheck bench report clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,7 @@ run: setup
 # Two pytest-xdist workers: a third of the suite's wall time is spent waiting on subprocesses (Ray, moto, serve,
 # the CLI), which a second worker fills. The tests marked `isa` also rerun under every older CPU class this CPU
 # can reach (tests/integration/test_isa_matrix.py).
-test: setup lint
+test: setup lint typecheck
 	$(PY) -m pytest -q -n 2
 
 # The suite against the newest release of every dependency (torch stays pinned: the CPU build), in $(LATEST).
@@ -58,6 +58,10 @@ lock:
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks inference.py
 	$(VENV)/bin/ruff format --check src tests benchmarks inference.py
+
+# mypy over the modules listed under [tool.mypy] in pyproject.toml (the contracts and the engine's interfaces).
+typecheck: setup
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py

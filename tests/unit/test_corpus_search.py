@@ -10,9 +10,8 @@ from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 from minilm_npu.corpus.search import search_corpus, search_vectors
 from minilm_npu.corpus.writer import embeddings_table
 from minilm_npu.errors import InputError
-
-from ..ranking import assert_top_k
-from .test_corpus_fakes import FakeEncoder
+from tests.fixtures.corpus import FakeEncoder
+from tests.ranking import assert_top_k
 
 
 @pytest.fixture()
