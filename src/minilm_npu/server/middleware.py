@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware at the edge: request metrics, API-key check, body-size limit (outermost first)."""
+"""Pure-ASGI middleware at the edge: request metrics, API-key check, readiness gate, body-size limit (outermost
+first)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,31 @@ class ApiKeyMiddleware:
                 "missing or wrong API key: send 'Authorization: Bearer <key>'",
                 "auth",
                 headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class ReadinessMiddleware:
+    """Answers 503 (``unhealthy``, in the route's error shape) on every route but :data:`ALWAYS_OPEN` until the
+    model is warmed up, so no request waits behind the warm-up or meets a cold shape.
+
+    Args:
+        readiness: The app's :class:`~minilm_npu.server.state.Readiness`.
+    """
+
+    #: What answers during the warm-up: the probes (``/health`` says 503 itself), ``/info``, the API docs.
+    ALWAYS_OPEN = frozenset({"/health", "/info", "/metrics", "/docs", "/redoc", "/openapi.json"})
+
+    def __init__(self, app: ASGIApp, readiness: Any):
+        self.app = app
+        self.readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.readiness.ready and scope["path"] not in self.ALWAYS_OPEN:
+            response = error_response(
+                scope["path"], 503, self.readiness.detail, "unhealthy", headers={"Retry-After": "1"}
             )
             await response(scope, receive, send)
             return

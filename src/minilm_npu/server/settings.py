@@ -22,6 +22,10 @@ class ServerSettings:
             (the default) runs whatever is queued as soon as a device is free, as text-embeddings-inference does.
         max_body_bytes: Largest request body accepted; larger bodies get 413 before they are parsed.
         health_timeout_s: How long ``/health`` waits for its forward pass before answering 503.
+        warm_up_in_background: Open the port at once and warm the model up behind it, answering 503 ("warming
+            up") on ``/health`` and the model's routes until every shape gear of every device has run once
+            (``minilm-npu serve`` does: an NPU's warm-up takes a while). False: the app's startup waits for the
+            warm-up, so an in-process user gets a ready app.
     """
 
     served_model_name: str | None = None
@@ -31,6 +35,7 @@ class ServerSettings:
     max_wait_ms: float = 0.0
     max_body_bytes: int = 2_000_000
     health_timeout_s: float = 10.0
+    warm_up_in_background: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_client_batch_size", "max_concurrent_requests", "max_body_bytes"):
