@@ -141,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise InputError(str(err)) from None
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: the command line set up WARNING-level logging already; a server logs its warm-up and its errors.
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     encoder = build_encoder(args)
     app = create_app(encoder, settings)
     config = uvicorn.Config(

@@ -8,7 +8,7 @@ work is inside the measurement. Throughput counts sentences and real (unpadded) 
 
 Optionally the same protocol runs on the CPU (float32, same backend) for the device/CPU speedup column, and for
 sentence-transformers on the device under test for the ratio against it. On an NPU, an operator of our forward that
-falls back to the CPU fails the report (``status`` ``fail``), however fast it ran.
+falls back to the CPU fails the report (``status`` ``FAIL``), however fast it ran.
 """
 
 from __future__ import annotations
