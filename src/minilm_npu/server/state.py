@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -12,6 +13,10 @@ from ..contract import Encoder
 from .batcher import Batcher
 from .metrics import ServerMetrics
 from .settings import ServerSettings
+from .validation import Edge
+
+if TYPE_CHECKING:
+    from .handlers import Task, TokenEmbedder
 
 
 class Readiness:
@@ -57,18 +62,26 @@ class Readiness:
 
 @dataclass
 class ServerState:
-    """The encoder, the limits, the batcher, the metrics and the readiness of one app."""
+    """The encoder, the limits, the batcher, the metrics and the readiness of one app, and what ``POST /`` may
+    do."""
 
     encoder: Encoder
     settings: ServerSettings
     batcher: Batcher
     metrics: ServerMetrics
+    edge: Edge
+    tokens: TokenEmbedder
+    tasks: tuple[Task, ...] = ()
     readiness: Readiness = field(default_factory=Readiness)
 
     @property
     def model_name(self) -> str:
         """The name reported to clients: ``--served-model-name`` or the model's own."""
         return self.settings.served_model_name or str(self.encoder.model_name)
+
+    def model_card(self) -> dict[str, Any]:
+        """The served model as OpenAI's model object."""
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "minilm-npu"}
 
 
 def get_state(request: Request) -> ServerState:
