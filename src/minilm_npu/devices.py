@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -263,8 +264,6 @@ class GraphAPI:
 def graph_api(device: torch.device) -> GraphAPI | None:
     """The device-graph API for ``device``, or None where there is none (CPU, MPS, an NPU stack without
     graph mode) or ``MINILM_NPU_GRAPHS=0`` asks for eager execution."""
-    import os
-
     if os.environ.get(GRAPHS_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
         return None
     class_name = {"cuda": "CUDAGraph", "npu": "NPUGraph"}.get(device.type)
@@ -397,8 +396,6 @@ def _set_up_compile_mode(module: Any) -> None:
     (torch_npu's ``jitCompile`` option is then already set); either is left as it is.
     """
     global _compile_mode
-    import os
-
     raw = os.environ.get(JIT_COMPILE_ENV)
     wanted = _SWITCH.get(raw.strip().lower()) if raw is not None else None
     if raw is not None and wanted is None:
@@ -414,11 +411,7 @@ def _set_up_compile_mode(module: Any) -> None:
             _compile_mode = CompileMode(jit, "set in this process before minilm-npu loaded (left as it is)")
             return
     jit = bool(wanted)
-    source = (
-        f"{JIT_COMPILE_ENV}={raw}"
-        if wanted is not None
-        else (f"minilm-npu default: binary kernels, no compile per new shape ({JIT_COMPILE_ENV}=1 compiles online)")
-    )
+    source = f"{JIT_COMPILE_ENV}={raw}" if raw is not None else f"minilm-npu's default ({JIT_COMPILE_ENV}=1: online)"
     try:
         npu.set_compile_mode(jit_compile=jit)
         if not jit:
@@ -430,6 +423,7 @@ def _set_up_compile_mode(module: Any) -> None:
 
 
 _forked_child = False
+_fork_watched = False
 
 
 def _mark_forked_child() -> None:
@@ -437,17 +431,12 @@ def _mark_forked_child() -> None:
     _forked_child = True
 
 
-_fork_watch_registered = False
-
-
 def _watch_for_fork() -> None:
     """Mark every child forked from now on (``os.register_at_fork``), so that its NPU use fails clearly."""
-    global _fork_watch_registered
-    import os
-
-    if not _fork_watch_registered:
+    global _fork_watched
+    if not _fork_watched:
         os.register_at_fork(after_in_child=_mark_forked_child)
-        _fork_watch_registered = True
+        _fork_watched = True
 
 
 def _require_unforked() -> None:

@@ -35,9 +35,9 @@ def test_an_npu_runs_binary_kernels_unless_told_otherwise(fake_torch_npu):
     assert fake_torch_npu.compile_calls == [False]
     assert fake_torch_npu.options["NPU_FUZZY_COMPILE_BLACKLIST"] == "ReduceProd"  # as Huawei's TEI port
     mode = devices.compile_mode()
-    assert mode.jit_compile is False and "minilm-npu default" in mode.source
+    assert mode.jit_compile is False and "minilm-npu's default" in mode.source
     line = _jit_line()  # what `minilm-npu check` shows: the mode, and who chose it
-    assert line.value == "False" and "minilm-npu default" in line.meaning and not line.warning
+    assert line.value == "False" and "minilm-npu's default" in line.meaning and not line.warning
     devices._import_torch_npu()
     assert fake_torch_npu.compile_calls == [False]  # once per process
 
