@@ -87,7 +87,7 @@ class DeviceWorker:
     def run_tokens(self, ids: list[list[int]]) -> list[np.ndarray]:
         """Last-layer hidden states per sequence, special tokens included: float32 ``(len(seq), dimension)`` arrays
         on the CPU, in order, as one forward pass on this worker's share of the cores."""
-        with self.lock, self._threads(False):
+        with self.lock, use_threads(self.host_threads):
             return [state.float().cpu().numpy() for state in self.backend.token_embeddings(ids)]
 
     def warmup(self) -> None:
