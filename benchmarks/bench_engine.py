@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.devices import child_process_context, describe, parse_devices, synchronize  # noqa: E402
 from minilm_npu.engine.cpu_kernels import cap_summary, isa_summary, kernel_plan, onednn_isa  # noqa: E402
 from minilm_npu.engine.policy import dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
@@ -150,9 +150,7 @@ class EngineProcess:
     """One engine in a fresh child interpreter, as its users run it; the parent only sends work and reads times."""
 
     def __init__(self, label: str, kind: str, model_dir: str, device: torch.device, option: str = ""):
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
+        context = child_process_context()  # spawn: a forked child cannot use the parent's NPU (or CUDA) runtime
         self.label = label
         self.conn, child = context.Pipe()
         self.process = context.Process(

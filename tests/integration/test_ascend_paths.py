@@ -1,6 +1,6 @@
 """The Ascend code paths, proven on the CPU: everything but torch_npu's kernels themselves.
 
-A stand-in ``torch_npu`` module (the ``fake_torch_npu`` fixture, tests/fixtures/ascend.py) provides reference
+A stand-in ``torch_npu`` module (the ``fake_torch_npu`` fixture, tests/fixtures/npu.py) provides reference
 implementations of the two kernels the engine calls on an NPU: ``npu_fusion_attention`` with ``input_layout="TND"``
 (per-sequence SDPA over the cumulative lengths, the kernel's documented semantics) and ``npu_gelu`` (exact erf GELU).
 With it, the engine's NPU choices run end to end on the real model and are compared with sentence-transformers; only
