@@ -24,17 +24,8 @@ from minilm_npu.samples import MIXED_24
 from tests import texts
 from tests.fixtures.models import CROSS_ENCODERS
 
-QUERIES = ["the cat sat on a mat", "кошка сидит на коврике", "搜索引擎把文本映射到意义", "x [SEP] y </s> z", ""]
-DOCUMENTS = (
-    texts.ALL
-    + MIXED_24[:8]
-    + [
-        "die Katze sitzt auf der Matte während Hunde laufen",
-        "le chat est assis sur le tapis près de la rivière",
-        "Hunde laufen schnell zum Haus am Fluss " * 12,
-        "猫坐在垫子上狗跑得很快" * 20,
-    ]
-)
+QUERIES = texts.QUERIES
+DOCUMENTS = texts.ALL + MIXED_24[:8] + texts.PASSAGES
 PAIRS = [[query, document] for query in QUERIES for document in DOCUMENTS]
 # Both texts over the limit: the longer one is cut first, then both in turn.
 PAIRS += [[texts.LONG[0], texts.MEDIUM[0]], [DOCUMENTS[-1], DOCUMENTS[-2]]]
