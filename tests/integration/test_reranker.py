@@ -17,6 +17,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from minilm_npu import MiniLMEncoder, Reranker
 from minilm_npu.errors import InputError, ModelFilesError
@@ -93,7 +94,7 @@ def test_predict_equals_cross_encoder(name, st, ours):
     theirs, reranker = st(name), ours(name)
     assert_close(reranker.predict(PAIRS, batch_size=8), theirs.predict(PAIRS, batch_size=8), name)
     assert_close(reranker.predict(PAIRS[3]), theirs.predict(PAIRS[3]), f"{name}, one pair")
-    identity = __import__("torch").nn.Identity()
+    identity = torch.nn.Identity()
     assert_close(
         reranker.predict(PAIRS[:20], activation_fn=identity),
         theirs.predict(PAIRS[:20], activation_fn=identity),
@@ -173,7 +174,34 @@ def test_cross_encoder_and_embedding_model_each_name_the_other(st_model_dir):
 @pytest.mark.parametrize("name", ["ce-bert", "ce-xlmr-labels"])
 def test_int8_scores_stay_close(name, ours):
     """int8 on CPU against our float32 (random-weight models are harsher on int8 than trained ones)."""
-    reference = ours(name).predict(PAIRS, activation_fn=__import__("torch").nn.Identity())
-    reduced = ours(name, "int8").predict(PAIRS, activation_fn=__import__("torch").nn.Identity())
+    reference = ours(name).predict(PAIRS, activation_fn=torch.nn.Identity())
+    reduced = ours(name, "int8").predict(PAIRS, activation_fn=torch.nn.Identity())
     correlation = np.corrcoef(reference.ravel(), reduced.ravel())[0, 1]
     assert correlation > 0.95, correlation
+
+
+@pytest.mark.parametrize("layout", ["per_sequence", "padded", "padded-gears", "dense-linear"])
+@pytest.mark.parametrize("name", ["ce-bert", "ce-xlmr-labels"])
+def test_every_engine_layout_is_exact(name, layout, st, monkeypatch, st_model_dir):
+    """The accelerators' layouts (one padded block, static-shape gears and square masks) and the plain F.linear
+    path, run on the CPU: the token types and the head follow each token wherever attention puts it."""
+    from minilm_npu.engine import packed
+    from minilm_npu.engine.classifier import PackedReranker
+    from minilm_npu.engine.policy import AttentionPlan, round_to_gear, round_to_power_of_two
+    from minilm_npu.rerankfiles import resolve_reranker
+
+    if layout == "dense-linear":
+        monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)
+    plan = {
+        "per_sequence": AttentionPlan("per_sequence"),
+        "padded": AttentionPlan("padded"),
+        "padded-gears": AttentionPlan("padded", square_mask=True, gears=round_to_gear, row_gears=round_to_power_of_two),
+        "dense-linear": AttentionPlan("bucketed"),
+    }[layout]
+    files = resolve_reranker(str(st_model_dir(name)))
+    backend = PackedReranker(files, torch.device("cpu"), "float32", attention=plan)
+    reranker = Reranker(model_path=str(st_model_dir(name)), device="cpu")
+    ids = reranker.tokenize_pairs([tuple(pair) for pair in PAIRS])
+    logits = torch.cat([backend.embed(ids[i : i + 16]) for i in range(0, len(ids), 16)]).numpy()
+    expected = st(name).predict(PAIRS, activation_fn=torch.nn.Identity())
+    assert_close(logits.reshape(len(PAIRS), -1), expected.reshape(len(PAIRS), -1), f"{name} {layout}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.texts import ALL, PASSAGES, QUERIES
 
@@ -65,7 +66,7 @@ def test_rerank_is_cross_encoder_rank(http, cross_encoder):
         np.testing.assert_allclose([r["score"] for r in results], [r["score"] for r in expected], atol=ATOL, rtol=0)
         assert [r["text"] for r in results] == [TEXTS[r["index"]] for r in results]
     raw = http.post("/rerank", json={"query": QUERIES[0], "texts": TEXTS, "raw_scores": True}).json()
-    logits = cross_encoder.predict([[QUERIES[0], t] for t in TEXTS], activation_fn=__import__("torch").nn.Identity())
+    logits = cross_encoder.predict([[QUERIES[0], t] for t in TEXTS], activation_fn=torch.nn.Identity())
     assert set(raw[0]) == {"index", "score"}
     np.testing.assert_allclose([r["score"] for r in raw], logits[[r["index"] for r in raw]], atol=ATOL, rtol=0)
     assert (
