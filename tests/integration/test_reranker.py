@@ -205,3 +205,24 @@ def test_every_engine_layout_is_exact(name, layout, st, monkeypatch, st_model_di
     logits = torch.cat([backend.embed(ids[i : i + 16]) for i in range(0, len(ids), 16)]).numpy()
     expected = st(name).predict(PAIRS, activation_fn=torch.nn.Identity())
     assert_close(logits.reshape(len(PAIRS), -1), expected.reshape(len(PAIRS), -1), f"{name} {layout}")
+
+
+@pytest.mark.parametrize("name", ["ce-bert", "ce-xlmr"])
+def test_npu_varlen_path_is_exact(name, st, st_model_dir, fake_torch_npu, monkeypatch):
+    """The NPU's choices (TND varlen attention over packed pairs, npu_gelu) through the stand-in torch_npu."""
+    from minilm_npu import devices
+    from minilm_npu.engine import packed
+    from minilm_npu.engine.classifier import PackedReranker
+    from minilm_npu.engine.policy import AttentionPlan
+    from minilm_npu.rerankfiles import resolve_reranker
+
+    monkeypatch.setattr(packed, "exact_gelu", lambda _type: devices.exact_gelu("npu"))
+    monkeypatch.setattr(packed, "varlen_attention", lambda _type: devices.varlen_attention("npu"))
+    monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)  # DenseLinear, with the device's GELU
+    files = resolve_reranker(str(st_model_dir(name)))
+    backend = PackedReranker(files, torch.device("cpu"), "float32", attention=AttentionPlan("varlen"))
+    ids = Reranker(model_path=str(st_model_dir(name)), device="cpu").tokenize_pairs([tuple(p) for p in PAIRS])
+    logits = torch.cat([backend.embed(ids[i : i + 16]) for i in range(0, len(ids), 16)]).numpy()
+    assert fake_torch_npu.gelu_calls and backend.model.varlen is not None
+    expected = st(name).predict(PAIRS, activation_fn=torch.nn.Identity())
+    assert_close(logits.reshape(len(PAIRS), -1), expected.reshape(len(PAIRS), -1), name)
