@@ -224,7 +224,7 @@ class Reranker(DeviceModel):
                 f"rank needs a model with one label; this one has {self.num_labels} ({', '.join(self.labels)}): "
                 "use predict on pairs"
             )
-        if isinstance(query, str) is False or isinstance(documents, str):
+        if not isinstance(query, str) or isinstance(documents, str):
             raise InputError("rank takes a query string and a list of document strings")
         scores = self.predict([[query, doc] for doc in documents], batch_size, show_progress_bar, activation_fn)
         results: list[dict[str, Any]] = []
