@@ -226,3 +226,32 @@ def test_npu_varlen_path_is_exact(name, st, st_model_dir, fake_torch_npu, monkey
     assert fake_torch_npu.gelu_calls and backend.model.varlen is not None
     expected = st(name).predict(PAIRS, activation_fn=torch.nn.Identity())
     assert_close(logits.reshape(len(PAIRS), -1), expected.reshape(len(PAIRS), -1), name)
+
+
+@pytest.mark.parametrize(
+    "where,path",
+    [
+        ("st-config", "torch.nn.modules.activation.Tanh"),
+        ("config.json", "torch.nn.modules.activation.Tanh"),  # sentence-transformers 4.x-5.x
+        ("legacy", "torch.nn.modules.linear.Identity"),  # before 4.0
+        ("st-config", "my_package.MyActivation"),  # not a torch class: the default, as without trust_remote_code
+        ("none", None),
+    ],
+)
+def test_activation_is_found_where_cross_encoder_finds_it(where, path, st_model_dir, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    copy = _copy(st_model_dir, "ce-bert", tmp_path)
+    st_config = json.loads((copy / "config_sentence_transformers.json").read_text())
+    st_config.pop("activation_fn", None)
+    if where == "st-config":
+        st_config["activation_fn"] = path
+    elif where == "config.json":
+        _edit_config(copy, sentence_transformers={"activation_fn": path})
+    elif where == "legacy":
+        _edit_config(copy, sbert_ce_default_activation_function=path)
+    (copy / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+    theirs = CrossEncoder(str(copy), device="cpu")
+    ours = Reranker(model_path=str(copy), device="cpu")
+    assert type(ours.activation_fn) is type(theirs.activation_fn)
+    assert_close(ours.predict(PAIRS[:12]), theirs.predict(PAIRS[:12]), f"{where} {path}")
