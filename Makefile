@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench report clean
+.PHONY: setup run test lint typecheck bench report clean
 
 setup: $(STAMP)
 
@@ -26,13 +26,17 @@ run: setup
 
 # Two pytest-xdist workers: a third of the suite's wall time is spent waiting on subprocesses (Ray, moto, serve,
 # the CLI), which a second worker fills (5 min 37 s serial -> under 3 min on 2 cores, 2026-11-27).
-test: setup lint
+test: setup lint typecheck
 	$(PY) -m pytest -q -n 2
 
 # ruff's lint and format check over everything that is Python (settings in pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks inference.py
 	$(VENV)/bin/ruff format --check src tests benchmarks inference.py
+
+# mypy over the modules listed under [tool.mypy] in pyproject.toml (the contracts and the engine's interfaces).
+typecheck: setup
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py

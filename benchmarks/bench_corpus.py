@@ -63,7 +63,7 @@ def run_ray(src: Path, out: Path, device: str, args: argparse.Namespace) -> tupl
 
 def plan_cost(src: Path, shard_rows: int) -> str:
     """How long the driver takes to cut ``src`` into units (best of 3: the file is in the page cache)."""
-    from minilm_npu.corpus.readers import expand_inputs
+    from minilm_npu.corpus.inputs import expand_inputs
     from minilm_npu.corpus.units import file_units
 
     file = expand_inputs(src)[0]

@@ -1,22 +1,68 @@
-"""The encoder's settings in one immutable object, each default written once.
+"""The encoder's settings in one immutable object, each default written once, and the dtype/backend names.
 
-Settings are checked here, once (:func:`~minilm_npu.engine.backend.parse_dtype`,
-:func:`~minilm_npu.engine.backend.parse_backend`; the device string when the encoder is built). Built from the
-command line in one place (:func:`minilm_npu.cli.common.encoder_config`) or by hand, and passed
-whole to the encoder, the server, the corpus engines (Ray actors included) and ``verify``.
+Settings are checked here, once (:func:`parse_dtype`, :func:`parse_backend`; the device string when the encoder is
+built). Built from the command line in one place (:func:`minilm_npu.cli.common.encoder_config`) or by hand, and
+passed whole to the encoder, the server, the corpus engines (Ray actors included) and ``verify``.
+
+A leaf, like :mod:`minilm_npu.errors`: it imports no torch, so the command line builds its parser (choices and
+defaults included) without loading one. The engines map these names to torch dtypes and classes
+(:mod:`minilm_npu.engine.backend`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .engine.backend import DEFAULT_BACKEND, parse_backend, parse_dtype
 from .errors import InputError
+
+#: The dtypes an engine may be asked for: float32 is exact; the others trade accuracy (measured by ``accuracy``).
+DTYPES = ("float32", "bfloat16", "float16", "int8")
+
+#: name -> "module:class". "packed" is the fast engine, "transformers" the reference port's exact method.
+BACKENDS = {
+    "packed": "minilm_npu.engine.packed:PackedBackend",
+    "transformers": "minilm_npu.engine.reference:TransformersBackend",
+}
+DEFAULT_BACKEND = "packed"
 
 #: Default cap on real (unpadded) tokens per forward pass: large enough to keep a card busy, small enough that
 #: activations of a 6-layer, 384-wide model stay well under 100 MB.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+def parse_dtype(dtype: object) -> str:
+    """The one dtype check: a name from :data:`DTYPES`, or InputError listing them."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return str(dtype)
+
+
+def parse_dtypes(dtypes: str | Sequence[str]) -> list[str]:
+    """Several dtypes: ``"all"``, a comma list (``"float32, int8"``) or a list of names, each checked by
+    :func:`parse_dtype`; duplicates dropped, order kept.
+
+    Raises:
+        InputError: an unknown name, or none at all.
+    """
+    if isinstance(dtypes, str):
+        if dtypes.strip().lower() == "all":
+            return list(DTYPES)
+        dtypes = dtypes.split(",")
+    names = [str(name).strip().lower() for name in dtypes if str(name).strip()]
+    if not names:
+        raise InputError(f"unknown dtype (none given); choose from {', '.join(DTYPES)} or all")
+    return list(dict.fromkeys(parse_dtype(name) for name in names))
+
+
+def parse_backend(backend: object) -> str:
+    """The one backend check: a name from :data:`BACKENDS` (None: :data:`DEFAULT_BACKEND`), or InputError."""
+    backend = DEFAULT_BACKEND if backend is None else backend
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    return str(backend)
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -57,6 +103,6 @@ class EncoderConfig:
         if not isinstance(self.device, str) or not self.device.strip():
             raise InputError(f"device must be a device string such as 'auto', 'cpu' or 'npu:0', not {self.device!r}")
 
-    def replace(self, **changes: object) -> EncoderConfig:
+    def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)

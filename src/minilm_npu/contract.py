@@ -1,18 +1,35 @@
 """What the server, the corpus engines and ``verify`` may use of an encoder: the :class:`Encoder` protocol.
 
 :class:`~minilm_npu.encoder.MiniLMEncoder` implements it, and so do the test fakes (a test checks both against
-this protocol, signatures included, so a fake cannot drift from the real thing). The server uses nothing
-else and probes nothing (no ``getattr(encoder, name, default)``).
+this protocol, signatures included, so a fake cannot drift from the real thing). The server, the corpus job and
+``verify`` use nothing else and probe nothing (no ``getattr(encoder, name, default)``); what they need to know
+about the model and the engine comes as plain data (:class:`ModelInfo`, ``engine_choices()``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from .config import EncoderConfig
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model an encoder runs, as plain data (reports record it and hash the weights).
+
+    Attributes:
+        name: The model's hub id or directory name.
+        directory: The directory its files were read from.
+        weights_path: Its ``model.safetensors``.
+    """
+
+    name: str
+    directory: str
+    weights_path: str
 
 
 @runtime_checkable
@@ -53,6 +70,7 @@ class Encoder(Protocol):
         max_seq_length: Most tokens per input, special tokens included.
         model_name: The model's hub id or directory name.
         pooling: ``"mean"`` or ``"cls"``.
+        model_info: The model's name and files (:class:`ModelInfo`).
         tokenizer: Vocabulary size and id-to-token decoding.
     """
 
@@ -71,6 +89,9 @@ class Encoder(Protocol):
 
     @property
     def pooling(self) -> str: ...
+
+    @property
+    def model_info(self) -> ModelInfo: ...
 
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
         """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``."""
@@ -99,3 +120,7 @@ class Encoder(Protocol):
 
     def warmup(self) -> None:
         """Run each device's warm-up shapes once (allocation, kernel choice, graph builds)."""
+
+    def engine_choices(self) -> dict[str, str]:
+        """What the engine picked on the first device (attention strategy, kernels, graphs, ...) and why, for
+        reports; empty for an engine that makes no device-dependent choices."""

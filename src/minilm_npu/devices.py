@@ -10,7 +10,7 @@ strategy, gears, dtypes, host allocator) is engine policy, in :mod:`minilm_npu.e
 imported lazily, only when an NPU is asked for or ``"auto"`` is looking for one, so CPU/CUDA users never pay for
 it.
 
-This module imports nothing else of minilm_npu.
+Of minilm_npu it imports only :class:`~minilm_npu.errors.DeviceError` (re-exported here).
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import DeviceError
+
 # Order in which "auto" looks for an accelerator: Ascend first (the project's first target), then CUDA, then
 # Apple's MPS, then the CPU.
 AUTO_ORDER = ("npu", "cuda", "mps", "cpu")
 KNOWN_TYPES = ("cpu", "cuda", "npu", "mps")
 _SPEC = re.compile(r"^(?P<type>[a-z]+)(?::(?P<index>\d+))?$")
-
-
-class DeviceError(ValueError):
-    """A device string that cannot be honoured on this machine; the message lists what is available."""
 
 
 _torch_npu_state: bool | None = None
@@ -181,9 +179,9 @@ def release_host_threads() -> bool:
     Why: OpenMP keeps one pool of worker threads per thread that ever ran a parallel region, and GNU libgomp (which
     torch's x86 Linux wheels ship) stops its workers from spin-waiting between regions once the process holds more
     OpenMP threads than CPUs: every op of a forward then ends in a sleep and a wake-up. A server loads and warms
-    the model on one thread and runs it on another, so it holds two pools. Measured on a 2-core Zen 4: one short
-    sentence's forward 3.0 ms on the loading thread, 7.0 ms on a second thread, 3.0 ms there once the loading
-    thread's pool was released with this call (OpenMP 5.0's ``omp_pause_resource_all(omp_pause_hard)``).
+    the model on one thread and runs it on another, so it holds two pools, and every forward on the serving thread
+    pays those sleeps until the loading thread's pool is released with this call (OpenMP 5.0's
+    ``omp_pause_resource_all(omp_pause_hard)``). Measurements: docs/benchmarks.md (server).
 
     Returns:
         True if an OpenMP runtime took the call; False where none is loaded (nothing to release).

@@ -5,7 +5,8 @@ Three stages, as the reference port and infinity split them:
 * **pre** (CPU): validate once, tokenize with HF ``tokenizers`` at the model's real limit (256), sort by length;
 * **core** (device): the backend's forward pass and pooling on token ids only, one batch at a time, one
   :class:`DeviceWorker` (and one model copy) per device, driven by :class:`~minilm_npu.scheduling.DevicePool`;
-  on one CPU, a call of several batches runs them on one-thread lanes sharing the model (:func:`cpu_lanes`);
+  on one CPU, a call of several batches runs them on one-thread lanes sharing the model (how the host's threads
+  are spent is :class:`~minilm_npu.engine.cpu_execution.CpuExecution`'s to say);
 * **post**: L2 normalisation in float32, ``.cpu()``, rows written back to their input positions.
 
 It implements :class:`minilm_npu.contract.Encoder`, the only part of it the server, corpus and verify use.
@@ -13,7 +14,6 @@ It implements :class:`minilm_npu.contract.Encoder`, the only part of it the serv
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import DEFAULT_MAX_BATCH_TOKENS, EncoderConfig
+from .contract import ModelInfo
 from .devices import parse_devices
 from .engine.backend import Backend, create_backend
+from .engine.cpu_execution import CpuExecution, use_threads
 from .errors import InputError
 from .modelfiles import ModelFiles, resolve_model
-from .scheduling import DevicePool
+from .scheduling import DevicePool, plan_batches
 from .st_compat import SentenceTransformerSurface
 from .st_compat import encode as encode_st_compatible
 from .tokenization import Tokenizer, check_token_ids
@@ -40,74 +42,26 @@ __all__ = [
     "DeviceWorker",
     "EncoderConfig",
     "MiniLMEncoder",
-    "cpu_lanes",
-    "lane_workers",
     "plan_batches",
 ]
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int, workers: int = 1) -> list[list[int]]:
-    """Group indices into batches of similar length, longest first.
-
-    Sorting by length (as sentence-transformers does) keeps padding small for padded backends and groups
-    similar sequences for the packed one. A batch closes at ``batch_size`` sequences or when the next sequence
-    would push its real tokens past ``max_batch_tokens``; a single sequence always fits. With fewer batches than
-    ``workers``, the batch with the most tokens is halved (alternate rows of the length-sorted batch, so both
-    halves carry about the same tokens) until every worker has one: 24 texts at ``batch_size=32`` on two devices
-    are two batches of 12, not one batch and an idle device.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    tokens = 0
-    for index in order:
-        if current and (len(current) >= batch_size or tokens + lengths[index] > max_batch_tokens):
-            batches.append(current)
-            current, tokens = [], 0
-        current.append(index)
-        tokens += lengths[index]
-    if current:
-        batches.append(current)
-    while 0 < len(batches) < workers:
-        largest = max(range(len(batches)), key=lambda b: sum(lengths[i] for i in batches[b]))
-        rows = batches[largest]
-        if len(rows) < 2:
-            break
-        batches[largest : largest + 1] = [rows[0::2], rows[1::2]]
-    return batches
-
-
 class DeviceWorker:
     """One device, one model copy, one lock: a backend is never run by two threads at once through one worker
-    (CPU lanes, :func:`cpu_lanes`, are several workers on one backend that says it may be shared).
+    (CPU lanes are several workers on one backend that says it may be shared; see
+    :class:`~minilm_npu.engine.cpu_execution.CpuExecution`).
 
     Args:
         backend: The engine on this worker's device.
-        host_threads: CPU threads this worker's forwards use (None: the calling thread's count). Several CPU
-            workers (``device="cpu,cpu"``) split the cores: each running every core would put twice as many
-            OpenMP threads as cores on the machine, where every parallel region's barrier waits for a thread the
-            OS has not scheduled. Independent batches side by side then beat one batch at a time on all cores
-            for throughput (no synchronisation across cores inside each op; measured on a 2-core Zen 4: STS-B
-            int8 1.25-1.6x, float32 1.13-1.3x).
+        host_threads: CPU threads this worker's forwards use (None: the calling thread's count); with several CPU
+            workers each gets its share of the cores (:attr:`CpuExecution.worker_threads
+            <minilm_npu.engine.cpu_execution.CpuExecution.worker_threads>`), a lane one thread.
     """
 
     def __init__(self, backend: Backend, host_threads: int | None = None):
         self.backend = backend
         self.host_threads = host_threads
         self.lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _threads(self, all_cores: bool):
-        """The calling thread runs on this worker's share of the cores, and gets its own count back afterwards."""
-        previous = torch.get_num_threads()
-        if all_cores or self.host_threads is None or self.host_threads == previous:
-            yield
-            return
-        torch.set_num_threads(self.host_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
 
     @property
     def device(self) -> torch.device:
@@ -116,71 +70,24 @@ class DeviceWorker:
 
     def run(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
         """Exactly this batch as one forward pass: ids already validated, vectors back on the CPU, in order."""
-        return self._run(ids, normalize, all_cores=False)
+        return self._run(ids, normalize, self.host_threads)
 
     def run_on_all_cores(self, ids: list[list[int]], normalize: bool) -> np.ndarray:
-        """:meth:`run` on the calling thread's count even where this worker has a share of the cores: for the
-        encoder's calls that are one batch, which no other worker runs beside."""
-        return self._run(ids, normalize, all_cores=True)
+        """:meth:`run` on the calling thread's count even where this worker has a share of the cores: for a batch
+        that no other worker runs beside (an ``encode`` call of one batch, a server's lone batch)."""
+        return self._run(ids, normalize, None)
 
-    def _run(self, ids: list[list[int]], normalize: bool, all_cores: bool) -> np.ndarray:
-        with self.lock, self._threads(all_cores):
+    def _run(self, ids: list[list[int]], normalize: bool, threads: int | None) -> np.ndarray:
+        with self.lock, use_threads(threads):
             pooled = self.backend.embed(ids)
             if normalize:
                 pooled = F.normalize(pooled.float(), p=2, dim=1)
             return pooled.float().cpu().numpy()
 
     def warmup(self) -> None:
-        """The backend's own warm-up shapes (e.g. every static-shape gear on an NPU), then one tiny batch."""
-        with self.lock, self._threads(False):
-            warmup = getattr(self.backend, "warmup", None)  # optional in the Backend protocol
-            if warmup is not None:
-                warmup()
-
-
-#: How much more than an even share (``1 / lanes`` of a call's tokens) one batch may hold for the call to run on
-#: lanes: 0.6 of the tokens with two lanes.
-LANE_SLACK = 1.2
-
-
-def cpu_lanes(worker: DeviceWorker, batches: list[list[int]], lengths: Sequence[int]) -> list[DeviceWorker]:
-    """The lanes one CPU worker runs a multi-batch call on: one worker per core, each on one thread, all on the one
-    shared model (:func:`lane_workers`); or ``[]`` to run the batches one after another on every core.
-
-    Why: every op of a forward on several threads is an OpenMP region ending in a barrier; small ops (a layer norm,
-    a GELU, the attention of one short text) pay it without gaining much. Independent batches side by side, each
-    on one thread, spend no time in barriers at all. Measured on a 2-core Zen 4 (two one-thread lanes against one
-    two-thread worker, same process, same model): STS-B 1,600 sentences at batch 32 float32 458 -> 519
-    sentences/s, int8 852 -> 1,091; 24 mixed sentences one per forward float32 178 -> 193, int8 196 -> 249;
-    identical vectors. Unlike ``device="cpu,cpu"`` no second copy of the model is loaded: the backend must say it
-    can run from several threads at once (``shareable``; the CPU packed engine keeps no state in a forward).
-
-    One thread per lane, not a share of several: a lane thread that ran parallel regions on several threads would
-    keep its own OpenMP pool beside the calling thread's, and GNU OpenMP stops spinning between ops once a process
-    holds more OpenMP threads than cores (see :func:`minilm_npu.devices.release_host_threads`).
-
-    Lanes are used only when the work divides: at least one batch per lane, none holding more than
-    :data:`LANE_SLACK` times an even share of the tokens. Every core runs a forward ~1.6-1.7x faster than one core on
-    a quiet 2-core Zen 4, so with two lanes a batch holding more than ~60 % of a call's work takes longer alone on
-    its lane than the whole call one batch after another (33 texts at batch 32).
-    """
-    lanes = lane_workers(worker)
-    if not lanes or len(batches) < len(lanes):
-        return []
-    tokens = [sum(lengths[i] for i in batch) for batch in batches]
-    if max(tokens) > LANE_SLACK * sum(tokens) / len(lanes):
-        return []
-    return lanes
-
-
-def lane_workers(worker: DeviceWorker) -> list[DeviceWorker]:
-    """One worker per core of the calling thread's count, each on one thread, all on ``worker``'s model; ``[]``
-    unless the worker is on a CPU with at least two cores and its backend may be shared (see :func:`cpu_lanes`).
-    Measured on 2 cores only (two lanes)."""
-    cores = torch.get_num_threads()
-    if worker.device.type != "cpu" or cores < 2 or not getattr(worker.backend, "shareable", False):
-        return []
-    return [DeviceWorker(worker.backend, host_threads=1) for _ in range(cores)]
+        """The backend's own warm-up shapes (e.g. every static-shape gear on an NPU), on this worker's threads."""
+        with self.lock, use_threads(self.host_threads):
+            self.backend.warmup()
 
 
 class MiniLMEncoder(SentenceTransformerSurface):
@@ -230,15 +137,10 @@ class MiniLMEncoder(SentenceTransformerSurface):
         self.model_files: ModelFiles = resolve_model(self.config.model_path)
         devices = parse_devices(self.config.device)
         self.tokenizer = Tokenizer(self.model_files)
-        cpu_workers = sum(dev.type == "cpu" for dev in devices)
-        cpu_share = max(1, torch.get_num_threads() // cpu_workers) if cpu_workers > 1 else None
-        self.workers: list[DeviceWorker] = [
-            DeviceWorker(
-                create_backend(self.config.backend, self.model_files, dev, self.config.dtype),
-                host_threads=cpu_share if dev.type == "cpu" else None,
-            )
-            for dev in devices
-        ]
+        backends = [create_backend(self.config.backend, self.model_files, dev, self.config.dtype) for dev in devices]
+        #: The workers (one per device, each with its share of the cores), the CPU lanes and their rules.
+        self.execution: CpuExecution[DeviceWorker] = CpuExecution(backends, DeviceWorker)
+        self.workers: list[DeviceWorker] = self.execution.workers
 
     @classmethod
     def from_config(cls, config: EncoderConfig) -> MiniLMEncoder:
@@ -284,6 +186,12 @@ class MiniLMEncoder(SentenceTransformerSurface):
     def pooling(self) -> str:
         """``"mean"`` or ``"cls"``, as the model's files say."""
         return self.model_files.pooling
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model's name and where its files are, as plain data (the contract's view of ``model_files``)."""
+        files = self.model_files
+        return ModelInfo(name=files.name, directory=str(files.directory), weights_path=str(files.weights_path))
 
     def __repr__(self) -> str:
         devices = ",".join(str(d) for d in self.devices)
@@ -384,19 +292,19 @@ class MiniLMEncoder(SentenceTransformerSurface):
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
             return out
-        if len(ids) == 1 and not progress:  # one query: skip the bookkeeping (~0.1 ms)
+        if len(ids) == 1 and not progress:  # one query: skip the planning and progress-bar bookkeeping
             out[0] = self.workers[0].run_on_all_cores(ids, normalize)[0]
             return out
         lengths = [len(x) for x in ids]
         batches = plan_batches(lengths, batch_size, self.config.max_batch_tokens, len(self.workers))
-        lanes = self.workers if len(self.workers) > 1 else cpu_lanes(self.workers[0], batches, lengths)
+        side_by_side = self.execution.side_by_side(batches, lengths)
         with tqdm(total=len(ids), disable=not progress, unit="text", desc="encode") as bar:
-            if len(lanes) < 2 or len(batches) == 1:  # no other thread to involve
+            if len(side_by_side) < 2:  # no other thread to involve
                 for batch in batches:
                     out[batch] = self.workers[0].run_on_all_cores([ids[i] for i in batch], normalize)
                     bar.update(len(batch))
             else:
-                self._run_parallel(lanes, ids, batches, normalize, out, bar)
+                self._run_parallel(side_by_side, ids, batches, normalize, out, bar)
         return out
 
     def _run_parallel(
@@ -435,22 +343,15 @@ class MiniLMEncoder(SentenceTransformerSurface):
 
     def batch_workers(self) -> list[DeviceWorker]:
         """The workers a server runs formed batches on, side by side: one per device, or on one CPU one-thread
-        lanes sharing its model (:func:`lane_workers`), so that a busy server's batches run as a multi-batch ``encode``
-        call's do. A batch that runs alone should use :meth:`DeviceWorker.run_on_all_cores`."""
-        return self.workers if len(self.workers) > 1 else (lane_workers(self.workers[0]) or self.workers)
+        lanes sharing its model (:meth:`CpuExecution.batch_workers
+        <minilm_npu.engine.cpu_execution.CpuExecution.batch_workers>`), so that a busy server's batches run as a
+        multi-batch ``encode`` call's do. A batch that runs alone should use :meth:`DeviceWorker.run_on_all_cores`."""
+        return self.execution.batch_workers()
 
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, GELU, graphs...) and why, for reports,
         plus the CPU lanes where there are any; empty for backends that make no device-dependent choices."""
-        choices = getattr(self.workers[0].backend, "choices", None)
-        found = dict(choices()) if choices else {}
-        lanes = lane_workers(self.workers[0]) if len(self.workers) == 1 else []
-        if lanes:
-            found["lanes"] = (
-                f"{len(lanes)} lanes sharing this one model, one thread each, for calls of several "
-                f"batches and a busy server; a batch that runs alone gets all {len(lanes)} threads"
-            )
-        return found
+        return {**self.workers[0].backend.choices(), **self.execution.describe()}
 
     def warmup(self) -> None:
         """Run each device's warm-up shapes and one tiny forward pass (first-call allocation, kernel selection,

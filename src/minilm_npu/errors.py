@@ -1,9 +1,11 @@
-"""User-facing errors: anything here is reported as a one-line message, never as a traceback."""
+"""User-facing errors: anything here is reported as a one-line message, never as a traceback.
+
+A leaf: it imports nothing (not torch either), so the command line, the config and every layer can raise and catch
+these without loading a model stack. :mod:`minilm_npu.devices` and :mod:`minilm_npu.modelfiles` re-export their
+own error, so ``from minilm_npu.devices import DeviceError`` keeps working.
+"""
 
 from __future__ import annotations
-
-from .devices import DeviceError
-from .modelfiles import ModelFilesError
 
 
 class InputError(ValueError):
@@ -15,6 +17,14 @@ class OutputError(InputError):
 
     A subclass of InputError so that every caller reports it the same way: one line, no traceback.
     """
+
+
+class DeviceError(ValueError):
+    """A device string that cannot be honoured on this machine; the message lists what is available."""
+
+
+class ModelFilesError(ValueError):
+    """The model cannot be found, is incomplete, or is not the file it claims to be."""
 
 
 #: Exceptions the command line turns into ``error: <message>`` and a non-zero exit code.

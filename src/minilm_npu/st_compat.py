@@ -12,8 +12,8 @@ meaning, precedence and output types as sentence-transformers 3-6:
   so one text alone cannot be quantized to int8/uint8 (the same error as sentence-transformers).
 * ``prompt`` is prepended to every text; ``prompt_name`` looks one up in the model's prompts.
 
-Two deliberate differences, both documented in the README: ``normalize_embeddings`` keeps this encoder's meaning
-(False skips the model's own Normalize module, i.e. raw pooled vectors, which the server relies on; in
+Two deliberate differences, both documented in docs/integrations.md: ``normalize_embeddings`` keeps this encoder's
+meaning (False skips the model's own Normalize module, i.e. raw pooled vectors, which the server relies on; in
 sentence-transformers the module runs regardless), and an empty input list gives ``(0, dimension)`` instead of
 sentence-transformers' shape-``(0,)`` array.
 

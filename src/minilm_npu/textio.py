@@ -10,7 +10,7 @@ Decoding (:func:`decode_line`) takes a policy, the one place where the two comma
 - ``"strict"`` (``encode``'s default): a line that is not UTF-8 stops the run, naming the line.
 - ``"replace"`` (``encode --encoding-errors replace``): undecodable bytes become U+FFFD.
 - ``"report"`` (``embed``): the line comes back with the reason instead of a text, so the caller keeps it as a
-  bad row under its own ``--on-bad-row`` policy.
+  bad row under its own ``--on-error`` policy.
 
 ``encode`` reads every line as a row (an empty line is an empty text and gets a vector, exactly as the reference
 gives it: line *i* of the input is row *i* of the output, always) and checks the whole file before anything is

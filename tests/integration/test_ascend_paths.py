@@ -92,21 +92,26 @@ def test_exact_gelu_choice(fake_torch_npu, monkeypatch):
 
 
 def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, st_model, monkeypatch):
-    """The NPU's choices (TND varlen attention, npu_gelu) on the real model, in float32 arithmetic on the CPU."""
+    """The NPU's choices (TND varlen attention, npu_gelu) on the real model, in float32 arithmetic on the CPU.
+
+    F.gelu is replaced before the model is built, so neither a call at run time nor a default taken at build time
+    can reach the real one; and npu_gelu runs exactly once per layer and forward.
+    """
     config, weights, ids = real
     plan = policy.attention_plan("npu", "float16")
-    gelu, _ = devices.exact_gelu("npu")
-    model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
 
     def forbidden(*args, **kwargs):
         raise AssertionError("an Ascend path called F.gelu, which runs the tanh approximation on an NPU")
 
     monkeypatch.setattr(torch.nn.functional, "gelu", forbidden)
+    gelu, _ = devices.exact_gelu("npu")
+    model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
     packed = pack(ids, plan.strategy, model.device)
     with torch.inference_mode():
-        ours = F.normalize(model.pool(model.forward(packed), packed, "mean"), dim=1).numpy()
+        pooled = model.pool(model.forward(packed), packed, "mean")
     monkeypatch.undo()
-    assert fake_torch_npu.gelu_calls  # the exact kernel ran
+    assert fake_torch_npu.gelu_calls == ["none"] * config.num_layers  # the exact kernel, in every layer
+    ours = F.normalize(pooled, dim=1).numpy()
     np.testing.assert_allclose(ours, st_model.encode(BATCH), atol=1e-5, rtol=0)
 
 

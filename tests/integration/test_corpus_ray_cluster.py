@@ -15,8 +15,7 @@ import pytest
 from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 from minilm_npu.corpus.manifest import Manifest
 from minilm_npu.corpus.search import corpus_files
-
-from ..unit.test_corpus_fakes import FakeEncoder
+from tests.fixtures.corpus import FakeEncoder
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -85,5 +84,5 @@ def test_worker_node_lost_mid_job_every_row_once(tmp_path):
     local_ids, local_vectors = read(local)
     assert ids == local_ids == [str(i) for i in range(1, 601)]
     np.testing.assert_array_equal(vectors, local_vectors)
-    listed = {s["file"] for s in Manifest.load(out).shards}
+    listed = {s.file for s in Manifest.load(out).shards}
     assert {p.name for p in out.iterdir()} == listed | {"_manifest.json", "_lock"}  # no temporary file left

@@ -18,9 +18,9 @@ from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 from minilm_npu.corpus.manifest import MANIFEST_NAME, Manifest
 from minilm_npu.corpus.search import corpus_files
 from minilm_npu.corpus.storage import parquet_source
+from tests.fixtures.corpus import FakeEncoder
 
 from ..s3 import moto_endpoint, point_aws_at, s3  # noqa: F401 - fixtures
-from ..unit.test_corpus_fakes import FakeEncoder
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -62,9 +62,9 @@ def test_ray_workers_write_their_shards_to_s3(tmp_path, ray_on_s3, s3):
     assert ids == local_ids
     np.testing.assert_array_equal(vectors, local_vectors)
     manifest = Manifest.load(s3.uri("ray"))
-    names = [s["file"] for s in manifest.shards]
+    names = [s.file for s in manifest.shards]
     assert names[0] == "part-000000-000000000000.parquet" and names == sorted(names)
     for shard in manifest.shards:  # what the actors wrote is what the manifest recorded
-        assert shard["sha256"] == hashlib.sha256(s3.get(f"ray/{shard['file']}")).hexdigest()
+        assert shard.sha256 == hashlib.sha256(s3.get(f"ray/{shard.file}")).hexdigest()
     assert s3.keys("ray/") == sorted([f"ray/{MANIFEST_NAME}"] + [f"ray/{name}" for name in names])
     assert 0 < engine.driver_bytes < result.rows_written * FakeEncoder.dimension * 4 / 2

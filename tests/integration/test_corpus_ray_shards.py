@@ -20,8 +20,7 @@ import pytest
 from minilm_npu.corpus.job import CRASH_ENV, EmbedSettings, LocalEngine, embed_corpus
 from minilm_npu.corpus.manifest import Manifest
 from minilm_npu.corpus.search import corpus_files
-
-from ..unit.test_corpus_fakes import FakeEncoder
+from tests.fixtures.corpus import FakeEncoder
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -73,17 +72,17 @@ def test_workers_write_driver_commits_same_rows_as_local(tmp_path, local_ray):
     assert open(result.skipped_file).read() == open(local.skipped_file).read()
     # Name order is input order, and the manifest carries each shard's size and checksum.
     manifest = Manifest.load(out)
-    names = [s["file"] for s in manifest.shards]
+    names = [s.file for s in manifest.shards]
     assert names == sorted(names) and names[0] == "part-000000-000000000000.parquet"
     # Each shard's input range: rows (start, end], and the bytes its unit read (where a resume plans from).
     first_bytes = len("".join(f"line {i}\n" for i in range(1, 41)))
-    assert manifest.shards[0]["start"] == [0, 0] and manifest.shards[0]["end"] == [0, 40]
-    assert manifest.shards[0]["input_bytes"] == [0, first_bytes]
-    assert manifest.shards[1]["input_bytes"][0] == first_bytes
+    assert manifest.shards[0].start == [0, 0] and manifest.shards[0].end == [0, 40]
+    assert manifest.shards[0].input_bytes == [0, first_bytes]
+    assert manifest.shards[1].input_bytes[0] == first_bytes
     for shard in manifest.shards:
-        data = (out / shard["file"]).read_bytes()
-        assert shard["bytes"] == len(data)
-        assert shard["sha256"] == hashlib.sha256(data).hexdigest()
+        data = (out / shard.file).read_bytes()
+        assert shard.bytes == len(data)
+        assert shard.sha256 == hashlib.sha256(data).hexdigest()
     # The driver received reports, not vectors: far less than the vectors' own bytes.
     vector_bytes = result.rows_written * FakeEncoder.dimension * 4
     assert 0 < engine.driver_bytes < vector_bytes / 2, engine.driver_bytes
@@ -97,7 +96,7 @@ def test_sigkill_driver_then_rerun_resumes_exactly_once(tmp_path, local_ray):
         "import sys\n"
         "from minilm_npu.corpus.job import EmbedSettings, embed_corpus\n"
         "from minilm_npu.corpus.ray_engine import RayEngine\n"
-        "from tests.unit.test_corpus_fakes import FakeEncoder\n"
+        "from tests.fixtures.corpus import FakeEncoder\n"
         "engine = RayEngine(device='cpu', num_cpus=1, model=FakeEncoder.model_name, encoder_factory=FakeEncoder)\n"
         f"s = embed_corpus({[str(p) for p in inputs]!r}, {str(out)!r}, engine, EmbedSettings(**{SETTINGS!r}))\n"
         "print('written', s.rows_written)\n"
@@ -114,7 +113,7 @@ def test_sigkill_driver_then_rerun_resumes_exactly_once(tmp_path, local_ray):
     assert killed.returncode == -9, killed.stderr[-2000:]
     manifest = Manifest.load(out)
     assert len(manifest.shards) == 3 and not manifest.complete
-    unlisted = {p.name for p in out.glob("part-*")} - {s["file"] for s in manifest.shards}
+    unlisted = {p.name for p in out.glob("part-*")} - {s.file for s in manifest.shards}
     assert unlisted  # the killed run's worker-written shards beyond the commit point
     rerun = subprocess.run(
         [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
@@ -126,7 +125,7 @@ def test_sigkill_driver_then_rerun_resumes_exactly_once(tmp_path, local_ray):
     local_ids, local_vectors = read(tmp_path / "local")
     assert ids == local_ids and len(set(ids)) == local.rows_written
     np.testing.assert_array_equal(vectors, local_vectors)
-    assert {p.name for p in out.glob("part-*")} == {s["file"] for s in Manifest.load(out).shards}
+    assert {p.name for p in out.glob("part-*")} == {s.file for s in Manifest.load(out).shards}
 
 
 def test_damaged_ray_shard_is_reembedded_under_its_name(tmp_path, local_ray):
@@ -137,7 +136,7 @@ def test_damaged_ray_shard_is_reembedded_under_its_name(tmp_path, local_ray):
     engine = RayEngine(device="cpu", model=FakeEncoder.model_name, encoder_factory=FakeEncoder)
     embed_corpus(inputs, out, engine, EmbedSettings(**SETTINGS))
     before_ids, before_vectors = read(out)
-    victim = Manifest.load(out).shards[2]["file"]
+    victim = Manifest.load(out).shards[2].file
     data = bytearray((out / victim).read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, same footer: only the checksum can tell
     (out / victim).write_bytes(bytes(data))
@@ -179,7 +178,7 @@ def test_every_format_split_into_units_on_two_actors_matches_local(tmp_path, loc
     assert ids == local_ids and ids[0] == "a.txt:1"
     np.testing.assert_array_equal(vectors, local_vectors)
     assert open(result.skipped_file).read() == open(local.skipped_file).read()
-    names = [s["file"] for s in Manifest.load(out).shards]
+    names = [s.file for s in Manifest.load(out).shards]
     assert names == sorted(names)
     assert names[:3] == [
         "part-000000-000000000000.parquet",

@@ -85,7 +85,7 @@ def test_s3_input_and_output_equal_local_and_sentence_transformers(tmp_path, s3,
     manifest = Manifest.load(s3.uri("vectors"))
     assert manifest.complete and manifest.rows_written == local.rows_written
     assert s3.keys("vectors/") == sorted(
-        [f"vectors/{MANIFEST_NAME}", f"vectors/{SKIPPED_NAME}"] + [f"vectors/{s['file']}" for s in manifest.shards]
+        [f"vectors/{MANIFEST_NAME}", f"vectors/{SKIPPED_NAME}"] + [f"vectors/{s.file}" for s in manifest.shards]
     )
 
     assert main(embed_args(s3.uri("in/docs.jsonl"), s3.uri("vectors"), "--verify")) == 0
@@ -112,7 +112,7 @@ def test_s3_sigkill_between_shard_and_commit_then_resume(tmp_path, s3, encoder):
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     manifest = Manifest.load(out)
-    assert [s["file"] for s in manifest.shards] == ["part-000000.parquet", "part-000001.parquet"]
+    assert [s.file for s in manifest.shards] == ["part-000000.parquet", "part-000001.parquet"]
     # Shard 2 is on the store, whole, but not committed; the killed run's lease is still there.
     assert {"run/part-000002.parquet", f"run/{LOCK_NAME}"} <= set(s3.keys("run/"))
     s3.put("run/part-000050.parquet", b"from an even older crash")
@@ -123,7 +123,7 @@ def test_s3_sigkill_between_shard_and_commit_then_resume(tmp_path, s3, encoder):
     ids, vectors = read(out)
     assert ids == [str(i) for i in range(1, ROWS + 1) if i != BAD]  # every row once, in order
     np.testing.assert_allclose(vectors, encoder.encode(texts()), atol=1e-6, rtol=0)
-    listed = [s["file"] for s in Manifest.load(out).shards]
+    listed = [s.file for s in Manifest.load(out).shards]
     assert s3.keys("run/") == sorted(
         [f"run/{MANIFEST_NAME}", f"run/{SKIPPED_NAME}"] + [f"run/{name}" for name in listed]
     )

@@ -1,9 +1,9 @@
 """The packed engine on the device under test against sentence-transformers on that same device.
 
 The device is ``MINILM_TEST_DEVICE`` (default ``cpu``; ``benchmarks/gpu_check.sh`` sets ``cuda:0``), so the same
-exactness checks run on a CPU in CI and on a card when one is lent: float32 within 1e-5 with TF32 off, the
-static-shape forward (captured as a device graph where the device has graphs) exact too, and float16/bfloat16
-within the quality bounds.
+exactness checks run on a CPU in CI and on a card when one is lent: float32 within 1e-5 with TF32 (and oneDNN's
+bfloat16 matmuls) off, the static-shape forward (captured as a device graph where the device has graphs) exact too,
+and float16/bfloat16 within the quality bounds.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from tests.conftest import TEST_DEVICE
 
 DEVICE = parse_devices(TEST_DEVICE)[0]
 BATCH = texts.ALL + MIXED_24
+#: The values of the precision switches below that keep float32 matmuls in float32.
+FULL_PRECISION = ("highest", False, "none", "ieee")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,34 @@ def engine32(model_dir):
     return MiniLMEncoder(model_path=str(model_dir), device=str(DEVICE))
 
 
-def test_tf32_stays_off(engine32):
-    """float32 is exact only with full-precision matmuls: loading and running the engine must not enable TF32."""
+def float32_precision_flags() -> dict[str, object]:
+    """Every switch that lets torch compute a float32 matmul in less precision, as it stands now: the global one,
+    CUDA's TF32, and (torch 2.9+) each backend's own, oneDNN's (the CPU's linear layers) among them."""
+    try:
+        precision: object = torch.get_float32_matmul_precision()
+    except RuntimeError as err:  # torch 2.9+ refuses to answer once a per-backend switch was set beside it
+        precision = f"unreadable ({str(err).splitlines()[0][:80]})"
+    flags: dict[str, object] = {
+        "torch.get_float32_matmul_precision()": precision,
+        "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
+    for name in ("cuda.matmul", "mkldnn", "mkldnn.matmul"):
+        switches: object = torch.backends
+        for part in name.split("."):
+            switches = getattr(switches, part, None)
+        value = getattr(switches, "fp32_precision", None)
+        if value is not None:
+            flags[f"torch.backends.{name}.fp32_precision"] = value
+    return flags
+
+
+def test_float32_matmuls_stay_full_precision(engine32):
+    """float32 is exact only with full-precision matmuls: loading and running the engine must not let the device
+    under test cut them (TF32 on CUDA; bfloat16 inside oneDNN's float32 matmuls on a CPU)."""
     engine32.encode(["hello"])
-    assert torch.backends.cuda.matmul.allow_tf32 is False
-    assert torch.get_float32_matmul_precision() == "highest"
+    engine32.encode(BATCH[:8], batch_size=4)
+    lowered = {name: value for name, value in float32_precision_flags().items() if value not in FULL_PRECISION}
+    assert not lowered, f"float32 matmuls may now run in less precision: {lowered}"
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 64])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from minilm_npu import MiniLMEncoder
-from minilm_npu.encoder import cpu_lanes as _real_cpu_lanes
+from minilm_npu.engine.cpu_execution import use_threads
 from minilm_npu.errors import InputError
 from minilm_npu.samples import MIXED_24
 from minilm_npu.verify.accuracy import spearman
@@ -99,35 +99,30 @@ def test_two_cpu_workers_give_the_same_output(packed32):
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
 def test_cpu_lanes_share_one_model_and_give_the_same_output(dtype, monkeypatch, packed32, st_model):
-    """A multi-batch call on one CPU runs on two lanes sharing the model (encoder.cpu_lanes): the same vectors as
-    one batch after another, in input order, float32 within 1e-5 of sentence-transformers."""
-    from minilm_npu import encoder as encoder_module
-
+    """A multi-batch call on one CPU runs on two lanes sharing the model (CpuExecution.side_by_side): the same
+    vectors as one batch after another, in input order, float32 within 1e-5 of sentence-transformers."""
     encoder = packed32 if dtype == "float32" else MiniLMEncoder(device="cpu", backend="packed", dtype=dtype)
     batch = (texts.ALL + MIXED_24) * 3
-    threads, lanes_made = set(), []
+    threads, lanes_used = set(), []
     embed = type(encoder.workers[0].backend).embed
+    side_by_side = encoder.execution.side_by_side
 
     def spy(self, ids):
         threads.add(threading.get_ident())
         return embed(self, ids)
 
     def counting_lanes(*args):
-        lanes_made.extend(made := _real_cpu_lanes(*args))
-        return made
+        lanes_used.extend(lanes := side_by_side(*args))
+        return lanes
 
     monkeypatch.setattr(type(encoder.workers[0].backend), "embed", spy)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        monkeypatch.setattr(encoder_module, "cpu_lanes", lambda *args: [])
+    with use_threads(2):
+        monkeypatch.setattr(encoder.execution, "side_by_side", lambda *args: [])
         one_by_one = encoder.encode(batch, batch_size=4)
-        monkeypatch.setattr(encoder_module, "cpu_lanes", counting_lanes)
+        monkeypatch.setattr(encoder.execution, "side_by_side", counting_lanes)
         threads.clear()
         on_lanes = encoder.encode(batch, batch_size=4)
-    finally:
-        torch.set_num_threads(previous)
-    assert len(lanes_made) == 2 and len(threads) == 2
+    assert len(lanes_used) == 2 and len(threads) == 2
     np.testing.assert_allclose(on_lanes, one_by_one, atol=1e-6, rtol=0)
     if dtype == "float32":
         np.testing.assert_allclose(on_lanes, st_model.encode(batch, normalize_embeddings=True), atol=1e-5, rtol=0)

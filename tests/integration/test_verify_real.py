@@ -6,12 +6,15 @@ reported as UNSUPPORTED), and the reference backend against itself (which must a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from minilm_npu.engine.backend import DEFAULT_BACKEND, DTYPES
+from minilm_npu.config import DEFAULT_BACKEND, DTYPES
 from minilm_npu.samples import MIXED_24
-from minilm_npu.verify.accuracy import PASS, UNSUPPORTED, run_accuracy
-from minilm_npu.verify.bench import run_bench
+from minilm_npu.verify.accuracy import PASS, UNSUPPORTED, AccuracySettings, Target, run_accuracy
+from minilm_npu.verify.bench import BenchSettings, run_bench
+from minilm_npu.verify.report import to_json
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +40,9 @@ def test_default_backend_each_dtype_against_reference(dtype, encoder, reference_
     # Reduced precisions run on 8 of the sentences (all three languages): CPU bf16/fp16 through a padded backend is
     # slow, and the long one is covered in float32.
     texts = MIXED_24 if exact else MIXED_24[:10:2] + MIXED_24[11:14]
-    run = run_accuracy(
-        device="cpu",
-        dtypes=[dtype],
-        texts=texts,
-        sts_path=sts_small if exact else None,
-        reference_encoder=reference_encoder,
-        make_encoder=make,
-    )
-    report = run.report
+    settings = AccuracySettings(Target("cpu", [dtype]), texts=texts, sts_path=sts_small if exact else None)
+    run = run_accuracy(settings, reference_encoder=reference_encoder, make_encoder=make)
+    report = json.loads(to_json(run.report))  # what accuracy.json holds
     (result,) = report["results"]
     assert result["dtype"] == dtype
     if result["status"] == UNSUPPORTED:
@@ -74,10 +71,9 @@ def test_default_backend_each_dtype_against_reference(dtype, encoder, reference_
 
 def test_reference_backend_against_itself_is_exact(reference_encoder):
     texts = [MIXED_24[i] for i in (0, 4, 8, 11, 13, 23)]  # short, Chinese, French, numbers, and the long one
-    run = run_accuracy(
-        device="cpu", texts=texts, reference_encoder=reference_encoder, make_encoder=lambda dtype: reference_encoder
-    )
-    metrics = run.report["results"][0]["metrics"]
+    settings = AccuracySettings(texts=texts)
+    run = run_accuracy(settings, reference_encoder=reference_encoder, make_encoder=lambda dtype: reference_encoder)
+    metrics = json.loads(to_json(run.report))["results"][0]["metrics"]
     assert run.status == PASS
     assert metrics["max_abs_error"] == 0.0 and metrics["mse"] == 0.0 and metrics["determinism_max_abs"] == 0.0
     assert metrics["mean_cosine"] == pytest.approx(1.0, abs=1e-12)
@@ -86,17 +82,10 @@ def test_reference_backend_against_itself_is_exact(reference_encoder):
 
 
 def test_bench_against_cpu_and_sentence_transformers(encoder, reference_encoder):
-    report = run_bench(
-        device="cpu",
-        texts=MIXED_24[:4],
-        batch_sizes=[1, 2],
-        warmup=1,
-        rounds=2,
-        compare_cpu=True,
-        compare="sentence-transformers",
-        make_encoder=lambda dtype: encoder,
-        cpu_encoder=reference_encoder,
+    settings = BenchSettings(
+        texts=MIXED_24[:4], batch_sizes=[1, 2], warmup=1, rounds=2, compare_cpu=True, compare="sentence-transformers"
     )
+    report = json.loads(to_json(run_bench(settings, make_encoder=lambda dtype: encoder, cpu_encoder=reference_encoder)))
     (result,) = report["results"]
     assert result["st_dtype"] == "float32" and result["load_s"] >= 0
     assert report["environment"]["device"] == "cpu" and report["environment"]["device_name"]

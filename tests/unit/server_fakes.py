@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from minilm_npu.config import EncoderConfig
+from minilm_npu.contract import ModelInfo
 
 CLS, SEP, VOCAB = 101, 102, 30522
 
@@ -66,6 +67,13 @@ class FakeEncoder:
 
     def warmup(self) -> None:
         self.warmed = True
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(name=self.model_name, directory="/fake", weights_path="/fake/model.safetensors")
+
+    def engine_choices(self) -> dict[str, str]:
+        return {}
 
     def tokenize(self, texts, truncate=True):
         out = []

@@ -11,23 +11,8 @@ import pytest
 from minilm_npu.corpus import job as job_module
 from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 from minilm_npu.corpus.manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest
-from minilm_npu.corpus.search import corpus_files
 from minilm_npu.errors import InputError
-
-from .test_corpus_fakes import FakeEncoder
-
-
-def write_txt(path, n, bad=()):
-    lines = [b"bad \xff" if i in bad else f"text number {i}".encode() for i in range(1, n + 1)]
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
-
-
-def read_output(out):
-    tables = [pq.read_table(f) for f in corpus_files(out)]
-    ids = [i for t in tables for i in t.column("id").to_pylist()]
-    vectors = np.concatenate([np.stack(t.column("embedding").to_numpy(zero_copy_only=False)) for t in tables])
-    return ids, vectors
+from tests.fixtures.corpus import FakeEncoder, read_output, write_txt
 
 
 def settings(**kwargs):

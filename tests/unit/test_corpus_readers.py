@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from minilm_npu.corpus.readers import CorpusReader, count_rows, detect_format, expand_inputs
+from minilm_npu.corpus.inputs import detect_format, expand_inputs
+from minilm_npu.corpus.readers import CorpusReader
+from minilm_npu.corpus.units import count_rows
 from minilm_npu.errors import InputError
 
 

@@ -10,8 +10,7 @@ from minilm_npu.corpus.job import EmbedSettings, LocalEngine, embed_corpus
 from minilm_npu.corpus.search import search_corpus, search_vectors
 from minilm_npu.corpus.writer import embeddings_table
 from minilm_npu.errors import InputError
-
-from .test_corpus_fakes import FakeEncoder
+from tests.fixtures.corpus import FakeEncoder
 
 
 @pytest.fixture()

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from minilm_npu.corpus import readers, units
+from minilm_npu.corpus.inputs import expand_inputs
 from minilm_npu.corpus.ray_engine import embed_unit, unit_shard_name
-from minilm_npu.corpus.readers import CorpusReader, expand_inputs
+from minilm_npu.corpus.readers import CorpusReader
 from minilm_npu.corpus.units import Unit, file_units, line_cuts, plan_units
-
-from .test_corpus_fakes import FakeEncoder
+from tests.fixtures.corpus import FakeEncoder
 
 TXT = (
     b"\xef\xbb\xbfbom first\r\n\xef\xbb\xbfbom again\r\n\n\nbad \xff byte\nplain\r\n\r\n"
@@ -232,7 +232,7 @@ def test_embed_unit_stops_after_the_first_bad_shard_in_fail_mode(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     reports = embed_unit(FakeEncoder(), reader, out, Unit(0, "file"), 5, None, False, stop_at_bad=True)
-    assert [(r.lo, r.rows, [b[0] for b in r.bad]) for r in reports] == [(0, 5, []), (5, 4, [7])]
+    assert [(r.lo, r.rows, [b.row for b in r.bad]) for r in reports] == [(0, 5, []), (5, 4, [7])]
     assert sorted(p.name for p in out.iterdir()) == [unit_shard_name(0, 0), unit_shard_name(0, 5)]
     everything = embed_unit(FakeEncoder(), reader, out, Unit(0, "file"), 5, None, False)
     assert [r.lo for r in everything] == [0, 5, 10, 15] and everything[-1].eof

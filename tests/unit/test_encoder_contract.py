@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
-from minilm_npu.contract import DeviceWorker, Encoder
+from minilm_npu.contract import DeviceWorker, Encoder, ModelInfo
 from minilm_npu.encoder import MiniLMEncoder
+from tests.fixtures.backends import fake_backend  # noqa: F401 - fixture
+from tests.fixtures.corpus import FakeEncoder as CorpusFakeEncoder
+from tests.fixtures.verify import VerifyFake
 
 from .server_fakes import FakeEncoder
-from .test_corpus_fakes import FakeEncoder as CorpusFakeEncoder
-from .test_encoder_workers import fake_backend  # noqa: F401 - fixture
 
 
 def _protocol_methods(protocol) -> dict[str, inspect.Signature]:
@@ -42,9 +44,13 @@ def test_the_real_encoder_implements_the_protocol(real_encoder):
     _assert_implements(real_encoder, Encoder)
     for worker in real_encoder.workers:
         _assert_implements(worker, DeviceWorker)
+    files = real_encoder.model_files  # what the contract's plain-data view is made from
+    assert real_encoder.model_info == ModelInfo(files.name, str(files.directory), str(files.weights_path))
+    assert Path(real_encoder.model_info.weights_path).is_file()
+    assert isinstance(real_encoder.engine_choices(), dict)
 
 
-@pytest.mark.parametrize("fake", [FakeEncoder, CorpusFakeEncoder])
+@pytest.mark.parametrize("fake", [FakeEncoder, CorpusFakeEncoder, lambda: VerifyFake(Path("model.safetensors"))])
 def test_the_fakes_implement_the_protocol(fake):
     encoder = fake()
     _assert_implements(encoder, Encoder)

@@ -3,47 +3,20 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from minilm_npu.encoder import MiniLMEncoder
-from minilm_npu.engine import backend as backend_module
-
-
-class LengthBackend:
-    """Pooled vector = [len(ids), first id, 1, 0, ...]: enough to check that rows land where they belong."""
-
-    name = "fake"
-    calls: list[tuple[str, int]] = []
-    threads: list[int] = []  # torch's thread count inside each embed
-    fail_on_device: str | None = None
-    delay_s = 0.001
-
-    def __init__(self, model_files, device, dtype):
-        self.device, self.dtype, self.hidden = device, dtype, model_files.hidden_size
-        self.ident = f"worker-{id(self)}"
-
-    def embed(self, batch):
-        if self.fail_on_device == self.ident:
-            raise RuntimeError("device lost")
-        LengthBackend.calls.append((self.ident, threading.get_ident()))
-        LengthBackend.threads.append(torch.get_num_threads())
-        time.sleep(self.delay_s)  # a device takes time: the other worker's thread gets to start before the work is gone
-        out = torch.zeros((len(batch), self.hidden))
-        for row, ids in enumerate(batch):
-            out[row, 0], out[row, 1], out[row, 2] = len(ids), ids[1] if len(ids) > 2 else -1, 1.0
-        return out
-
-
-@pytest.fixture
-def fake_backend(monkeypatch):
-    monkeypatch.setitem(backend_module.BACKENDS, "fake", f"{__name__}:LengthBackend")
-    LengthBackend.calls = []
-    LengthBackend.fail_on_device = None
-    return LengthBackend
+from minilm_npu.encoder import DeviceWorker, MiniLMEncoder
+from minilm_npu.engine.cpu_execution import CpuExecution, use_threads
+from tests.fixtures.backends import (  # noqa: F401 - fixtures
+    SharedLengthBackend,
+    fake_backend,
+    four_cores,
+    shared_backend,
+    two_cores,
+)
 
 
 def test_rows_come_back_in_input_order(fake_backend):
@@ -63,19 +36,18 @@ def test_two_workers_share_the_work_and_keep_order(fake_backend):
     assert len({ident for ident, _ in fake_backend.calls}) == 2
 
 
-def test_cpu_workers_split_the_cores_and_give_the_caller_its_threads_back(fake_backend):
+def test_cpu_workers_split_the_cores_and_give_the_caller_its_threads_back(fake_backend, four_cores):
     """Two CPU workers each run on half of the cores (never two full OpenMP pools on the same cores); a query
-    runs on the caller's thread and count; the caller keeps its own count."""
-    cores = torch.get_num_threads()
+    runs on the caller's thread and count; the caller keeps its own count. Four threads whatever the machine has,
+    so a share (2) differs from the caller's count (4) and from one thread."""
     encoder = MiniLMEncoder(device="cpu,cpu", backend="fake")
-    assert [w.host_threads for w in encoder.workers] == [max(1, cores // 2)] * 2
-    fake_backend.threads.clear()
+    assert [w.host_threads for w in encoder.workers] == [2, 2]
     encoder.encode([f"text {i}" for i in range(100)], batch_size=4)
-    assert set(fake_backend.threads) == {max(1, cores // 2)} and torch.get_num_threads() == cores
+    assert set(fake_backend.threads) == {2} and torch.get_num_threads() == 4
     fake_backend.threads.clear()
     encoder.encode(["one query"])
     encoder.workers[1].run(encoder.tokenize(["a server's batch"]), normalize=True)
-    assert fake_backend.threads == [cores, max(1, cores // 2)] and torch.get_num_threads() == cores
+    assert fake_backend.threads == [4, 2] and torch.get_num_threads() == 4
     assert MiniLMEncoder(device="cpu", backend="fake").workers[0].host_threads is None  # one worker: every core
 
 
@@ -140,27 +112,6 @@ def test_settings_come_from_one_config(fake_backend):
         EncoderConfig(batch_size=0)
 
 
-class SharedLengthBackend(LengthBackend):
-    """:class:`LengthBackend` that declares it may run from several threads at once (as the CPU packed engine)."""
-
-    shareable = True
-
-
-@pytest.fixture
-def two_cores():
-    """Two torch threads whatever the machine has (the lanes split the calling thread's count)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def shared_backend(monkeypatch, fake_backend):
-    monkeypatch.setitem(backend_module.BACKENDS, "shared", f"{__name__}:SharedLengthBackend")
-    return fake_backend
-
-
 def test_one_cpu_runs_a_multi_batch_call_on_two_lanes_sharing_the_model(shared_backend, two_cores):
     encoder = MiniLMEncoder(device="cpu", backend="shared")
     texts = [" ".join(["w"] * (i % 23)) for i in range(200)]
@@ -187,23 +138,30 @@ def test_lanes_only_where_the_work_divides_and_the_backend_may_be_shared(shared_
 
 
 def test_cpu_lanes_are_one_thread_per_core_of_the_calling_thread(shared_backend):
-    from minilm_npu.encoder import DeviceWorker, cpu_lanes
-
-    worker = DeviceWorker(SharedLengthBackend(type("Files", (), {"hidden_size": 4}), torch.device("cpu"), "float32"))
-    previous = torch.get_num_threads()
-    try:
-        for cores in (1, 2, 5, 16):  # one lane per core, one thread each (no OpenMP pool per lane)
-            torch.set_num_threads(cores)
+    backend = SharedLengthBackend(type("Files", (), {"hidden_size": 4}), torch.device("cpu"), "float32")
+    execution = CpuExecution([backend], DeviceWorker)
+    for cores in (1, 2, 5, 16):  # one lane per core, one thread each (no OpenMP pool per lane)
+        with use_threads(cores):
             batches = [[i] for i in range(cores * 2)]
-            lanes = cpu_lanes(worker, batches, [5] * len(batches))
+            lanes = execution.side_by_side(batches, [5] * len(batches))
             assert [lane.host_threads for lane in lanes] == ([1] * cores if cores > 1 else [])
-            assert all(lane.backend is worker.backend for lane in lanes)
-        assert cpu_lanes(worker, [[i] for i in range(15)], [5] * 15) == []  # fewer batches than lanes
-        torch.set_num_threads(2)
-        assert cpu_lanes(worker, [[0], [1]], [9, 8]) != [] and cpu_lanes(worker, [[0], [1]], [9, 1]) == []
-        assert cpu_lanes(worker, [[0, 1]], [5, 5]) == []
-    finally:
-        torch.set_num_threads(previous)
+            assert all(lane.backend is backend for lane in lanes)
+            assert execution.side_by_side(batches, [5] * len(batches)) == lanes  # the same lanes, made once
+    with use_threads(16):
+        assert execution.side_by_side([[i] for i in range(15)], [5] * 15) == []  # fewer batches than lanes
+    with use_threads(2):
+        # Two lanes: no batch may hold more than LANE_SLACK / 2 (0.6) of the call's tokens.
+        assert execution.side_by_side([[0], [1]], [9, 8]) != [] and execution.side_by_side([[0], [1]], [9, 1]) == []
+        assert execution.side_by_side([[0], [1]], [6, 4]) != []  # 0.6 of the work: still divides
+        assert execution.side_by_side([[0], [1]], [13, 8]) == []
+        assert execution.side_by_side([[0, 1]], [5, 5]) == []
+
+
+def test_a_server_takes_the_first_worker_until_it_is_busy_and_a_lone_batch_gets_every_core():
+    assert CpuExecution.takes_work(0, running=0) and CpuExecution.takes_work(0, running=3)
+    assert not CpuExecution.takes_work(1, running=0) and CpuExecution.takes_work(1, running=1)
+    assert CpuExecution.runs_alone(queued=0, running=0)
+    assert not CpuExecution.runs_alone(queued=1, running=0) and not CpuExecution.runs_alone(queued=0, running=1)
 
 
 def test_batch_workers_are_lanes_on_one_shareable_cpu(shared_backend, two_cores):
@@ -222,3 +180,48 @@ def test_batch_workers_are_lanes_on_one_shareable_cpu(shared_backend, two_cores)
     assert "lanes" not in plain.engine_choices()
     two = MiniLMEncoder(device="cpu,cpu", backend="shared")
     assert two.batch_workers() == two.workers  # one worker per device already
+
+
+def test_lanes_are_made_once_and_shared_by_concurrent_calls(shared_backend, two_cores, monkeypatch):
+    """Two threads encoding at once on one CPU share its two lanes (each with its lock): never more than two
+    forwards at the same time, where lanes made per call would run four."""
+    monkeypatch.setattr(shared_backend, "delay_s", 0.01)
+    encoder = MiniLMEncoder(device="cpu", backend="shared")
+    texts = [" ".join(["w"] * (i % 7 + 1)) for i in range(64)]
+    start = threading.Barrier(2)
+    results = []
+
+    def call():
+        # A new thread's count is whatever torch's count was last set to by any thread (a lane sets 1): say it.
+        with use_threads(2):
+            start.wait()
+            results.append(encoder.encode(texts, batch_size=4, normalize_embeddings=False))
+
+    callers = [threading.Thread(target=call) for _ in range(2)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    expected = [len(x) for x in encoder.tokenize(texts)]
+    assert len(results) == 2 and all(out[:, 0].tolist() == expected for out in results)
+    assert shared_backend.most_at_once == 2
+    assert encoder.batch_workers() == encoder.execution.lanes()  # the server's workers are those lanes too
+
+
+def test_the_backend_base_gives_the_optional_parts_their_defaults(fake_backend):
+    """A backend that only embeds: not shared, nothing to warm up, no choices to report; an incomplete one is
+    refused when built."""
+    from minilm_npu.engine.backend import Backend
+
+    encoder = MiniLMEncoder(device="cpu", backend="fake")
+    backend = encoder.workers[0].backend
+    assert isinstance(backend, Backend) and backend.shareable is False and backend.choices() == {}
+    encoder.warmup()  # the base's no-op warm-up, then one tiny forward
+    assert len(fake_backend.calls) == 1 and encoder.engine_choices() == {}
+
+    class EmbedsOnly(Backend):
+        def embed(self, batch):
+            return torch.zeros(len(batch), 4)
+
+    with pytest.raises(TypeError, match="token_embeddings"):
+        EmbedsOnly()

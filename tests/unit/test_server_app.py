@@ -261,12 +261,26 @@ def test_startup_fails_when_warmup_fails():
             pass
 
 
-def test_large_request_through_the_tokenizer_pool_matches_small_ones(fake, client):
-    """Over Batcher.INLINE_WORK characters the work moves off the event loop; the answer must not change."""
+def test_large_request_through_the_tokenizer_pool_matches_small_ones(fake, client, monkeypatch):
+    """Over Batcher.INLINE_WORK characters the work moves off the event loop into the tokenizer pool (its threads
+    are named minilm-tokenize); the answer must not change."""
+    import threading
+
+    tokenized_on = []
+    tokenize = fake.tokenize
+
+    def spy(*args, **kwargs):
+        tokenized_on.append(threading.current_thread().name)
+        return tokenize(*args, **kwargs)
+
+    monkeypatch.setattr(fake, "tokenize", spy)
     texts = [" ".join(f"w{i}_{j}" for j in range(130)) for i in range(4)]
     assert sum(map(len, texts)) > client.app.state.server.batcher.INLINE_WORK
+    assert all(len(t) <= client.app.state.server.batcher.INLINE_WORK for t in texts)
     large = client.post("/v1/embeddings", json={"input": texts}, headers=AUTH)
+    assert len(tokenized_on) == 1 and tokenized_on[0].startswith("minilm-tokenize")
     small = [client.post("/v1/embeddings", json={"input": t}, headers=AUTH) for t in texts]
+    assert len(tokenized_on) == 5 and not any(name.startswith("minilm-tokenize") for name in tokenized_on[1:])
     assert large.status_code == 200 and all(r.status_code == 200 for r in small)
     np.testing.assert_allclose(_vectors(large), fake.expected(texts), atol=1e-6)
     np.testing.assert_array_equal(_vectors(large), np.concatenate([_vectors(r) for r in small]))

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from minilm_npu.corpus.readers import CorpusReader, expand_inputs
+from minilm_npu.corpus.inputs import expand_inputs
+from minilm_npu.corpus.readers import CorpusReader
 from minilm_npu.errors import InputError
 from minilm_npu.textio import VectorWriter, count_lines, decode_line, iter_text_chunks, split_lines
 

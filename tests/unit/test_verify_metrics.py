@@ -84,11 +84,13 @@ def test_cann_version_read_from_toolkit_home(tmp_path):
 
 
 def test_fingerprint_has_versions_machine_and_date():
-    env = fingerprint(device="cpu", dtype="float32", backend="packed", model="m", device_name="CPU X")
-    assert env["versions"]["python"] and env["versions"]["torch"]
+    env = fingerprint(device="cpu", dtype="float32", backend="packed", model="m", device_name="CPU X", cann=None)
+    assert env.versions["python"] and env.versions["torch"]
     assert set(versions()) >= {"python", "torch", "torch_npu", "transformers", "tokenizers", "cann"}
-    assert env["date"].endswith("+00:00") and env["machine"]["cpu_count"] >= 1
-    json.loads(to_json(env))
+    assert env.date.endswith("+00:00") and env.machine.cpu_count >= 1
+    data = json.loads(to_json(env))
+    assert list(data)[:6] == ["date", "device", "device_name", "dtype", "backend", "model"]
+    assert list(data)[-1] == "cann" and data["cann"] is None  # an extra field keeps its key, even when null
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def test_cli_argument_types():
     from minilm_npu.cli.accuracy import parse_dtypes
     from minilm_npu.cli.bench import batch_sizes
     from minilm_npu.cli.common import non_negative_float
-    from minilm_npu.engine.backend import DTYPES
+    from minilm_npu.config import DTYPES
 
     assert parse_dtypes("all") == list(DTYPES)
     assert parse_dtypes("float32, float32,bfloat16") == ["float32", "bfloat16"]

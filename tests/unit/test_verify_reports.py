@@ -6,47 +6,26 @@ The same paths run with the real model in tests/integration/test_verify_cli.py.
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from minilm_npu.errors import InputError
-from minilm_npu.verify.accuracy import FAIL, PASS, UNSUPPORTED, run_accuracy
-from minilm_npu.verify.bench import batch_for, run_bench
-from minilm_npu.verify.report import accuracy_markdown, bench_markdown, write_accuracy, write_bench
+from minilm_npu.verify.accuracy import FAIL, PASS, UNSUPPORTED, AccuracySettings, Target, run_accuracy
+from minilm_npu.verify.bench import BenchSettings, batch_for, run_bench
+from minilm_npu.verify.report import (
+    accuracy_markdown,
+    bench_markdown,
+    check_markdown,
+    to_json,
+    write_accuracy,
+    write_bench,
+)
+from minilm_npu.verify.results import AccuracyReport, AccuracyResult, BenchReport, CheckReport, from_dict
+from tests.fixtures.verify import VerifyFake as FakeEncoder
 
 TEXTS = ["alpha", "beta gamma", "delta epsilon zeta", "eta", "theta iota kappa lambda", "mu"]
-
-
-class FakeEncoder:
-    """Deterministic vectors per text; ``noise`` perturbs them, ``batch_noise`` makes batch composition matter."""
-
-    backend_name = "fake"
-    max_seq_length = 256
-
-    def __init__(self, weights: Path, noise: float = 0.0, batch_noise: float = 0.0, dim: int = 16):
-        self.model_files = SimpleNamespace(name="fake-model", directory=weights.parent, weights_path=weights)
-        self.noise, self.batch_noise, self.dim = noise, batch_noise, dim
-
-    def tokenize(self, texts, truncate=True):
-        return [[101] + [1000] * len(t.split()) + [102] for t in texts]
-
-    def encode(self, texts, batch_size=32, show_progress_bar=False):
-        rows = []
-        for text in texts:
-            rng = np.random.default_rng(zlib.crc32(text.encode()))
-            vector = rng.normal(size=self.dim)
-            if self.noise:
-                noise = np.random.default_rng(zlib.crc32(text.encode()) + 1).normal(size=self.dim)
-                vector = vector + noise * self.noise
-            if self.batch_noise and len(texts) > 1:
-                vector = vector + self.batch_noise
-            rows.append(vector / np.linalg.norm(vector))
-        return np.asarray(rows, dtype=np.float32)
 
 
 @pytest.fixture()
@@ -56,16 +35,23 @@ def weights(tmp_path) -> Path:
     return path
 
 
-def _run(weights, device="cpu", **kwargs):
-    return run_accuracy(device=device, texts=TEXTS, reference_encoder=FakeEncoder(weights), **kwargs)
+def _run(weights, device="cpu", dtypes=("float32",), make_encoder=None):
+    settings = AccuracySettings(target=Target(device=device, dtypes=dtypes), texts=TEXTS)
+    return run_accuracy(settings, reference_encoder=FakeEncoder(weights), make_encoder=make_encoder)
+
+
+def _bench(make_encoder, batch_sizes=(1,), warmup=1, **settings):
+    return run_bench(
+        BenchSettings(texts=TEXTS, batch_sizes=batch_sizes, warmup=warmup, **settings), make_encoder=make_encoder
+    )
 
 
 def test_accuracy_identical_passes_with_every_field(weights):
-    result = _run(weights, make_encoder=lambda dtype: FakeEncoder(weights))
-    report = result.report
+    result = _run(weights, make_encoder=lambda dtype: FakeEncoder(weights, backend="transformers"))
+    report = json.loads(to_json(result.report))  # the JSON a user reads
     assert result.status == PASS and report["kind"] == "accuracy"
     (entry,) = report["results"]
-    assert entry["dtype"] == "float32" and entry["status"] == PASS and entry["backend"] == "fake"
+    assert entry["dtype"] == "float32" and entry["status"] == PASS and entry["backend"] == "transformers"
     metrics = entry["metrics"]
     assert metrics["mean_cosine"] == pytest.approx(1.0) and metrics["error_rate_pct"] == pytest.approx(0, abs=1e-9)
     assert metrics["max_abs_error"] == 0 and metrics["determinism_max_abs"] == 0
@@ -84,14 +70,14 @@ def test_accuracy_identical_passes_with_every_field(weights):
 def test_accuracy_noise_fails_and_names_the_check(weights):
     result = _run(weights, make_encoder=lambda dtype: FakeEncoder(weights, noise=0.5))
     assert result.status == FAIL
-    failed = {c["name"] for c in result.report["results"][0]["checks"] if not c["passed"]}
+    failed = {c.name for c in result.report.results[0].checks if not c.passed}
     assert "error_rate_pct" in failed
     assert "float32 failed: " in accuracy_markdown(result.report)
 
 
 def test_accuracy_batch_dependence_fails_invariance(weights):
     result = _run(weights, make_encoder=lambda dtype: FakeEncoder(weights, batch_noise=0.3))
-    failed = {c["name"] for c in result.report["results"][0]["checks"] if not c["passed"]}
+    failed = {c.name for c in result.report.results[0].checks if not c.passed}
     assert "batch_invariance_min_cosine" in failed
 
 
@@ -103,7 +89,10 @@ def test_accuracy_unsupported_dtype_is_reported_not_raised(weights):
 
     result = _run(weights, dtypes=("float32", "int8"), make_encoder=make)
     assert result.status == PASS
-    assert result.report["results"][1] == {
+    assert result.report.results[1] == AccuracyResult(
+        dtype="int8", status=UNSUPPORTED, reason="int8 needs the packed backend"
+    )
+    assert json.loads(to_json(result.report))["results"][1] == {
         "dtype": "int8",
         "status": UNSUPPORTED,
         "reason": "int8 needs the packed backend",
@@ -136,24 +125,15 @@ def test_write_accuracy_files_and_valid_pngs(weights, tmp_path):
                 image.verify()
                 assert image.format == "PNG"
     parsed = json.loads((tmp_path / "out" / "accuracy.json").read_text())
-    assert parsed["results"][0]["metrics"]["mean_cosine"] == pytest.approx(
-        result.report["results"][0]["metrics"]["mean_cosine"]
-    )
+    assert parsed["results"][0]["metrics"]["mean_cosine"] == pytest.approx(result.report.results[0].metrics.mean_cosine)
     markdown = (tmp_path / "out" / "accuracy.md").read_text()
     assert "| Error rate (%) |" in markdown and "(accuracy_similarity_float32.png)" in markdown
 
 
 def test_bench_rows_and_report_files(weights, tmp_path):
-    report = run_bench(
-        device="cpu",
-        texts=TEXTS,
-        batch_sizes=[1, 4, 8],
-        warmup=1,
-        rounds=2,
-        make_encoder=lambda dtype: FakeEncoder(weights),
-        compare_cpu=True,
-        cpu_encoder=FakeEncoder(weights),
-    )
+    settings = BenchSettings(texts=TEXTS, batch_sizes=[1, 4, 8], warmup=1, rounds=2, compare_cpu=True)
+    typed = run_bench(settings, make_encoder=lambda dtype: FakeEncoder(weights), cpu_encoder=FakeEncoder(weights))
+    report = json.loads(to_json(typed))
     (result,) = report["results"]
     assert [r["batch_size"] for r in result["rows"]] == [1, 4, 8]
     for row in result["rows"]:
@@ -171,20 +151,55 @@ def test_bench_rows_and_report_files(weights, tmp_path):
         "compare_cpu": True,
         "compare": None,
     }
-    paths = write_bench(report, tmp_path / "b")
+    paths = write_bench(typed, tmp_path / "b")
     assert {p.name for p in paths} == {"bench.json", "bench.md", "bench_throughput.png", "bench_latency.png"}
     for png in (p for p in paths if p.suffix == ".png"):
         with Image.open(png) as image:
             image.verify()
-    markdown = bench_markdown(report)
+    markdown = bench_markdown(typed)
     assert "| Batch size | Mean latency (ms) |" in markdown and "Speedup vs CPU" in markdown
 
 
 def test_bench_rejects_bad_protocol(weights):
     make = lambda dtype: FakeEncoder(weights)  # noqa: E731
     with pytest.raises(InputError):
-        run_bench(device="cpu", texts=TEXTS, batch_sizes=[0], make_encoder=make)
+        _bench(make, batch_sizes=[0])
     with pytest.raises(InputError):
-        run_bench(device="cpu", texts=TEXTS, batch_sizes=[1], warmup=0, make_encoder=make)
+        _bench(make, warmup=0)
     with pytest.raises(InputError, match="--compare"):
-        run_bench(device="cpu", texts=TEXTS, batch_sizes=[1], compare="infinity", make_encoder=make)
+        _bench(make, compare="infinity")
+
+
+EXAMPLES = sorted(Path(__file__).resolve().parents[2].glob("docs/example-report/*/*.json"))
+KINDS = {"accuracy": AccuracyReport, "bench": BenchReport, "check": CheckReport}
+
+
+def _contains(new, old, where="") -> None:
+    """Every key and value of ``old`` is in ``new``, in the same order (``new`` may add keys a newer version
+    writes, such as the check's ``cpu_kernels``)."""
+    if isinstance(old, dict):
+        assert isinstance(new, dict), where
+        assert [k for k in new if k in old] == list(old), where
+        for key, value in old.items():
+            _contains(new[key], value, f"{where}.{key}")
+    elif isinstance(old, list):
+        assert isinstance(new, list) and len(new) == len(old), where
+        for index, (a, b) in enumerate(zip(new, old)):
+            _contains(a, b, f"{where}[{index}]")
+    else:
+        assert new == old, where
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if json.loads(p.read_text()).get("kind") in KINDS], ids=str)
+def test_committed_example_reports_read_back_and_render(path):
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text)
+    report = from_dict(KINDS[data["kind"]], data)
+    if data["kind"] == "check":
+        _contains(json.loads(to_json(report)), data)  # older check reports lack fields written since
+    else:
+        assert to_json(report) == text  # the very bytes: same keys, same order, same values
+    markdown = {"accuracy": accuracy_markdown, "bench": bench_markdown, "check": check_markdown}[data["kind"]](report)
+    assert markdown.startswith("# ") and "| " in markdown
+    if data["kind"] == "bench":
+        assert f"| {report.results[0].rows[0].batch_size} |" in markdown

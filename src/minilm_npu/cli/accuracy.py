@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import parse_dtypes as parse
 from .common import non_negative_float, positive_int
 
 
 def parse_dtypes(text: str) -> list[str]:
     """``float32``, ``float32,bfloat16`` or ``all`` (every dtype the package knows)."""
-    from ..engine.backend import parse_dtypes as parse
-
     return parse(text)
+
+
+def target_of(args: argparse.Namespace):
+    """The :class:`~minilm_npu.verify.settings.Target` the flags of :func:`add_target_args` describe."""
+    from ..verify.settings import Target
+
+    return Target(device=args.device, dtypes=parse_dtypes(args.dtype), backend=args.backend, model_path=args.model_path)
 
 
 def add_target_args(parser: argparse.ArgumentParser) -> None:
@@ -84,26 +90,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the accuracy protocol; 0 on PASS, 1 on FAIL."""
     from ..errors import InputError
-    from ..verify.accuracy import FAIL, UNSUPPORTED, Thresholds, load_texts, run_accuracy
+    from ..verify.accuracy import FAIL, UNSUPPORTED, AccuracySettings, Thresholds, load_texts, run_accuracy
     from ..verify.report import accuracy_markdown, to_json, write_accuracy
 
-    dtypes = parse_dtypes(args.dtype)
-    user_texts = load_texts(args.texts) if args.texts else []
-    thresholds = Thresholds(error_rate_pct=args.threshold, min_cosine=args.min_cosine)
-    result = run_accuracy(
-        device=args.device,
-        dtypes=dtypes,
-        backend=args.backend,
-        model_path=args.model_path,
+    target = target_of(args)
+    settings = AccuracySettings(
+        target=target,
         reference_model_path=args.reference_model_path,
-        user_texts=user_texts,
+        user_texts=load_texts(args.texts) if args.texts else (),
         sts_path=args.sts,
         sts_limit=args.sts_limit,
-        thresholds=thresholds,
+        thresholds=Thresholds(error_rate_pct=args.threshold, min_cosine=args.min_cosine),
         progress=sys.stderr.isatty(),
     )
+    result = run_accuracy(settings)
     if result.status == UNSUPPORTED:
-        raise InputError("; ".join(r["reason"] for r in result.report["results"]))
+        raise InputError("; ".join(str(r.reason) for r in result.report.results))
     if args.out:
         write_accuracy(result, args.out)
     sys.stdout.write(to_json(result.report) if args.json else accuracy_markdown(result.report))

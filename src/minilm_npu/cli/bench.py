@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .accuracy import add_target_args, parse_dtypes
+from .accuracy import add_target_args, target_of
 from .common import positive_int
 
 
@@ -67,18 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; 0 when at least one dtype ran."""
-    from ..errors import InputError
-    from ..verify.accuracy import UNSUPPORTED
-    from ..verify.bench import run_bench
-    from ..verify.report import bench_markdown, to_json, write_bench
+def bench_settings(args: argparse.Namespace):
+    """The :class:`~minilm_npu.verify.settings.BenchSettings` the flags of ``bench`` (and ``report``) describe."""
+    from ..verify.settings import BenchSettings
 
-    report = run_bench(
-        device=args.device,
-        dtypes=parse_dtypes(args.dtype),
-        backend=args.backend,
-        model_path=args.model_path,
+    return BenchSettings(
+        target=target_of(args),
         batch_sizes=args.batch_sizes,
         warmup=args.warmup,
         rounds=args.rounds,
@@ -86,8 +80,18 @@ def run(args: argparse.Namespace) -> int:
         compare=args.compare,
         progress=sys.stderr.isatty(),
     )
-    if report["status"] == UNSUPPORTED:
-        raise InputError("; ".join(r["reason"] for r in report["results"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; 0 when at least one dtype ran."""
+    from ..errors import InputError
+    from ..verify.bench import run_bench
+    from ..verify.report import bench_markdown, to_json, write_bench
+    from ..verify.results import UNSUPPORTED
+
+    report = run_bench(bench_settings(args))
+    if report.status == UNSUPPORTED:
+        raise InputError("; ".join(str(r.reason) for r in report.results))
     if args.out:
         write_bench(report, args.out)
     sys.stdout.write(to_json(report) if args.json else bench_markdown(report))

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the doctor; 0 when every requested device passed, 1 otherwise."""
-    from ..engine.backend import parse_dtype
+    from ..config import parse_dtype
     from ..verify.doctor import run_doctor
     from ..verify.report import check_markdown, to_json, write_check
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_check(report, args.out)
     sys.stdout.write(to_json(report) if args.json else check_markdown(report))
-    for check in report["checks"]:
-        if check["status"] != "ok":
-            print(f"check failed: {check['device']}: {check['message']}", file=sys.stderr)
-    return 0 if report["status"] == "ok" else 1
+    for check in report.checks:
+        if check.status != "ok":
+            print(f"check failed: {check.device}: {check.message}", file=sys.stderr)
+    return 0 if report.status == "ok" else 1

@@ -29,8 +29,7 @@ def non_negative_float(text: str) -> float:
 
 def add_encoder_args(parser: argparse.ArgumentParser, device_default: str | None = None) -> None:
     """--model-path, --device, --dtype, --backend, --batch-size, --max-batch-tokens (defaults: EncoderConfig's)."""
-    from ..config import EncoderConfig  # light: no torch work at import beyond torch itself
-    from ..engine.backend import BACKENDS, DTYPES
+    from ..config import BACKENDS, DTYPES, EncoderConfig  # a leaf: no torch
 
     d = EncoderConfig
     parser.add_argument(

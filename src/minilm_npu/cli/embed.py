@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the job and print a one-line summary."""
-    from ..corpus.job import DEFAULT_SHARD_ROWS, EmbedSettings, LocalEngine, embed_corpus
+    from ..corpus.job import DEFAULT_SHARD_ROWS, EmbedSettings, Engine, LocalEngine, embed_corpus
     from ..errors import InputError
     from ..modelfiles import resolve_model
 
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     )
     config = encoder_config(args)
     model = resolve_model(config.model_path).name  # cheap: the fingerprint needs it before any model loads
+    engine: Engine
     if args.engine == "ray":
         from ..corpus.ray_engine import RayEngine
 

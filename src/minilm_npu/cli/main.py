@@ -1,8 +1,10 @@
 """``minilm-npu``: one command, sub-commands discovered from the modules of this package.
 
 Each module in ``minilm_npu/cli/`` that defines ``register(subparsers)`` adds its sub-command (and sets
-``func=run`` on it). Modules keep heavy imports (the server, Ray, transformers, matplotlib) inside ``run``, so
-``--help`` and argument errors cost no more than importing torch (~2 s on a small CPU).
+``func=run`` on it). Building the parser imports no torch (defaults and choices come from the torch-free
+:mod:`minilm_npu.config`), and modules keep heavy imports (torch, the server, Ray, transformers, matplotlib) inside
+``run``: ``--help`` and argument errors are instant, and ``serve`` can still set the OpenMP environment before
+torch loads.
 
 User errors (bad input, missing model, unavailable device) print ``error: <message>`` and exit 2; an unexpected
 failure prints one line too, and the traceback only with ``MINILM_NPU_DEBUG=1``.
@@ -18,6 +20,7 @@ import pkgutil
 import sys
 
 from .. import __version__
+from ..errors import USER_ERRORS
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
@@ -42,19 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..errors import USER_ERRORS
-
-    return USER_ERRORS
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
-    args_given = sys.argv[1:] if argv is None else argv
-    if next((a for a in args_given if not a.startswith("-")), None) == "serve":
-        from .serve import apply_serving_env
-
-        apply_serving_env()  # before build_parser imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -72,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as err:  # noqa: BLE001 - the one place that turns failures into messages
-        if isinstance(err, _user_errors()) or isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        if isinstance(err, USER_ERRORS) or isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
         if os.environ.get("MINILM_NPU_DEBUG"):

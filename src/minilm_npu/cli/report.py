@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .accuracy import add_target_args, parse_dtypes
-from .bench import add_bench_args
+from .accuracy import add_target_args
+from .bench import add_bench_args, bench_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,28 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run all three; 0 when check and accuracy pass, 1 otherwise."""
-    from ..verify.accuracy import PASS, load_texts
-    from ..verify.report import run_report
+    from ..verify.accuracy import PASS, AccuracySettings, load_texts
+    from ..verify.suite import run_report
 
-    reports = run_report(
-        device=args.device,
-        out=args.out,
-        dtypes=parse_dtypes(args.dtype),
-        backend=args.backend,
-        model_path=args.model_path,
-        batch_sizes=args.batch_sizes,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        sts_path=args.sts,
-        user_texts=load_texts(args.texts) if args.texts else (),
-        compare_cpu=args.compare_cpu,
-        compare=args.compare,
-        progress=sys.stderr.isatty(),
+    bench = bench_settings(args)
+    accuracy = AccuracySettings(
+        target=bench.target,
         reference_model_path=args.reference_model_path,
+        user_texts=load_texts(args.texts) if args.texts else (),
+        sts_path=args.sts,
+        progress=bench.progress,
     )
-    ok = reports["check"]["status"] == "ok" and reports["accuracy"]["status"] == PASS
+    reports = run_report(args.out, accuracy, bench)
+    ok = reports.check.status == "ok" and reports.accuracy.status == PASS
     print(
-        f"check {reports['check']['status']}, accuracy {reports['accuracy']['status']}; reports in {reports['index']}",
+        f"check {reports.check.status}, accuracy {reports.accuracy.status}; reports in {reports.index}",
         file=sys.stderr,
     )
     return 0 if ok else 1

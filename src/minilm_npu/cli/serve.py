@@ -17,13 +17,13 @@ from .common import non_negative_float, positive_int
 API_KEY_ENV = "MINILM_NPU_API_KEY"
 
 #: OpenMP settings a server wants, applied unless the user set any of them (then theirs stand, untouched).
-#: Why: libgomp's default lets OpenMP worker threads spin ~3 ms (300,000 spins) after every parallel region before
-#: they sleep, so after each forward pass they hold the cores the event loop, HTTP parsing and tokenization need
-#: (on a 2-core VM that more than doubled one-client latency). ``OMP_WAIT_POLICY=PASSIVE`` alone fixes that but
-#: makes every one of a forward's few hundred regions end in a futex sleep and wake-up (a quiet 2-core run: a
-#: one-sentence forward ~4 ms slower than in-process). An explicit ``GOMP_SPINCOUNT`` overrides the policy's
-#: spin count: 10,000 spins (~0.1 ms) bridge the microsecond gaps between one forward's kernels, and the threads
-#: are asleep 0.1 ms after it ends. A batch job keeps the defaults (spinning there costs nothing).
+#: Why: libgomp's default lets OpenMP worker threads spin 300,000 times (milliseconds) after every parallel region
+#: before they sleep, so after each forward pass they hold the cores the event loop, HTTP parsing and tokenization
+#: need, which on a small machine slows every request. ``OMP_WAIT_POLICY=PASSIVE`` alone fixes that but makes every
+#: one of a forward's few hundred regions end in a futex sleep and wake-up, which slows the forward itself. An
+#: explicit ``GOMP_SPINCOUNT`` overrides the policy's spin count: 10,000 spins bridge the microsecond gaps between
+#: one forward's kernels, and the threads are asleep soon after it ends. A batch job keeps the defaults (spinning
+#: there costs nothing).
 SERVING_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
 
 
@@ -117,6 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load and warm up the model, then serve until SIGTERM/SIGINT. Returns the exit code."""
+    apply_serving_env()  # first: nothing before this line has imported torch (the parser does not)
     import logging
 
     import uvicorn
@@ -157,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``serve`` alone (``python -m minilm_npu.cli.serve``), e.g. where the full CLI is not installed."""
-    apply_serving_env()  # before anything imports torch
     from ..errors import USER_ERRORS
 
     parser = argparse.ArgumentParser(prog="minilm-npu")

@@ -1,10 +1,12 @@
 """Corpus embedding at scale: streaming readers, a crash-safe resumable job, a Ray engine, and exact search.
 
-Everything here depends only on the encoder's ``encode`` contract, so a fake encoder can stand in for tests.
+Everything here uses an encoder only through :class:`minilm_npu.contract.Encoder`, so a fake encoder can stand in
+for tests.
 """
 
+from .inputs import expand_inputs
 from .job import DEFAULT_SHARD_ROWS, EmbedSettings, EmbedSummary, LocalEngine, embed_corpus
-from .readers import CorpusReader, Record, expand_inputs
+from .readers import CorpusReader, Record
 from .search import Hit, search_corpus, search_vectors
 
 __all__ = [

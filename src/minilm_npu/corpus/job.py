@@ -5,8 +5,9 @@ its own, so a directory it touched is always recognisably its own. Then the loop
 embeds the good ones, writes the shard atomically (recording its size and checksum), appends any skipped rows to
 the side file, and only then commits by atomically replacing the manifest. After ``kill -9`` at any point the
 manifest still describes a consistent prefix of the input; the next run checks the committed shards, deletes what
-was written after the last commit and continues from the manifest's cursor. Engines (in-process encoder, Ray) only
-supply the embedded rows; both run through :func:`embed_corpus`, so both hold the lock.
+was written after the last commit and continues from the manifest's cursor. Engines only supply the shards — the
+local one rows and vectors, which the job writes; Ray's workers write their own — and every shard is committed
+through one path (:func:`_commit`), under the lock the job holds whatever the engine.
 """
 
 from __future__ import annotations
@@ -17,30 +18,34 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError, OutputError
+from .directory import AppendFile
+from .engines import DEFAULT_SHARD_ROWS, EmbedSettings, Engine, ShardWriter, WrittenShard
+from .inputs import InputFile, expand_inputs
 from .layout import Layout
+from .local_engine import LocalEngine
+from .localdir import LocalDirectory
 from .lock import acquire_lock
-from .manifest import SKIPPED_NAME, Manifest, describe_change, job_fingerprint
-from .readers import CorpusReader, InputFile, Record, count_rows, expand_inputs
+from .manifest import SKIPPED_NAME, Manifest, ShardEntry, describe_change, job_fingerprint
+from .readers import CorpusReader, Record
 from .repair import check_shards, reembed_shard
-from .writer import assemble_npy, write_shard
+from .units import count_rows
+from .writer import assemble_npy, write_records
+
+# EmbedSettings, Engine and LocalEngine are imported from here by the job's users, beside what is defined here.
+__all__ = ["CRASH_ENV", "CRASH_STAGES", "DEFAULT_SHARD_ROWS", "EmbedSettings", "EmbedSummary", "Engine"]
+__all__ += ["LocalEngine", "embed_corpus"]
 
 log = logging.getLogger(__name__)
 
-ON_ERROR = ("fail", "skip")
-#: Rows per shard: the most work a crash can lose, and the unit handed to the encoder at once.
-DEFAULT_SHARD_ROWS = 8192
 #: Fault injection for the kill-and-resume tests: ``STAGE:N`` makes the process SIGKILL itself at that point, so
 #: the worst moments are hit exactly. Stages, in commit order (N is the shard index): ``locked`` (lock taken, no
 #: manifest yet), ``before-shard``, ``shard-tmp`` (written and synced, not renamed), ``after-shard``,
@@ -62,35 +67,6 @@ CRASH_STAGES = (
     "npy-moved",
 )
 
-#: What an engine yields per shard: the shard's input rows (good and bad, in order) and the good rows' vectors.
-ShardBatch = tuple[list[Record], np.ndarray]
-
-
-@dataclass
-class EmbedSettings:
-    """Options of one job (the command line's flags)."""
-
-    text_field: str = "text"
-    id_field: str | None = None
-    keep_text: bool = False
-    on_error: str = "fail"
-    overwrite: bool = False
-    batch_size: int | None = None  # None: the encoder's own (EncoderConfig.batch_size)
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    progress: bool | None = None  # None: a bar when stderr is a terminal
-    verify: bool = False  # check every committed shard's checksum, not only its size and footer
-
-    def validate(self) -> None:
-        """Raises InputError for a setting out of range."""
-        if self.on_error not in ON_ERROR:
-            raise InputError(f"--on-error must be one of {', '.join(ON_ERROR)}, not {self.on_error!r}")
-        for name in ("batch_size", "shard_rows"):
-            value = getattr(self, name)
-            if value is None and name == "batch_size":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer, not {value!r}")
-
 
 @dataclass
 class EmbedSummary:
@@ -111,92 +87,6 @@ class EmbedSummary:
     def rows_per_second(self) -> float:
         """Input rows consumed per second by this run."""
         return self.new_rows / self.seconds if self.seconds > 0 else 0.0
-
-
-class Engine(Protocol):
-    """Turns input rows into vectors. ``model``/``dtype`` go into the fingerprint."""
-
-    model: str
-    dtype: str
-
-    def stream(
-        self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None
-    ) -> Iterator[ShardBatch]: ...
-
-
-def check_rows(records: list[Record], settings: EmbedSettings, files: list[InputFile]) -> None:
-    """In ``fail`` mode, raise InputError naming the first bad row (before any work is spent on its shard)."""
-    if settings.on_error != "fail":
-        return
-    for record in records:
-        if record.error is not None:
-            raise InputError(
-                f"{files[record.file].path}: row {record.row}: {record.error} (rows before this "
-                "shard are saved; fix the input or rerun with --on-error skip)"
-            )
-
-
-class LocalEngine:
-    """Embeds in this process through an encoder (several devices via ``MiniLMEncoder(device="npu:0,npu:1")``).
-
-    Args:
-        encoder: An object with the encoder's ``encode`` contract, or a zero-argument factory for one (called
-            only when there is work to do).
-        model: Model name for the fingerprint; defaults to ``encoder.model_name``.
-        dtype: dtype for the fingerprint; defaults to ``encoder.dtype``.
-    """
-
-    def __init__(self, encoder: Any, model: str | None = None, dtype: str | None = None):
-        self._encoder = encoder if hasattr(encoder, "encode") else None
-        self._factory: Callable[[], Any] | None = None if self._encoder is not None else encoder
-        self._lock = threading.Lock()  # two shards in flight must not load two models
-        self.model = model or getattr(self.encoder, "model_name", type(self.encoder).__name__)
-        self.dtype = dtype or getattr(self.encoder, "dtype", "float32")
-
-    @property
-    def encoder(self) -> Any:
-        """The encoder, built on first use."""
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = self._factory()
-            return self._encoder
-
-    def stream(
-        self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None
-    ) -> Iterator[ShardBatch]:
-        """Shards in order, with the next shard's reading overlapping this one's embedding.
-
-        Two shards are in flight at most: one embedding on the one encoding thread, the next read and queued
-        meanwhile. One encoding thread, not two: every thread that runs CPU forwards keeps its own OpenMP worker
-        pool, and libgomp stops spin-waiting once the process holds more OpenMP threads than cores (see
-        :func:`minilm_npu.devices.release_host_threads`); measured on a 2-core Zen 4, a 3,000-line job took
-        9.3-9.7 s with one thread against 9.9-10.5 s with two. A bad row in ``fail`` mode first lets the shards
-        before it finish, so they are committed.
-        """
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm-corpus") as pool:
-            pending: deque[tuple[list[Record], Future]] = deque()
-            try:
-                for records in reader.chunks(settings.shard_rows, start_after):
-                    check_rows(records, settings, reader.files)
-                    pending.append((records, pool.submit(self._embed, records, settings.batch_size)))
-                    if len(pending) >= 2:
-                        records, future = pending.popleft()
-                        yield records, future.result()
-            except InputError:
-                while pending:
-                    records, future = pending.popleft()
-                    yield records, future.result()
-                raise
-            while pending:
-                records, future = pending.popleft()
-                yield records, future.result()
-
-    def _embed(self, records: list[Record], batch_size: int | None) -> np.ndarray:
-        texts = [r.text for r in records if r.error is None]
-        if not texts:
-            return np.empty((0, getattr(self.encoder, "dimension", 0)), dtype=np.float32)
-        vectors = self.encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True)
-        return np.asarray(vectors, dtype=np.float32)
 
 
 def _crash_point(stage: str, shard: int) -> None:
@@ -305,18 +195,14 @@ def _embed_locked(
     repaired = _repair(layout, manifest, engine, reader, settings)
     consumed_before, was_complete = manifest.rows_consumed, manifest.complete
     if not manifest.complete:
-        if hasattr(engine, "write_shards"):  # workers write the shards; this process only commits them
-            reports = engine.write_shards(reader, settings, _cursor(manifest), layout.work, _resume_offset(manifest))
-            _run_reports(layout, manifest, reports, settings, files)
-        else:
-            _run(layout, manifest, engine.stream(reader, settings, _cursor(manifest)), settings, files)
+        _run(layout, manifest, _written_shards(layout, manifest, engine, reader, settings), settings, files)
     if layout.npy:
         with _writing(layout):
             _finish_npy(layout, manifest)
     already_complete = was_complete and not layout.npy and not repaired
     summary = _summary(layout, manifest, manifest.rows_consumed - consumed_before, started, already_complete)
     summary.repaired = repaired
-    summary.verified = sum(1 for s in manifest.shards if s.get("sha256")) if settings.verify else 0
+    summary.verified = sum(1 for s in manifest.shards if s.sha256) if settings.verify else 0
     return summary
 
 
@@ -326,32 +212,61 @@ def _repair(
     """Check the committed shards (checksums too with ``verify``) and re-embed each damaged one in place."""
     repaired = []
     for index, problem in check_shards(layout.work, manifest.shards, checksum=settings.verify):
-        name = manifest.shards[index]["file"]
+        entry = manifest.shards[index]
+        name = entry.file
+        assert name is not None  # only shards with a file are checked
         log.warning("%s: %s; re-embedding this shard", layout.work.describe(name), problem)
         records, vectors = reembed_shard(engine, reader, settings, manifest.shards, index)
-        with _writing(layout):
-            written = write_shard(
-                layout.work,
-                index,
-                [r.id for r in records if r.error is None],
-                vectors,
-                [r.text for r in records if r.error is None] if settings.keep_text else None,
-                name=name,
-            )  # the committed name (a Ray shard's is not index-based)
-            manifest.shards[index].update(bytes=written.bytes, sha256=written.sha256)
+        good = [r for r in records if r.error is None]
+        with _writing(layout):  # under the committed name (a Ray shard's is not index-based)
+            written = write_records(layout.work, index, good, vectors, settings.keep_text, name=name)
+            entry.bytes, entry.sha256 = written.bytes, written.sha256
             _save(layout, manifest)
         repaired.append(f"{name}: {problem}")
     return repaired
 
 
 def _cursor(manifest: Manifest) -> tuple[int, int] | None:
-    return tuple(manifest.cursor) if manifest.cursor else None
+    return (manifest.cursor[0], manifest.cursor[1]) if manifest.cursor else None
 
 
 def _resume_offset(manifest: Manifest) -> int | None:
     """The byte offset just after the cursor's row, when the last shard recorded the bytes its unit read."""
-    last = manifest.shards[-1] if manifest.shards else {}
-    return last["input_bytes"][1] if last.get("input_bytes") and last.get("end") == manifest.cursor else None
+    last = manifest.shards[-1] if manifest.shards else None
+    return last.input_bytes[1] if last and last.input_bytes and last.end == manifest.cursor else None
+
+
+def _written_shards(
+    layout: Layout, manifest: Manifest, engine: Engine, reader: CorpusReader, settings: EmbedSettings
+) -> Iterator[WrittenShard]:
+    """The shards after the manifest's cursor, written and in input order: by the engine's own workers where it
+    writes them (Ray), else here, from the rows and vectors it streams, each just before it is committed."""
+    if isinstance(engine, ShardWriter):
+        yield from engine.write_shards(reader, settings, _cursor(manifest), layout.work.uri, _resume_offset(manifest))
+        return
+    for records, vectors in engine.stream(reader, settings, _cursor(manifest)):
+        settings.check_rows(records, reader.files)  # before the shard is written: nothing to clean up after
+        with _writing(layout):
+            shard = _write_shard(layout, len(manifest.shards), records, vectors, settings)
+        yield shard
+
+
+def _write_shard(
+    layout: Layout, index: int, records: list[Record], vectors: np.ndarray, settings: EmbedSettings
+) -> WrittenShard:
+    """Write the good rows of one streamed shard as shard ``index`` (not yet committed)."""
+    good = [r for r in records if r.error is None]
+    bad = [r for r in records if r.error is not None]
+    if len(good) != len(vectors):
+        raise RuntimeError(f"engine returned {len(vectors)} vectors for {len(good)} rows")
+    _crash_point("before-shard", index)
+    last = records[-1]
+    entry = ShardEntry(file=None, rows=len(good), skipped=len(bad), end=[last.file, last.row])
+    if good:
+        crash = lambda: _crash_point("shard-tmp", index)  # noqa: E731 - written and synced, not yet visible
+        written = write_records(layout.work, index, good, vectors, settings.keep_text, before_commit=crash)
+        entry.file, entry.bytes, entry.sha256 = written.file, written.bytes, written.sha256
+    return WrittenShard(entry, bad, int(vectors.shape[1]) if vectors.ndim == 2 else 0)
 
 
 @contextlib.contextmanager
@@ -380,56 +295,32 @@ def _committing(layout: Layout, manifest: Manifest, settings: EmbedSettings, fil
 
 
 def _run(
-    layout: Layout, manifest: Manifest, stream: Iterator[ShardBatch], settings: EmbedSettings, files: list[InputFile]
+    layout: Layout, manifest: Manifest, shards: Iterator[WrittenShard], settings: EmbedSettings, files: list[InputFile]
 ) -> None:
+    """Commit each written shard, in input order; a shard is part of the output once the manifest lists it.
+
+    A shard's file is already in the output directory under its final name; a crash before its commit leaves an
+    unlisted file that the next run deletes, and so does the tidy after the loop for what a worker lost mid-unit
+    left behind (its retry wrote the shard).
+    """
     with _committing(layout, manifest, settings, files) as (bar, side):
-        for records, vectors in stream:
-            check_rows(records, settings, files)
+        for shard in shards:
+            settings.check_rows(shard.bad, files)
             with _writing(layout):
-                _commit_shard(layout, manifest, records, vectors, settings, files, side)
-            bar.update(len(records))
+                _commit(layout, manifest, shard, files, side)
+            bar.update(shard.entry.rows + shard.entry.skipped)
+    with _writing(layout):
+        layout.tidy(manifest)
 
 
-def _commit_shard(
-    layout: Layout,
-    manifest: Manifest,
-    records: list[Record],
-    vectors: np.ndarray,
-    settings: EmbedSettings,
-    files: list[InputFile],
-    side,
-) -> None:
-    good = [r for r in records if r.error is None]
-    bad = [r for r in records if r.error is not None]
-    if len(good) != len(vectors):
-        raise RuntimeError(f"engine returned {len(vectors)} vectors for {len(good)} rows")
+def _commit(layout: Layout, manifest: Manifest, shard: WrittenShard, files: list[InputFile], side: AppendFile) -> None:
+    """The one commit path: the shard's bad rows to the side file, then the manifest that lists the shard."""
     index = len(manifest.shards)
-    if manifest.dimension == 0 and vectors.ndim == 2:
-        manifest.dimension = int(vectors.shape[1])
-    _crash_point("before-shard", index)
-    last = records[-1]
-    entry = {"file": None, "rows": len(good), "skipped": len(bad), "end": [last.file, last.row]}
-    if good:
-        written = write_shard(
-            layout.work,
-            index,
-            [r.id for r in good],
-            vectors,
-            [r.text for r in good] if settings.keep_text else None,
-            before_commit=lambda: _crash_point("shard-tmp", index),
-        )
-        entry.update(file=written.file, bytes=written.bytes, sha256=written.sha256)
+    if manifest.dimension == 0 and shard.dimension:
+        manifest.dimension = shard.dimension
     _crash_point("after-shard", index)
-    if bad:
-        lines = b"".join(
-            (
-                json.dumps(
-                    {"file": str(files[r.file].path), "row": r.row, "id": r.id, "error": r.error}, ensure_ascii=False
-                )
-                + "\n"
-            ).encode("utf-8")
-            for r in bad
-        )
+    if shard.bad:
+        lines = _skipped_lines(shard.bad, files)
         side.write(lines[: len(lines) // 2])
         side.flush()
         _crash_point("skipped-partial", index)  # a torn line: the resumed job truncates it away
@@ -437,89 +328,35 @@ def _commit_shard(
         side.flush()
         side.sync()
         _crash_point("after-skipped", index)
-    manifest.shards.append(entry)
-    manifest.cursor = [last.file, last.row]
-    manifest.rows_written += len(good)
-    manifest.rows_skipped += len(bad)
-    manifest.skipped_bytes = side.tell()
+    manifest.append(shard.entry, skipped_bytes=side.tell())
     _save(layout, manifest)
     _crash_point("after-manifest", index)
 
 
-def _run_reports(
-    layout: Layout, manifest: Manifest, reports: Iterator[Any], settings: EmbedSettings, files: list[InputFile]
-) -> None:
-    """Commit shards that workers wrote (see :class:`~minilm_npu.corpus.ray_engine.ShardReport`), in input order.
-
-    The shard is already in the output directory under its final name; it becomes part of the output only when
-    the manifest listing it is replaced, so a crash before that leaves an unlisted file that the next run deletes.
-    """
-    with _committing(layout, manifest, settings, files) as (bar, side):
-        for report in reports:
-            if report.bad and settings.on_error == "fail":
-                row, _, error = report.bad[0]
-                raise InputError(
-                    f"{files[report.file].path}: row {row}: {error} (rows before this shard are "
-                    "saved; fix the input or rerun with --on-error skip)"
-                )
-            with _writing(layout):
-                _commit_report(layout, manifest, report, files, side)
-            bar.update(report.rows + len(report.bad))
-    with _writing(layout):
-        layout.tidy(manifest)  # a worker lost mid-unit may have left a temporary file; its retry wrote the shard
-
-
-def _commit_report(layout: Layout, manifest: Manifest, report: Any, files: list[InputFile], side) -> None:
-    index = len(manifest.shards)
-    if manifest.dimension == 0 and report.dimension:
-        manifest.dimension = report.dimension
-    _crash_point("after-shard", index)
-    if report.bad:
-        side.write(
-            b"".join(
-                (
-                    json.dumps(
-                        {"file": str(files[report.file].path), "row": row, "id": ident, "error": error},
-                        ensure_ascii=False,
-                    )
-                    + "\n"
-                ).encode("utf-8")
-                for row, ident, error in report.bad
+def _skipped_lines(bad: Sequence[Record], files: Sequence[InputFile]) -> bytes:
+    """One JSON line per bad row: its file, row, id and what is wrong with it."""
+    return b"".join(
+        (
+            json.dumps(
+                {"file": str(files[r.file].path), "row": r.row, "id": r.id, "error": r.error}, ensure_ascii=False
             )
-        )
-        side.flush()
-        side.sync()
-    end = [report.file, report.last if report.eof else report.hi]
-    # The shard's input range: rows ``start < row <= end`` (and the bytes its unit read, where it had a range).
-    entry = {
-        "file": report.name,
-        "rows": report.rows,
-        "skipped": len(report.bad),
-        "start": [report.file, report.lo],
-        "end": end,
-    }
-    if report.input_bytes:
-        entry["input_bytes"] = list(report.input_bytes)
-    if report.name:
-        entry.update(bytes=report.size, sha256=report.sha256)
-    manifest.shards.append(entry)
-    manifest.cursor = end
-    manifest.rows_written += report.rows
-    manifest.rows_skipped += len(report.bad)
-    manifest.skipped_bytes = side.tell()
-    _save(layout, manifest)
-    _crash_point("after-manifest", index)
+            + "\n"
+        ).encode("utf-8")
+        for r in bad
+    )
 
 
 def _finish_npy(layout: Layout, manifest: Manifest) -> None:
-    shards = [layout.work / s["file"] for s in manifest.shards if s.get("file")]
-    assemble_npy(shards, layout.output, manifest.dimension, manifest.rows_written)
+    work = layout.work
+    assert isinstance(work, LocalDirectory)  # a .npy output is local (Layout refuses a URI)
+    shards = [work / s.file for s in manifest.shards if s.file]
+    assemble_npy(shards, Path(layout.output), manifest.dimension, manifest.rows_written)
     _crash_point("npy-written", 0)
-    skipped = layout.work / SKIPPED_NAME
+    skipped = work / SKIPPED_NAME
     if manifest.rows_skipped and skipped.exists():  # a run killed after this move finds it done already
         os.replace(skipped, layout.skipped_final)
     _crash_point("npy-moved", 0)
-    layout.work.remove()  # lock file included: the lock is released when this job closes it
+    work.remove()  # lock file included: the lock is released when this job closes it
 
 
 def _summary(
@@ -533,7 +370,7 @@ def _summary(
         output=str(layout.output),
         rows_written=manifest.rows_written,
         rows_skipped=manifest.rows_skipped,
-        shards=sum(1 for s in manifest.shards if s["file"]),
+        shards=sum(1 for s in manifest.shards if s.file),
         new_rows=new_rows,
         seconds=time.perf_counter() - started,
         skipped_file=str(skipped) if skipped else None,

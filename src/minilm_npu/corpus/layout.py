@@ -1,6 +1,6 @@
 """Where a job's files go, which of them are its own, and clearing up after a killed run.
 
-A dataset output is its own work directory — local, or a prefix on object storage (see :mod:`.storage`); a
+A dataset output is its own work directory — local, or a prefix on object storage (see :mod:`.directory`); a
 ``.npy`` output (local only) is assembled from a ``<name>.partial`` work directory beside it. Only names the job
 writes (manifest, lock, skipped-rows file, ``part-*.parquet`` and their ``.tmp`` files) are ever deleted, so
 pointing the job at someone else's directory cannot destroy their files.
@@ -9,11 +9,13 @@ pointing the job at someone else's directory cannot destroy their files.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import InputError
+from .directory import Directory, open_directory
 from .lock import LOCK_NAME
 from .manifest import MANIFEST_NAME, SKIPPED_NAME, Manifest
-from .storage import TMP_SUFFIX, is_uri, local_path, open_directory
+from .storage import TMP_SUFFIX, is_uri, local_path
 
 
 class Layout:
@@ -21,10 +23,13 @@ class Layout:
 
     Attributes:
         output: The output as the user named it (a ``Path``, or the URI string).
-        work: The job's directory (:func:`~minilm_npu.corpus.storage.open_directory`).
+        work: The job's directory (:func:`~minilm_npu.corpus.directory.open_directory`).
     """
 
     def __init__(self, output: str | os.PathLike):
+        self.output: str | Path
+        self.work: Directory
+        self.skipped_final: str | Path
         if is_uri(output):
             self.output = str(output).rstrip("/")
             if self.output.lower().endswith(".npy"):
@@ -61,7 +66,7 @@ class Layout:
             raise InputError(f"{self.work} exists and is not a directory; choose another output")
         if self.work.has(MANIFEST_NAME):
             return
-        if self.npy and self.output.exists() and not overwrite:
+        if self.npy and Path(self.output).exists() and not overwrite:
             raise InputError(f"{self.output} already exists; rerun with --overwrite to replace it")
         if not self.work.exists():
             return
@@ -81,7 +86,7 @@ class Layout:
     def clear(self) -> None:
         """Delete what an earlier job wrote (and only that), keeping the lock file this job holds."""
         if self.npy:
-            for path in (self.output, self.skipped_final):
+            for path in (Path(self.output), Path(self.skipped_final)):
                 path.unlink(missing_ok=True)
         names = self.work.names()
         foreign = [name for name in names if not self.ours(name)]
@@ -96,7 +101,7 @@ class Layout:
 
     def tidy(self, manifest: Manifest) -> None:
         """Drop what a killed run wrote after its last commit: temp files, unlisted shards, uncommitted skips."""
-        listed = {s["file"] for s in manifest.shards if s.get("file")}
+        listed = {s.file for s in manifest.shards if s.file}
         for name in self.work.names():
             if name.endswith(TMP_SUFFIX) or (name.startswith("part-") and name not in listed):
                 self.work.delete(name)

@@ -17,9 +17,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from ..errors import OutputError
+from .directory import Directory
+from .localdir import LocalDirectory
+from .objectstore import ObjectDirectory
 
 LOCK_NAME = "_lock"
 #: How long a lease on object storage lasts without renewal; renewed every third of it while the job runs.
@@ -96,11 +98,13 @@ class OutputLock:
             self._fd = None
 
 
-def acquire_lock(directory: Any, output: str | os.PathLike) -> OutputLock | Lease:
-    """The job's lock on ``directory`` (a :mod:`.storage` directory): ``flock`` when local, a lease otherwise."""
-    if directory.local:
+def acquire_lock(directory: Directory, output: str | os.PathLike) -> OutputLock | Lease:
+    """The job's lock on ``directory`` (see :mod:`.directory`): ``flock`` when local, a lease on object storage."""
+    if isinstance(directory, LocalDirectory):
         return OutputLock(directory / LOCK_NAME, output).acquire()
-    return Lease(directory, output).acquire()
+    if isinstance(directory, ObjectDirectory):
+        return Lease(directory, output).acquire()
+    raise TypeError(f"no lock for a directory of type {type(directory).__name__}")
 
 
 class Lease:
@@ -127,7 +131,9 @@ class Lease:
         settle: Seconds between writing the lease and reading it back.
     """
 
-    def __init__(self, directory: Any, output: str | os.PathLike, ttl: float | None = None, settle: float = 0.2):
+    def __init__(
+        self, directory: ObjectDirectory, output: str | os.PathLike, ttl: float | None = None, settle: float = 0.2
+    ):
         self.directory, self.output = directory, output
         self.ttl = LEASE_SECONDS if ttl is None else ttl
         self.settle = settle
@@ -156,9 +162,7 @@ class Lease:
             "expires": now + self.ttl,
             "command": " ".join(sys.argv),
         }
-        data = json.dumps(info).encode("utf-8") + b"\n"
-        with self.directory.fs.open_output_stream(self.directory._key(LOCK_NAME), compression=None) as stream:
-            stream.write(data)  # one PUT: not guarded, the lease is what the guard checks
+        self.directory.put(LOCK_NAME, json.dumps(info).encode("utf-8") + b"\n")
         self._valid_until = monotonic + self.ttl
 
     def _live_holder(self, info: dict) -> str | None:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
-from .readers import InputFile
-from .storage import RemotePath, open_directory, open_input
-from .writer import BeforeCommit, write_json_atomic
+from .directory import DirectorySpec, open_directory
+from .inputs import InputFile
+from .storage import BeforeCommit, RemotePath, open_input
+from .writer import write_json_atomic
 
 MANIFEST_NAME = "_manifest.json"
 SKIPPED_NAME = "_skipped.jsonl"
@@ -71,15 +73,58 @@ def describe_change(old: dict, new: dict) -> str | None:
 
 
 @dataclass
+class ShardEntry:
+    """One committed shard, as the manifest lists it: which input rows it covers and what was written.
+
+    Attributes:
+        file: The shard's file name; None when every row in its range was bad (nothing written).
+        rows: Rows written to the shard.
+        skipped: Bad rows in its range (listed in the skipped-rows file).
+        end: ``[file, row]`` of the last input row the shard covers (the job's cursor after it).
+        start: ``[file, row]`` the shard's rows follow (rows ``start < row <= end``), where the engine planned the
+            range (Ray); None where the shard simply follows the one before it.
+        input_bytes: ``[start, stop)`` byte offsets of the unit read, for a ``.txt``/``.jsonl`` byte-range unit:
+            a resumed job plans from ``stop`` instead of scanning the file again.
+        bytes / sha256: Size and SHA-256 of the shard's bytes as written, so a rerun can tell a damaged shard
+            (None for a shard without a file, and in manifests written before they were recorded).
+    """
+
+    file: str | None
+    rows: int
+    skipped: int
+    end: list[int]
+    start: list[int] | None = None
+    input_bytes: list[int] | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as the manifest's JSON holds it: ``file``, ``rows`` and ``skipped`` always, the rest when
+        known (``bytes``/``sha256`` for a shard with a file)."""
+        data: dict[str, Any] = {"file": self.file, "rows": self.rows, "skipped": self.skipped}
+        if self.start is not None:
+            data["start"] = list(self.start)
+        data["end"] = list(self.end)
+        for name in ("input_bytes", "bytes", "sha256"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = list(value) if isinstance(value, (list, tuple)) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardEntry:
+        """An entry from the manifest's JSON (keys it does not know are ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
 class Manifest:
     """State of one output directory.
 
     Attributes:
         fingerprint: From :func:`job_fingerprint`.
         dimension: Embedding width.
-        shards: ``{"file": name | None, "rows": written, "skipped": n, "end": [file, row], "bytes": size,
-            "sha256": hex}`` per shard, in order; ``file`` (and size and checksum) is None for a shard whose rows
-            were all skipped. Size and checksum are of the bytes as written, so a rerun can tell a damaged shard.
+        shards: One :class:`ShardEntry` per committed shard, in input order.
         cursor: ``[file, row]`` of the last input row consumed, None before the first shard.
         rows_written / rows_skipped: Totals over ``shards``.
         skipped_bytes: Committed length of the skipped-rows side file; a resumed job truncates it to this.
@@ -88,7 +133,7 @@ class Manifest:
 
     fingerprint: dict
     dimension: int
-    shards: list[dict] = field(default_factory=list)
+    shards: list[ShardEntry] = field(default_factory=list)
     cursor: list[int] | None = None
     rows_written: int = 0
     rows_skipped: int = 0
@@ -104,23 +149,37 @@ class Manifest:
         """Input rows dealt with so far, written or skipped."""
         return self.rows_written + self.rows_skipped
 
-    def save(self, directory, before_commit: BeforeCommit = None) -> None:
+    def append(self, entry: ShardEntry, skipped_bytes: int) -> None:
+        """Add a shard: the cursor moves to its end and the totals grow (saved by :meth:`save`)."""
+        self.shards.append(entry)
+        self.cursor = list(entry.end)
+        self.rows_written += entry.rows
+        self.rows_skipped += entry.skipped
+        self.skipped_bytes = skipped_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as its JSON file holds it."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["shards"] = [entry.to_dict() for entry in self.shards]
+        return data
+
+    def save(self, directory: DirectorySpec, before_commit: BeforeCommit = None) -> None:
         """Atomically replace the manifest in ``directory`` (a path, URI or opened directory): the job's commit
         point (a rename locally, one whole-object PUT on object storage)."""
         self.updated = time.time()
-        write_json_atomic(directory, MANIFEST_NAME, asdict(self), before_commit)
+        write_json_atomic(directory, MANIFEST_NAME, self.to_dict(), before_commit)
 
     @classmethod
-    def load(cls, directory) -> Manifest | None:
+    def load(cls, directory: DirectorySpec) -> Manifest | None:
         """The manifest in ``directory`` (a path, URI or opened directory), None when there is none.
 
         Raises:
             InputError: for a manifest that is not ours or cannot be parsed.
         """
-        directory = open_directory(directory)
-        path = directory.describe(MANIFEST_NAME)
+        opened = open_directory(directory)
+        path = opened.describe(MANIFEST_NAME)
         try:
-            raw = directory.read_bytes(MANIFEST_NAME)
+            raw = opened.read_bytes(MANIFEST_NAME)
             if raw is None:
                 return None
             data = json.loads(raw.decode("utf-8"))
@@ -133,4 +192,8 @@ class Manifest:
                 f"{path}: not a minilm-npu corpus manifest; rerun with --overwrite or choose another output"
             )
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        try:
+            known["shards"] = [ShardEntry.from_dict(entry) for entry in known.get("shards", [])]
+        except (TypeError, AttributeError) as err:
+            raise InputError(f"{path}: unreadable manifest ({err}); rerun with --overwrite to start again") from err
         return cls(**known)

@@ -1,6 +1,7 @@
 """A job's output directory on object storage (``s3://bucket/prefix`` and whatever else ``pyarrow.fs`` opens).
 
-The same interface as :class:`~minilm_npu.corpus.storage.LocalDirectory`, with object-store semantics:
+The :class:`~minilm_npu.corpus.directory.Directory` interface, as :class:`~minilm_npu.corpus.localdir.LocalDirectory`
+has it, with object-store semantics:
 
 - **No rename.** :meth:`ObjectDirectory.write` uploads the finished bytes straight to the final key. The object
   appears (or replaces the previous one) only when the upload completes — S3 PUT and CompleteMultipartUpload are
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
-from .storage import BeforeCommit, HashingSink, RemotePath, WrittenFile, _one_line
+from .storage import BeforeCommit, HashingSink, RemotePath, WrittenFile, one_line
 
 
 class ObjectDirectory:
@@ -31,8 +32,6 @@ class ObjectDirectory:
         fs / path: An already opened ``pyarrow.fs`` filesystem and the prefix's path in it, instead of resolving
             ``uri`` (tests use pyarrow's in-memory mock filesystem); such a directory pickles as its ``uri``.
     """
-
-    local = False
 
     def __init__(self, uri: str, fs: Any = None, path: str | None = None):
         self.root = RemotePath(uri, fs, path)
@@ -74,7 +73,7 @@ class ObjectDirectory:
                 found = self.fs.get_file_info(bucket).type != pafs.FileType.NotFound
             except OSError as err:
                 raise InputError(
-                    f"{self.uri}: cannot reach bucket {bucket!r} ({_one_line(err)}); check the "
+                    f"{self.uri}: cannot reach bucket {bucket!r} ({one_line(err)}); check the "
                     "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and AWS_ENDPOINT_URL"
                 ) from err
             if not found:
@@ -129,7 +128,11 @@ class ObjectDirectory:
         raise InputError(f"{self.uri}: a .npy output must be a local path")
 
     def write(
-        self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None, tmp: str | None = None
+        self,
+        name: str,
+        fill: Callable[[HashingSink], object],
+        before_commit: BeforeCommit = None,
+        tmp: str | None = None,
     ) -> WrittenFile:
         """Write ``name`` whole: it becomes visible, and replaces the previous object, when its upload completes.
 
@@ -149,6 +152,12 @@ class ObjectDirectory:
         with self.fs.open_output_stream(self._key(name), compression=None) as stream:
             stream.write(buffer.getbuffer())
         return WrittenFile(name, sink.size, sink.digest.hexdigest())
+
+    def put(self, name: str, data: bytes) -> None:
+        """Upload ``data`` as object ``name`` in one PUT without the lease's :attr:`guard`: the lease object itself,
+        which is what the guard checks."""
+        with self.fs.open_output_stream(self._key(name), compression=None) as stream:
+            stream.write(data)
 
     def append_file(self, name: str) -> ObjectAppendFile:
         """The side file ``name`` for appending: what is there now, plus what is appended, uploaded on sync."""

@@ -29,21 +29,23 @@ import os
 import pickle
 import socket
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import EncoderConfig
+from ..contract import Encoder
 from ..devices import split_devices
 from ..errors import InputError
-from .job import EmbedSettings
-from .readers import CorpusReader
-from .storage import open_directory
+from .directory import DirectorySpec, open_directory
+from .engines import EmbedSettings, ShardBatch, ShardWriter, WrittenShard
+from .local_engine import LocalEngine
+from .manifest import ShardEntry
+from .readers import CorpusReader, Record
 from .units import Unit, plan_units
-from .writer import write_shard
+from .writer import write_records
 
 log = logging.getLogger(__name__)
 #: Which process a shard came from (reports carry it, so a run shows how its units were spread).
@@ -76,7 +78,7 @@ class ShardReport:
         rows: Rows written to the shard.
         size: The shard's size in bytes.
         sha256: Hex SHA-256 of the shard's bytes.
-        bad: ``(row, id, error)`` of each row that could not be embedded, in order.
+        bad: Each row that could not be embedded, in order.
         last: Row number of the last row read in the range (``lo`` when none).
         eof: The file ended inside this range (a whole-file unit's last shard; ``hi`` is then only a bound).
         dimension: Embedding width (0 when unknown).
@@ -92,18 +94,42 @@ class ShardReport:
     rows: int = 0
     size: int = 0
     sha256: str = ""
-    bad: list[tuple[int, str, str]] = field(default_factory=list)
+    bad: list[Record] = field(default_factory=list)
     last: int = 0
     eof: bool = False
     dimension: int = 0
     worker: str = ""
     input_bytes: tuple[int, int] | None = None
 
+    def written(self) -> WrittenShard:
+        """The shard as the job commits it: its manifest entry, covering rows ``lo < row <= end``."""
+        entry = ShardEntry(
+            file=self.name,
+            rows=self.rows,
+            skipped=len(self.bad),
+            start=[self.file, self.lo],
+            end=[self.file, self.last if self.eof else self.hi],
+            input_bytes=list(self.input_bytes) if self.input_bytes else None,
+        )
+        if self.name:
+            entry.bytes, entry.sha256 = self.size, self.sha256
+        return WrittenShard(entry, list(self.bad), self.dimension)
+
+
+def build_encoder(config: EncoderConfig, factory: Callable[[], Encoder] | None = None) -> Encoder:
+    """The encoder an actor (or the driver, to repair a shard) embeds with: ``factory()``, else the one ``config``
+    describes."""
+    if factory is not None:
+        return factory()
+    from ..encoder import MiniLMEncoder
+
+    return MiniLMEncoder.from_config(config)
+
 
 def embed_unit(
-    encoder: Any,
+    encoder: Encoder,
     reader: CorpusReader,
-    output: Path,
+    output: DirectorySpec,
     unit: Unit,
     shard_rows: int,
     batch_size: int | None,
@@ -133,13 +159,12 @@ def embed_unit(
             )
             shard.name = unit_shard_name(unit.file, shard.lo)
             shard.rows, shard.dimension = len(good), int(vectors.shape[1])
-            written = write_shard(
-                output, 0, [r.id for r in good], vectors, [r.text for r in good] if keep_text else None, name=shard.name
-            )
+            written = write_records(output, 0, good, vectors, keep_text, name=shard.name)
             shard.size, shard.sha256 = written.bytes, written.sha256
         reports.append(shard)
 
-    shard, good, seen = shard_from(unit.skip), [], False
+    good: list[Record] = []
+    shard, seen = shard_from(unit.skip), False
     for record in reader.file_records(unit.file, unit.skip, unit):
         if record.row > shard.hi:
             if seen:
@@ -154,7 +179,7 @@ def embed_unit(
         if record.error is None:
             good.append(record)
         else:
-            shard.bad.append((record.row, record.id, record.error))
+            shard.bad.append(record)
     if seen:
         shard.eof = unit.hi is None  # a whole-file unit ends where the file does, not at a planned row
         if unit.kind == "lines":
@@ -170,20 +195,15 @@ class EmbedWorker:
         self,
         reader: CorpusReader,
         output: str,
-        factory: Callable[[], Any] | None,
+        factory: Callable[[], Encoder] | None,
         config: EncoderConfig,
         threads: int | None,
     ):
-        if threads:
-            import torch
+        if threads:  # this actor's share of the node's cores, set before the model is built
+            from ..engine.cpu_execution import set_threads
 
-            torch.set_num_threads(threads)
-        if factory is None:
-            from ..encoder import MiniLMEncoder
-
-            self.encoder = MiniLMEncoder.from_config(config)
-        else:
-            self.encoder = factory()
+            set_threads(threads)
+        self.encoder = build_encoder(config, factory)
         self.reader, self.output = reader, open_directory(output)  # a local path or a storage URI
 
     def run(
@@ -193,7 +213,7 @@ class EmbedWorker:
         return embed_unit(self.encoder, self.reader, self.output, unit, shard_rows, batch_size, keep_text, stop_at_bad)
 
 
-class RayEngine:
+class RayEngine(ShardWriter):
     """Embeds on Ray actors that write their own shards; see the module docstring.
 
     Args:
@@ -220,7 +240,7 @@ class RayEngine:
         address: str | None = None,
         num_cpus: int | None = None,
         model: str | None = None,
-        encoder_factory: Callable[[], Any] | None = None,
+        encoder_factory: Callable[[], Encoder] | None = None,
         **settings: Any,
     ):
         import_ray()
@@ -264,17 +284,12 @@ class RayEngine:
 
     def stream(
         self, reader: CorpusReader, settings: EmbedSettings, start_after: tuple[int, int] | None
-    ) -> Iterator[Any]:
+    ) -> Generator[ShardBatch, None, None]:
         """Embed in this process: used only to re-embed a damaged committed shard (the job runs on
         :meth:`write_shards`), which is rare and small enough not to need actors."""
-        from .job import LocalEngine
 
-        def build() -> Any:  # a function, never the factory itself: a class has an ``encode`` attribute too
-            if self.encoder_factory is not None:
-                return self.encoder_factory()
-            from ..encoder import MiniLMEncoder
-
-            return MiniLMEncoder.from_config(self.config.replace(device="auto"))
+        def build() -> Encoder:
+            return build_encoder(self.config.replace(device="auto"), self.encoder_factory)
 
         yield from LocalEngine(build, self.model, self.dtype).stream(reader, settings, start_after)
 
@@ -283,10 +298,11 @@ class RayEngine:
         reader: CorpusReader,
         settings: EmbedSettings,
         start_after: tuple[int, int] | None,
-        output: Path,
+        output: str,
         offset: int | None = None,
-    ) -> Iterator[ShardReport]:
-        """Reports of the units after ``start_after``, in input order; the shards are already in ``output``.
+    ) -> Iterator[WrittenShard]:
+        """The shards of the units after ``start_after``, in input order, already written into ``output`` (a path
+        or URI) by the actors; what reaches this process is their :class:`ShardReport`, never a vector.
 
         ``offset`` is the byte offset just after ``start_after``'s row when the manifest recorded it (see
         :func:`~minilm_npu.corpus.units.plan_units`).
@@ -308,9 +324,9 @@ class RayEngine:
         self.driver_bytes = 0
         self.workers = Counter()
         try:
-            yield from self._schedule(
-                ray, reader, settings, plan_units(reader.files, settings.shard_rows, start_after, offset), output
-            )
+            plan = plan_units(reader.files, settings.shard_rows, start_after, offset)
+            for report in self._schedule(ray, reader, settings, plan, output):
+                yield report.written()
         except ray.exceptions.RayError as err:
             cause = getattr(err, "cause", None)
             if isinstance(cause, InputError):
@@ -321,14 +337,14 @@ class RayEngine:
                 ray.shutdown()
 
     def _schedule(
-        self, ray: Any, reader: CorpusReader, settings: EmbedSettings, plan: Iterator[Unit], output: Path
+        self, ray: Any, reader: CorpusReader, settings: EmbedSettings, plan: Iterator[Unit], output: str
     ) -> Iterator[ShardReport]:
         device, count, remote = self._actors(ray)
         threads = remote.pop("_threads", None)
         # A lost node's actors are restarted elsewhere and their pending units rerun (same range, same name).
         actor_class = ray.remote(max_restarts=-1, max_task_retries=-1, **remote)(EmbedWorker)
         actors = [
-            actor_class.remote(reader, str(output), self.encoder_factory, self.config.replace(device=device), threads)
+            actor_class.remote(reader, output, self.encoder_factory, self.config.replace(device=device), threads)
             for _ in range(count)
         ]
         args = (settings.shard_rows, settings.batch_size, settings.keep_text, settings.on_error == "fail")

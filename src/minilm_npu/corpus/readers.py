@@ -13,39 +13,17 @@ Row numbers: for ``.txt`` and ``.jsonl`` they are line numbers (blank JSONL line
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
-import os
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from ..errors import InputError
 from ..textio import decode_line, split_lines
-from .storage import RemotePath, input_path, open_input, parquet_source
-
-if TYPE_CHECKING:  # units.py imports this module; the reader only reads a unit's fields
-    from .units import Unit
-
-#: File name endings we read, mapped to a format; each may also end in ``.gz``.
-SUFFIXES = {
-    "txt": "txt",
-    "text": "txt",
-    "jsonl": "jsonl",
-    "ndjson": "jsonl",
-    "csv": "csv",
-    "tsv": "tsv",
-    "tab": "tsv",
-    "parquet": "parquet",
-    "pq": "parquet",
-}
-
-#: Errors that mean "this file cannot be read (any further)" rather than "this row is bad".
-_FILE_ERRORS = (OSError, EOFError, zlib.error, csv.Error)
+from .inputs import FILE_ERRORS, InputFile, Unit, arrow_error, open_binary, open_parquet
+from .storage import open_input
 
 # CSV cells may hold whole documents.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -69,84 +47,6 @@ class Record:
     id: str
     text: str | None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input file: where it is, how to read it, and the label used in ids and messages."""
-
-    path: Path | RemotePath  # RemotePath: an object on object storage (s3://bucket/key)
-    format: str
-    gzip: bool
-    label: str
-
-
-def detect_format(path: Path) -> tuple[str, bool]:
-    """``(format, gzipped)`` from the file name, e.g. ``("jsonl", True)`` for ``docs.jsonl.gz``.
-
-    Raises:
-        InputError: for an extension we do not read.
-    """
-    name = path.name.lower()
-    gzipped = name.endswith(".gz")
-    if gzipped:
-        name = name[:-3]
-    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
-    if suffix not in SUFFIXES:
-        raise InputError(f"{path}: unsupported input type; use .txt, .jsonl, .csv, .tsv or .parquet (optionally .gz)")
-    fmt = SUFFIXES[suffix]
-    if fmt == "parquet" and gzipped:
-        raise InputError(f"{path}: gzipped Parquet is not supported; Parquet compresses inside the file")
-    return fmt, gzipped
-
-
-def expand_inputs(spec: str | os.PathLike | list) -> list[InputFile]:
-    """The input files for a file, a directory (its readable files, sorted) or a list of paths.
-
-    Raises:
-        InputError: when nothing is found or a path does not exist.
-    """
-    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    paths: list[Path] = []
-    for item in specs:
-        path = input_path(item)  # a Path, or a RemotePath for s3:// and other storage URIs
-        if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")) and _is_supported(p)
-            )
-            if not found:
-                raise InputError(f"{path}: directory holds no .txt/.jsonl/.csv/.tsv/.parquet files")
-            paths.extend(found)
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise InputError(f"{path}: no such file or directory")
-    single = len(paths) == 1
-    files = []
-    for path in paths:
-        fmt, gzipped = detect_format(path)
-        files.append(InputFile(path=path, format=fmt, gzip=gzipped, label="" if single else path.name))
-    return files
-
-
-def _is_supported(path: Path) -> bool:
-    try:
-        detect_format(path)
-    except InputError:
-        return False
-    return True
-
-
-def _open_binary(file: InputFile) -> BinaryIO:
-    raw = open_input(file.path)  # closed by the caller's context manager
-    return gzip.GzipFile(fileobj=raw, mode="rb") if file.gzip else raw
-
-
-def open_parquet(file: InputFile):
-    """The input as a ``pyarrow.parquet.ParquetFile`` (metadata is read; row groups on demand)."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(parquet_source(file.path))
 
 
 def read_range(stream: BinaryIO, start: int, stop: int) -> bytes:
@@ -197,7 +97,7 @@ class CorpusReader:
         Args:
             index: The file's index in :attr:`files`.
             skip: Rows numbered up to this are not yielded (resuming).
-            unit: Read only this part of the file, a :class:`~minilm_npu.corpus.units.Unit`: its byte range
+            unit: Read only this part of the file, a :class:`~minilm_npu.corpus.inputs.Unit`: its byte range
                 (``.txt``/``.jsonl``) or row groups (Parquet), yielding exactly the records the whole-file read
                 yields for those rows; None (or a whole-file unit) reads the file from its start.
         """
@@ -214,7 +114,7 @@ class CorpusReader:
                 yield record
         except InputError:
             raise
-        except _FILE_ERRORS + (_arrow_error(),) as err:
+        except FILE_ERRORS + (arrow_error(),) as err:
             # Rows read before the failure stay good; the rest of the file becomes one bad "row".
             yield Record(
                 index, last + 1, self._default_id(file, last + 1), None, f"unreadable file: {type(err).__name__}: {err}"
@@ -249,7 +149,7 @@ class CorpusReader:
     # -- formats --------------------------------------------------------------------------------------------
     def _lines(self, file: InputFile, unit: Unit | None) -> Iterator[tuple[int, bytes]]:
         if unit is None:
-            with _open_binary(file) as stream:
+            with open_binary(file) as stream:
                 yield from split_lines(stream)  # encode's line rules: BOM on line 1 only, LF or CRLF
             return
         # A unit's range starts just after a newline (or at 0), so its first line is line ``unit.lo + 1``.
@@ -289,7 +189,7 @@ class CorpusReader:
 
     def _csv(self, index: int, file: InputFile, skip: int, unit: Unit | None) -> Iterator[Record]:
         # Never split (units.py): a quoted cell may hold newlines, so a record boundary needs the file's start.
-        with _open_binary(file) as binary:
+        with open_binary(file) as binary:
             # surrogateescape keeps undecodable bytes so a bad row is reported instead of failing the file.
             text = io.TextIOWrapper(binary, encoding="utf-8", errors="surrogateescape", newline="")
             reader = csv.reader(text, delimiter="\t" if file.format == "tsv" else ",")
@@ -361,31 +261,3 @@ def _is_utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _arrow_error() -> type[Exception]:
-    try:
-        import pyarrow as pa
-    except ImportError:  # pragma: no cover - pyarrow is a dependency of the corpus extra
-        return OSError
-    return pa.ArrowException
-
-
-def count_rows(files: list[InputFile]) -> int:
-    """Rows in the input, cheaply: Parquet metadata, newline counts elsewhere (an estimate for CSV/JSONL)."""
-    total = 0
-    for file in files:
-        try:
-            if file.format == "parquet":
-                total += open_parquet(file).metadata.num_rows
-                continue
-            lines, last = 0, b"\n"
-            with _open_binary(file) as stream:
-                while block := stream.read(1 << 22):
-                    lines += block.count(b"\n")
-                    last = block[-1:]
-            lines += last != b"\n"
-            total += lines - (file.format in ("csv", "tsv"))
-        except _FILE_ERRORS + (_arrow_error(),):
-            continue  # reported as a bad row when the file is read for real
-    return max(total, 0)

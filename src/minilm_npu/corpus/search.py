@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import Encoder
 from ..errors import InputError
+from .directory import open_directory
 from .manifest import Manifest
-from .storage import RemotePath, input_path, open_directory, parquet_source
-from .writer import shard_problem
+from .repair import shard_problem
+from .storage import RemotePath, input_path, parquet_source
 
 #: How to mend a damaged shard of an embed output: the job re-embeds exactly the shards that fail its checks.
 REPAIR_HINT = "rerun the same `minilm-npu embed` command to re-embed it"
@@ -59,11 +61,11 @@ def corpus_files(corpus: str | os.PathLike) -> list[Path | RemotePath]:
             raise InputError(f"{path}: the embedding job has not finished; rerun `minilm-npu embed` to complete it")
         files = []
         for entry in manifest.shards:
-            if entry.get("file"):
-                problem = shard_problem(directory, entry["file"], entry)
+            if entry.file:
+                problem = shard_problem(directory, entry.file, entry)
                 if problem:
-                    raise InputError(f"{directory.describe(entry['file'])}: damaged shard ({problem}); {REPAIR_HINT}")
-                files.append(_child(path, entry["file"]))
+                    raise InputError(f"{directory.describe(entry.file)}: damaged shard ({problem}); {REPAIR_HINT}")
+                files.append(_child(path, entry.file))
         return files
     files = sorted(p for p in path.iterdir() if p.name.endswith(".parquet") and not p.name.startswith((".", "_")))
     if not files:
@@ -226,7 +228,11 @@ def _resolve(files: list, offsets: list[int], scores: np.ndarray, pos: np.ndarra
 
 
 def search_corpus(
-    corpus: str | os.PathLike, queries: str | list[str], encoder: Any, k: int = 10, batch_rows: int = DEFAULT_BATCH_ROWS
+    corpus: str | os.PathLike,
+    queries: str | list[str],
+    encoder: Encoder,
+    k: int = 10,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> list[Hit] | list[list[Hit]]:
     """Embed ``queries`` with ``encoder`` and search ``corpus``; one list of hits for a single string.
 
@@ -234,7 +240,7 @@ def search_corpus(
         InputError: when the corpus was embedded with another model than ``encoder``'s.
     """
     model = corpus_model(corpus)
-    ours = getattr(encoder, "model_name", None)
+    ours = encoder.model_name
     if model and ours and model != ours:
         raise InputError(f"{corpus} was embedded with {model}, the query encoder is {ours}; pass the same --model-path")
     single = isinstance(queries, str)

@@ -1,20 +1,19 @@
-"""Where a corpus job's files live: a local directory, or a prefix on object storage through ``pyarrow.fs``.
+"""What a corpus job's files are made of, wherever they live: URIs, inputs on object storage, hashed writes.
 
-A local path (or a ``file://`` URI) stays a plain path with the guarantees the job always had: a file is written
-to a temporary name, ``fsync``-ed, renamed over its final name with ``os.replace`` and the directory ``fsync``-ed.
+A local path (or a ``file://`` URI) stays a plain :class:`~pathlib.Path`. Any other URI that
+``pyarrow.fs.FileSystem.from_uri`` understands (``s3://bucket/prefix``, ``gs://…``, ``hdfs://…``) is opened through
+:func:`resolve`: an input there is a :class:`RemotePath`, an output a
+:class:`~minilm_npu.corpus.objectstore.ObjectDirectory` (:mod:`.directory` says what a job's directory offers).
+Credentials and the endpoint come from the standard AWS variables, read by the AWS SDK inside pyarrow
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_DEFAULT_REGION``)
+and by pyarrow itself for the endpoint (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``: Arrow >= 15 reads them in
+``FileSystem.from_uri``, apache/arrow GH-36770 and GH-38663). Only ``from_uri`` does so — a directly constructed
+``S3FileSystem()`` ignores them (apache/arrow#49643) — which is why every filesystem here comes from
+:func:`resolve`, and why no ``endpoint_override`` is passed by hand. An ``endpoint_url`` in ``~/.aws/config`` is
+not read by pyarrow (apache/arrow#44119): use the variable.
 
-Any other URI that ``pyarrow.fs.FileSystem.from_uri`` understands (``s3://bucket/prefix``, ``gs://…``,
-``hdfs://…``) is an :class:`ObjectDirectory`. Object stores have no rename, so an object is written straight
-under its final name: an S3 PUT or multipart upload becomes visible only when it completes, whole, and a finished
-PUT replaces the previous object atomically. A shard written before a crash is therefore either absent or whole,
-and the job's manifest (replaced by one PUT per commit) stays the only thing readers trust: a shard it does not
-list is ignored and deleted on resume. Credentials and the endpoint come from the standard AWS variables, read by
-the AWS SDK inside pyarrow (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-``AWS_PROFILE``, ``AWS_DEFAULT_REGION``) and by pyarrow itself for the endpoint (``AWS_ENDPOINT_URL``,
-``AWS_ENDPOINT_URL_S3``: Arrow >= 15 reads them in ``FileSystem.from_uri``, apache/arrow GH-36770 and GH-38663).
-Only ``from_uri`` does so — a directly constructed ``S3FileSystem()`` ignores them (apache/arrow#49643) — which
-is why every filesystem here comes from :func:`resolve`, and why no ``endpoint_override`` is passed by hand.
-An ``endpoint_url`` in ``~/.aws/config`` is not read by pyarrow (apache/arrow#44119): use the variable.
+Both kinds of directory write through a :class:`HashingSink`, so a file's size and SHA-256 come with the write
+(:class:`WrittenFile`) instead of from reading it back.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +56,14 @@ def resolve(uri: str) -> tuple[Any, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (OSError, pa.ArrowException) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
-            f"{uri}: cannot open this storage URI ({reason}); use a local path or an s3://, gs:// "
+            f"{uri}: cannot open this storage URI ({one_line(err)}); use a local path or an s3://, gs:// "
             "or hdfs:// URI that pyarrow supports"
         ) from err
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none), for one-line errors."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -135,138 +133,6 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class LocalDirectory:
-    """A local directory. It is ``os.PathLike`` and ``/ name`` gives a :class:`~pathlib.Path`, so code that only
-    ever runs on local output (``.npy`` assembly) keeps using plain file operations.
-    """
-
-    local = True
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.uri = str(self.path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __truediv__(self, name: str) -> Path:
-        return self.path / name
-
-    def __str__(self) -> str:
-        return self.uri
-
-    def __reduce__(self):
-        return (LocalDirectory, (self.path,))
-
-    def describe(self, name: str) -> str:
-        """The user-facing name of file ``name`` in this directory."""
-        return str(self.path / name)
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def is_dir(self) -> bool:
-        return self.path.is_dir()
-
-    def make(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-
-    def names(self) -> list[str]:
-        return [p.name for p in self.path.iterdir()]
-
-    def has(self, name: str) -> bool:
-        return (self.path / name).exists()
-
-    def size(self, name: str) -> int | None:
-        try:
-            return (self.path / name).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def delete(self, name: str) -> None:
-        (self.path / name).unlink(missing_ok=True)
-
-    def read_bytes(self, name: str) -> bytes | None:
-        try:
-            return (self.path / name).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def source(self, name: str) -> str:
-        """What ``pyarrow.parquet`` opens for file ``name`` (a path: pyarrow reads local files natively)."""
-        return str(self.path / name)
-
-    def sha256(self, name: str) -> str:
-        from ..modelfiles import sha256_of  # the one chunked file hash (it also checks the model's weights)
-
-        return sha256_of(self.path / name)
-
-    def truncate(self, name: str, size: int) -> None:
-        path = self.path / name
-        if path.exists():
-            with open(path, "rb+") as handle:
-                handle.truncate(size)
-
-    def remove(self) -> None:
-        """Delete the whole directory (a finished ``.npy`` job's work directory)."""
-        shutil.rmtree(self.path)
-
-    def write(
-        self, name: str, fill: Callable[[HashingSink], None], before_commit: BeforeCommit = None, tmp: str | None = None
-    ) -> WrittenFile:
-        """Write ``name`` through a temporary file (``tmp``, default ``<name>.tmp``): fsync, rename, fsync the
-        directory. On any failure the temporary file is removed (frees the space)."""
-        final = self.path / name
-        temp = self.path / (tmp or name + TMP_SUFFIX)
-        try:
-            with open(temp, "wb") as handle:
-                sink = HashingSink(handle)
-                fill(sink)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        if before_commit is not None:
-            before_commit()
-        os.replace(temp, final)
-        fsync_dir(self.path)
-        return WrittenFile(name, sink.size, sink.digest.hexdigest())
-
-    def append_file(self, name: str) -> LocalAppendFile:
-        """The side file ``name`` opened for appending (the skipped-rows list)."""
-        return LocalAppendFile(open(self.path / name, "ab"))  # noqa: SIM115 - closed by the caller
-
-
-class LocalAppendFile:
-    """An append-only local file whose :meth:`sync` makes the appended bytes durable (``fsync``)."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def write(self, data: bytes) -> int:
-        return self._handle.write(data)
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    def tell(self) -> int:
-        return self._handle.tell()
-
-    def sync(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
-
-    def __enter__(self) -> LocalAppendFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class RemotePath:
     """A file or prefix on object storage, with the few ``Path`` methods the readers use (``name``, ``is_dir``,
     ``iterdir``, ``stat``…), so that an ``s3://`` input goes through the same code as a local one.
@@ -327,7 +193,7 @@ class RemotePath:
             return self.fs.get_file_info(self.path)
         except OSError as err:
             raise InputError(
-                f"{self.uri}: cannot read ({_one_line(err)}); check the URI, the bucket and the AWS "
+                f"{self.uri}: cannot read ({one_line(err)}); check the URI, the bucket and the AWS "
                 "credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
             ) from err
 
@@ -353,7 +219,7 @@ class RemotePath:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         except OSError as err:
             raise InputError(
-                f"{self.uri}: cannot list ({_one_line(err)}); check the URI, the bucket and the AWS credentials"
+                f"{self.uri}: cannot list ({one_line(err)}); check the URI, the bucket and the AWS credentials"
             ) from err
         for info in infos:
             yield RemotePath(f"{self.uri}/{info.base_name}", self.fs, info.path, info)
@@ -396,15 +262,3 @@ def open_input(path: Path | RemotePath):
 def parquet_source(path: Path | RemotePath):
     """What ``pyarrow.parquet.ParquetFile`` opens: the path itself when local, a random-access file if remote."""
     return path.open_random() if isinstance(path, RemotePath) else path
-
-
-def open_directory(spec: str | os.PathLike | LocalDirectory | Any) -> LocalDirectory | Any:
-    """The directory for an output path or URI: a :class:`LocalDirectory`, or an
-    :class:`~minilm_npu.corpus.objectstore.ObjectDirectory` for a URI (an already opened one is returned as is)."""
-    if hasattr(spec, "write") and hasattr(spec, "names"):
-        return spec
-    if is_uri(spec):
-        from .objectstore import ObjectDirectory  # the object-store half builds on the classes above
-
-        return ObjectDirectory(str(spec))
-    return LocalDirectory(local_path(spec))

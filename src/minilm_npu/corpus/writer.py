@@ -4,7 +4,7 @@ Atomic means: write a temporary file in the same directory, ``fsync`` it, ``os.r
 then ``fsync`` the directory so the rename itself survives a power cut. A reader (or a resumed job) therefore sees
 either the old file or the complete new one, never a torn write. Shards are hashed on their way to disk, so the
 manifest can record a checksum without reading the file back; a write that fails (e.g. disk full) removes its
-temporary file. On object storage (``s3://…``) there is no rename: see :mod:`.storage` and :mod:`.objectstore`
+temporary file. On object storage (``s3://…``) there is no rename: see :mod:`.directory` and :mod:`.objectstore`
 for what stands in for it; every function here takes a local path, a URI or an opened directory.
 """
 
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .storage import TMP_SUFFIX, BeforeCommit, HashingSink, WrittenFile, fsync_dir, open_directory
+from .directory import DirectorySpec, open_directory
+from .readers import Record
+from .storage import TMP_SUFFIX, BeforeCommit, HashingSink, WrittenFile, fsync_dir
 
 __all__ = [
     "TMP_SUFFIX",
@@ -29,11 +31,25 @@ __all__ = [
     "fsync_dir",
     "read_vectors",
     "shard_name",
-    "shard_problem",
     "write_bytes_atomic",
     "write_json_atomic",
+    "write_records",
     "write_shard",
 ]
+
+
+def write_records(
+    directory: DirectorySpec,
+    index: int,
+    records: Sequence[Record],
+    vectors: np.ndarray,
+    keep_text: bool,
+    before_commit: BeforeCommit = None,
+    name: str | None = None,
+) -> WrittenFile:
+    """:func:`write_shard` for good rows as the readers give them: their ids, and their texts with ``keep_text``."""
+    texts = [r.text for r in records] if keep_text else None
+    return write_shard(directory, index, [r.id for r in records], vectors, texts, before_commit, name)
 
 
 def shard_name(index: int) -> str:
@@ -41,18 +57,22 @@ def shard_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
 
-def write_bytes_atomic(directory, name: str, data: bytes, before_commit: BeforeCommit = None) -> WrittenFile:
+def write_bytes_atomic(
+    directory: DirectorySpec, name: str, data: bytes, before_commit: BeforeCommit = None
+) -> WrittenFile:
     """Replace file ``name`` in ``directory`` (a path, URI or opened directory) with ``data`` atomically."""
     return open_directory(directory).write(name, lambda sink: sink.write(data), before_commit)
 
 
-def write_json_atomic(directory, name: str, obj: object, before_commit: BeforeCommit = None) -> WrittenFile:
+def write_json_atomic(
+    directory: DirectorySpec, name: str, obj: object, before_commit: BeforeCommit = None
+) -> WrittenFile:
     """Replace file ``name`` in ``directory`` with ``obj`` as indented JSON, atomically."""
     data = (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
     return write_bytes_atomic(directory, name, data, before_commit)
 
 
-def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str] | None = None):
+def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[str | None] | None = None):
     """A pyarrow table with ``id`` (string), ``embedding`` (fixed_size_list<float32>[dim]) and optional ``text``."""
     import pyarrow as pa
 
@@ -70,11 +90,11 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, texts: Sequence[st
 
 
 def write_shard(
-    directory,
+    directory: DirectorySpec,
     index: int,
     ids: Sequence[str],
     vectors: np.ndarray,
-    texts: Sequence[str] | None = None,
+    texts: Sequence[str | None] | None = None,
     before_commit: BeforeCommit = None,
     name: str | None = None,
 ) -> WrittenFile:
@@ -95,33 +115,6 @@ def write_shard(
         before_commit,
         tmp,
     )
-
-
-def shard_problem(directory, name: str, entry: dict, checksum: bool = False) -> str | None:
-    """What is wrong with committed shard ``name`` in ``directory`` compared with its manifest entry, or None when
-    it looks whole.
-
-    The cheap check (every rerun) is the size and the Parquet footer's row count; ``checksum`` adds the
-    SHA-256 of the whole file. Entries written before sizes were recorded are checked for the footer only.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    directory = open_directory(directory)
-    size = directory.size(name)
-    if size is None:
-        return "missing"
-    if entry.get("bytes") is not None and size != entry["bytes"]:
-        return f"{size} bytes, the manifest says {entry['bytes']}"
-    try:
-        rows = pq.ParquetFile(directory.source(name)).metadata.num_rows
-    except (OSError, pa.ArrowException) as err:
-        return f"unreadable Parquet footer ({err})"
-    if rows != entry.get("rows", rows):
-        return f"{rows} rows, the manifest says {entry['rows']}"
-    if checksum and entry.get("sha256") and directory.sha256(name) != entry["sha256"]:
-        return "checksum differs from the manifest's"
-    return None
 
 
 def read_vectors(path: Path) -> np.ndarray:

@@ -1,9 +1,9 @@
-"""A lean BERT encoder that runs on packed tokens: the packed engine's model, in one file.
+"""A lean BERT encoder that runs on packed tokens: the packed engine's model.
 
-Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor. Embeddings, every linear
-layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so no FLOP is spent on
-padding. Only attention needs to know which token belongs to which sequence; it goes through a strategy chosen
-per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
+Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor (:mod:`.packing`).
+Embeddings, every linear layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so
+no FLOP is spent on padding. Only attention needs to know which token belongs to which sequence; it goes through a
+strategy chosen per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
 
 * ``"per_sequence"``: one ``scaled_dot_product_attention`` call per sequence on a slice of the packed tensor;
 * ``"bucketed"``: sequences of similar length are gathered into small padded blocks (one SDPA call per block,
@@ -12,355 +12,57 @@ per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
 * ``"varlen"``: one call of a device kernel that takes the packed tokens and cumulative lengths directly (Ascend's
   ``npu_fusion_attention`` with ``input_layout="TND"``, given as ``PackedBert(varlen=...)``).
 
-Index tensors for all of this are built once per forward (:class:`PackedBatch`), never per layer.
-Weights come from safetensors with every name and shape checked before anything is loaded; Q, K and V are fused
-into one linear layer. Linear layers are plain callables built by a factory given at construction, so the CPU
-engines choose theirs (oneDNN float32, int8) before the model exists (:mod:`minilm_npu.engine.packed`).
+Index tensors for all of this are built once per forward (:class:`~.packing.PackedBatch`), never per layer. The
+checkpoint is read and checked by :mod:`.checkpoint`; Q, K and V are fused into one linear layer here. Linear layers
+are plain callables built by a factory given at construction, so the CPU engines choose theirs (oneDNN float32,
+int8) before the model exists (:mod:`minilm_npu.engine.packed`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..devices import to_device
-from ..modelfiles import ModelFilesError
+# The checkpoint and packing names are re-exported: ``engine.bert`` was their home, and callers still import them here.
+from .checkpoint import (
+    BERT_ARCHITECTURES,
+    IGNORED_PREFIXES,
+    BertConfig,
+    check_weight_names,
+    expected_shapes,
+    load_weights,
+)
+from .packing import ATTENTION_STRATEGIES, Bucket, PackedBatch, pack, plan_buckets
 
-ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded", "varlen")
-#: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
-BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
-#: Checkpoint entries that are allowed but unused: a buffer and the task heads sentence embeddings never use.
-IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
+__all__ = [
+    "ATTENTION_STRATEGIES",
+    "BERT_ARCHITECTURES",
+    "IGNORED_PREFIXES",
+    "LINEAR_ROLES",
+    "BertConfig",
+    "Bucket",
+    "DenseLinear",
+    "Layer",
+    "Linear",
+    "LinearFactory",
+    "PackedBatch",
+    "PackedBert",
+    "check_weight_names",
+    "expected_shapes",
+    "load_weights",
+    "pack",
+    "plan_buckets",
+]
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 #: Builds one linear layer: ``(layer_index, role, weight, bias, gelu) -> Linear``; ``role`` is one of
 #: :data:`LINEAR_ROLES`, ``weight``/``bias`` are already on the model's device in its dtype.
 LinearFactory = Callable[[int, str, torch.Tensor, torch.Tensor, bool], Linear]
 LINEAR_ROLES = ("qkv", "attn_out", "ffn_in", "ffn_out")
-
-
-@dataclass(frozen=True)
-class BertConfig:
-    """The architecture numbers of a BERT checkpoint, from its ``config.json``."""
-
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    layer_norm_eps: float
-    max_position_embeddings: int
-    type_vocab_size: int
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.hidden_size // self.num_heads
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> BertConfig:
-        """Read and check a parsed ``config.json``.
-
-        Raises:
-            ModelFilesError: not a BERT checkpoint this engine can run exactly (with the reason).
-        """
-        model_type = config.get("model_type")
-        architectures = config.get("architectures") or []
-        if model_type != "bert" or (architectures and not set(architectures) & set(BERT_ARCHITECTURES)):
-            raise ModelFilesError(
-                f"the packed engine runs BERT models only; this config.json has model_type={model_type!r}, "
-                f"architectures={architectures}. Use backend='transformers' for other architectures"
-            )
-        if config.get("hidden_act", "gelu") != "gelu":
-            raise ModelFilesError(f"hidden_act {config['hidden_act']!r} is not supported (only exact 'gelu')")
-        if config.get("position_embedding_type", "absolute") != "absolute":
-            raise ModelFilesError(
-                f"position_embedding_type {config['position_embedding_type']!r} is not supported (only 'absolute')"
-            )
-        try:
-            parsed = cls(
-                vocab_size=int(config["vocab_size"]),
-                hidden_size=int(config["hidden_size"]),
-                num_layers=int(config["num_hidden_layers"]),
-                num_heads=int(config["num_attention_heads"]),
-                intermediate_size=int(config["intermediate_size"]),
-                layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-                max_position_embeddings=int(config.get("max_position_embeddings", 512)),
-                type_vocab_size=int(config.get("type_vocab_size", 2)),
-            )
-        except KeyError as err:
-            raise ModelFilesError(f"config.json lacks {err.args[0]!r}, which a BERT config must have") from None
-        except (TypeError, ValueError) as err:
-            raise ModelFilesError(f"config.json has a malformed number: {err}") from None
-        if (
-            min(
-                parsed.vocab_size,
-                parsed.hidden_size,
-                parsed.num_layers,
-                parsed.num_heads,
-                parsed.intermediate_size,
-                parsed.max_position_embeddings,
-                parsed.type_vocab_size,
-            )
-            < 1
-        ):
-            raise ModelFilesError("config.json has a size that is not positive")
-        if parsed.hidden_size % parsed.num_heads:
-            raise ModelFilesError(
-                f"hidden_size {parsed.hidden_size} is not a multiple of num_attention_heads {parsed.num_heads}"
-            )
-        return parsed
-
-
-def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a BERT checkpoint must hold (names without the ``bert.`` prefix) and its shape."""
-    h, i = config.hidden_size, config.intermediate_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "embeddings.word_embeddings.weight": (config.vocab_size, h),
-        "embeddings.position_embeddings.weight": (config.max_position_embeddings, h),
-        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, h),
-        "embeddings.LayerNorm.weight": (h,),
-        "embeddings.LayerNorm.bias": (h,),
-    }
-    for n in range(config.num_layers):
-        p = f"encoder.layer.{n}."
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
-            shapes[p + name + ".weight"] = (h, h)
-            shapes[p + name + ".bias"] = (h,)
-        shapes[p + "intermediate.dense.weight"] = (i, h)
-        shapes[p + "intermediate.dense.bias"] = (i,)
-        shapes[p + "output.dense.weight"] = (h, i)
-        shapes[p + "output.dense.bias"] = (h,)
-        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[p + name + ".weight"] = (h,)
-            shapes[p + name + ".bias"] = (h,)
-    return shapes
-
-
-def _shorten(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(list(names)[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) -> dict[str, str]:
-    """Match a checkpoint's tensor names and shapes against what ``config`` needs.
-
-    Args:
-        found: Tensor name -> shape, as stored (with or without a ``bert.`` prefix).
-        config: The architecture.
-
-    Returns:
-        Expected name -> stored name.
-
-    Raises:
-        ModelFilesError: listing every missing, unexpected and mis-shaped tensor.
-    """
-    expected = expected_shapes(config)
-    stored: dict[str, str] = {}
-    unexpected = []
-    for name in found:
-        short = name[len("bert.") :] if name.startswith("bert.") else name
-        if short in expected:
-            stored[short] = name
-        elif not short.startswith(IGNORED_PREFIXES):
-            unexpected.append(name)
-    missing = [name for name in expected if name not in stored]
-    mismatched = [
-        f"{stored[n]} {list(found[stored[n]])} (expected {list(shape)})"
-        for n, shape in expected.items()
-        if n in stored and tuple(found[stored[n]]) != shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_shorten(unexpected)}")
-    if mismatched:
-        problems.append(f"wrong shape {_shorten(mismatched)}")
-    if problems:
-        raise ModelFilesError("the weights do not match config.json: " + "; ".join(problems))
-    return stored
-
-
-def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
-    """Load a BERT checkpoint from safetensors (never pickle), checking every name and shape first.
-
-    Returns:
-        Expected (unprefixed) name -> float32 CPU tensor.
-
-    Raises:
-        ModelFilesError: unreadable file, or names/shapes that do not match ``config``.
-    """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-            stored = check_weight_names(shapes, config)
-            return {name: handle.get_tensor(key).float() for name, key in stored.items()}
-    except ModelFilesError:
-        raise
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-        raise ModelFilesError(f"cannot read weights {path}: {type(err).__name__}: {err}") from None
-
-
-# -- packing -------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Bucket:
-    """Sequences whose attention runs as one padded block.
-
-    Attributes:
-        gather: ``[n * width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked);
-            None when the packed tensor already is the block (the static-shape layout of :mod:`.graphs`).
-        mask: ``[n, 1, 1, width]`` bool, True on real keys; None when no sequence is padded.
-        lengths: The real length of each of the block's sequences.
-    """
-
-    gather: torch.Tensor | None
-    mask: torch.Tensor | None
-    lengths: list[int]
-
-
-@dataclass
-class PackedBatch:
-    """A batch of token-id lists laid end to end, plus every index tensor the forward pass needs.
-
-    Built once per forward; layers only read it.
-    """
-
-    ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
-    starts: list[int]
-    lengths: list[int]
-    mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
-    buckets: list[Bucket]
-    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
-    strategy: str
-
-
-def plan_buckets(lengths: Sequence[int], slack: float = 0.25, max_rows: int = 64) -> list[list[int]]:
-    """Group sequence indices into attention blocks of similar length, longest first.
-
-    A block closes when the next sequence is shorter than ``(1 - slack)`` of the block's longest (so at most
-    ``slack`` of a block's keys are padding) or holds ``max_rows`` sequences.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for index in order:
-        if groups and len(groups[-1]) < max_rows and lengths[index] >= (1 - slack) * lengths[groups[-1][0]]:
-            groups[-1].append(index)
-        else:
-            groups.append([index])
-    return groups
-
-
-def pack(
-    batch: Sequence[Sequence[int]],
-    strategy: str,
-    device: torch.device,
-    slack: float = 0.25,
-    gears: Callable[[int], int] | None = None,
-    row_gears: Callable[[int], int] | None = None,
-    square_mask: bool = False,
-) -> PackedBatch:
-    """Lay a batch of token-id lists end to end and precompute the attention plan.
-
-    Args:
-        batch: Token ids per sequence (non-empty lists).
-        strategy: One of :data:`ATTENTION_STRATEGIES`.
-        device: Where the index tensors go.
-        slack: Padding fraction allowed inside one attention block (``"bucketed"``).
-        gears: Optional width rounding for padded blocks (static shapes on graph-mode devices).
-        row_gears: Optional rounding of a padded block's sequence count (e.g. to a power of two), for the same
-            devices; the extra rows repeat the block's first sequence and their outputs are never read back.
-        square_mask: Give padded blocks a full ``[rows, 1, width, width]`` key mask (expanded on the device)
-            instead of a broadcast ``[rows, 1, 1, width]`` one, for kernels that take no broadcast masks (Ascend).
-    """
-    if strategy not in ATTENTION_STRATEGIES:
-        raise ValueError(f"unknown attention strategy {strategy!r}")
-    if (
-        len(batch) == 1
-        and (gears is None or gears(len(batch[0])) == len(batch[0]))
-        and (row_gears is None or row_gears(1) == 1)
-    ):
-        return _pack_one(batch[0], strategy, device)
-    lengths = [len(ids) for ids in batch]
-    starts = list(itertools.accumulate([0] + lengths[:-1]))
-    total = sum(lengths)
-    ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
-    seq_index = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths))
-    positions = torch.arange(total) - torch.tensor(starts)[seq_index]
-    buckets: list[Bucket] = []
-    unpad = None
-    if strategy in ("bucketed", "padded"):
-        groups = [list(range(len(batch)))] if strategy == "padded" else plan_buckets(lengths, slack)
-        flat_rows = []
-        offset = 0
-        for group in groups:
-            group_lengths = [lengths[i] for i in group]
-            width = max(group_lengths)
-            width = gears(width) if gears else width
-            slot = torch.arange(width)
-            group_starts = torch.tensor([starts[i] for i in group])
-            group_len = torch.tensor(group_lengths)
-            valid = slot[None, :] < group_len[:, None]
-            # Padding slots point at the sequence's own first row: any valid row would do, they are masked.
-            gather = group_starts[:, None] + torch.where(valid, slot[None, :], 0)
-            real = len(group)
-            padded_rows = row_gears(real) if row_gears else real
-            if padded_rows > real:
-                extra = padded_rows - real
-                valid = torch.cat([valid, valid[:1].expand(extra, -1)])
-                gather = torch.cat([gather, gather[:1].expand(extra, -1)])
-                group_lengths = group_lengths + group_lengths[:1] * extra
-            mask = None if min(group_lengths) == width else valid[:, None, None, :]
-            buckets.append(Bucket(gather.reshape(-1), mask, group_lengths))
-            rows = offset + torch.arange(padded_rows * width).view(padded_rows, width)
-            flat_rows.append((gather[:real][valid[:real]], rows[:real][valid[:real]]))
-            offset += padded_rows * width
-        packed_rows = torch.cat([g for g, _ in flat_rows])
-        block_rows = torch.cat([r for _, r in flat_rows])
-        unpad = torch.empty(total, dtype=torch.long)
-        unpad[packed_rows] = block_rows
-    # Mean pooling as one small matmul: index_add_/scatter_add_ over [T, H] is single-threaded and slow on CPUs
-    # (tens of ms for a 600-token batch), while [B, T] @ [T, H] is a GEMM every device runs well.
-    mean_weights = torch.zeros(len(batch), total)
-    mean_weights[seq_index, torch.arange(total)] = 1.0 / torch.tensor(lengths, dtype=torch.float32)[seq_index]
-    # Everything was built on the host; it moves in one pinned, non-blocking copy per dtype (devices.to_device).
-    tensors = [ids, positions, mean_weights, unpad]
-    for bucket in buckets:
-        tensors += [bucket.gather, bucket.mask]
-    moved = iter(to_device(tensors, device))
-    ids, positions, mean_weights, unpad = (next(moved) for _ in range(4))
-    for bucket in buckets:
-        bucket.gather, bucket.mask = next(moved), next(moved)
-        if square_mask and bucket.mask is not None:
-            width = bucket.mask.shape[-1]
-            bucket.mask = bucket.mask.expand(-1, -1, width, -1).contiguous()
-    return PackedBatch(ids, positions, starts, lengths, mean_weights, buckets, unpad, strategy)
-
-
-def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> PackedBatch:
-    """:func:`pack` for one sequence (a query, an interactive request), with the index work a batch needs left out.
-
-    A lone sequence is its own attention block: no gather, no mask, no unpadding, mean pooling over every row. This
-    takes the batch-1 latency down by the ~0.1-0.2 ms that :func:`pack`'s general bookkeeping and two index ops
-    per layer cost. (A device whose widths come in gears pads even one sequence, so :func:`pack` sends it here only
-    when its length is a gear.)
-    """
-    length = len(ids)
-    tensors = [torch.tensor(ids, dtype=torch.long), torch.arange(length), torch.full((1, length), 1.0 / length)]
-    ids_t, positions, mean_weights = to_device(tensors, device)
-    buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
-    return PackedBatch(ids_t, positions, [0], [length], mean_weights, buckets, None, strategy)
 
 
 # -- the model -----------------------------------------------------------------------------------------------
@@ -378,9 +80,10 @@ class DenseLinear:
         weight: torch.Tensor,
         bias: torch.Tensor,
         gelu: bool = False,
-        activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        self.weight, self.bias, self.gelu, self.activation = weight, bias, gelu, activation
+        # None: F.gelu as it is when the layer is built (not bound when this module was imported).
+        self.weight, self.bias, self.gelu, self.activation = weight, bias, gelu, activation or F.gelu
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
@@ -421,9 +124,10 @@ class PackedBert:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         make_linear: LinearFactory | None = None,
-        gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+        gelu: Callable[[torch.Tensor], torch.Tensor] | None = None,
         varlen: Callable[..., torch.Tensor] | None = None,
     ):
+        gelu = gelu or F.gelu  # looked up when the model is built, like DenseLinear's
         self.config, self.device, self.dtype, self.varlen, self.gelu = config, device, dtype, varlen, gelu
         make_linear = make_linear or (lambda _n, _role, weight, bias, act: DenseLinear(weight, bias, act, gelu))
 

@@ -27,13 +27,15 @@ import numpy as np
 import torch
 
 from ..devices import GraphAPI
-from .bert import Bucket, PackedBatch, PackedBert
+from .bert import PackedBert
+from .packing import Bucket, PackedBatch
 from .policy import round_to_gear, round_to_power_of_two
 
 log = logging.getLogger(__name__)
 
 #: Largest rows x width a graph is captured for, per dtype. Half-precision matrix units make padded FLOPs nearly
-#: free next to launch overhead; float32 (TF32 stays off for exactness) runs ~8x slower per FLOP, so it pads less.
+#: free next to launch overhead; float32 (TF32 stays off for exactness) runs several times slower per FLOP, so it
+#: pads less.
 MAX_GRAPH_SLOTS = {"float16": 16384, "bfloat16": 16384, "float32": 4096}
 MAX_GRAPH_ROWS = 256
 #: Widths a graph is captured for: steps of at most a third past 32 tokens, so padding wastes little compute (a

@@ -25,10 +25,13 @@ from ..errors import InputError
 from ..modelfiles import ModelFiles
 from ..samples import CALIBRATION_TEXTS
 from ..tokenization import Tokenizer
-from .backend import TORCH_DTYPES
-from .bert import BertConfig, DenseLinear, LinearFactory, PackedBatch, PackedBert, load_weights, pack
-from .cpu_kernels import AdaptiveThreads, kernel_plan
+from .backend import TORCH_DTYPES, Backend
+from .bert import DenseLinear, LinearFactory, PackedBert
+from .checkpoint import BertConfig, load_weights
+from .cpu_execution import AdaptiveThreads, use_threads
+from .cpu_kernels import kernel_plan
 from .graphs import GRAPH_WIDTHS, GraphedForwards
+from .packing import PackedBatch, pack
 from .policy import (
     AttentionPlan,
     attention_plan,
@@ -53,11 +56,10 @@ class FusedQuantizer:
     """:func:`quantize_per_token` as one Inductor-compiled kernel for large inputs, eager ops for small ones.
 
     Why: eagerly, per-token quantization is seven passes over the activations (scale, abs, max, divide, round,
-    shift, cast); on a batch of short sentences they cost ~40 % as much as the int8 GEMM they feed. Inductor fuses
-    them into one C++ loop nest: measured on a 2-core Zen 4, one thread, 450 tokens: 845 -> 207 us for a 1,536-wide
-    input, 202 -> 72 us for a 384-wide one, identical codes; a whole int8 STS-B run ~20 % faster. Below
-    :attr:`min_rows` tokens the compiled call's fixed cost (~30 us) outweighs the passes it saves, so queries and
-    small batches stay eager and never trigger a compile. Compiling needs a C++ compiler and takes seconds, once per
+    shift, cast); on a batch of short sentences they cost a large share of the int8 GEMM they feed. Inductor fuses
+    them into one C++ loop nest with identical codes, several times faster. Below :attr:`min_rows` tokens the
+    compiled call's fixed cost outweighs the passes it saves, so queries and small batches stay eager and never
+    trigger a compile. Compiling needs a C++ compiler and takes seconds, once per
     process, on the first large batch or in :meth:`PackedBackend.warmup` (Inductor caches the code on disk for
     later processes). Where it fails, the eager ops are used, with one warning. ``MINILM_NPU_FUSED_QUANT=0`` keeps
     every batch eager.
@@ -76,21 +78,16 @@ class FusedQuantizer:
 
     def compile(self) -> bool:
         """Compile now, for both thread counts a forward may run on (Dynamo compiles per thread count: one, which
-        :class:`~.cpu_kernels.AdaptiveThreads` may pick and every CPU lane of :func:`minilm_npu.encoder.cpu_lanes`
+        :class:`~.cpu_execution.AdaptiveThreads` may pick and every CPU lane of :class:`~.cpu_execution.CpuExecution`
         runs on, and all) and both widths a BERT layer feeds, instead of inside the first large batch.
 
         Returns:
             Whether the compiled kernel is in use.
         """
-        threads = torch.get_num_threads()
-        try:
-            for count in sorted({1, threads}):
-                torch.set_num_threads(count)
-                with torch.inference_mode():  # the mode the engine runs in (Dynamo guards on it)
-                    for width in (384, 1536):
-                        self(torch.ones(self.min_rows, width), torch.ones(width))
-        finally:
-            torch.set_num_threads(threads)
+        for count in sorted({1, torch.get_num_threads()}):
+            with use_threads(count), torch.inference_mode():  # the mode the engine runs in (Dynamo guards on it)
+                for width in (384, 1536):
+                    self(torch.ones(self.min_rows, width), torch.ones(width))
         return self.enabled
 
     def _create(self) -> None:
@@ -126,14 +123,14 @@ class Int8Linear:
 
     Why this route: ``torch.ao.quantization.quantize_dynamic`` and the quantized-tensor API it relies on
     (``torch.quantize_per_channel``, fbgemm's ``linear_prepack``) are deprecated, and ``torch._int_mm`` has no
-    fast CPU kernel (measured 30-100x slower than the float32 GEMM on a 2-core AVX2 Zen3); torchao's int8
+    fast CPU kernel (far slower than the float32 GEMM); torchao's int8
     dynamic-activation config lowers to that same ``_int_mm`` on CPU. What stays maintained and fast is oneDNN's
     ``onednn::qlinear_prepack`` / ``qlinear_pointwise``, the kernels PyTorch 2's x86 quantization flow lowers to:
-    plain uint8 tensors in, prepacked int8 weights, float32 out. On AVX2 without VNNI it runs ~1.6-1.9x faster
-    than the float32 GEMM (u8 x s8 ``vpmaddubsw``), about as fast as fbgemm's dynamic linear.
+    plain uint8 tensors in, prepacked int8 weights, float32 out. Even on AVX2 without VNNI it runs faster than the
+    float32 GEMM (u8 x s8 ``vpmaddubsw``), about as fast as fbgemm's dynamic linear.
 
-    Accuracy: per-tensor activation scales (what ``quantize_dynamic`` did) give cosine ~0.97 against float32 on
-    short texts, because BERT's activations have a few outlier channels. So (1) each token gets its own scale:
+    Accuracy: per-tensor activation scales (what ``quantize_dynamic`` did) give too low a cosine against float32
+    on short texts, because BERT's activations have a few outlier channels. So (1) each token gets its own scale:
     the kernel runs with a unit input scale and a fixed zero point of 128, and the per-token scales are applied to
     its float32 output together with the bias (one ``addcmul``); (2) SmoothQuant: per input channel, a factor
     ``s = sqrt(max|x| / max|w|)`` (calibrated once at load) moves outliers from activations into the weights
@@ -178,9 +175,9 @@ class OneDnnLinear:
     Why: ``F.linear`` calls MKL's sgemm, which packs the whole weight matrix again on every call. For the few
     tokens of an interactive request that packing is most of the work (a batch-1 forward is bound by streaming
     the 42 MB of float32 weights). oneDNN's ``mkldnn::_linear_pointwise`` on a pre-reordered weight (the kernel
-    PyTorch's own Inductor emits for frozen CPU linears) skips it: measured 25-35 % lower batch-1 latency on a
-    2-core Zen3 with the same throughput on large batches, outputs within 4e-6 of ``F.linear`` before
-    normalisation. GELU stays a separate exact ``F.gelu``: oneDNN's fused erf-GELU post-op measured slower.
+    PyTorch's own Inductor emits for frozen CPU linears) skips it: lower batch-1 latency, the same throughput on
+    large batches, outputs within float rounding of ``F.linear``. GELU stays a separate exact ``F.gelu``: oneDNN's
+    fused erf-GELU post-op is slower.
 
     Args:
         weight: ``[out, in]`` float32 (or, on AVX512-BF16/AMX CPUs, bfloat16) weight.
@@ -202,9 +199,9 @@ class Bfloat16Linear:
     """A float32-in, float32-out linear layer computed in bfloat16 on CPUs with bfloat16 hardware.
 
     The int8 engine's QKV projection: it is the layer int8 hurts most (see :data:`INT8_ROLES`), and in float32 it
-    was half of the int8 engine's GEMM time on a batch of short sentences. bfloat16 keeps float32's range (so no
-    activation scales) with an 8-bit mantissa, and oneDNN runs it at about twice float32's rate on AVX512-BF16/AMX
-    (measured on a Zen 4: 1.8x at 450 tokens, 1.4x at 9). Attention itself stays float32.
+    is a large share of the int8 engine's GEMM time on a batch of short sentences. bfloat16 keeps float32's range
+    (so no activation scales) with an 8-bit mantissa, and oneDNN runs it faster than float32 on AVX512-BF16/AMX.
+    Attention itself stays float32.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False):
@@ -232,13 +229,13 @@ class _ActivationMax:
 
 
 def float_linear_factory(
-    device: torch.device, dtype: torch.dtype, activation: Callable[[torch.Tensor], torch.Tensor] = F.gelu
+    device: torch.device, dtype: torch.dtype, activation: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> LinearFactory:
     """Linear layers of a float engine: :class:`OneDnnLinear` for float32 (and native bfloat16) on a CPU with
     oneDNN, else :class:`~minilm_npu.engine.bert.DenseLinear` with the device's exact GELU ``activation`` (accelerators,
     bfloat16/float16, CPU builds without oneDNN)."""
-    # bfloat16 too where the CPU has bfloat16 hardware: oneDNN's bf16 kernel on a pre-reordered weight measured
-    # ~1.6x faster than F.linear's at a few tokens, the same at hundreds (Zen 4, AVX512-BF16).
+    # bfloat16 too where the CPU has bfloat16 hardware: oneDNN's bf16 kernel on a pre-reordered weight is faster
+    # than F.linear's at a few tokens and as fast at hundreds.
     prepacked = {torch.float32} | ({torch.bfloat16} if cpu_has_native_bfloat16() else set())
     if device.type == "cpu" and dtype in prepacked and onednn_linear_supported():
         return lambda _n, _role, weight, bias, gelu: OneDnnLinear(weight, bias, gelu)
@@ -247,8 +244,8 @@ def float_linear_factory(
 
 #: The int8 engine's quantized layers: the attention output and both feed-forward layers (~80% of the FLOPs).
 #: The fused QKV projection is not quantized: it is the layer most sensitive to quantization (with it in int8, the
-#: worst cosine against float32 drops from ~0.992 to ~0.984 on short texts). It runs in bfloat16 where the CPU
-#: has bfloat16 hardware (:class:`Bfloat16Linear`), else in float32.
+#: worst cosine against float32 on short texts drops below the int8 engine's bound of 0.99). It runs in bfloat16
+#: where the CPU has bfloat16 hardware (:class:`Bfloat16Linear`), else in float32.
 INT8_ROLES = ("attn_out", "ffn_in", "ffn_out")
 
 
@@ -291,7 +288,7 @@ def int8_linear_supported() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
-class PackedBackend:
+class PackedBackend(Backend):
     """The packed engine on one device.
 
     Args:

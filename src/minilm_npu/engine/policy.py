@@ -27,12 +27,11 @@ def tune_host_allocator() -> bool:
 
     Why: glibc serves large allocations with a fresh ``mmap`` (its threshold adapts, up to 32 MiB) and trims the
     heap behind freed blocks, so activation tensors of a CPU forward pass (a ``[600, 1536]`` feed-forward output is
-    3.7 MB) keep being page-faulted in anew: ~8,000-9,000 page faults per 24-sentence batch, ~250 with the
-    thresholds raised to 1 GiB. Measured on a 2-core Zen3 VM, process against process: up to ~10 % less time on
-    mixed batches, within the noise on batches of short sentences. Freed blocks staying reusable is what PyTorch's
-    CUDA caching allocator or TEI's mimalloc give their engines too. The price: the process holds on to its peak
-    activation memory (hundreds of MB at the largest ``max_batch_tokens``) instead of giving it back between
-    batches.
+    3.7 MB) keep being page-faulted in anew: thousands of page faults per batch, a few hundred with the thresholds
+    raised to 1 GiB, and less time on mixed batches (no change on batches of short sentences). Freed blocks staying
+    reusable is what PyTorch's CUDA caching allocator or TEI's mimalloc give their engines too. The price: the
+    process holds on to its peak activation memory (hundreds of MB at the largest ``max_batch_tokens``) instead of
+    giving it back between batches.
 
     Process-wide and done once; skipped when the process already chose its allocator (``LD_PRELOAD`` of
     jemalloc/tcmalloc/mimalloc, ``MALLOC_*`` or ``GLIBC_TUNABLES`` settings) or is not on glibc.
@@ -79,7 +78,7 @@ def dtype_unsupported_reason(device: torch.device, dtype: str) -> str | None:
     """Why the packed engine cannot run ``dtype`` on ``device``, or None when it can.
 
     * int8 (int8 weights, dynamic activation quantization) uses oneDNN's x86 int8 kernels: CPU only.
-    * float16 on a CPU: no x86 CPU here has fast float16 GEMMs (it runs 5-20x slower than float32), so it is
+    * float16 on a CPU: no x86 CPU here has fast float16 GEMMs (it runs many times slower than float32), so it is
       refused rather than silently slow; bfloat16 is allowed (native on AVX512-BF16/AMX CPUs, emulated elsewhere).
     """
     if dtype == "int8" and device.type != "cpu":
@@ -139,9 +138,9 @@ class AttentionPlan:
 def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
     """Pick the attention strategy for a device type and dtype.
 
-    * CPU: ``"bucketed"``: sequences of similar length share one padded SDPA call (measured on a 2-core Zen3:
-      slightly faster than one call per sequence on mixed batches, far faster than one padded block, whose
-      quadratic cost is driven by the longest sequence).
+    * CPU: ``"bucketed"``: sequences of similar length share one padded SDPA call (a little faster than one call
+      per sequence on mixed batches, far faster than one padded block, whose quadratic cost is driven by the
+      longest sequence).
     * CUDA (and MPS): ``"padded"``: one length-sorted padded block, one SDPA launch per layer.
     * Ascend, float16/bfloat16 with torch_npu's ``npu_fusion_attention``: ``"varlen"``: the flash kernel on the
       packed ``[tokens, heads, head_dim]`` tensor with cumulative lengths (``input_layout="TND"``), as

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..modelfiles import ModelFiles
-from .backend import TORCH_DTYPES
+from .backend import TORCH_DTYPES, Backend
 
 
 def pad_batch(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +26,7 @@ def pad_batch(batch: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, to
     return input_ids, attention_mask
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """transformers ``AutoModel`` on one device, padded batches, masked mean (or CLS) pooling.
 
     Args:
@@ -68,6 +68,7 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def embed(self, batch: list[list[int]]) -> torch.Tensor:
+        """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
         hidden, attention_mask = self._forward(batch)
         if self.pooling == "cls":
             return hidden[:, 0].float()

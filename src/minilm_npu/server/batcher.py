@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..contract import DeviceWorker, Encoder
+from ..engine.cpu_execution import CpuExecution
 from ..scheduling import DevicePool
 from .errors import ApiError
 from .metrics import ServerMetrics
@@ -156,7 +157,7 @@ class Batcher:
 
     #: Request-side work up to this size (characters of text, token ids, floats out) runs on the event loop.
     #: Why: a trip through the pool is two thread wake-ups, each a scheduler time slice on a busy machine, while
-    #: tokenizing a sentence or rendering a vector takes 20-100 us; only larger work is worth moving off the loop.
+    #: tokenizing a sentence or rendering a vector takes far less; only larger work is worth moving off the loop.
     INLINE_WORK = 8 * 384
 
     async def preprocess(self, fn: Callable[..., T], *args: Any, work: int | None = None, **kwargs: Any) -> T:
@@ -203,11 +204,9 @@ class Batcher:
     def _take_batch(self, worker_index: int) -> tuple[list[tuple[_Job, int]], bool] | None:
         """Block until work is queued, then form one batch; None when closing and drained (no lock held).
 
-        The first worker takes work whenever there is some; the others only while a batch is already running
-        (a second device, or a CPU's second lane, is for when the first is busy). So a lone client's batches all
-        run on the first worker's thread: on a CPU, only that thread ever runs a parallel region on every core,
-        and the process keeps one OpenMP pool (GNU OpenMP stops spinning between ops once it holds more threads
-        than cores, which doubled a query's forward; see :func:`minilm_npu.devices.release_host_threads`).
+        Which worker may take work, and which batch gets every core, are the CPU execution policy's rules
+        (:meth:`CpuExecution.takes_work <minilm_npu.engine.cpu_execution.CpuExecution.takes_work>`,
+        :meth:`~minilm_npu.engine.cpu_execution.CpuExecution.runs_alone`), the ones the encoder follows too.
 
         Returns:
             The batch, and whether it runs alone (no other batch running, nothing left queued): then it gets every
@@ -215,7 +214,9 @@ class Batcher:
         """
         with self._cond:
             while True:
-                while (not self._queue or (worker_index > 0 and self._running == 0)) and not self._closing:
+                while (
+                    not self._queue or not CpuExecution.takes_work(worker_index, self._running)
+                ) and not self._closing:
                     self._cond.wait()
                 if not self._queue:
                     return None
@@ -248,7 +249,7 @@ class Batcher:
                 if self._queue:
                     self._cond.notify()  # let another idle device start on the rest
                 if batch:
-                    alone = not self._queue and self._running == 0
+                    alone = CpuExecution.runs_alone(len(self._queue), self._running)
                     self._running += 1
                     return batch, alone
 

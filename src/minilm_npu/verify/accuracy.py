@@ -16,47 +16,48 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..contract import Encoder, ModelInfo
 from ..errors import InputError
+from .results import (
+    FAIL,
+    PASS,
+    UNSUPPORTED,
+    AccuracyReport,
+    AccuracyResult,
+    Check,
+    Metrics,
+    ReferenceSide,
+    StsInfo,
+    TextsInfo,
+    UnderTest,
+)
+from .settings import AccuracySettings, MakeEncoder, Target, Thresholds, build_encoder
+
+__all__ = ["FAIL", "PASS", "UNSUPPORTED", "AccuracySettings", "Target", "Thresholds", "run_accuracy"]
 
 REFERENCE_BACKEND = "transformers"
-PASS, FAIL, UNSUPPORTED = "PASS", "FAIL", "UNSUPPORTED"
 
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What PASS means.
-
-    Attributes:
-        error_rate_pct: Largest allowed error rate, ``(1 - mean cosine) * 100`` (the port report's 1 %).
-        min_cosine: Smallest allowed cosine of any single text against the reference.
-        self_cosine: Smallest allowed cosine between a text alone and in a batch, and between two repeats.
-        sts_drop: Largest allowed drop of the STS Spearman below the reference's (only with an STS file).
-    """
-
-    error_rate_pct: float = 1.0
-    min_cosine: float = 0.99
-    self_cosine: float = 0.999
-    sts_drop: float = 0.005
+#: STS pairs: ``(sentences1, sentences2, scores)``.
+Sts = tuple[list[str], list[str], np.ndarray]
 
 
 @dataclass
 class AccuracyRun:
-    """A finished run: the JSON-ready report, and the arrays the plots need (kept out of the JSON)."""
+    """A finished run: the report, and the arrays the plots need (kept out of the JSON)."""
 
-    report: dict
+    report: AccuracyReport
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
         """PASS, FAIL or UNSUPPORTED (no requested dtype could run)."""
-        return self.report["status"]
+        return self.report.status
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def load_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
+def load_sts(path: str | Path, limit: int | None = None) -> Sts:
     """An STS file in the layout of STS-B's ``stsb-dev.tsv``: tab-separated, header with sentence1, sentence2, score.
 
     Returns:
@@ -184,27 +185,28 @@ def compare(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
 _RULES = {"<": lambda v, bound: v < bound, "<=": lambda v, bound: v <= bound, ">=": lambda v, bound: v >= bound}
 
 
-def _check(name: str, value: float, rule: str, limit: float) -> dict[str, object]:
+def _check(name: str, value: float, rule: str, limit: float) -> Check:
     """One PASS/FAIL line: ``value rule limit`` (a NaN never passes)."""
     passed = bool(np.isfinite(value)) and bool(_RULES[rule](value, limit))
-    return {"name": name, "value": value, "limit": limit, "rule": rule, "passed": passed}
+    return Check(name=name, value=value, limit=limit, rule=rule, passed=passed)
 
 
-def _sts_spearman(encoder, sts: tuple[list[str], list[str], np.ndarray], progress: bool) -> float:
+def _sts_spearman(encoder: Encoder, sts: Sts, progress: bool) -> float:
     first = encoder.encode(sts[0], batch_size=32, show_progress_bar=progress)
     second = encoder.encode(sts[1], batch_size=32, show_progress_bar=progress)
     return spearman(row_cosines(first, second), sts[2])
 
 
 def _measure(
-    encoder,
+    encoder: Encoder,
+    dtype: str,
     texts: list[str],
     reference: np.ndarray,
     thresholds: Thresholds,
-    sts,
+    sts: Sts | None,
     sts_reference: float | None,
     progress: bool,
-) -> tuple[dict, dict[str, np.ndarray]]:
+) -> tuple[AccuracyResult, dict[str, np.ndarray]]:
     start = time.perf_counter()
     batched = encoder.encode(texts, batch_size=32)
     seconds = time.perf_counter() - start
@@ -220,82 +222,94 @@ def _measure(
             for text in tqdm(texts, desc="one by one", unit="text", disable=not progress)
         ]
     )
-    metrics = compare(reference, batched)
     invariance = row_cosines(batched, singles)
-    metrics.update(
-        {
-            "finite": bool(np.isfinite(batched).all()),
-            "batch_invariance_min_cosine": float(invariance.min()),
-            "batch_invariance_max_abs": float(np.abs(batched - singles).max()),
-            "determinism_min_cosine": float(row_cosines(batched, repeat).min()),
-            "determinism_max_abs": float(np.abs(batched - repeat).max()),
-            "encode_seconds": seconds,
-        }
+    metrics = Metrics(
+        **compare(reference, batched),
+        finite=bool(np.isfinite(batched).all()),
+        batch_invariance_min_cosine=float(invariance.min()),
+        batch_invariance_max_abs=float(np.abs(batched - singles).max()),
+        determinism_min_cosine=float(row_cosines(batched, repeat).min()),
+        determinism_max_abs=float(np.abs(batched - repeat).max()),
+        encode_seconds=seconds,
     )
     checks = [
-        {"name": "finite", "value": metrics["finite"], "limit": True, "rule": "==", "passed": metrics["finite"]},
-        _check("error_rate_pct", metrics["error_rate_pct"], "<", thresholds.error_rate_pct),
-        _check("min_cosine", metrics["min_cosine"], ">=", thresholds.min_cosine),
-        _check("batch_invariance_min_cosine", metrics["batch_invariance_min_cosine"], ">=", thresholds.self_cosine),
-        _check("determinism_min_cosine", metrics["determinism_min_cosine"], ">=", thresholds.self_cosine),
+        Check(name="finite", value=metrics.finite, limit=True, rule="==", passed=metrics.finite),
+        _check("error_rate_pct", metrics.error_rate_pct, "<", thresholds.error_rate_pct),
+        _check("min_cosine", metrics.min_cosine, ">=", thresholds.min_cosine),
+        _check("batch_invariance_min_cosine", metrics.batch_invariance_min_cosine, ">=", thresholds.self_cosine),
+        _check("determinism_min_cosine", metrics.determinism_min_cosine, ">=", thresholds.self_cosine),
     ]
-    if sts is not None:
-        metrics["sts_spearman"] = _sts_spearman(encoder, sts, progress)
-        metrics["sts_spearman_reference"] = sts_reference
-        metrics["sts_spearman_drop"] = sts_reference - metrics["sts_spearman"]
-        checks.append(_check("sts_spearman_drop", metrics["sts_spearman_drop"], "<=", thresholds.sts_drop))
-    result = {
-        "status": PASS if all(c["passed"] for c in checks) else FAIL,
-        "metrics": metrics,
-        "checks": checks,
-        "per_text_cosine": [float(c) for c in row_cosines(reference, batched)],
-    }
+    if sts is not None and sts_reference is not None:
+        metrics.sts_spearman = _sts_spearman(encoder, sts, progress)
+        metrics.sts_spearman_reference = sts_reference
+        metrics.sts_spearman_drop = sts_reference - metrics.sts_spearman
+        checks.append(_check("sts_spearman_drop", metrics.sts_spearman_drop, "<=", thresholds.sts_drop))
+    result = AccuracyResult(
+        dtype=dtype,
+        backend=encoder.config.backend,
+        status=PASS if all(c.passed for c in checks) else FAIL,
+        metrics=metrics,
+        checks=checks,
+        per_text_cosine=[float(c) for c in row_cosines(reference, batched)],
+    )
     return result, {"reference": reference, "test": batched}
 
 
-def _weights_info(model_files) -> dict[str, object]:
+def weights_sha256(model: ModelInfo) -> tuple[str, bool]:
+    """The SHA-256 of the model's weights, and whether they are the official ones."""
     from ..modelfiles import OFFICIAL_SHA256, sha256_of
 
-    digest = sha256_of(model_files.weights_path)
-    return {
-        "model": model_files.name,
-        "directory": str(model_files.directory),
-        "weights_sha256": digest,
-        "official_weights": digest == OFFICIAL_SHA256,
-    }
+    digest = sha256_of(Path(model.weights_path))
+    return digest, digest == OFFICIAL_SHA256
+
+
+def _under_test(target: Target, device_name: str | None, model: ModelInfo | None) -> UnderTest:
+    side = UnderTest(device=target.device, device_name=device_name, backend=target.backend_name)
+    if model is not None:
+        side.model, side.directory = model.name, model.directory
+        side.weights_sha256, side.official_weights = weights_sha256(model)
+    return side
+
+
+def _reference(encoder: Encoder) -> ReferenceSide:
+    model = encoder.model_info
+    digest, official = weights_sha256(model)
+    return ReferenceSide(
+        device="cpu",
+        dtype="float32",
+        backend=encoder.config.backend,
+        model=model.name,
+        directory=model.directory,
+        weights_sha256=digest,
+        official_weights=official,
+    )
+
+
+def _texts_info(encoder: Encoder, texts: list[str], user: int) -> TextsInfo:
+    lengths = [len(ids) for ids in encoder.tokenize(texts, truncate=False)]
+    return TextsInfo(
+        count=len(texts),
+        builtin=len(texts) - user,
+        user=user,
+        tokens_min=min(lengths),
+        tokens_max=max(lengths),
+        tokens_mean=float(np.mean(lengths)),
+        over_128_tokens=sum(n > 128 for n in lengths),
+        truncated_at_max_seq_length=sum(n > encoder.max_seq_length for n in lengths),
+    )
 
 
 def run_accuracy(
-    device: str = "cpu",
-    dtypes: Sequence[str] = ("float32",),
-    backend: str | None = None,
-    model_path: str | None = None,
-    reference_model_path: str | None = None,
-    texts: Sequence[str] | None = None,
-    user_texts: Sequence[str] = (),
-    sts_path: str | Path | None = None,
-    sts_limit: int | None = None,
-    thresholds: Thresholds = Thresholds(),
-    progress: bool = False,
-    reference_encoder=None,
-    make_encoder: Callable[[str], object] | None = None,
+    settings: AccuracySettings, reference_encoder: Encoder | None = None, make_encoder: MakeEncoder | None = None
 ) -> AccuracyRun:
-    """Run the accuracy protocol for one device and one or more dtypes.
+    """Run the accuracy protocol for one device and one or more dtypes (a dtype the engine rejects is reported as
+    UNSUPPORTED, not raised).
 
     Args:
-        device: The device under test (``"npu:0"``, ``"cuda:0"``, ``"cpu"``).
-        dtypes: dtypes to test; one the engine rejects is reported as UNSUPPORTED, not raised.
-        backend: Backend under test (None: the default engine).
-        model_path: Model under test (None: the bundled official model).
-        reference_model_path: Model for the CPU float32 reference (None: the bundled official model).
-        texts: Replaces the built-in 24 sentences (tests use it); ``user_texts`` are added after them.
-        user_texts: Extra texts, e.g. from ``--texts FILE``.
-        sts_path: An STS file (stsb-dev.tsv layout) for Spearman on both sides.
-        sts_limit: Use only the first N pairs of the STS file.
-        thresholds: What PASS means.
-        progress: Show progress bars.
-        reference_encoder: A ready reference encoder (saves a model load when a caller already has one).
-        make_encoder: ``dtype -> encoder`` factory for the side under test (default: :class:`MiniLMEncoder`).
+        settings: What to compare, against which reference, on which texts.
+        reference_encoder: A ready CPU float32 reference encoder (saves a model load when a caller has one).
+        make_encoder: ``dtype -> encoder`` for the side under test (default: the real encoder of
+            ``settings.target``).
 
     Returns:
         The report and the arrays for the plots.
@@ -304,77 +318,54 @@ def run_accuracy(
         InputError, DeviceError, ModelFilesError: bad input, an unavailable device, a missing model.
     """
     from ..devices import parse_devices
-    from ..encoder import MiniLMEncoder
-    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from .environment import describe_device, fingerprint
 
-    dtypes = parse_dtypes(dtypes)
-    devices = parse_devices(device)  # fails early, and clearly, for a device this machine lacks
-    all_texts = list(texts if texts is not None else builtin_texts()) + list(user_texts)
-    if not all_texts:
+    target = settings.target
+    devices = parse_devices(target.device)  # fails early, and clearly, for a device this machine lacks
+    texts = list(settings.texts if settings.texts is not None else builtin_texts()) + list(settings.user_texts)
+    if not texts:
         raise InputError("no texts to compare")
-    sts = load_sts(sts_path, sts_limit) if sts_path else None
-    if make_encoder is None:
-
-        def make_encoder(dtype: str):
-            return MiniLMEncoder(model_path=model_path, device=device, dtype=dtype, backend=backend)
-
+    sts = load_sts(settings.sts_path, settings.sts_limit) if settings.sts_path else None
+    make = make_encoder or target.encoder
     if reference_encoder is None:
-        reference_encoder = MiniLMEncoder(
-            model_path=reference_model_path, device="cpu", dtype="float32", backend=REFERENCE_BACKEND
-        )
-    reference = reference_encoder.encode(all_texts, batch_size=32, show_progress_bar=progress)
-    sts_reference = _sts_spearman(reference_encoder, sts, progress) if sts else None
-    lengths = [len(ids) for ids in reference_encoder.tokenize(all_texts, truncate=False)]
-    results, arrays = [], {}
-    under_test_files = None
-    for dtype in dtypes:
+        reference_encoder = build_encoder(settings.reference_model_path, "cpu", "float32", REFERENCE_BACKEND)
+    reference = reference_encoder.encode(texts, batch_size=32, show_progress_bar=settings.progress)
+    sts_reference = _sts_spearman(reference_encoder, sts, settings.progress) if sts else None
+    texts_info = _texts_info(reference_encoder, texts, len(settings.user_texts))
+    results: list[AccuracyResult] = []
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    under_test: ModelInfo | None = None
+    for dtype in target.dtypes:
         try:
-            encoder = make_encoder(dtype)
+            encoder = make(dtype)
         except InputError as err:
-            results.append({"dtype": dtype, "status": UNSUPPORTED, "reason": str(err)})
+            results.append(AccuracyResult(dtype=dtype, status=UNSUPPORTED, reason=str(err)))
             continue
-        under_test_files = under_test_files or encoder.model_files
-        result, arrays[dtype] = _measure(encoder, all_texts, reference, thresholds, sts, sts_reference, progress)
-        results.append({"dtype": dtype, "backend": encoder.backend_name, **result})
+        under_test = under_test or encoder.model_info
+        result, arrays[dtype] = _measure(
+            encoder, dtype, texts, reference, settings.thresholds, sts, sts_reference, settings.progress
+        )
+        results.append(result)
         del encoder  # one model copy at a time on the device
-    ran = [r for r in results if r["status"] != UNSUPPORTED]
-    status = UNSUPPORTED if not ran else (PASS if all(r["status"] == PASS for r in ran) else FAIL)
+    ran = [r for r in results if r.status != UNSUPPORTED]
+    status = UNSUPPORTED if not ran else (PASS if all(r.status == PASS for r in ran) else FAIL)
     device_name, _ = describe_device(devices[0])
-    report = {
-        "kind": "accuracy",
-        "status": status,
-        "environment": fingerprint(
-            device=device,
-            dtype=",".join(dtypes),
-            backend=backend or DEFAULT_BACKEND,
-            model=(under_test_files or reference_encoder.model_files).name,
+    report = AccuracyReport(
+        status=status,
+        environment=fingerprint(
+            device=target.device,
+            dtype=",".join(target.dtypes),
+            backend=target.backend_name,
+            model=(under_test or reference_encoder.model_info).name,
             device_name=device_name,
         ),
-        "under_test": {
-            "device": device,
-            "device_name": device_name,
-            "backend": backend or DEFAULT_BACKEND,
-            **(_weights_info(under_test_files) if under_test_files else {}),
-        },
-        "reference": {
-            "device": "cpu",
-            "dtype": "float32",
-            "backend": reference_encoder.backend_name,
-            **_weights_info(reference_encoder.model_files),
-        },
-        "texts": {
-            "count": len(all_texts),
-            "builtin": len(all_texts) - len(user_texts),
-            "user": len(user_texts),
-            "tokens_min": min(lengths),
-            "tokens_max": max(lengths),
-            "tokens_mean": float(np.mean(lengths)),
-            "over_128_tokens": sum(n > 128 for n in lengths),
-            "truncated_at_max_seq_length": sum(n > reference_encoder.max_seq_length for n in lengths),
-        },
-        "sts": {"file": str(sts_path), "pairs": len(sts[2]), "spearman_reference": sts_reference} if sts else None,
-        "thresholds": asdict(thresholds),
-        "results": results,
-    }
+        under_test=_under_test(target, device_name, under_test),
+        reference=_reference(reference_encoder),
+        texts=texts_info,
+        sts=StsInfo(file=str(settings.sts_path), pairs=len(sts[2]), spearman_reference=sts_reference)
+        if sts and sts_reference is not None
+        else None,
+        thresholds=settings.thresholds,
+        results=results,
+    )
     return AccuracyRun(report=report, arrays=arrays)

@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..contract import Encoder, ModelInfo
 from ..errors import InputError
-from .accuracy import UNSUPPORTED, builtin_texts
+from .accuracy import builtin_texts
+from .results import OK, UNSUPPORTED, BenchProtocol, BenchReport, BenchResult, BenchRow, CpuRun
+from .settings import COMPARE_CHOICES, DEFAULT_BATCH_SIZES, BenchSettings, MakeEncoder, Target, build_encoder
 
-DEFAULT_BATCH_SIZES = (1, 4, 16, 32, 64)
-COMPARE_CHOICES = ("sentence-transformers",)
+__all__ = ["COMPARE_CHOICES", "DEFAULT_BATCH_SIZES", "BenchSettings", "Target", "run_bench"]
 
 Encode = Callable[[list[str], int], object]
 
@@ -83,7 +85,7 @@ def run_protocol(
     rounds: int,
     label: str = "bench",
     progress: bool = False,
-) -> list[dict[str, float]]:
+) -> list[BenchRow]:
     """One row per batch size: latency statistics, sentences/s and tokens/s (from the mean latency)."""
     rows = []
     with tqdm(total=len(batch_sizes) * (warmup + rounds), desc=label, unit="call", disable=not progress) as bar:
@@ -93,18 +95,18 @@ def run_protocol(
             stats = time_calls(encode, sync, batch, warmup, rounds, bar)
             seconds = stats["mean_ms"] / 1000.0
             rows.append(
-                {
-                    "batch_size": batch_size,
-                    "tokens": tokens,
+                BenchRow(
+                    batch_size=batch_size,
+                    tokens=tokens,
                     **stats,
-                    "sentences_per_s": batch_size / seconds,
-                    "tokens_per_s": tokens / seconds,
-                }
+                    sentences_per_s=batch_size / seconds,
+                    tokens_per_s=tokens / seconds,
+                )
             )
     return rows
 
 
-def _our_encode(encoder) -> Encode:
+def _our_encode(encoder: Encoder) -> Encode:
     return lambda batch, batch_size: encoder.encode(batch, batch_size=batch_size)
 
 
@@ -123,148 +125,92 @@ def _sentence_transformers_encode(model_dir: str, device: str, dtype: str) -> En
 
 
 def run_bench(
-    device: str = "cpu",
-    dtypes: Sequence[str] = ("float32",),
-    backend: str | None = None,
-    model_path: str | None = None,
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    warmup: int = 3,
-    rounds: int = 10,
-    texts: Sequence[str] | None = None,
-    compare_cpu: bool = False,
-    compare: str | None = None,
-    progress: bool = False,
-    make_encoder: Callable[[str], object] | None = None,
-    cpu_encoder=None,
-) -> dict:
-    """Run the performance protocol for one device and one or more dtypes.
+    settings: BenchSettings, make_encoder: MakeEncoder | None = None, cpu_encoder: Encoder | None = None
+) -> BenchReport:
+    """Run the performance protocol for one device and one or more dtypes (a dtype the engine rejects is reported
+    as UNSUPPORTED).
 
     Args:
-        device: The device under test; its first device is timed (one worker, as the port report).
-        dtypes: dtypes to time; one the engine rejects is reported as UNSUPPORTED.
-        backend: Backend under test (None: the default engine).
-        model_path: Model directory or hub id (None: the bundled official model).
-        batch_sizes: Batch sizes, each a positive integer.
-        warmup: Untimed calls per batch size (at least 1: the first call is reported separately).
-        rounds: Timed calls per batch size (at least 1).
-        texts: Replaces the built-in 24 mixed sentences.
-        compare_cpu: Also time the CPU (float32, same backend) and report device/CPU speedups.
-        compare: ``"sentence-transformers"`` to also time it on the device under test and report the ratio.
-        progress: Show a progress bar.
-        make_encoder: ``dtype -> encoder`` factory for the side under test (default: :class:`MiniLMEncoder`).
+        settings: What to time, and how.
+        make_encoder: ``dtype -> encoder`` for the side under test (default: the real encoder of
+            ``settings.target`` on its first device).
         cpu_encoder: A ready CPU float32 encoder for ``compare_cpu``.
 
     Returns:
-        The JSON-ready report.
+        The report.
     """
     from ..devices import parse_devices, synchronize
-    from ..encoder import MiniLMEncoder
-    from ..engine.backend import DEFAULT_BACKEND, parse_dtypes
     from .environment import describe_device, fingerprint
 
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
-        raise InputError(f"batch sizes must be positive integers, not {list(batch_sizes)!r}")
-    if warmup < 1 or rounds < 1:
-        raise InputError("warmup and rounds must each be at least 1")
-    if compare is not None and compare not in COMPARE_CHOICES:
-        raise InputError(f"--compare takes {', '.join(COMPARE_CHOICES)}, not {compare!r}")
-    dtypes = parse_dtypes(dtypes)
-    target = parse_devices(device)[0]
-    texts = list(texts if texts is not None else builtin_texts())
-    if make_encoder is None:
+    target = settings.target
+    device = parse_devices(target.device)[0]
+    texts = list(settings.texts if settings.texts is not None else builtin_texts())
+    make = make_encoder or (lambda dtype: target.encoder(dtype, device=str(device)))
 
-        def make_encoder(dtype: str):
-            return MiniLMEncoder(model_path=model_path, device=str(target), dtype=dtype, backend=backend)
+    def time_encoder(encode: Encode, sync: Callable[[], None], counts: list[int], label: str) -> list[BenchRow]:
+        protocol = (settings.batch_sizes, settings.warmup, settings.rounds)
+        return run_protocol(encode, sync, texts, counts, *protocol, label=label, progress=settings.progress)
 
-    results, model_files = [], None
-    st_runs: dict[str, list[dict[str, float]]] = {}
-    for dtype in dtypes:
+    results: list[BenchResult] = []
+    model: ModelInfo | None = None
+    st_runs: dict[str, list[BenchRow]] = {}
+    for dtype in target.dtypes:
         start = time.perf_counter()
         try:
-            encoder = make_encoder(dtype)
+            encoder = make(dtype)
         except InputError as err:
-            results.append({"dtype": dtype, "status": UNSUPPORTED, "reason": str(err)})
+            results.append(BenchResult(dtype=dtype, status=UNSUPPORTED, reason=str(err)))
             continue
         load_s = time.perf_counter() - start
-        model_files = encoder.model_files
+        model = encoder.model_info
         counts = [len(ids) for ids in encoder.tokenize(texts)]
-        rows = run_protocol(
-            _our_encode(encoder),
-            lambda: synchronize(target),
-            texts,
-            counts,
-            batch_sizes,
-            warmup,
-            rounds,
-            label=f"bench {target} {dtype}",
-            progress=progress,
-        )
-        result = {"dtype": dtype, "status": "ok", "backend": encoder.backend_name, "load_s": load_s, "rows": rows}
+        rows = time_encoder(_our_encode(encoder), lambda: synchronize(device), counts, f"bench {device} {dtype}")
+        result = BenchResult(dtype=dtype, status=OK, backend=encoder.config.backend, load_s=load_s, rows=rows)
         del encoder
-        if compare == "sentence-transformers":
+        if settings.compare == "sentence-transformers":
             st_dtype = dtype if dtype in ("float16", "bfloat16") else "float32"
             if st_dtype not in st_runs:  # timed once per precision, however many of our dtypes compare to it
-                st_encode = _sentence_transformers_encode(str(model_files.directory), str(target), st_dtype)
-                st_runs[st_dtype] = run_protocol(
-                    st_encode,
-                    lambda: synchronize(target),
-                    texts,
-                    counts,
-                    batch_sizes,
-                    warmup,
-                    rounds,
-                    progress=progress,
-                    label=f"bench sentence-transformers {st_dtype}",
-                )
-            result["st_dtype"] = st_dtype
+                st_encode = _sentence_transformers_encode(model.directory, str(device), st_dtype)
+                label = f"bench sentence-transformers {st_dtype}"
+                st_runs[st_dtype] = time_encoder(st_encode, lambda: synchronize(device), counts, label)
+            result.st_dtype = st_dtype
             for row, st_row in zip(rows, st_runs[st_dtype]):
-                row["st_sentences_per_s"] = st_row["sentences_per_s"]
-                row["st_mean_ms"] = st_row["mean_ms"]
-                row["ratio_vs_st"] = row["sentences_per_s"] / st_row["sentences_per_s"]
+                row.st_sentences_per_s = st_row.sentences_per_s
+                row.st_mean_ms = st_row.mean_ms
+                row.ratio_vs_st = row.sentences_per_s / st_row.sentences_per_s
         results.append(result)
 
     cpu_rows = None
-    if compare_cpu and model_files is not None:
-        cpu = cpu_encoder or MiniLMEncoder(model_path=model_path, device="cpu", dtype="float32", backend=backend)
+    if settings.compare_cpu and model is not None:
+        cpu = cpu_encoder or build_encoder(target.model_path, "cpu", "float32", target.backend)
         counts = [len(ids) for ids in cpu.tokenize(texts)]
-        cpu_rows = run_protocol(
-            _our_encode(cpu),
-            lambda: None,
-            texts,
-            counts,
-            batch_sizes,
-            warmup,
-            rounds,
-            label="bench cpu float32",
-            progress=progress,
-        )
+        cpu_rows = time_encoder(_our_encode(cpu), lambda: None, counts, "bench cpu float32")
         for result in results:
-            for row, cpu_row in zip(result.get("rows", []), cpu_rows):
-                row["cpu_sentences_per_s"] = cpu_row["sentences_per_s"]
-                row["speedup_vs_cpu"] = row["sentences_per_s"] / cpu_row["sentences_per_s"]
+            for row, cpu_row in zip(result.rows or [], cpu_rows):
+                row.cpu_sentences_per_s = cpu_row.sentences_per_s
+                row.speedup_vs_cpu = row.sentences_per_s / cpu_row.sentences_per_s
 
-    ran = [r for r in results if r["status"] != UNSUPPORTED]
-    device_name, memory = describe_device(target)
-    return {
-        "kind": "bench",
-        "status": "ok" if ran else UNSUPPORTED,
-        "environment": fingerprint(
-            device=str(target),
-            dtype=",".join(dtypes),
-            backend=backend or DEFAULT_BACKEND,
-            model=model_files.name if model_files else None,
+    ran = [r for r in results if r.status != UNSUPPORTED]
+    device_name, memory = describe_device(device)
+    return BenchReport(
+        status=OK if ran else UNSUPPORTED,
+        environment=fingerprint(
+            device=str(device),
+            dtype=",".join(target.dtypes),
+            backend=target.backend_name,
+            model=model.name if model else None,
             device_name=device_name,
             device_memory_bytes=memory,
         ),
-        "protocol": {
-            "texts": len(texts),
-            "batch_sizes": list(batch_sizes),
-            "warmup": warmup,
-            "rounds": rounds,
-            "timing": "perf_counter around encode(), devices.synchronize() before and after",
-            "compare_cpu": compare_cpu,
-            "compare": compare,
-        },
-        "results": results,
-        "cpu": {"dtype": "float32", "backend": backend or DEFAULT_BACKEND, "rows": cpu_rows} if cpu_rows else None,
-    }
+        protocol=BenchProtocol(
+            texts=len(texts),
+            batch_sizes=list(settings.batch_sizes),
+            warmup=settings.warmup,
+            rounds=settings.rounds,
+            timing="perf_counter around encode(), devices.synchronize() before and after",
+            compare_cpu=settings.compare_cpu,
+            compare=settings.compare,
+        ),
+        results=results,
+        cpu=CpuRun(dtype="float32", backend=target.backend_name, rows=cpu_rows) if cpu_rows else None,
+    )

@@ -11,30 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..config import DEFAULT_BACKEND
+from ..contract import Encoder
 from .accuracy import REFERENCE_BACKEND, builtin_texts, row_cosines
+from .results import FAIL, OK, CheckReport, CpuKernels, DeviceCheck, NpuSummary, VisibleDevice
+from .settings import build_encoder
+
+__all__ = ["FAIL", "OK", "PASS_MIN_COSINE", "CheckReport", "DeviceCheck", "check_device", "run_doctor"]
 
 #: A device passes when every probe text's cosine with the CPU reference reaches this (fp16 matmuls give ~0.9999).
 PASS_MIN_COSINE = 0.999
-OK, FAIL = "ok", "FAIL"
-
-
-@dataclass
-class DeviceCheck:
-    """One device's line in the doctor's report."""
-
-    device: str
-    status: str
-    name: str | None = None
-    total_memory_bytes: int | None = None
-    min_cosine: float | None = None
-    max_abs_error: float | None = None
-    first_encode_s: float | None = None
-    message: str = ""
-    engine: dict[str, str] = field(default_factory=dict)  # what the engine picked on this device, and why
 
 
 def probe_texts() -> list[str]:
@@ -71,7 +60,6 @@ def check_device(
     ``reference`` is called only once a device is known to exist, so asking for an absent NPU answers at once.
     """
     from ..devices import DeviceError, parse_devices
-    from ..encoder import MiniLMEncoder
     from .environment import describe_device
 
     try:
@@ -84,7 +72,7 @@ def check_device(
         try:
             check.name, check.total_memory_bytes = describe_device(device)
             start = time.perf_counter()
-            encoder = MiniLMEncoder(model_path=model_path, device=str(device), dtype=dtype, backend=backend)
+            encoder = build_encoder(model_path, str(device), dtype, backend)
             vectors = encoder.encode(texts, batch_size=len(texts))
             check.first_encode_s = time.perf_counter() - start
             check.engine = encoder.engine_choices()
@@ -99,31 +87,18 @@ def check_device(
         if check.min_cosine >= PASS_MIN_COSINE:
             check.status = OK
             check.message = (
-                f"{encoder.backend_name}/{dtype} matches the CPU reference (min cosine {check.min_cosine:.6f})"
+                f"{encoder.config.backend}/{dtype} matches the CPU reference (min cosine {check.min_cosine:.6f})"
             )
         else:
             check.message = (
-                f"{encoder.backend_name}/{dtype} differs from the CPU reference: min cosine "
+                f"{encoder.config.backend}/{dtype} differs from the CPU reference: min cosine "
                 f"{check.min_cosine:.6f} < {PASS_MIN_COSINE}"
             )
         checks.append(check)
     return checks
 
 
-def cpu_kernels() -> dict[str, object]:
-    """The CPU's ISA flags that matter and, per CPU dtype, the linear-layer kernel the packed engine picks here."""
-    from ..engine.cpu_kernels import isa_summary, kernel_plan
-    from ..engine.packed import int8_linear_supported, onednn_linear_supported
-
-    plan = kernel_plan()
-    if not onednn_linear_supported():
-        plan["float32"] = "F.linear (this torch build has no oneDNN linear)"
-    if not int8_linear_supported():
-        plan["int8"] = "unavailable (this torch build has no oneDNN int8 kernels)"
-    return {"isa": isa_summary(), "kernels": plan}
-
-
-def _npu_summary() -> dict[str, object]:
+def _npu_summary() -> NpuSummary:
     import importlib.util
 
     from ..devices import device_count
@@ -139,7 +114,7 @@ def _npu_summary() -> dict[str, object]:
         )
     else:
         text = f"{count} NPU(s) visible"
-    return {"torch_npu_installed": installed, "count": count, "summary": text}
+    return NpuSummary(torch_npu_installed=installed, count=count, summary=text)
 
 
 def run_doctor(
@@ -147,8 +122,8 @@ def run_doctor(
     dtype: str = "float32",
     backend: str | None = None,
     model_path: str | None = None,
-    reference_encoder=None,
-) -> dict:
+    reference_encoder: Encoder | None = None,
+) -> CheckReport:
     """Check the machine and the requested devices (default: all of them).
 
     Args:
@@ -159,11 +134,10 @@ def run_doctor(
         reference_encoder: A ready CPU float32 reference encoder (saves a model load).
 
     Returns:
-        The JSON-ready report; ``report["status"]`` is ``"ok"`` only when every requested device passed.
+        The report; its ``status`` is ``"ok"`` only when every requested device passed.
     """
     from ..devices import available_devices, parse_devices
-    from ..encoder import MiniLMEncoder
-    from ..engine.backend import DEFAULT_BACKEND
+    from ..host import isa_summary, kernel_plan
     from ..modelfiles import DEFAULT_MODEL_ID
     from .ascend import ascend_settings
     from .environment import cann_version, describe_device, fingerprint
@@ -175,9 +149,7 @@ def run_doctor(
 
     def reference() -> np.ndarray:
         if "vectors" not in cache:
-            encoder = reference_encoder or MiniLMEncoder(
-                model_path=model_path, device="cpu", dtype="float32", backend=REFERENCE_BACKEND
-            )
+            encoder = reference_encoder or build_encoder(model_path, "cpu", "float32", REFERENCE_BACKEND)
             cache["vectors"] = encoder.encode(texts, batch_size=len(texts))
         return cache["vectors"]
 
@@ -187,16 +159,15 @@ def run_doctor(
     all_visible = []
     for name in available_devices():
         device_name, memory = describe_device(parse_devices(name)[0])
-        all_visible.append({"device": name, "name": device_name, "total_memory_bytes": memory})
+        all_visible.append(VisibleDevice(device=name, name=device_name, total_memory_bytes=memory))
     # The first card's name tells the chip generation, hence the default precision mode.
-    chip = next((v["name"] for v in all_visible if v["device"].startswith("npu")), None)
+    chip = next((v.name for v in all_visible if v.device.startswith("npu")), None)
     status = OK if checks and all(c.status == OK for c in checks) else FAIL
-    return {
-        "kind": "check",
-        "status": status,
-        "requested": requested,
-        "npu_requested": npu_asked,
-        "environment": fingerprint(
+    return CheckReport(
+        status=status,
+        requested=requested,
+        npu_requested=npu_asked,
+        environment=fingerprint(
             device=",".join(requested),
             dtype=dtype,
             backend=backend or DEFAULT_BACKEND,
@@ -204,11 +175,11 @@ def run_doctor(
             cann=cann_version(),
             device_name=", ".join(sorted({c.name for c in checks if c.name})) or None,
         ),
-        "devices_visible": all_visible,
-        "npu": npu,
-        "ascend_settings": [s.as_dict() for s in ascend_settings(npu["count"] > 0, chip)],
-        "cpu_kernels": cpu_kernels(),
-        "checks": [asdict(c) for c in checks],
-        "probe_texts": len(texts),
-        "pass_min_cosine": PASS_MIN_COSINE,
-    }
+        devices_visible=all_visible,
+        npu=npu,
+        ascend_settings=ascend_settings(npu.count > 0, chip),
+        cpu_kernels=CpuKernels(isa=isa_summary(), kernels=kernel_plan()),
+        checks=checks,
+        probe_texts=len(texts),
+        pass_min_cosine=PASS_MIN_COSINE,
+    )

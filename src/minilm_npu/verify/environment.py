@@ -13,6 +13,8 @@ import platform
 import sys
 from pathlib import Path
 
+from .results import Environment, Machine
+
 #: Distributions whose versions change results or speed, in the order reports list them.
 PACKAGES = (
     "torch",
@@ -102,7 +104,7 @@ def cpu_model() -> str:
 
 def cpu_line() -> str:
     """One line for a benchmark table: the CPU's name, logical CPUs and the ISA flags the kernels care about."""
-    from ..engine.cpu_kernels import isa_summary  # reads /proc/cpuinfo only; nothing heavy
+    from ..host import isa_summary
 
     return f"{cpu_model()}, {os.cpu_count()} logical CPUs, ISA: {isa_summary()}"
 
@@ -115,15 +117,15 @@ def describe_device(device) -> tuple[str, int | None]:
     return (cpu_model() if device.type == "cpu" else info.name), info.total_memory_bytes
 
 
-def machine() -> dict[str, object]:
+def machine() -> Machine:
     """OS, architecture, CPU and core count (what a CPU timing depends on)."""
-    return {
-        "os": f"{platform.system()} {platform.release()}",
-        "arch": platform.machine(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python_executable": sys.executable,
-    }
+    return Machine(
+        os=f"{platform.system()} {platform.release()}",
+        arch=platform.machine(),
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        python_executable=sys.executable,
+    )
 
 
 def fingerprint(
@@ -133,8 +135,8 @@ def fingerprint(
     model: str | None = None,
     device_name: str | None = None,
     **extra: object,
-) -> dict[str, object]:
-    """The environment block at the top of every JSON report.
+) -> Environment:
+    """The environment block at the top of every report.
 
     Args:
         device: The device under test (``"npu:0"``).
@@ -146,15 +148,15 @@ def fingerprint(
     """
     import torch
 
-    return {
-        "date": now_iso(),
-        "device": device,
-        "device_name": device_name,
-        "dtype": dtype,
-        "backend": backend,
-        "model": model,
-        "torch_threads": torch.get_num_threads(),
-        "versions": versions(),
-        "machine": machine(),
-        **extra,
-    }
+    return Environment(
+        date=now_iso(),
+        device=device,
+        device_name=device_name,
+        dtype=dtype,
+        backend=backend,
+        model=model,
+        torch_threads=torch.get_num_threads(),
+        versions=versions(),
+        machine=machine(),
+        extra=dict(extra),
+    )

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import BenchReport
+
 
 def _pyplot():
     import matplotlib
@@ -60,30 +62,31 @@ def error_histogram(reference: np.ndarray, test: np.ndarray, path: Path, title: 
     return path
 
 
-def bench_plots(report: dict, out_dir: Path) -> list[Path]:
+def bench_plots(report: BenchReport, out_dir: Path) -> list[Path]:
     """Throughput (sentences/s) and mean latency vs batch size, one line per dtype (and CPU / ST if measured)."""
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    series = []
-    for result in report["results"]:
-        rows = result.get("rows")
+    series: list[tuple[str, list[int], list[float], list[float]]] = []
+    for result in report.results:
+        rows = result.rows
         if not rows:
             continue
-        sizes = [r["batch_size"] for r in rows]
-        label = f"{report['environment']['device']} {result['dtype']} ({result['backend']})"
-        series.append((label, sizes, [r["sentences_per_s"] for r in rows], [r["mean_ms"] for r in rows]))
-        st_label = f"sentence-transformers {result.get('st_dtype')}"
-        if "st_sentences_per_s" in rows[0] and st_label not in [entry[0] for entry in series]:
-            series.append((st_label, sizes, [r["st_sentences_per_s"] for r in rows], [r["st_mean_ms"] for r in rows]))
-    if report.get("cpu"):
-        rows = report["cpu"]["rows"]
+        sizes = [r.batch_size for r in rows]
+        label = f"{report.environment.device} {result.dtype} ({result.backend})"
+        series.append((label, sizes, [r.sentences_per_s for r in rows], [r.mean_ms for r in rows]))
+        st_label = f"sentence-transformers {result.st_dtype}"
+        if rows[0].st_sentences_per_s is not None and st_label not in [entry[0] for entry in series]:
+            st_rates = [r.st_sentences_per_s or 0.0 for r in rows]
+            series.append((st_label, sizes, st_rates, [r.st_mean_ms or 0.0 for r in rows]))
+    if report.cpu:
+        rows = report.cpu.rows
         series.append(
             (
                 "CPU baseline, float32",
-                [r["batch_size"] for r in rows],
-                [r["sentences_per_s"] for r in rows],
-                [r["mean_ms"] for r in rows],
+                [r.batch_size for r in rows],
+                [r.sentences_per_s for r in rows],
+                [r.mean_ms for r in rows],
             )
         )
     paths = []
@@ -106,7 +109,7 @@ def bench_plots(report: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-        ax.set_title(f"{ylabel.split(' (')[0]} vs batch size — {report['environment'].get('device_name')}")
+        ax.set_title(f"{ylabel.split(' (')[0]} vs batch size — {report.environment.device_name}")
         path = out_dir / name
         fig.savefig(path, dpi=90)
         plt.close(fig)

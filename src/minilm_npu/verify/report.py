@@ -1,17 +1,20 @@
 """Reports: JSON for machines, Markdown tables shaped like the port report's, PNG plots, and an index.
 
-Each ``write_*`` function writes one command's files into a directory and returns their paths;
-:func:`run_report` runs the doctor, the accuracy protocol and the benchmark for one device and writes
-``index.md`` linking everything.
+Each ``write_*`` function writes one command's files into a directory and returns their paths; ``index.md``
+(:func:`index_markdown`) links the three (:func:`minilm_npu.verify.suite.run_report` runs and writes them all).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from .accuracy import AccuracyRun
+from .results import AccuracyReport, BenchReport, BenchResult, CheckReport, Environment, to_dict
 
 CHECK_FILES = ("check.json", "check.md")
 ACCURACY_FILES = ("accuracy.json", "accuracy.md")
@@ -31,12 +34,13 @@ def _clean(value):
     return value
 
 
-def to_json(report: dict) -> str:
-    """The report as strict JSON text."""
-    return json.dumps(_clean(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+def to_json(report: Any) -> str:
+    """A report (or any result, or plain data) as strict JSON text."""
+    return json.dumps(_clean(to_dict(report)), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def _out_dir(out: str | Path) -> Path:
+def out_dir(out: str | Path) -> Path:
+    """``out`` as a directory, created if missing; InputError when it cannot be one."""
     from ..errors import InputError
 
     path = Path(out)
@@ -59,23 +63,20 @@ def _num(value, digits: int = 6, sci: bool = False) -> str:
     return f"{value:.{digits}f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return lines
 
 
-def _environment_lines(env: dict) -> list[str]:
-    versions = env.get("versions", {})
-    shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-    machine = env.get("machine", {})
+def _environment_lines(env: Environment) -> list[str]:
+    shown = ", ".join(f"{k} {v}" for k, v in env.versions.items() if v)
+    machine = env.machine
     return [
-        f"- Date: {env.get('date')}",
-        f"- Device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
-        f"backend {env.get('backend')}",
-        f"- Model: {env.get('model')}",
-        f"- Machine: {machine.get('cpu')}, {machine.get('cpu_count')} cores, {machine.get('os')}; "
-        f"torch threads {env.get('torch_threads')}",
+        f"- Date: {env.date}",
+        f"- Device: {env.device} ({env.device_name}), dtype {env.dtype}, backend {env.backend}",
+        f"- Model: {env.model}",
+        f"- Machine: {machine.cpu}, {machine.cpu_count} cores, {machine.os}; torch threads {env.torch_threads}",
         f"- Versions: {shown}",
     ]
 
@@ -85,61 +86,56 @@ def _memory(nbytes) -> str:
 
 
 # -- check -------------------------------------------------------------------------------------------------------
-def check_markdown(report: dict) -> str:
+def check_markdown(report: CheckReport) -> str:
     """The doctor's report as Markdown."""
-    lines = [f"# Device check: {report['status'].upper()}", ""] + _environment_lines(report["environment"])
+    lines = [f"# Device check: {report.status.upper()}", ""] + _environment_lines(report.environment)
     lines += ["", "## Devices", ""]
     lines += _table(
         ["Device", "Name", "Memory", "Status", "Min cosine vs CPU", "Max abs error", "Load + encode (s)", "Note"],
         [
             [
-                c["device"],
-                c["name"] or "—",
-                _memory(c["total_memory_bytes"]),
-                c["status"],
-                _num(c["min_cosine"]),
-                _num(c["max_abs_error"], sci=True),
-                _num(c["first_encode_s"], 2),
-                c["message"].replace("|", "\\|"),
+                c.device,
+                c.name or "—",
+                _memory(c.total_memory_bytes),
+                c.status,
+                _num(c.min_cosine),
+                _num(c.max_abs_error, sci=True),
+                _num(c.first_encode_s, 2),
+                c.message.replace("|", "\\|"),
             ]
-            for c in report["checks"]
+            for c in report.checks
         ],
     )
-    engines = [c for c in report["checks"] if c.get("engine")]
+    engines = [c for c in report.checks if c.engine]
     if engines:
         lines += ["", "## Engine choices", ""]
-        keys = list(dict.fromkeys(k for c in engines for k in c["engine"]))
+        keys = list(dict.fromkeys(k for c in engines for k in c.engine))
         names = {"gelu": "GELU", "torch_npu": "torch_npu / op-plugin"}
         lines += _table(
             ["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
-            [[c["device"]] + [c["engine"].get(k, "—").replace("|", "\\|") for k in keys] for c in engines],
+            [[c.device] + [c.engine.get(k, "—").replace("|", "\\|") for k in keys] for c in engines],
         )
-    lines += ["", f"NPU: {report['npu']['summary']}.", ""]
-    if report.get("cpu_kernels"):
-        lines += ["## CPU kernels", "", f"ISA: {report['cpu_kernels']['isa']}", ""]
+    lines += ["", f"NPU: {report.npu.summary}.", ""]
+    if report.cpu_kernels:
+        lines += ["## CPU kernels", "", f"ISA: {report.cpu_kernels.isa}", ""]
         lines += _table(
             ["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
-            [[dtype, kernel] for dtype, kernel in report["cpu_kernels"]["kernels"].items()],
+            [[dtype, kernel] for dtype, kernel in report.cpu_kernels.kernels.items()],
         )
         lines += [""]
     lines += ["## Ascend settings", ""]
     lines += _table(
         ["Setting", "Value", "What it means"],
-        [
-            [("⚠ " if s["warning"] else "") + s["name"], f"`{s['value']}`", s["meaning"]]
-            for s in report["ascend_settings"]
-        ],
+        [[("⚠ " if s.warning else "") + s.name, f"`{s.value}`", s.meaning] for s in report.ascend_settings],
     )
     lines += ["", "## Versions", ""]
-    lines += _table(
-        ["Component", "Version"], [[k, v or "not found"] for k, v in report["environment"]["versions"].items()]
-    )
+    lines += _table(["Component", "Version"], [[k, v or "not found"] for k, v in report.environment.versions.items()])
     return "\n".join(lines) + "\n"
 
 
-def write_check(report: dict, out: str | Path) -> list[Path]:
+def write_check(report: CheckReport, out: str | Path) -> list[Path]:
     """check.json and check.md."""
-    out = _out_dir(out)
+    out = out_dir(out)
     (out / "check.json").write_text(to_json(report), encoding="utf-8")
     (out / "check.md").write_text(check_markdown(report), encoding="utf-8")
     return [out / name for name in CHECK_FILES]
@@ -168,55 +164,54 @@ _THRESHOLD_TEXT = {
 }
 
 
-def accuracy_markdown(report: dict, plots: dict[str, list[str]] | None = None) -> str:
+def accuracy_markdown(report: AccuracyReport, plots: dict[str, list[str]] | None = None) -> str:
     """The accuracy report as Markdown: one column per dtype, thresholds last, then the plots."""
-    env, texts, ref = report["environment"], report["texts"], report["reference"]
-    under = report["under_test"]
+    texts, ref, under = report.texts, report.reference, report.under_test
     lines = [
-        f"# Accuracy: {under['device']} ({under['device_name']}) vs CPU float32 reference — {report['status']}",
+        f"# Accuracy: {under.device} ({under.device_name}) vs CPU float32 reference — {report.status}",
         "",
-    ] + _environment_lines(env)
+    ] + _environment_lines(report.environment)
     lines += [
-        f"- Reference: {ref['backend']} on cpu, float32, {ref['model']} (official weights: "
-        f"{'yes' if ref['official_weights'] else 'no'})"
+        f"- Reference: {ref.backend} on cpu, float32, {ref.model} (official weights: "
+        f"{'yes' if ref.official_weights else 'no'})"
     ]
-    if "weights_sha256" in under:
+    if under.weights_sha256 is not None:
         lines += [
-            f"- Under test: {under['backend']} on {under['device']}, weights sha256 "
-            f"{under['weights_sha256'][:16]}… (official: {'yes' if under['official_weights'] else 'no'})"
+            f"- Under test: {under.backend} on {under.device}, weights sha256 "
+            f"{under.weights_sha256[:16]}… (official: {'yes' if under.official_weights else 'no'})"
         ]
     lines += [
-        f"- Texts: {texts['count']} ({texts['builtin']} built-in mixed + {texts['user']} user), "
-        f"{texts['tokens_min']}–{texts['tokens_max']} tokens, {texts['over_128_tokens']} over 128, "
-        f"{texts['truncated_at_max_seq_length']} truncated at the model's limit"
+        f"- Texts: {texts.count} ({texts.builtin} built-in mixed + {texts.user} user), "
+        f"{texts.tokens_min}–{texts.tokens_max} tokens, {texts.over_128_tokens} over 128, "
+        f"{texts.truncated_at_max_seq_length} truncated at the model's limit"
     ]
-    if report.get("sts"):
+    if report.sts:
         lines += [
-            f"- STS: {report['sts']['file']}, {report['sts']['pairs']} pairs, reference Spearman "
-            f"{_num(report['sts']['spearman_reference'], 4)}"
+            f"- STS: {report.sts.file}, {report.sts.pairs} pairs, reference Spearman "
+            f"{_num(report.sts.spearman_reference, 4)}"
         ]
-    ran = [r for r in report["results"] if "metrics" in r]
-    thresholds = report["thresholds"]
+    ran = [(r, r.metrics) for r in report.results if r.metrics is not None]
+    thresholds = dataclasses.asdict(report.thresholds)
     lines += ["", "## Results", ""]
     rows = []
     for label, key, digits, sci in _ACCURACY_ROWS:
-        if not any(key in r["metrics"] for r in ran):
+        if all(getattr(metrics, key) is None for _, metrics in ran):
             continue
         limit = _THRESHOLD_TEXT.get(key, "")
         rows.append(
             [label]
-            + [_num(r["metrics"].get(key), digits, sci) for r in ran]
+            + [_num(getattr(metrics, key), digits, sci) for _, metrics in ran]
             + [limit.format(**thresholds) if limit else ""]
         )
-    rows.append(["**Verdict**"] + [f"**{r['status']}**" for r in ran] + [""])
-    lines += _table(["Metric"] + [r["dtype"] for r in ran] + ["Threshold"], rows)
-    for result in report["results"]:
-        if "metrics" not in result:
-            lines += ["", f"- {result['dtype']}: {result['status']} — {result['reason']}"]
+    rows.append(["**Verdict**"] + [f"**{r.status}**" for r, _ in ran] + [""])
+    lines += _table(["Metric"] + [r.dtype for r, _ in ran] + ["Threshold"], rows)
+    for result in report.results:
+        if result.metrics is None:
+            lines += ["", f"- {result.dtype}: {result.status} — {result.reason}"]
         else:
-            failed = [c["name"] for c in result["checks"] if not c["passed"]]
+            failed = [c.name for c in result.checks or [] if not c.passed]
             if failed:
-                lines += ["", f"- {result['dtype']} failed: {', '.join(failed)}"]
+                lines += ["", f"- {result.dtype} failed: {', '.join(failed)}"]
     if plots:
         lines += ["", "## Plots", ""]
         for dtype, names in plots.items():
@@ -224,13 +219,13 @@ def accuracy_markdown(report: dict, plots: dict[str, list[str]] | None = None) -
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_accuracy(run, out: str | Path) -> list[Path]:
+def write_accuracy(run: AccuracyRun, out: str | Path) -> list[Path]:
     """accuracy.json, accuracy.md, and per dtype the similarity-matrix plot and the error histogram."""
     from .plots import error_histogram, similarity_plot
 
-    out = _out_dir(out)
+    out = out_dir(out)
     written, plots = [], {}
-    device = run.report["under_test"]["device"]
+    device = run.report.under_test.device
     for dtype, arrays in run.arrays.items():
         sim = similarity_plot(
             arrays["reference"],
@@ -252,181 +247,86 @@ def write_accuracy(run, out: str | Path) -> list[Path]:
 
 
 # -- bench -------------------------------------------------------------------------------------------------------
-def bench_markdown(report: dict, plots: Sequence[str] = ()) -> str:
+def bench_markdown(report: BenchReport, plots: Sequence[str] = ()) -> str:
     """The benchmark report as Markdown: one table per dtype, a row per batch size."""
-    env, protocol = report["environment"], report["protocol"]
-    lines = [f"# Performance: {env['device']} ({env['device_name']}), backend {env['backend']}", ""]
+    env, protocol = report.environment, report.protocol
+    lines = [f"# Performance: {env.device} ({env.device_name}), backend {env.backend}", ""]
     lines += _environment_lines(env)
     lines += [
-        f"- Protocol: {protocol['texts']} texts, batch sizes {', '.join(map(str, protocol['batch_sizes']))}, "
-        f"{protocol['warmup']} warm-up call(s), mean of {protocol['rounds']}; {protocol['timing']}"
+        f"- Protocol: {protocol.texts} texts, batch sizes {', '.join(map(str, protocol.batch_sizes))}, "
+        f"{protocol.warmup} warm-up call(s), mean of {protocol.rounds}; {protocol.timing}"
     ]
-    for result in report["results"]:
-        lines += ["", f"## {result['dtype']}", ""]
-        if "rows" not in result:
-            lines += [f"{result['status']}: {result['reason']}"]
+    for result in report.results:
+        lines += ["", f"## {result.dtype}", ""]
+        if result.rows is None:
+            lines += [f"{result.status}: {result.reason}"]
             continue
-        lines += [f"Model load: {result['load_s']:.2f} s.", ""]
-        header = [
-            "Batch size",
-            "Mean latency (ms)",
-            "p50 (ms)",
-            "p95 (ms)",
-            "First call (ms)",
-            "Sentences/s",
-            "Tokens/s",
-        ]
-        extra = [
-            ("cpu_sentences_per_s", "CPU sentences/s", 2),
-            ("speedup_vs_cpu", "Speedup vs CPU", 2),
-            ("st_sentences_per_s", f"sentence-transformers {result.get('st_dtype', '')} sentences/s", 2),
-            ("ratio_vs_st", "Ratio vs ST", 2),
-        ]
-        extra = [e for e in extra if e[0] in result["rows"][0]]
-        rows = [
-            [
-                r["batch_size"],
-                _num(r["mean_ms"], 2),
-                _num(r["p50_ms"], 2),
-                _num(r["p95_ms"], 2),
-                _num(r["first_call_ms"], 2),
-                _num(r["sentences_per_s"], 2),
-                _num(r["tokens_per_s"], 0),
-            ]
-            + [
-                _num(r[key], digits) + ("×" if key in ("speedup_vs_cpu", "ratio_vs_st") else "")
-                for key, _, digits in extra
-            ]
-            for r in result["rows"]
-        ]
-        lines += _table(header + [e[1] for e in extra], rows)
+        lines += [f"Model load: {result.load_s:.2f} s.", ""]
+        lines += _bench_table(result)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_bench(report: dict, out: str | Path) -> list[Path]:
+def _bench_table(result: BenchResult) -> list[str]:
+    rows = result.rows or []
+    header = ["Batch size", "Mean latency (ms)", "p50 (ms)", "p95 (ms)", "First call (ms)", "Sentences/s", "Tokens/s"]
+    extra = [
+        ("cpu_sentences_per_s", "CPU sentences/s", 2),
+        ("speedup_vs_cpu", "Speedup vs CPU", 2),
+        ("st_sentences_per_s", f"sentence-transformers {result.st_dtype or ''} sentences/s", 2),
+        ("ratio_vs_st", "Ratio vs ST", 2),
+    ]
+    extra = [e for e in extra if rows and getattr(rows[0], e[0]) is not None]
+    table = [
+        [
+            r.batch_size,
+            _num(r.mean_ms, 2),
+            _num(r.p50_ms, 2),
+            _num(r.p95_ms, 2),
+            _num(r.first_call_ms, 2),
+            _num(r.sentences_per_s, 2),
+            _num(r.tokens_per_s, 0),
+        ]
+        + [
+            _num(getattr(r, key), digits) + ("×" if key in ("speedup_vs_cpu", "ratio_vs_st") else "")
+            for key, _, digits in extra
+        ]
+        for r in rows
+    ]
+    return _table(header + [e[1] for e in extra], table)
+
+
+def write_bench(report: BenchReport, out: str | Path) -> list[Path]:
     """bench.json, bench.md, bench_throughput.png and bench_latency.png."""
     from .plots import bench_plots
 
-    out = _out_dir(out)
-    pngs = bench_plots(report, out) if any("rows" in r for r in report["results"]) else []
+    out = out_dir(out)
+    pngs = bench_plots(report, out) if report.ran() else []
     (out / "bench.json").write_text(to_json(report), encoding="utf-8")
     (out / "bench.md").write_text(bench_markdown(report, [p.name for p in pngs]), encoding="utf-8")
     return [out / "bench.json", out / "bench.md"] + pngs
 
 
 # -- everything --------------------------------------------------------------------------------------------------
-def index_markdown(check: dict, accuracy: dict, bench: dict) -> str:
+def index_markdown(check: CheckReport, accuracy: AccuracyReport, bench: BenchReport) -> str:
     """index.md: one line per report, with its verdict, and the environment once."""
-    lines = [f"# Port verification: {bench['environment']['device']} ({bench['environment']['device_name']})", ""]
-    lines += _environment_lines(accuracy["environment"])
-    best = max(
-        (r for res in bench["results"] for r in res.get("rows", [])), key=lambda r: r["sentences_per_s"], default=None
-    )
-    performance = (
-        f"best {best['sentences_per_s']:.1f} sentences/s at batch {best['batch_size']}" if best else bench["status"]
-    )
+    lines = [f"# Port verification: {bench.environment.device} ({bench.environment.device_name})", ""]
+    lines += _environment_lines(accuracy.environment)
+    best = max((r for res in bench.ran() for r in res.rows or []), key=lambda r: r.sentences_per_s, default=None)
+    performance = f"best {best.sentences_per_s:.1f} sentences/s at batch {best.batch_size}" if best else bench.status
     lines += [""] + _table(
         ["Report", "Result", "Files"],
         [
-            ["Device check", check["status"], "[check.md](check.md), [check.json](check.json)"],
-            ["Accuracy", accuracy["status"], "[accuracy.md](accuracy.md), [accuracy.json](accuracy.json)"],
+            ["Device check", check.status, "[check.md](check.md), [check.json](check.json)"],
+            ["Accuracy", accuracy.status, "[accuracy.md](accuracy.md), [accuracy.json](accuracy.json)"],
             ["Performance", performance, "[bench.md](bench.md), [bench.json](bench.json)"],
         ],
     )
     # The two plots a reader looks at first; the rest are linked from the reports themselves.
-    plots = (["bench_throughput.png"] if best else []) + [
-        f"accuracy_similarity_{r['dtype']}.png" for r in accuracy["results"] if "metrics" in r
-    ][:1]
+    plots = (["bench_throughput.png"] if best else []) + [f"accuracy_similarity_{r.dtype}.png" for r in accuracy.ran()][
+        :1
+    ]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines) + "\n"
-
-
-def run_report(
-    device: str,
-    out: str | Path,
-    dtypes: Sequence[str] = ("float32",),
-    backend: str | None = None,
-    model_path: str | None = None,
-    batch_sizes: Sequence[int] = (1, 4, 16, 32, 64),
-    warmup: int = 3,
-    rounds: int = 10,
-    sts_path: str | Path | None = None,
-    user_texts: Sequence[str] = (),
-    compare_cpu: bool = False,
-    compare: str | None = None,
-    progress: bool = False,
-    texts: Sequence[str] | None = None,
-    reference_model_path: str | None = None,
-) -> dict:
-    """Run check, accuracy and bench for ``device`` and write everything plus ``index.md`` into ``out``.
-
-    ``reference_model_path`` is the model of the CPU float32 reference side (None: the bundled official files).
-
-    Returns:
-        ``{"check": ..., "accuracy": ..., "bench": ..., "index": Path}`` with the three reports.
-    """
-    from ..encoder import MiniLMEncoder
-    from ..engine.backend import DEFAULT_BACKEND
-    from .accuracy import REFERENCE_BACKEND, run_accuracy
-    from .bench import run_bench
-    from .doctor import run_doctor
-
-    out = _out_dir(out)
-    # One reference model for the doctor and the accuracy run, one model per dtype for accuracy and bench.
-    reference = MiniLMEncoder(model_path=reference_model_path, device="cpu", dtype="float32", backend=REFERENCE_BACKEND)
-    check = run_doctor(
-        device,
-        dtype=dtypes[0],
-        backend=backend,
-        model_path=model_path,
-        reference_encoder=reference if model_path == reference_model_path else None,
-    )
-    write_check(check, out)
-    encoders: dict[str, object] = {}
-    load_seconds: dict[str, float] = {}
-
-    def make_encoder(dtype: str):
-        if dtype not in encoders:
-            start = time.perf_counter()
-            encoders[dtype] = MiniLMEncoder(model_path=model_path, device=device, dtype=dtype, backend=backend)
-            load_seconds[dtype] = time.perf_counter() - start
-        return encoders[dtype]
-
-    accuracy = run_accuracy(
-        device=device,
-        dtypes=dtypes,
-        backend=backend,
-        model_path=model_path,
-        texts=texts,
-        user_texts=user_texts,
-        sts_path=sts_path,
-        progress=progress,
-        reference_encoder=reference,
-        make_encoder=make_encoder,
-    )
-    write_accuracy(accuracy, out)
-    bench = run_bench(
-        device=device,
-        dtypes=dtypes,
-        backend=backend,
-        model_path=model_path,
-        batch_sizes=batch_sizes,
-        warmup=warmup,
-        rounds=rounds,
-        texts=texts,
-        compare_cpu=compare_cpu,
-        compare=compare,
-        progress=progress,
-        make_encoder=make_encoder,
-        cpu_encoder=reference if (backend or DEFAULT_BACKEND) == REFERENCE_BACKEND else None,
-    )
-    for result in bench["results"]:
-        if result["dtype"] in load_seconds:  # the bench reused the accuracy run's model: report its real load
-            result["load_s"] = load_seconds[result["dtype"]]
-    write_bench(bench, out)
-    index = out / "index.md"
-    index.write_text(index_markdown(check, accuracy.report, bench), encoding="utf-8")
-    return {"check": check, "accuracy": accuracy.report, "bench": bench, "index": index}

@@ -1,0 +1,187 @@
+"""A BERT checkpoint read for the packed engine: its architecture from ``config.json``, its weights from safetensors.
+
+Every name and shape is checked before anything is loaded, and anything this engine cannot run exactly (another
+architecture, another activation, relative positions) is refused with the reason, so a wrong model fails at load
+time with a message instead of giving wrong vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..modelfiles import ModelFilesError
+
+#: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
+BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
+#: Checkpoint entries that are allowed but unused: a buffer and the task heads sentence embeddings never use.
+IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The architecture numbers of a BERT checkpoint, from its ``config.json``."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    layer_norm_eps: float
+    max_position_embeddings: int
+    type_vocab_size: int
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> BertConfig:
+        """Read and check a parsed ``config.json``.
+
+        Raises:
+            ModelFilesError: not a BERT checkpoint this engine can run exactly (with the reason).
+        """
+        model_type = config.get("model_type")
+        architectures = config.get("architectures") or []
+        if model_type != "bert" or (architectures and not set(architectures) & set(BERT_ARCHITECTURES)):
+            raise ModelFilesError(
+                f"the packed engine runs BERT models only; this config.json has model_type={model_type!r}, "
+                f"architectures={architectures}. Use backend='transformers' for other architectures"
+            )
+        if config.get("hidden_act", "gelu") != "gelu":
+            raise ModelFilesError(f"hidden_act {config['hidden_act']!r} is not supported (only exact 'gelu')")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelFilesError(
+                f"position_embedding_type {config['position_embedding_type']!r} is not supported (only 'absolute')"
+            )
+        try:
+            parsed = cls(
+                vocab_size=int(config["vocab_size"]),
+                hidden_size=int(config["hidden_size"]),
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=int(config["num_attention_heads"]),
+                intermediate_size=int(config["intermediate_size"]),
+                layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+                max_position_embeddings=int(config.get("max_position_embeddings", 512)),
+                type_vocab_size=int(config.get("type_vocab_size", 2)),
+            )
+        except KeyError as err:
+            raise ModelFilesError(f"config.json lacks {err.args[0]!r}, which a BERT config must have") from None
+        except (TypeError, ValueError) as err:
+            raise ModelFilesError(f"config.json has a malformed number: {err}") from None
+        if (
+            min(
+                parsed.vocab_size,
+                parsed.hidden_size,
+                parsed.num_layers,
+                parsed.num_heads,
+                parsed.intermediate_size,
+                parsed.max_position_embeddings,
+                parsed.type_vocab_size,
+            )
+            < 1
+        ):
+            raise ModelFilesError("config.json has a size that is not positive")
+        if parsed.hidden_size % parsed.num_heads:
+            raise ModelFilesError(
+                f"hidden_size {parsed.hidden_size} is not a multiple of num_attention_heads {parsed.num_heads}"
+            )
+        return parsed
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a BERT checkpoint must hold (names without the ``bert.`` prefix) and its shape."""
+    h, i = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (config.vocab_size, h),
+        "embeddings.position_embeddings.weight": (config.max_position_embeddings, h),
+        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+    }
+    for n in range(config.num_layers):
+        p = f"encoder.layer.{n}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
+            shapes[p + name + ".weight"] = (h, h)
+            shapes[p + name + ".bias"] = (h,)
+        shapes[p + "intermediate.dense.weight"] = (i, h)
+        shapes[p + "intermediate.dense.bias"] = (i,)
+        shapes[p + "output.dense.weight"] = (h, i)
+        shapes[p + "output.dense.bias"] = (h,)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + name + ".weight"] = (h,)
+            shapes[p + name + ".bias"] = (h,)
+    return shapes
+
+
+def _shorten(names: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(list(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) -> dict[str, str]:
+    """Match a checkpoint's tensor names and shapes against what ``config`` needs.
+
+    Args:
+        found: Tensor name -> shape, as stored (with or without a ``bert.`` prefix).
+        config: The architecture.
+
+    Returns:
+        Expected name -> stored name.
+
+    Raises:
+        ModelFilesError: listing every missing, unexpected and mis-shaped tensor.
+    """
+    expected = expected_shapes(config)
+    stored: dict[str, str] = {}
+    unexpected = []
+    for name in found:
+        short = name[len("bert.") :] if name.startswith("bert.") else name
+        if short in expected:
+            stored[short] = name
+        elif not short.startswith(IGNORED_PREFIXES):
+            unexpected.append(name)
+    missing = [name for name in expected if name not in stored]
+    mismatched = [
+        f"{stored[n]} {list(found[stored[n]])} (expected {list(shape)})"
+        for n, shape in expected.items()
+        if n in stored and tuple(found[stored[n]]) != shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {_shorten(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_shorten(unexpected)}")
+    if mismatched:
+        problems.append(f"wrong shape {_shorten(mismatched)}")
+    if problems:
+        raise ModelFilesError("the weights do not match config.json: " + "; ".join(problems))
+    return stored
+
+
+def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
+    """Load a BERT checkpoint from safetensors (never pickle), checking every name and shape first.
+
+    Returns:
+        Expected (unprefixed) name -> float32 CPU tensor.
+
+    Raises:
+        ModelFilesError: unreadable file, or names/shapes that do not match ``config``.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+            stored = check_weight_names(shapes, config)
+            return {name: handle.get_tensor(key).float() for name, key in stored.items()}
+    except ModelFilesError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise ModelFilesError(f"cannot read weights {path}: {type(err).__name__}: {err}") from None
