@@ -171,16 +171,20 @@ class PackedBert:
         """Multi-head self-attention per sequence: ``[T, 3H]`` fused projections in, ``[T, H]`` context out."""
         heads, head_dim = self.config.num_heads, self.config.head_dim
         hidden = heads * head_dim
-        if packed.strategy == "varlen":
-            q, k, v = qkv.view(-1, 3, heads, head_dim).unbind(1)
-            ends = list(itertools.accumulate(packed.lengths))
-            return self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden)
-        if packed.strategy == "per_sequence":
-            outputs = []
-            for start, length in zip(packed.starts, packed.lengths):
-                q, k, v = qkv[start : start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
-                outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
-            return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        if packed.strategy in ("varlen", "per_sequence"):
+            real = sum(packed.lengths)
+            if packed.strategy == "varlen":
+                q, k, v = qkv[:real].view(-1, 3, heads, head_dim).unbind(1)
+                ends = list(itertools.accumulate(packed.lengths))
+                context = self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden)
+            else:
+                outputs = []
+                for start, length in zip(packed.starts, packed.lengths):
+                    q, k, v = qkv[start : start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
+                    outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
+                context = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+            # Padding rows of a token gear (packing.py) are in no sequence: zeros keep the rows aligned.
+            return F.pad(context, (0, 0, 0, qkv.shape[0] - real)) if qkv.shape[0] > real else context
         outputs = []
         for bucket in packed.buckets:
             rows = len(bucket.lengths)
@@ -193,7 +197,8 @@ class PackedBert:
         return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
     def forward(self, packed: PackedBatch) -> torch.Tensor:
-        """Hidden states ``[T, H]`` of the last layer for a packed batch."""
+        """Hidden states ``[R, H]`` of the last layer for a packed batch: one row per token, then the padding rows
+        of a token gear (never read: pooling gives them no weight)."""
         eps = self.config.layer_norm_eps
         width = (self.config.hidden_size,)
         x = self.word.index_select(0, packed.ids) + self.position.index_select(0, packed.positions)

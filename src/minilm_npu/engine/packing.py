@@ -2,11 +2,17 @@
 
 :func:`pack` builds one :class:`PackedBatch` per forward, on the host, in small steps:
 
-1. :func:`lay_out_tokens`: the ids end to end, each token's position in its own sequence, where each sequence starts;
+1. :func:`lay_out_tokens`: the ids end to end, each token's position in its own sequence, where each sequence starts,
+   and any padding rows a token gear asks for;
 2. :func:`plan_blocks`: which sequences share a padded attention block, and its width and row count;
 3. :func:`gather_block`: per block, the packed rows it gathers, its key mask, and where its real tokens land;
 4. :func:`unpad_index` and :func:`mean_pooling_weights`: the way back from the blocks, and pooling as one matmul;
 5. :func:`move_to_device`: everything in one copy per dtype.
+
+Token gears (the CPU's :func:`~minilm_npu.engine.policy.round_tokens_to_gear`) round the packed tensor's row count
+up, so that a process meets a bounded set of shapes instead of a new one with almost every batch: padding rows come
+last, hold token 0 at position 0, are in no attention block and weigh nothing in pooling, so they never reach a
+result (row-wise kernels may order a sum differently for another row count: the usual last-bit noise).
 
 Layers only read the result (:class:`~minilm_npu.engine.bert.PackedBert`); :mod:`.graphs` builds its fixed-shape
 ``PackedBatch`` itself.
@@ -49,13 +55,13 @@ class PackedBatch:
     Built once per forward; layers only read it.
     """
 
-    ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
+    ids: torch.Tensor  # [R] int64: T real tokens, then R - T padding rows (token gears)
+    positions: torch.Tensor  # [R] int64
     starts: list[int]
     lengths: list[int]
-    mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
+    mean_weights: torch.Tensor  # [B, R] float32: 1/length on a sequence's own tokens, 0 elsewhere
     buckets: list[Bucket]
-    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
+    unpad: torch.Tensor | None  # [R] rows of the concatenated bucket outputs, in packed order (None: identity)
     strategy: str
 
 
@@ -67,9 +73,9 @@ class TokenLayout:
     """A batch's tokens end to end, on the host.
 
     Attributes:
-        ids: ``[T]`` int64, every sequence's ids one after another.
-        positions: ``[T]`` int64, each token's index in its own sequence.
-        sequence: ``[T]`` int64, the sequence each token belongs to.
+        ids: ``[R]`` int64, every sequence's ids one after another, then ``R - T`` padding rows (token 0).
+        positions: ``[R]`` int64, each token's index in its own sequence (0 on padding rows).
+        sequence: ``[T]`` int64, the sequence each real token belongs to.
         starts: Where each sequence's first token is.
         lengths: Each sequence's token count.
     """
@@ -82,17 +88,26 @@ class TokenLayout:
 
     @property
     def total(self) -> int:
-        """Tokens in the batch (``T``)."""
+        """Real tokens in the batch (``T``)."""
+        return self.sequence.numel()
+
+    @property
+    def rows(self) -> int:
+        """Rows of the packed tensor (``R``): the real tokens and the padding after them."""
         return self.ids.numel()
 
 
-def lay_out_tokens(batch: Sequence[Sequence[int]]) -> TokenLayout:
-    """The batch's ids end to end, with each token's position and sequence."""
+def lay_out_tokens(batch: Sequence[Sequence[int]], rows: int | None = None) -> TokenLayout:
+    """The batch's ids end to end, with each token's position and sequence, padded to ``rows`` rows if given."""
     lengths = [len(ids) for ids in batch]
     starts = list(itertools.accumulate([0] + lengths[:-1]))
-    ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+    total = sum(lengths)
+    padding = max(0, (rows or total) - total)
+    ids = torch.tensor(list(itertools.chain.from_iterable(batch)) + [0] * padding, dtype=torch.long)
     sequence = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths))
-    positions = torch.arange(sum(lengths)) - torch.tensor(starts)[sequence]
+    positions = torch.arange(total) - torch.tensor(starts)[sequence]
+    if padding:
+        positions = torch.cat([positions, torch.zeros(padding, dtype=torch.long)])
     return TokenLayout(ids, positions, sequence, starts, lengths)
 
 
@@ -190,9 +205,9 @@ def gather_block(layout: TokenLayout, plan: BlockPlan) -> HostBlock:
 # -- 4. back from the blocks, and pooling --------------------------------------------------------------------
 
 
-def unpad_index(blocks: Sequence[HostBlock], total: int) -> torch.Tensor:
-    """For every packed row, its row in the blocks' concatenated outputs."""
-    unpad = torch.empty(total, dtype=torch.long)
+def unpad_index(blocks: Sequence[HostBlock], rows: int) -> torch.Tensor:
+    """For every packed row, its row in the blocks' concatenated outputs (padding rows: the first, any would do)."""
+    unpad = torch.zeros(rows, dtype=torch.long)
     offset, real_rows, block_rows = 0, [], []
     for block in blocks:
         real_rows.append(block.real_rows)
@@ -203,12 +218,12 @@ def unpad_index(blocks: Sequence[HostBlock], total: int) -> torch.Tensor:
 
 
 def mean_pooling_weights(layout: TokenLayout) -> torch.Tensor:
-    """``[B, T]`` float32: 1/length on each sequence's own tokens, 0 elsewhere.
+    """``[B, R]`` float32: 1/length on each sequence's own tokens, 0 elsewhere (padding rows included).
 
     Mean pooling as one small matmul: ``index_add_``/``scatter_add_`` over ``[T, H]`` is single-threaded and slow on
     CPUs, while ``[B, T] @ [T, H]`` is a GEMM every device runs well.
     """
-    weights = torch.zeros(len(layout.lengths), layout.total)
+    weights = torch.zeros(len(layout.lengths), layout.rows)
     per_token = 1.0 / torch.tensor(layout.lengths, dtype=torch.float32)[layout.sequence]
     weights[layout.sequence, torch.arange(layout.total)] = per_token
     return weights
@@ -255,6 +270,7 @@ def pack(
     gears: Callable[[int], int] | None = None,
     row_gears: Callable[[int], int] | None = None,
     square_mask: bool = False,
+    token_gears: Callable[[int], int] | None = None,
 ) -> PackedBatch:
     """Lay a batch of token-id lists end to end and precompute the attention plan.
 
@@ -268,14 +284,18 @@ def pack(
             devices; the extra rows repeat the block's first sequence and their outputs are never read back.
         square_mask: Give padded blocks a full ``[rows, 1, width, width]`` key mask (expanded on the device)
             instead of a broadcast ``[rows, 1, 1, width]`` one, for kernels that take no broadcast masks (Ascend).
+        token_gears: Optional rounding of the packed tensor's row count (the CPU's bounded set of shapes); the
+            padding rows come last and never reach a result.
     """
     if strategy not in ATTENTION_STRATEGIES:
         raise ValueError(f"unknown attention strategy {strategy!r}")
+    total = sum(len(ids) for ids in batch)
+    rows = token_gears(total) if token_gears else total
     if _is_its_own_block(batch, gears, row_gears):
-        return _pack_one(batch[0], strategy, device)
-    layout = lay_out_tokens(batch)
+        return _pack_one(batch[0], strategy, device, rows)
+    layout = lay_out_tokens(batch, rows)
     blocks = [gather_block(layout, plan) for plan in plan_blocks(layout.lengths, strategy, slack, gears, row_gears)]
-    unpad = unpad_index(blocks, layout.total) if blocks else None
+    unpad = unpad_index(blocks, layout.rows) if blocks else None
     return move_to_device(layout, blocks, unpad, mean_pooling_weights(layout), strategy, device, square_mask)
 
 
@@ -290,19 +310,24 @@ def _is_its_own_block(
     )
 
 
-def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> PackedBatch:
+def _pack_one(ids: Sequence[int], strategy: str, device: torch.device, rows: int | None = None) -> PackedBatch:
     """:func:`pack` for one sequence (a query, an interactive request), with the index work a batch needs left out.
 
-    A lone sequence is its own attention block: no gather, no mask, no unpadding, mean pooling over every row. This
-    keeps the general bookkeeping and two index ops per layer off the batch-1 latency. (A device whose widths come in
-    gears pads even one sequence, so :func:`pack` sends it here only when its length is a gear.)
+    A lone sequence is its own attention block: no gather, no unpadding, mean pooling over its rows. This keeps the
+    general bookkeeping and two index ops per layer off the batch-1 latency. (A device whose widths come in gears
+    pads even one sequence, so :func:`pack` sends it here only when its length is a gear.) Padding rows of a token
+    gear (``rows`` past the length) join the block as masked keys: their own outputs are never read.
     """
     length = len(ids)
+    padding = max(0, (rows or length) - length)
+    real = torch.arange(length + padding) < length
     tensors: list[torch.Tensor | None] = [
-        torch.tensor(ids, dtype=torch.long),
-        torch.arange(length),
-        torch.full((1, length), 1.0 / length),
+        torch.tensor([*ids, *[0] * padding], dtype=torch.long),
+        torch.arange(length + padding) * real,
+        real.float().div_(length).view(1, -1),
+        real.view(1, 1, 1, -1) if padding else None,
     ]
-    ids_t, positions, mean_weights = (cast(torch.Tensor, moved) for moved in to_device(tensors, device))
-    buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
+    ids_t, positions, mean_weights, mask = to_device(tensors, device)
+    ids_t, positions, mean_weights = (cast(torch.Tensor, t) for t in (ids_t, positions, mean_weights))
+    buckets = [Bucket(None, mask, [length])] if strategy in ("bucketed", "padded") else []
     return PackedBatch(ids_t, positions, [0], [length], mean_weights, buckets, None, strategy)
