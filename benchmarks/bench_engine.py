@@ -44,8 +44,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
-from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
+from minilm_npu.devices import child_process_context, describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.engine.cpu_kernels import cap_summary, isa_summary, kernel_plan, onednn_isa  # noqa: E402
 from minilm_npu.engine.policy import dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
 from minilm_npu.verify.accuracy import load_sts, row_cosines, spearman  # noqa: E402
@@ -160,9 +160,7 @@ class EngineProcess:
         option: str = "",
         env: dict[str, str] | None = None,
     ):
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
+        context = child_process_context()  # spawn: a forked child cannot use the parent's NPU (or CUDA) runtime
         self.label = label
         self.conn, child = context.Pipe()
         self.process = context.Process(
@@ -497,6 +495,9 @@ def run(args: argparse.Namespace) -> dict:
         "device_type": device.type,
         "cpu": cpu_model(),
         "isa": isa_summary(),
+        "onednn": onednn_isa(),
+        # ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY: a capped run measures an older CPU's kernels, and says so.
+        "cap": cap_summary(),
         "kernels": kernel_plan() if device.type == "cpu" else {},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -550,7 +551,9 @@ def markdown(results: dict) -> str:
     engines = list(dict.fromkeys(r["engine"] for r in results["rows"]))
     by = {(r["workload"], r["engine"]): r for r in results["rows"]}
     lines = [
-        f"CPU: {results['cpu']}; ISA: {results['isa']}",
+        f"CPU: {results['cpu']}; ISA: {results['isa']}"
+        + (f"; oneDNN runs {results['onednn']}" if results.get("onednn") else ""),
+        *([f"Capped: {results['cap']}"] if results.get("cap") else []),
         f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, {results['machine']}",
     ]
     if results.get("workers", 1) > 1:

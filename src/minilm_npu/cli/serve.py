@@ -1,7 +1,8 @@
 """``minilm-npu serve``: the OpenAI- and TEI-compatible embedding server.
 
-The model is loaded and warmed up before the port opens (the app's lifespan runs before uvicorn binds).
-SIGTERM/SIGINT: uvicorn stops accepting connections, lets in-flight requests finish (up to
+The model is loaded before the port opens; the warm-up (every shape gear of every device once) runs behind the open
+port, where ``GET /health`` and the model's routes answer 503 "warming up" until it is done. A failed warm-up stops
+the server with exit code 1. SIGTERM/SIGINT: uvicorn stops accepting connections, lets in-flight requests finish (up to
 ``--graceful-timeout`` seconds), then the batcher drains and the process exits 0.
 """
 
@@ -58,9 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the OpenAI- and TEI-compatible embedding server",
-        description="Serve embeddings over HTTP: POST /v1/embeddings (OpenAI), /embed, /similarity, /tokenize "
-        "(text-embeddings-inference), GET /health, /info, /metrics. Concurrent requests are "
-        "batched together on the device.",
+        description="Serve embeddings over HTTP: POST /v1/embeddings and /embeddings, GET /v1/models (OpenAI); "
+        "POST /, /invocations, /embed, /embed_all, /similarity, /tokenize, /decode (text-embeddings-inference); "
+        "GET /health (and / and /ping), /info, /metrics; the API's description at /openapi.json and /docs. "
+        "Concurrent requests are batched together on the device.",
     )
     add_encoder_args(p)
     p.add_argument(
@@ -70,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key",
         default=None,
-        help=f"require 'Authorization: Bearer KEY' (except /health, /metrics); prefer the "
+        help=f"require 'Authorization: Bearer KEY' (except the health routes, /metrics and the docs); prefer the "
         f"{API_KEY_ENV} environment variable, which keeps the key out of process listings",
     )
     p.add_argument(
@@ -86,7 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"requests in progress at once; more get 429 (default {d.max_concurrent_requests})",
     )
     p.add_argument(
-        "--served-model-name", default=None, help="model name reported to clients (default: the model's hub id)"
+        "--served-model-name",
+        default=None,
+        help="model name reported to clients: /info, /v1/models and the OpenAI 'model' field (default: the "
+        "model's hub id)",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -100,6 +105,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d.max_body_bytes,
         help=f"largest request body; larger get 413 (default {d.max_body_bytes})",
     )
+    p.add_argument(
+        "--no-docs",
+        dest="docs",
+        action="store_false",
+        help="do not serve the API's description (/openapi.json, /docs, /redoc; public by default, as in "
+        "text-embeddings-inference)",
+    )
+    # The embedding routes through FastAPI's routing instead of the fast path: for comparisons (bench_server.py).
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false", help=argparse.SUPPRESS)
     p.add_argument(
         "--graceful-timeout",
         type=non_negative_float,
@@ -116,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load and warm up the model, then serve until SIGTERM/SIGINT. Returns the exit code."""
+    """Load the model, open the port, warm up, then serve until SIGTERM/SIGINT. Returns the exit code (1 when
+    the port could not be opened or the warm-up failed)."""
     apply_serving_env()  # first: nothing before this line has imported torch (the parser does not)
     import logging
 
@@ -135,10 +150,16 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             max_wait_ms=args.max_wait_ms,
             max_body_bytes=args.max_body_bytes,
+            docs=args.docs,
+            fast_path=args.fast_path,
+            warm_up_in_background=True,
         )
     except ValueError as err:
         raise InputError(str(err)) from None
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: the command line set up WARNING-level logging already; a server logs its warm-up and its errors.
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     encoder = build_encoder(args)
     app = create_app(encoder, settings)
     config = uvicorn.Config(
@@ -149,11 +170,15 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=args.graceful_timeout or None,
         access_log=False,
+        # No X-Forwarded-* rewriting: nothing here reads the client's address, and it is work on every request.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    readiness = app.state.server.readiness
+    readiness.on_failure = lambda: setattr(server, "should_exit", True)  # uvicorn's own way to stop, checked often
     server.run()
-    # uvicorn sets started only once the lifespan (warm-up) succeeded and the port was bound.
-    return 0 if server.started else 1
+    # uvicorn sets started once the lifespan ran and the port was bound; the warm-up behind it may still fail.
+    return 0 if server.started and readiness.state != readiness.FAILED else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..devices import exact_gelu, graph_api, torch_npu_module, varlen_attention
+from ..devices import exact_gelu, graph_api, synchronize, torch_npu_module, varlen_attention
 from ..errors import InputError
 from ..modelfiles import ModelFiles
 from ..samples import CALIBRATION_TEXTS
@@ -424,12 +425,22 @@ class PackedBackend(Backend):
         return choices
 
     def warmup(self) -> None:
-        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice);
-        int8 also compiles its fused quantization here (the server warms up before it opens its port; elsewhere
-        the compile happens in the first batch of >= 64 tokens)."""
+        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice;
+        on an NPU, every static-shape gear), logging each with its time; int8 also compiles its fused quantization
+        here (the server warms up before it serves; elsewhere the compile happens in the first batch of >= 64
+        tokens)."""
         if self.dtype == "int8":
             FUSED_QUANTIZER.compile()
-        for lengths in warmup_lengths(self.device):
+        gears = warmup_lengths(self.device)
+        where = f"{self.device} {self.dtype}"
+        for number, lengths in enumerate(gears, 1):
+            start = time.perf_counter()
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+            synchronize(self.device)
+            took = time.perf_counter() - start
+            log.info("warm-up %s: gear %d/%d, lengths %s, %.2f s", where, number, len(gears), lengths, took)
         if self.graphs is not None:  # one query of any length: the latency-critical case
+            start = time.perf_counter()
             self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
+            took = time.perf_counter() - start
+            log.info("warm-up %s: device graphs, 1 row x %s tokens, %.2f s", where, list(GRAPH_WIDTHS), took)
