@@ -171,30 +171,27 @@ class PackedBert:
         """Multi-head self-attention per sequence: ``[T, 3H]`` fused projections in, ``[T, H]`` context out."""
         heads, head_dim = self.config.num_heads, self.config.head_dim
         hidden = heads * head_dim
-        if packed.strategy in ("varlen", "per_sequence"):
-            real = sum(packed.lengths)
-            if packed.strategy == "varlen":
-                q, k, v = qkv[:real].view(-1, 3, heads, head_dim).unbind(1)
-                ends = list(itertools.accumulate(packed.lengths))
-                context = self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden)
-            else:
-                outputs = []
-                for start, length in zip(packed.starts, packed.lengths):
-                    q, k, v = qkv[start : start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
-                    outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
-                context = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-            # Padding rows of a token gear (packing.py) are in no sequence: zeros keep the rows aligned.
-            return F.pad(context, (0, 0, 0, qkv.shape[0] - real)) if qkv.shape[0] > real else context
+        if packed.strategy == "varlen":
+            q, k, v = qkv[: sum(packed.lengths)].view(-1, 3, heads, head_dim).unbind(1)
+            ends = list(itertools.accumulate(packed.lengths))
+            return _pad_rows(self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden), qkv.shape[0])
+        if packed.strategy == "per_sequence":
+            outputs = []
+            for start, length in zip(packed.starts, packed.lengths):
+                q, k, v = qkv[start : start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
+                outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
+            return _pad_rows(torch.cat(outputs) if len(outputs) > 1 else outputs[0], qkv.shape[0])
         outputs = []
         for bucket in packed.buckets:
             rows = len(bucket.lengths)
-            block = qkv if bucket.gather is None else qkv.index_select(0, bucket.gather)
+            # A block without a gather index is the packed tensor's first rows (its token-gear padding left out).
+            block = qkv[: sum(bucket.lengths)] if bucket.gather is None else qkv.index_select(0, bucket.gather)
             block = block.view(rows, -1, 3, heads, head_dim)
             q, k, v = block.permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask)
             outputs.append(context.transpose(1, 2).reshape(-1, hidden))
         blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
+        return _pad_rows(blocks, qkv.shape[0]) if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
     def forward(self, packed: PackedBatch) -> torch.Tensor:
         """Hidden states ``[R, H]`` of the last layer for a packed batch: one row per token, then the padding rows
@@ -214,3 +211,9 @@ class PackedBert:
         if mode == "cls":
             return hidden[torch.tensor(packed.starts, device=hidden.device)].float()
         return torch.mm(packed.mean_weights, hidden.float())
+
+
+def _pad_rows(context: torch.Tensor, rows: int) -> torch.Tensor:
+    """``context`` with zero rows appended up to ``rows``: the padding rows of a token gear (:mod:`.packing`) are
+    in no sequence, and zeros keep the packed rows aligned for the layers after attention."""
+    return F.pad(context, (0, 0, 0, rows - context.shape[0])) if context.shape[0] < rows else context

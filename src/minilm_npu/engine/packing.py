@@ -38,7 +38,8 @@ class Bucket:
 
     Attributes:
         gather: ``[n * width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked);
-            None when the packed tensor already is the block (the static-shape layout of :mod:`.graphs`).
+            None when the packed tensor's first ``sum(lengths)`` rows are the block (the static-shape layout of
+            :mod:`.graphs`, a lone sequence).
         mask: ``[n, 1, 1, width]`` bool, True on real keys; None when no sequence is padded.
         lengths: The real length of each of the block's sequences.
     """
@@ -313,10 +314,11 @@ def _is_its_own_block(
 def _pack_one(ids: Sequence[int], strategy: str, device: torch.device, rows: int | None = None) -> PackedBatch:
     """:func:`pack` for one sequence (a query, an interactive request), with the index work a batch needs left out.
 
-    A lone sequence is its own attention block: no gather, no unpadding, mean pooling over its rows. This keeps the
-    general bookkeeping and two index ops per layer off the batch-1 latency. (A device whose widths come in gears
-    pads even one sequence, so :func:`pack` sends it here only when its length is a gear.) Padding rows of a token
-    gear (``rows`` past the length) join the block as masked keys: their own outputs are never read.
+    A lone sequence is its own attention block: no gather, no mask, no unpadding, mean pooling over its rows. This
+    keeps the general bookkeeping and two index ops per layer off the batch-1 latency. (A device whose widths come in
+    gears pads even one sequence, so :func:`pack` sends it here only when its length is a gear.) Padding rows of a
+    token gear (``rows`` past the length) stay out of attention (its block is the first ``length`` rows) and weigh
+    nothing in pooling.
     """
     length = len(ids)
     padding = max(0, (rows or length) - length)
@@ -325,9 +327,7 @@ def _pack_one(ids: Sequence[int], strategy: str, device: torch.device, rows: int
         torch.tensor([*ids, *[0] * padding], dtype=torch.long),
         torch.arange(length + padding) * real,
         real.float().div_(length).view(1, -1),
-        real.view(1, 1, 1, -1) if padding else None,
     ]
-    ids_t, positions, mean_weights, mask = to_device(tensors, device)
-    ids_t, positions, mean_weights = (cast(torch.Tensor, t) for t in (ids_t, positions, mean_weights))
-    buckets = [Bucket(None, mask, [length])] if strategy in ("bucketed", "padded") else []
+    ids_t, positions, mean_weights = (cast(torch.Tensor, moved) for moved in to_device(tensors, device))
+    buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
     return PackedBatch(ids_t, positions, [0], [length], mean_weights, buckets, None, strategy)
