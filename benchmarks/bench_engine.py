@@ -24,7 +24,7 @@ target, the *ceiling*: the ratio an engine doing nothing but its real tokens' GE
 weights once per forward pass, if longer) would reach against the peer.
 
 Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--workers 2] [--quick]
-[--variant NAME=VALUE] [--json out.json]``
+[--model-path DIR] [--variant NAME=VALUE] [--json out.json]``
 Needs the ``bench`` extra for the ONNX Runtime columns: ``pip install 'minilm-npu[bench]'``.
 """
 
@@ -206,7 +206,9 @@ def onnx_models(model_dir: str, cache: Path = ONNX_CACHE) -> dict[str, Path]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         sys.exit(f"error: {BENCH_EXTRA_MISSING}")
-    tag = f"{Path(model_dir).name}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}"
+    weights = Path(model_dir) / "model.safetensors"  # a directory rebuilt under the same name gets new files
+    stamp = f"{weights.stat().st_size}-{weights.stat().st_mtime_ns}" if weights.is_file() else "0"
+    tag = f"{Path(model_dir).name}-{stamp}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}"
     paths = {"float32": cache / f"{tag}-float32.onnx", "int8": cache / f"{tag}-int8-avx512_vnni.onnx"}
     cache.mkdir(parents=True, exist_ok=True)
     if not paths["float32"].is_file():
@@ -472,7 +474,7 @@ def run(args: argparse.Namespace) -> dict:
         load_sts(args.stsb, limit=300 if args.quick else None) if args.stsb.is_file() else ([], [], None)
     )
     corpus = first + second
-    model_files = resolve_model(None)
+    model_files = resolve_model(args.model_path)
     model_dir = str(model_files.directory)
     config = BertConfig.from_dict(model_files.config)
     tokenizer = Tokenizer(model_files)
@@ -636,6 +638,12 @@ def main() -> None:
         default=1,
         help="our engine's workers on the device (2 on a CPU: device 'cpu,cpu', the cores split "
         "between two model copies; the peers run as their users run them)",
+    )
+    parser.add_argument(
+        "--model-path",
+        default=None,
+        help="a sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2); the ONNX Runtime "
+        "peers mean-pool and normalise, so give a model that does",
     )
     parser.add_argument(
         "--variant",

@@ -1,10 +1,10 @@
 """The Ascend code paths, proven on the CPU: everything but torch_npu's kernels themselves.
 
-A stand-in ``torch_npu`` module (``tests/fixtures/npu.py``) provides reference implementations of the two kernels the
-engine calls on an NPU:
-``npu_fusion_attention`` with ``input_layout="TND"`` (per-sequence SDPA over the cumulative lengths, the kernel's
-documented semantics) and ``npu_gelu`` (exact erf GELU). With it, the engine's NPU choices run end to end on the
-real model and are compared with sentence-transformers; only the kernels are unverified here.
+A stand-in ``torch_npu`` module (the ``fake_torch_npu`` fixture, tests/fixtures/npu.py) provides reference
+implementations of the two kernels the engine calls on an NPU: ``npu_fusion_attention`` with ``input_layout="TND"``
+(per-sequence SDPA over the cumulative lengths, the kernel's documented semantics) and ``npu_gelu`` (exact erf GELU).
+With it, the engine's NPU choices run end to end on the real model and are compared with sentence-transformers; only
+the kernels are unverified here.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from minilm_npu import devices
 from minilm_npu.engine import policy
 from minilm_npu.engine.bert import BertConfig, PackedBert, load_weights, pack
+from minilm_npu.engine.head import SentenceHead
 from minilm_npu.modelfiles import resolve_model
 from minilm_npu.samples import MIXED_24
 from minilm_npu.tokenization import Tokenizer
 from tests import texts
-from tests.fixtures.npu import fake_torch_npu  # noqa: F401 - a fixture
 
 BATCH = texts.ALL + MIXED_24
 
@@ -73,7 +73,7 @@ def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, 
     model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
     packed = pack(ids, plan.strategy, model.device)
     with torch.inference_mode():
-        pooled = model.pool(model.forward(packed), packed, "mean")
+        pooled = SentenceHead.pool(model.forward(packed), packed.rows, "mean")
     monkeypatch.undo()
     assert fake_torch_npu.gelu_calls == ["none"] * config.num_layers  # the exact kernel, in every layer
     ours = F.normalize(pooled, dim=1).numpy()
@@ -87,6 +87,6 @@ def test_square_mask_equals_broadcast_mask(real):
         outputs = []
         for square in (False, True):
             packed = pack(ids, "padded", model.device, square_mask=square)
-            outputs.append(model.pool(model.forward(packed), packed, "mean"))
+            outputs.append(SentenceHead.pool(model.forward(packed), packed.rows, "mean"))
     assert packed.buckets[0].mask.shape[-2:] == (packed.buckets[0].mask.shape[-1],) * 2
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)

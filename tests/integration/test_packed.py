@@ -84,7 +84,7 @@ def test_cls_pooling_matches_reference(packed32):
     from minilm_npu.engine.packed import PackedBackend
     from minilm_npu.engine.reference import TransformersBackend
 
-    cls_files = dataclasses.replace(packed32.model_files, pooling="cls")
+    cls_files = dataclasses.replace(packed32.model_files, pooling_modes=("cls",))
     ids = packed32.tokenize(texts.SHORT + texts.MEDIUM)
     ours = PackedBackend(cls_files, torch.device("cpu"), "float32").embed(ids)
     reference = TransformersBackend(cls_files, torch.device("cpu"), "float32").embed(ids)

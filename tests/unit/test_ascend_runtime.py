@@ -20,7 +20,7 @@ import pytest
 from minilm_npu import devices
 from minilm_npu.native_stderr import tee_stderr
 from minilm_npu.verify.ascend import ascend_settings, cpu_fallback_setting
-from tests.fixtures.npu import FALLBACK_LINE, fake_torch_npu  # noqa: F401 - a fixture
+from tests.fixtures.npu import FALLBACK_LINE
 
 REPO = Path(__file__).resolve().parents[2]
 

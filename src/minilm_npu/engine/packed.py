@@ -32,6 +32,7 @@ from .checkpoint import BertConfig, load_weights
 from .cpu_execution import AdaptiveThreads, use_threads
 from .cpu_kernels import kernel_plan
 from .graphs import GRAPH_WIDTHS, GraphedForwards
+from .head import SentenceHead
 from .packing import PackedBatch, pack
 from .policy import (
     AttentionPlan,
@@ -293,7 +294,7 @@ class PackedBackend(Backend):
     """The packed engine on one device.
 
     Args:
-        model_files: The resolved model (BERT family, mean or CLS pooling).
+        model_files: The resolved model (BERT or RoBERTa family; its pooling and Dense modules run here too).
         device: Where the model runs.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
         attention: How attention runs; default :func:`~minilm_npu.engine.policy.attention_plan` (tests pass
@@ -301,7 +302,7 @@ class PackedBackend(Backend):
 
     Raises:
         InputError: a dtype this device cannot run.
-        ModelFilesError: not a BERT checkpoint, or weights that do not match config.json.
+        ModelFilesError: not a checkpoint this engine runs, or weights that do not match config.json.
     """
 
     name = "packed"
@@ -323,6 +324,7 @@ class PackedBackend(Backend):
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
+        self.head = SentenceHead(model_files, device)
         self.plan = attention or attention_plan(device.type, dtype)
         weights = load_weights(model_files.weights_path, self.config)
         torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
@@ -347,7 +349,7 @@ class PackedBackend(Backend):
         # no launch overhead to save.
         api = graph_api(device)
         self.graphs = (
-            GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
+            GraphedForwards(self.model, dtype, self.head, api, square_mask=self.plan.square_mask)
             if api is not None
             else None
         )
@@ -370,21 +372,23 @@ class PackedBackend(Backend):
         )
 
     @torch.inference_mode()
-    def embed(self, batch: list[list[int]]) -> torch.Tensor:
-        """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
+    def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
+        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
+        ``self.device``; ``prompt_length`` leading tokens are left out of pooling where the model says so (the
+        static-shape graphs pool every token, so such batches run eagerly)."""
         if not batch:
-            return torch.empty(0, self.config.hidden_size, device=self.device)
-        if self.graphs is not None:
+            return torch.empty(0, self.head.dimension, device=self.device)
+        if self.graphs is not None and not prompt_length:
             pooled = self.graphs.embed(batch)
             if pooled is not None:
                 return pooled
         if self._threads is not None:
-            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch))
-        return self._embed(batch)
+            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch, prompt_length))
+        return self._embed(batch, prompt_length)
 
-    def _embed(self, batch: list[list[int]]) -> torch.Tensor:
+    def _embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
         packed = self._pack(batch)
-        return self.model.pool(self.model.forward(packed), packed, self.pooling)
+        return self.head(self.model.forward(packed), packed.rows, prompt_length)
 
     @torch.inference_mode()
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
@@ -433,9 +437,10 @@ class PackedBackend(Backend):
             FUSED_QUANTIZER.compile()
         gears = warmup_lengths(self.device)
         where = f"{self.device} {self.dtype}"
+        cls, word, sep = (token % self.config.vocab_size for token in (101, 1000, 102))  # any valid ids will do
         for number, lengths in enumerate(gears, 1):
             start = time.perf_counter()
-            self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+            self.embed([[cls] + [word] * (n - 2) + [sep] if n >= 2 else [cls] for n in lengths])
             synchronize(self.device)
             took = time.perf_counter() - start
             log.info("warm-up %s: gear %d/%d, lengths %s, %.2f s", where, number, len(gears), lengths, took)
