@@ -40,6 +40,28 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_reference_args(parser: argparse.ArgumentParser) -> None:
+    """--reference, --reference-model-path: the CPU float32 reference side (shared by accuracy and report)."""
+    from ..verify.settings import REFERENCE_CHOICES
+
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCE_CHOICES,
+        default=None,
+        help="the CPU float32 reference: sentence-transformers itself (SentenceTransformer loading the model's "
+        "directory, the default for a --model-path other than the bundled model) or our transformers backend (the "
+        "default for the bundled model, against its official files)",
+    )
+    parser.add_argument(
+        "--reference-model-path",
+        "--reference_model_path",
+        dest="reference_model_path",
+        default=None,
+        help="model for the reference side (default: for sentence-transformers the --model-path directory, for "
+        "transformers the bundled official files, so a damaged copy under test fails)",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``accuracy`` sub-command."""
     parser = subparsers.add_parser(
@@ -51,13 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Exit 0 on PASS, 1 on FAIL, 2 on bad input.",
     )
     add_target_args(parser)
-    parser.add_argument(
-        "--reference-model-path",
-        "--reference_model_path",
-        dest="reference_model_path",
-        default=None,
-        help="model for the reference side (default: the bundled official files, so a damaged copy under test fails)",
-    )
+    add_reference_args(parser)
     parser.add_argument("--texts", default=None, help="extra texts, one per line (UTF-8)")
     parser.add_argument("--sts", default=None, help="STS file (stsb-dev.tsv layout) for Spearman on both sides")
     parser.add_argument(
@@ -99,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     settings = AccuracySettings(
         target=target,
         reference_model_path=args.reference_model_path,
+        reference=args.reference,
         user_texts=load_texts(args.texts) if args.texts else (),
         sts_path=args.sts,
         sts_limit=args.sts_limit,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .accuracy import add_target_args
+from .accuracy import add_reference_args, add_target_args
 from .bench import add_bench_args, bench_settings
 
 
@@ -22,13 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_bench_args(parser)
     parser.add_argument("--texts", default=None, help="extra texts for the accuracy run, one per line")
     parser.add_argument("--sts", default=None, help="STS file (stsb-dev.tsv layout) for the accuracy run")
-    parser.add_argument(
-        "--reference-model-path",
-        "--reference_model_path",
-        dest="reference_model_path",
-        default=None,
-        help="model for the CPU float32 reference side (default: the bundled official files)",
-    )
+    add_reference_args(parser)
     parser.add_argument("--out", required=True, help="directory for the reports (created if missing)")
     parser.set_defaults(func=run)
 
@@ -43,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     accuracy = AccuracySettings(
         target=bench.target,
         reference_model_path=args.reference_model_path,
+        reference=args.reference,
         user_texts=load_texts(args.texts) if args.texts else (),
         sts_path=args.sts,
         progress=bench.progress,

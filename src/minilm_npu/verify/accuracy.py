@@ -7,9 +7,10 @@ pairs the way the reference does). The side under test is also checked against i
 batch (batch invariance) and the same batch twice (determinism). With an STS file, both sides' Spearman
 correlation with the human scores is reported too.
 
-The reference is the official all-MiniLM-L6-v2 (the bundled, sha256-checked files) through the transformers
-backend on the CPU in float32 — so a damaged model copy under test shows up as a FAIL, not as agreement with
-itself. Pass ``reference_model_path`` to check another model.
+The reference runs on the CPU in float32 (:mod:`~minilm_npu.verify.reference`). For the bundled model it is the
+official all-MiniLM-L6-v2 (the sha256-checked files) through the transformers backend — so a damaged model copy
+under test shows up as a FAIL, not as agreement with itself. For any other model it is sentence-transformers itself
+loading the same directory (or ``reference_model_path``), with the model's own defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ..contract import Encoder, ModelInfo
 from ..errors import InputError
+from .reference import SentenceTransformersReference, build_reference
 from .results import (
     FAIL,
     PASS,
@@ -37,11 +39,9 @@ from .results import (
     TextsInfo,
     UnderTest,
 )
-from .settings import AccuracySettings, MakeEncoder, Target, Thresholds, build_encoder
+from .settings import AccuracySettings, MakeEncoder, Target, Thresholds
 
 __all__ = ["FAIL", "PASS", "UNSUPPORTED", "AccuracySettings", "Target", "Thresholds", "run_accuracy"]
-
-REFERENCE_BACKEND = "transformers"
 
 #: STS pairs: ``(sentences1, sentences2, scores)``.
 Sts = tuple[list[str], list[str], np.ndarray]
@@ -271,17 +271,22 @@ def _under_test(target: Target, device_name: str | None, model: ModelInfo | None
     return side
 
 
-def _reference(encoder: Encoder) -> ReferenceSide:
+def _reference(encoder: Encoder | SentenceTransformersReference) -> ReferenceSide:
     model = encoder.model_info
     digest, official = weights_sha256(model)
+    if isinstance(encoder, SentenceTransformersReference):
+        backend, version = encoder.backend, encoder.version
+    else:
+        backend, version = encoder.config.backend, None
     return ReferenceSide(
         device="cpu",
         dtype="float32",
-        backend=encoder.config.backend,
+        backend=backend,
         model=model.name,
         directory=model.directory,
         weights_sha256=digest,
         official_weights=official,
+        version=version,
     )
 
 
@@ -300,14 +305,17 @@ def _texts_info(encoder: Encoder, texts: list[str], user: int) -> TextsInfo:
 
 
 def run_accuracy(
-    settings: AccuracySettings, reference_encoder: Encoder | None = None, make_encoder: MakeEncoder | None = None
+    settings: AccuracySettings,
+    reference_encoder: Encoder | SentenceTransformersReference | None = None,
+    make_encoder: MakeEncoder | None = None,
 ) -> AccuracyRun:
     """Run the accuracy protocol for one device and one or more dtypes (a dtype the engine rejects is reported as
     UNSUPPORTED, not raised).
 
     Args:
         settings: What to compare, against which reference, on which texts.
-        reference_encoder: A ready CPU float32 reference encoder (saves a model load when a caller has one).
+        reference_encoder: A ready CPU float32 reference (saves a model load when a caller has one; default:
+            :func:`~minilm_npu.verify.reference.build_reference` of ``settings``).
         make_encoder: ``dtype -> encoder`` for the side under test (default: the real encoder of
             ``settings.target``).
 
@@ -328,7 +336,7 @@ def run_accuracy(
     sts = load_sts(settings.sts_path, settings.sts_limit) if settings.sts_path else None
     make = make_encoder or target.encoder
     if reference_encoder is None:
-        reference_encoder = build_encoder(settings.reference_model_path, "cpu", "float32", REFERENCE_BACKEND)
+        reference_encoder = build_reference(settings)
     reference = reference_encoder.encode(texts, batch_size=32, show_progress_bar=settings.progress)
     sts_reference = _sts_spearman(reference_encoder, sts, settings.progress) if sts else None
     texts_info = _texts_info(reference_encoder, texts, len(settings.user_texts))

@@ -17,9 +17,9 @@ import numpy as np
 
 from ..config import DEFAULT_BACKEND
 from ..contract import Encoder
-from .accuracy import REFERENCE_BACKEND, builtin_texts, row_cosines
+from .accuracy import builtin_texts, row_cosines
 from .results import FAIL, OK, CheckReport, CpuKernels, DeviceCheck, NpuSummary, VisibleDevice
-from .settings import build_encoder
+from .settings import REFERENCE_BACKEND, build_encoder
 
 __all__ = ["FAIL", "OK", "PASS_MIN_COSINE", "CheckReport", "DeviceCheck", "check_device", "run_doctor"]
 

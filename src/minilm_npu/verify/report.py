@@ -193,8 +193,9 @@ def accuracy_markdown(report: AccuracyReport, plots: dict[str, list[str]] | None
         f"# Accuracy: {under.device} ({under.device_name}) vs CPU float32 reference — {report.status}",
         "",
     ] + _environment_lines(report.environment)
+    library = f"{ref.backend} {ref.version}" if ref.version else ref.backend
     lines += [
-        f"- Reference: {ref.backend} on cpu, float32, {ref.model} (official weights: "
+        f"- Reference: {library}, CPU float32, {ref.model} in {ref.directory} (official weights: "
         f"{'yes' if ref.official_weights else 'no'})"
     ]
     if under.weights_sha256 is not None:

@@ -125,7 +125,7 @@ class UnderTest:
 
 @dataclass
 class ReferenceSide:
-    """The CPU float32 reference and its weights."""
+    """The CPU float32 reference and its weights; ``version`` is sentence-transformers' when it is the reference."""
 
     device: str
     dtype: str
@@ -134,6 +134,7 @@ class ReferenceSide:
     directory: str
     weights_sha256: str
     official_weights: bool
+    version: str | None = omit()
 
 
 @dataclass

@@ -17,6 +17,10 @@ from ..errors import InputError
 
 DEFAULT_BATCH_SIZES = (1, 4, 16, 32, 64)
 COMPARE_CHOICES = ("sentence-transformers",)
+SENTENCE_TRANSFORMERS = "sentence-transformers"
+REFERENCE_BACKEND = "transformers"
+#: ``--reference``: sentence-transformers itself, or the transformers backend (:mod:`~minilm_npu.verify.reference`).
+REFERENCE_CHOICES = (SENTENCE_TRANSFORMERS, REFERENCE_BACKEND)
 
 #: ``dtype -> encoder`` for the side under test (tests pass fakes; a report shares one model per dtype).
 MakeEncoder = Callable[[str], Encoder]
@@ -78,18 +82,25 @@ class AccuracySettings:
 
     Attributes:
         target: The device/dtypes/backend/model under test.
-        reference_model_path: Model for the CPU float32 reference (None: the bundled official model, so a damaged
-            copy under test shows up as a FAIL).
+        reference_model_path: Model for the CPU float32 reference (None: for sentence-transformers the model under
+            test's directory, for transformers the bundled official model).
+        reference: ``"sentence-transformers"`` or ``"transformers"``; None: transformers on the bundled official
+            files when the bundled model is under test (so a damaged copy shows up as a FAIL), else
+            sentence-transformers (:func:`~minilm_npu.verify.reference.reference_kind`).
         texts: Replaces the built-in 24 sentences (tests use it); ``user_texts`` are added after them.
         user_texts: Extra texts, e.g. from ``--texts FILE``.
         sts_path: An STS file (stsb-dev.tsv layout) for Spearman on both sides.
         sts_limit: Use only the first N pairs of the STS file.
         thresholds: What PASS means.
         progress: Show progress bars.
+
+    Raises:
+        InputError: an unknown reference.
     """
 
     target: Target = field(default_factory=Target)
     reference_model_path: str | None = None
+    reference: str | None = None
     texts: Sequence[str] | None = None
     user_texts: Sequence[str] = ()
     sts_path: str | Path | None = None
@@ -98,6 +109,8 @@ class AccuracySettings:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        if self.reference is not None and self.reference not in REFERENCE_CHOICES:
+            raise InputError(f"--reference takes {', '.join(REFERENCE_CHOICES)}, not {self.reference!r}")
         if self.texts is not None:
             object.__setattr__(self, "texts", tuple(self.texts))
         object.__setattr__(self, "user_texts", tuple(self.user_texts))

@@ -1,7 +1,7 @@
 """``minilm-npu report``: the doctor, the accuracy protocol and the benchmark for one target, and an index.
 
-One CPU float32 reference model serves the doctor and the accuracy run, and one model per dtype serves accuracy
-and bench, so a whole port verification loads each model once.
+One CPU float32 reference model serves the doctor and the accuracy run (when it is the transformers backend), and
+one model per dtype serves accuracy and bench, so a whole port verification loads each model once.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 from ..contract import Encoder
-from .accuracy import REFERENCE_BACKEND, run_accuracy
+from .accuracy import run_accuracy
 from .bench import run_bench
 from .doctor import run_doctor
+from .reference import SentenceTransformersReference, build_reference
 from .report import index_markdown, out_dir, write_accuracy, write_bench, write_check
 from .results import ReportSet
-from .settings import AccuracySettings, BenchSettings, MakeEncoder, build_encoder
+from .settings import REFERENCE_BACKEND, AccuracySettings, BenchSettings, MakeEncoder
 
 
 def run_report(out: str | Path, accuracy: AccuracySettings, bench: BenchSettings) -> ReportSet:
@@ -30,13 +31,16 @@ def run_report(out: str | Path, accuracy: AccuracySettings, bench: BenchSettings
     """
     out = out_dir(out)
     target = accuracy.target
-    reference = build_encoder(accuracy.reference_model_path, "cpu", "float32", REFERENCE_BACKEND)
+    reference = build_reference(accuracy)
+    # Our transformers backend as the reference also serves the doctor and the bench's CPU column; the
+    # sentence-transformers reference serves only the accuracy run (they build their own CPU model).
+    ours = None if isinstance(reference, SentenceTransformersReference) else reference
     check = run_doctor(
         target.device,
         dtype=target.dtypes[0],
         backend=target.backend,
         model_path=target.model_path,
-        reference_encoder=reference if target.model_path == accuracy.reference_model_path else None,
+        reference_encoder=ours if target.model_path == accuracy.reference_model_path else None,
     )
     write_check(check, out)
     make_encoder, load_seconds = _shared_encoders(accuracy)
@@ -45,7 +49,7 @@ def run_report(out: str | Path, accuracy: AccuracySettings, bench: BenchSettings
     bench_report = run_bench(
         bench,
         make_encoder=make_encoder,
-        cpu_encoder=reference if target.backend_name == REFERENCE_BACKEND else None,
+        cpu_encoder=ours if target.backend_name == REFERENCE_BACKEND else None,
     )
     for result in bench_report.results:
         if result.dtype in load_seconds:  # the bench reused the accuracy run's model: report its real load
