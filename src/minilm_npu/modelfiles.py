@@ -173,6 +173,12 @@ def _cache_dir() -> Path:
     return Path(base)
 
 
+def cache_dir() -> Path:
+    """Where minilm-npu keeps what it derives from model files (verdicts, digests, exported graphs):
+    ``MINILM_NPU_CACHE``, else ``$XDG_CACHE_HOME/minilm-npu`` (``~/.cache/minilm-npu``)."""
+    return _cache_dir()
+
+
 def verify_sha256(path: Path, expected: str = OFFICIAL_SHA256) -> None:
     """Check a weights file against the official sha256, caching a good verdict by path, size and mtime.
 

@@ -14,6 +14,7 @@ packed ``[total_tokens, hidden]`` tensor. Precision:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ from .policy import (
     tune_host_allocator,
     warmup_lengths,
 )
+from .query import QUERY_ENV, QueryEngine, installed_runtimes, plan_query
 
 log = logging.getLogger(__name__)
 
@@ -352,6 +354,19 @@ class PackedBackend(Backend):
         )
         # CPU: each forward on 1 thread or all, whichever measures faster under this machine's load.
         self._threads = AdaptiveThreads() if device.type == "cpu" else None
+        # CPU: calls of one sequence on ONNX Runtime / OpenVINO where installed (query.py says why); built on first
+        # use. Its thread choice is measured apart from the packed forwards': another engine, other costs.
+        self.query_plan = (
+            plan_query(dtype, cpu_has_native_bfloat16(), installed_runtimes(), os.environ.get(QUERY_ENV))
+            if device.type == "cpu"
+            else None
+        )
+        self.query = (
+            QueryEngine(model_files.weights_path, self.config, self.query_plan)
+            if self.query_plan is not None and self.query_plan.runtime is not None
+            else None
+        )
+        self._query_threads = AdaptiveThreads()
         # A CPU forward keeps no state (AdaptiveThreads' estimates are advisory), so threads may share this engine;
         # accelerators keep one stream and recorded graphs per engine.
         self.shareable = device.type == "cpu"
@@ -371,9 +386,18 @@ class PackedBackend(Backend):
             pooled = self.graphs.embed(batch)
             if pooled is not None:
                 return pooled
+        if self.query is not None and len(batch) == 1 and not self.query.failed:
+            pooled = self._query_threads.run(len(batch[0]), lambda: self._embed_query(batch))
+            if pooled is not None:
+                return pooled
         if self._threads is not None:
             return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch))
         return self._embed(batch)
+
+    def _embed_query(self, batch: list[list[int]]) -> torch.Tensor | None:
+        packed = self._pack(batch)
+        hidden = self.query.forward(packed.ids, packed.positions)
+        return None if hidden is None else self.model.pool(hidden, packed, self.pooling)
 
     def _embed(self, batch: list[list[int]]) -> torch.Tensor:
         packed = self._pack(batch)
@@ -403,6 +427,9 @@ class PackedBackend(Backend):
                 if self.dtype in ("float32", "int8", "bfloat16") and onednn_linear_supported()
                 else "F.linear"
             )
+            choices["one sentence"] = (
+                self.query.describe() if self.query is not None else f"packed engine ({self.query_plan.reason})"
+            )
             choices["threads"] = (
                 f"each forward on 1 thread or {torch.get_num_threads()}, whichever measures "
                 "faster under this load (per size class, re-tried every "
@@ -422,6 +449,8 @@ class PackedBackend(Backend):
         the compile happens in the first batch of >= 64 tokens)."""
         if self.dtype == "int8":
             FUSED_QUANTIZER.compile()
+        if self.query is not None:  # build (or read) the graph and the session now, not in the first query
+            self.embed([[101, 1000, 102]])
         for lengths in warmup_lengths(self.device):
             self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
         if self.graphs is not None:  # one query of any length: the latency-critical case

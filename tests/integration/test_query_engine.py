@@ -1,0 +1,178 @@
+"""The CPU engine's one-sentence path (engine/query.py) on the real model, against sentence-transformers.
+
+Calls of one sentence run on ONNX Runtime (or OpenVINO) over a graph built from the same weights; larger calls stay
+on the packed engine. Every test compares to sentence-transformers, with the packed engine's bound: float32 within
+1e-5 after normalisation (different GEMM libraries sum in different orders: measured ~3e-7).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from minilm_npu import MiniLMEncoder
+from minilm_npu.engine import query as query_module
+from minilm_npu.engine.cpu_execution import use_threads
+from minilm_npu.samples import MIXED_24
+from tests import texts
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+FLOAT32_BOUND = 1e-5
+ONE_BY_ONE = texts.ALL + MIXED_24
+
+
+@pytest.fixture(scope="module")
+def query_cache(tmp_path_factory):
+    """One cache directory for the module: the graph is built once, then read back."""
+    path = tmp_path_factory.mktemp("query-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINILM_NPU_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def ort_encoder(query_cache):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(query_module.QUERY_ENV, "onnxruntime")
+        return MiniLMEncoder(device="cpu")
+
+
+def backend_of(encoder):
+    return encoder.workers[0].backend
+
+
+def one_by_one(encoder, batch):
+    return np.stack([encoder.encode(text) for text in batch])
+
+
+def test_one_sentence_calls_run_on_onnxruntime_and_stay_exact(ort_encoder, st_model, query_cache):
+    backend = backend_of(ort_encoder)
+    calls = []
+    forward = backend.query.forward
+    backend.query.forward = lambda ids, positions: calls.append(len(ids)) or forward(ids, positions)
+    try:
+        ours = one_by_one(ort_encoder, ONE_BY_ONE)
+    finally:
+        del backend.query.forward
+    assert len(calls) == len(ONE_BY_ONE)  # every call of one sentence took the one-sentence path
+    reference = st_model.encode(ONE_BY_ONE, batch_size=1)
+    assert np.abs(ours - reference).max() <= FLOAT32_BOUND
+    assert "onnxruntime" in ort_encoder.engine_choices()["one sentence"]
+    assert len(list((query_cache / "query").glob("*-float32.onnx"))) == 1
+
+
+def test_batches_stay_on_the_packed_engine(ort_encoder, st_model, monkeypatch):
+    backend = backend_of(ort_encoder)
+    monkeypatch.setattr(backend.query, "forward", lambda *args: pytest.fail("a batch took the one-sentence path"))
+    together = ort_encoder.encode(ONE_BY_ONE, batch_size=8)
+    assert np.abs(together - st_model.encode(ONE_BY_ONE)).max() <= FLOAT32_BOUND
+
+
+def test_both_thread_counts_and_concurrent_callers(ort_encoder, st_model):
+    """A session per thread count (one thread or all, as AdaptiveThreads picks), shared by callers on several
+    threads (the server's lanes)."""
+    reference = st_model.encode(MIXED_24, batch_size=1)
+    for count in (1, 2):
+        with use_threads(count):
+            assert np.abs(one_by_one(ort_encoder, MIXED_24) - reference).max() <= FLOAT32_BOUND
+    assert {1, 2} <= set(backend_of(ort_encoder).query._runs)
+    results: dict[int, np.ndarray] = {}
+
+    def worker(index: int) -> None:
+        with use_threads(1):
+            results[index] = one_by_one(ort_encoder, MIXED_24[index::2])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert np.abs(results[0] - reference[0::2]).max() <= FLOAT32_BOUND
+    assert np.abs(results[1] - reference[1::2]).max() <= FLOAT32_BOUND
+
+
+def test_openvino_runs_it_too(query_cache, st_model, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setenv(query_module.QUERY_ENV, "openvino")
+    encoder = MiniLMEncoder(device="cpu")
+    assert "openvino" in encoder.engine_choices()["one sentence"]
+    reference = st_model.encode(MIXED_24, batch_size=1)
+    assert np.abs(one_by_one(encoder, MIXED_24) - reference).max() <= FLOAT32_BOUND
+    assert backend_of(encoder).query._runtime is not None and not backend_of(encoder).query.failed
+
+
+@pytest.mark.parametrize("setting", ["off", "missing"])
+def test_without_a_runtime_every_call_runs_on_the_packed_engine(setting, query_cache, st_model, monkeypatch):
+    if setting == "off":
+        monkeypatch.setenv(query_module.QUERY_ENV, "off")
+    else:  # neither onnxruntime nor openvino installed
+        monkeypatch.delenv(query_module.QUERY_ENV, raising=False)
+        monkeypatch.setattr("minilm_npu.engine.packed.installed_runtimes", lambda: ())
+    encoder = MiniLMEncoder(device="cpu")
+    assert backend_of(encoder).query is None
+    choice = encoder.engine_choices()["one sentence"]
+    assert choice.startswith("packed engine") and ("off" in choice if setting == "off" else "not installed" in choice)
+    reference = st_model.encode(MIXED_24, batch_size=1)
+    assert np.abs(one_by_one(encoder, MIXED_24) - reference).max() <= FLOAT32_BOUND
+
+
+def test_a_runtime_that_fails_falls_back_once_with_a_warning(query_cache, st_model, monkeypatch, caplog):
+    monkeypatch.setenv(query_module.QUERY_ENV, "onnxruntime")
+    encoder = MiniLMEncoder(device="cpu")
+
+    def broken(self, threads):
+        raise RuntimeError("no CPU execution provider")
+
+    monkeypatch.setattr(query_module._OnnxRuntime, "session", broken)
+    with caplog.at_level(logging.WARNING, logger="minilm_npu.engine.query"):
+        ours = one_by_one(encoder, MIXED_24)
+    assert np.abs(ours - st_model.encode(MIXED_24, batch_size=1)).max() <= FLOAT32_BOUND
+    assert caplog.text.count("unavailable") == 1 and "no CPU execution provider" in caplog.text
+    assert "failed" in encoder.engine_choices()["one sentence"]
+
+
+def test_warmup_builds_the_session_before_the_first_query(query_cache, monkeypatch):
+    monkeypatch.setenv(query_module.QUERY_ENV, "onnxruntime")
+    encoder = MiniLMEncoder(device="cpu")
+    assert not backend_of(encoder).query._runs  # nothing built at load
+    encoder.warmup()
+    assert backend_of(encoder).query._runs
+
+
+def test_another_bert_shape_exports_from_its_own_config(tmp_path, query_cache, monkeypatch):
+    """The graph follows config.json (layers, width, heads, feed-forward, epsilon), not MiniLM's numbers."""
+    transformers = pytest.importorskip("transformers")
+    from sentence_transformers import SentenceTransformer, models
+
+    from minilm_npu.modelfiles import bundled_model_dir
+
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=80,
+        max_position_embeddings=64,
+        layer_norm_eps=1e-7,
+    )
+    torch.manual_seed(0)
+    raw = tmp_path / "raw"
+    transformers.BertModel(config).save_pretrained(raw)
+    transformers.AutoTokenizer.from_pretrained(bundled_model_dir()).save_pretrained(raw)
+    saved = tmp_path / "st"
+    transformer = models.Transformer(str(raw), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, models.Pooling(48, "mean"), models.Normalize()], device="cpu").save(
+        str(saved)
+    )
+    reference = SentenceTransformer(str(saved), device="cpu").encode(texts.ALL, batch_size=1)
+    monkeypatch.setenv(query_module.QUERY_ENV, "onnxruntime")
+    encoder = MiniLMEncoder(model_path=str(saved), device="cpu")
+    assert encoder.dimension == 48
+    assert np.abs(one_by_one(encoder, texts.ALL) - reference).max() <= FLOAT32_BOUND
+    assert backend_of(encoder).query._runs
