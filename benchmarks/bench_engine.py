@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
-from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan  # noqa: E402
+from minilm_npu.engine.cpu_kernels import cap_summary, isa_summary, kernel_plan, onednn_isa  # noqa: E402
 from minilm_npu.engine.policy import cpu_has_native_bfloat16, dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
 from minilm_npu.verify.accuracy import load_sts, row_cosines, spearman  # noqa: E402
@@ -588,6 +588,9 @@ def run(args: argparse.Namespace) -> dict:
         "device_type": device.type,
         "cpu": cpu_model(),
         "isa": isa_summary(),
+        "onednn": onednn_isa(),
+        # ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY: a capped run measures an older CPU's kernels, and says so.
+        "cap": cap_summary(),
         "kernels": kernel_plan() if device.type == "cpu" else {},
         "query": query_plans(dtypes) if device.type == "cpu" else {},
         "notes": [] if device.type != "cpu" or cpu_has_native_bfloat16() else [BFLOAT16_NOT_APPLICABLE],
@@ -655,7 +658,9 @@ def markdown(results: dict) -> str:
     engines = list(dict.fromkeys(r["engine"] for r in results["rows"]))
     by = {(r["workload"], r["engine"]): r for r in results["rows"]}
     lines = [
-        f"CPU: {results['cpu']}; ISA: {results['isa']}",
+        f"CPU: {results['cpu']}; ISA: {results['isa']}"
+        + (f"; oneDNN runs {results['onednn']}" if results.get("onednn") else ""),
+        *([f"Capped: {results['cap']}"] if results.get("cap") else []),
         f"Device: {results['device']} ({results['threads']} threads), torch {results['torch']}, {results['machine']}",
     ]
     if results.get("workers", 1) > 1:

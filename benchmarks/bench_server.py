@@ -7,10 +7,13 @@ shares the server's interpreter lock nor takes much of the CPU the server needs.
 ``--texts-per-request`` texts of ``--words`` words per request; every level is bounded by ``--requests`` and
 ``--max-seconds``. The in-process baseline encodes the same texts with ``MiniLMEncoder.encode(batch_size=32)`` in
 one call, and times one request's worth of texts per call (its p50 is the in-process latency), before the server
-starts. Targets: one client's p50 <= in-process p50 +
-1.5 ms; at 64 clients >= 90 % of in-process throughput (``--texts-per-request 1`` is the one-sentence case). On a
-small CPU box the clients and the server share the cores, which the in-process baseline does not pay; on an
-accelerator the model's work leaves the CPU.
+starts. Targets: one client's p50 <= in-process p50 + 1.0 ms; at 64 clients >= 90 % of in-process throughput
+(``--texts-per-request 1 --words 6-10`` is the one-short-sentence case). ``--variants fast,fastapi`` runs the
+server as users run it beside one whose embedding routes go through FastAPI's routing, measured in turn at every
+level (``--rounds`` repeats them, for a range on a shared machine); each row also gives the server's CPU time per
+request (all its threads), which other load on the machine disturbs less than latency. On a small CPU box the
+clients and the server share the cores, which the in-process baseline does not pay; on an accelerator the model's
+work leaves the CPU.
 
     python benchmarks/bench_server.py --device cpu --requests 256
 """
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import random
 import statistics
 import sys
@@ -135,6 +139,17 @@ async def _level(
     return len(latencies), elapsed, latencies
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far; NaN where /proc is not there. Less
+    sensitive to other load on the machine than latency: what a request costs the server, not how long it waits."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run(coroutine):
     """uvloop when installed (the server's extra brings it): the cheaper loop leaves more CPU to the server."""
     try:
@@ -144,10 +159,38 @@ def _run(coroutine):
     return uvloop.run(coroutine)
 
 
-def main() -> None:
+#: Server variants a run can compare (``--variants``): extra ``minilm-npu serve`` arguments each.
+VARIANTS = {
+    "fast": [],  # as users run it: the embedding routes on the raw-ASGI fast path
+    "fastapi": ["--no-fast-path"],  # the same routes through FastAPI's routing and request handling
+}
+
+
+def _in_process(args: argparse.Namespace, texts: list[str]) -> tuple[float, float, str]:
+    """In-process ``encode``: texts/s at batch 32, the p50 of one request's texts per call, and the device line.
+    A function of its own so that the model is freed before the servers start."""
     from minilm_npu import MiniLMEncoder
     from minilm_npu.devices import synchronize
     from minilm_npu.verify.bench import time_each
+
+    encoder = MiniLMEncoder(device=args.device, backend=args.backend, dtype=args.dtype)
+    encoder.encode(texts[:64])  # warm-up
+    start = time.perf_counter()
+    encoder.encode(texts, batch_size=32)
+    baseline = len(texts) / (time.perf_counter() - start)
+    # verify's timing protocol, over one request's worth of texts per call (the first few calls untimed).
+    per = args.texts_per_request
+    chunks = [texts[i * per : (i + 1) * per] for i in range(min(args.requests, 200))]
+    p50 = time_each(
+        lambda batch, _size: encoder.encode(batch),
+        lambda: synchronize(encoder.device),
+        chunks,
+        warmup=min(5, len(chunks) - 1),
+    )["p50_ms"]
+    return baseline, p50, f"{encoder.device}, backend {encoder.backend_name}, dtype {encoder.dtype}"
+
+
+def main() -> None:
     from minilm_npu.verify.environment import cpu_line
     from tests.integration.server_process import start_server
 
@@ -168,6 +211,13 @@ def main() -> None:
         choices=("base64", "float"),
         help="what clients ask for (the official openai client asks for base64 by default)",
     )
+    parser.add_argument(
+        "--variants",
+        default="fast",
+        help=f"comma-separated server variants, all running at once and measured in turn at each level "
+        f"(of {', '.join(VARIANTS)}; default fast)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every level this many times (a range)")
     args = parser.parse_args()
     try:
         shortest, longest = (int(w) for w in args.words.split("-"))
@@ -175,52 +225,48 @@ def main() -> None:
             raise ValueError
     except ValueError:
         parser.error(f"--words must be MIN-MAX with 1 <= MIN <= MAX, not {args.words!r}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
 
     texts = _texts(args.requests * args.texts_per_request, shortest, longest)
-    encoder = MiniLMEncoder(device=args.device, backend=args.backend, dtype=args.dtype)
-    encoder.encode(texts[:64])  # warm-up
-    start = time.perf_counter()
-    encoder.encode(texts, batch_size=32)
-    baseline = len(texts) / (time.perf_counter() - start)
-    # verify's timing protocol, over one request's worth of texts per call (the first few calls untimed).
-    chunks = [
-        texts[i * args.texts_per_request : (i + 1) * args.texts_per_request] for i in range(min(args.requests, 200))
-    ]
-    in_process_p50 = time_each(
-        lambda batch, _, encoder=encoder: encoder.encode(batch),
-        lambda device=encoder.device: synchronize(device),
-        chunks,
-        warmup=min(5, len(chunks) - 1),
-    )["p50_ms"]
-    description = f"{encoder.device}, backend {encoder.backend_name}, dtype {encoder.dtype}"
-    del encoder
+    baseline, in_process_p50, description = _in_process(args, texts)
 
     # info level: start_server waits for uvicorn's "running on" line (access logs are off in serve).
     serve_args = ["--device", args.device, "--dtype", args.dtype, "--max-concurrent-requests", "4096"]
     if args.backend:
         serve_args += ["--backend", args.backend]
-    server = start_server(*serve_args)
+    servers = {}
     rows = []
     try:
-        url = f"{server.url}/v1/embeddings"
-        _run(_level(url, texts, 4, 8, args.texts_per_request, 30))  # connections and first batches
-        for level in (int(x) for x in args.levels.split(",")):
-            done, elapsed, latencies = _run(
-                _level(url, texts, level, args.requests, args.texts_per_request, args.max_seconds, args.encoding_format)
-            )
-            throughput = done * args.texts_per_request / elapsed
-            rows.append(
-                (
-                    level,
-                    done,
-                    throughput,
-                    statistics.median(latencies) * 1e3,
-                    _percentile(latencies, 0.99) * 1e3,
-                    throughput / baseline,
-                )
-            )
+        for variant in variants:
+            servers[variant] = start_server(*serve_args, *VARIANTS[variant])
+            url = f"{servers[variant].url}/v1/embeddings"
+            _run(_level(url, texts, 4, 8, args.texts_per_request, 30))  # connections and first batches
+        for round_ in range(args.rounds):
+            for level in (int(x) for x in args.levels.split(",")):
+                for variant, server in servers.items():
+                    cpu_before = _cpu_seconds(server.proc.pid)
+                    done, elapsed, latencies = _run(
+                        _level(
+                            f"{server.url}/v1/embeddings",
+                            texts,
+                            level,
+                            args.requests,
+                            args.texts_per_request,
+                            args.max_seconds,
+                            args.encoding_format,
+                        )
+                    )
+                    cpu_ms = (_cpu_seconds(server.proc.pid) - cpu_before) * 1e3 / max(done, 1)
+                    throughput = done * args.texts_per_request / elapsed
+                    p50 = statistics.median(latencies) * 1e3
+                    p99 = _percentile(latencies, 0.99) * 1e3
+                    rows.append((round_ + 1, variant, level, done, throughput, p50, p99, throughput / baseline, cpu_ms))
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
 
     print(
         f"\nDevice {description}; {args.texts_per_request} texts/request, encoding_format "
@@ -228,10 +274,20 @@ def main() -> None:
         f"in-process encode: {baseline:.1f} texts/s, p50 {in_process_p50:.2f} ms per request's texts "
         f"({cpu_line()})\n"
     )
-    print("| clients | requests | texts/s | p50 ms | p50 - in-process ms | p99 ms | vs in-process |")
-    print("|--------:|---------:|--------:|-------:|--------------------:|-------:|--------------:|")
-    for level, n, tput, p50, p99, ratio in rows:
-        print(f"| {level} | {n} | {tput:.1f} | {p50:.2f} | {p50 - in_process_p50:+.2f} | {p99:.1f} | {ratio:.0%} |")
+    print(f"load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print(
+        "| round | server | clients | requests | texts/s | p50 ms | p50 - in-process ms | p99 ms | vs in-process "
+        "| server CPU ms/request |"
+    )
+    print(
+        "|------:|--------|--------:|---------:|--------:|-------:|--------------------:|-------:|--------------:"
+        "|----------------------:|"
+    )
+    for round_, variant, level, n, tput, p50, p99, ratio, cpu_ms in rows:
+        print(
+            f"| {round_} | {variant} | {level} | {n} | {tput:.1f} | {p50:.2f} | {p50 - in_process_p50:+.2f} | "
+            f"{p99:.1f} | {ratio:.0%} | {cpu_ms:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ TEST_DEVICE = os.environ.get("MINILM_TEST_DEVICE", "cpu")
 TEST_MODEL = os.environ.get("MINILM_TEST_MODEL") or None
 
 
+def pytest_configure(config):
+    """LangChain's standard suites (langchain-tests) have async tests without asyncio marks; pytest-asyncio, which
+    langchain-tests brings, runs them in its auto mode (nothing else in the suite is async)."""
+    if hasattr(config.option, "asyncio_mode") and config.option.asyncio_mode is None:
+        config.option.asyncio_mode = "auto"
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The model under test: the bundled official all-MiniLM-L6-v2 directory unless MINILM_TEST_MODEL is set."""

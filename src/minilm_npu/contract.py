@@ -41,6 +41,9 @@ class TokenizerInfo(Protocol):
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
         """Token strings for ids."""
 
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token ids."""
+
 
 @runtime_checkable
 class DeviceWorker(Protocol):
@@ -58,6 +61,10 @@ class DeviceWorker(Protocol):
         """:meth:`run` with every host core even where this worker has a share of them (a CPU worker beside
         others): for a batch nothing else runs beside."""
 
+    def run_tokens(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """Last-layer hidden states per sequence (special tokens included), float32 ``(len(seq), dimension)``
+        arrays in order, as one forward pass on this worker's share of the cores."""
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -72,6 +79,7 @@ class Encoder(Protocol):
         pooling: ``"mean"`` or ``"cls"``.
         model_info: The model's name and files (:class:`ModelInfo`).
         tokenizer: Vocabulary size and id-to-token decoding.
+        prompts: Named prompts (sentence-transformers' ``prompt_name``): name -> text put before an input.
     """
 
     config: EncoderConfig
@@ -91,10 +99,16 @@ class Encoder(Protocol):
     def pooling(self) -> str: ...
 
     @property
+    def prompts(self) -> dict[str, str]: ...
+
+    @property
     def model_info(self) -> ModelInfo: ...
 
-    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
-        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``."""
+    def tokenize(
+        self, texts: Sequence[str], truncate: bool = True, truncation_direction: str = "right"
+    ) -> list[list[int]]:
+        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``;
+        ``truncation_direction="left"`` keeps a long text's end (special tokens kept either way)."""
 
     def encode(
         self,

@@ -84,6 +84,12 @@ class DeviceWorker:
                 pooled = F.normalize(pooled.float(), p=2, dim=1)
             return pooled.float().cpu().numpy()
 
+    def run_tokens(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """Last-layer hidden states per sequence, special tokens included: float32 ``(len(seq), dimension)`` arrays
+        on the CPU, in order, as one forward pass on this worker's share of the cores."""
+        with self.lock, use_threads(self.host_threads):
+            return [state.float().cpu().numpy() for state in self.backend.token_embeddings(ids)]
+
     def warmup(self) -> None:
         """The backend's own warm-up shapes (e.g. every static-shape gear on an NPU), on this worker's threads."""
         with self.lock, use_threads(self.host_threads):
@@ -201,9 +207,12 @@ class MiniLMEncoder(SentenceTransformerSurface):
         )
 
     # -- pre -------------------------------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
-        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``."""
-        return self.tokenizer.encode(texts, truncate=truncate)
+    def tokenize(
+        self, texts: Sequence[str], truncate: bool = True, truncation_direction: str = "right"
+    ) -> list[list[int]]:
+        """Token ids per text (``[CLS] ... [SEP]``), truncated at ``max_seq_length`` unless ``truncate=False``;
+        ``truncation_direction="left"`` keeps a long text's end instead of its start."""
+        return self.tokenizer.encode(texts, truncate=truncate, truncation_direction=truncation_direction)
 
     @staticmethod
     def _check_texts(sentences: object) -> list[str]:

@@ -15,6 +15,20 @@ def isa_summary() -> str:
     return summary()
 
 
+def onednn_isa() -> str:
+    """The instruction-set level oneDNN runs here: the CPU's best within ``ONEDNN_MAX_CPU_ISA``."""
+    from .engine.cpu_kernels import onednn_isa as level
+
+    return level()
+
+
+def cap_summary() -> str | None:
+    """One line on the caps in force (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``), or None without any."""
+    from .engine.cpu_kernels import cap_summary as summary
+
+    return summary()
+
+
 def kernel_plan() -> dict[str, str]:
     """Per CPU dtype, the linear-layer kernel the packed engine picks on this CPU with this torch build (what the
     build lacks is said instead)."""

@@ -68,6 +68,10 @@ class Tokenizer:
         self._truncating = HFTokenizer.from_file(str(model_files.tokenizer_path))
         self._truncating.no_padding()
         self._truncating.enable_truncation(max_length=self.max_seq_length)
+        # Left truncation keeps a text's end (special tokens are still added around what is kept).
+        self._truncating_left = HFTokenizer.from_file(str(model_files.tokenizer_path))
+        self._truncating_left.no_padding()
+        self._truncating_left.enable_truncation(max_length=self.max_seq_length, direction="left")
         self._full = HFTokenizer.from_file(str(model_files.tokenizer_path))
         self._full.no_padding()
         self._full.no_truncation()
@@ -77,6 +81,7 @@ class Tokenizer:
         """Truncate at ``max_seq_length`` tokens from now on (the caller checks it against the model's limit)."""
         self.max_seq_length = max_seq_length
         self._truncating.enable_truncation(max_length=max_seq_length)
+        self._truncating_left.enable_truncation(max_length=max_seq_length, direction="left")
 
     def _prepare(self, texts: Sequence[str]) -> list[str]:
         # As sentence-transformers does: surrounding whitespace is stripped, and lower-cased when the
@@ -84,13 +89,17 @@ class Tokenizer:
         prepared = [str(text).strip() for text in texts]
         return [text.lower() for text in prepared] if self.do_lower_case else prepared
 
-    def encode(self, texts: Sequence[str], truncate: bool = True) -> list[list[int]]:
+    def encode(
+        self, texts: Sequence[str], truncate: bool = True, truncation_direction: str = "right"
+    ) -> list[list[int]]:
         """Token ids for each text, special tokens included.
 
         Args:
             texts: The texts; an empty text gives ``[CLS] [SEP]``, as in the reference.
             truncate: Cut at ``max_seq_length`` (default). With False, the full ids come back so the caller can
                 reject over-long inputs.
+            truncation_direction: ``"right"`` keeps a long text's start (sentence-transformers' way), ``"left"``
+                its end; either way the special tokens are kept.
 
         Returns:
             One list of ids per text.
@@ -103,7 +112,10 @@ class Tokenizer:
         prepared = self._prepare(texts)
         if not truncate:
             return [enc.ids for enc in _encode_batch(self._full, prepared)]
-        encodings = _encode_batch(self._truncating, prepared)
+        if truncation_direction not in ("right", "left"):
+            raise InputError(f"truncation_direction must be 'right' or 'left', not {truncation_direction!r}")
+        tokenizer = self._truncating_left if truncation_direction == "left" else self._truncating
+        encodings = _encode_batch(tokenizer, prepared)
         truncated = sum(1 for enc in encodings if enc.overflowing)
         if truncated:
             log.info(
@@ -117,6 +129,10 @@ class Tokenizer:
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
         """The token strings for ids (for ``/tokenize``-style output)."""
         return [self._full.id_to_token(int(i)) or "[UNK]" for i in ids]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token ids (WordPiece pieces joined back into words), as ``tokenizers`` decodes them."""
+        return self._full.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
 
 class TokenIdError(InputError):

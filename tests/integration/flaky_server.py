@@ -43,6 +43,10 @@ class FlakyWorker:
         self._maybe_fail()
         return self._worker.run_on_all_cores(ids, normalize)
 
+    def run_tokens(self, ids):
+        self._maybe_fail()
+        return self._worker.run_tokens(ids)
+
 
 def flaky(encoder, fail_file: Path):
     """The real encoder with every worker made flaky: the device workers and the batch workers the server runs its

@@ -8,6 +8,7 @@ import torch
 from minilm_npu.engine.packed import FusedQuantizer, quantize_per_token
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("width", [384, 1536])
 def test_fused_codes_equal_the_eager_ones(width):
     torch.manual_seed(width)

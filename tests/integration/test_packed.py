@@ -56,6 +56,7 @@ def test_spearman_helper():
     assert spearman(np.array([1.0, 2, 2, 4]), np.array([4.0, 3, 3, 1])) == pytest.approx(-1.0)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("name", ["SHORT", "CHINESE", "FRENCH", "EMOJI", "EMPTYISH", "MEDIUM", "LONG"])
 def test_float32_equals_sentence_transformers_and_reference(name, packed32, st_model, reference_encoder):
     batch = getattr(texts, name)
@@ -64,10 +65,12 @@ def test_float32_equals_sentence_transformers_and_reference(name, packed32, st_m
     assert np.abs(ours - reference_encoder.encode(batch)).max() <= 1e-5
 
 
+@pytest.mark.isa
 def test_mixed_24_equals_sentence_transformers(packed32, st_model):
     assert np.abs(packed32.encode(MIXED_24) - st_model.encode(MIXED_24)).max() <= 1e-5
 
 
+@pytest.mark.isa
 def test_batch_invariance_and_order(packed32):
     batch = texts.ALL + MIXED_24
     together = packed32.encode(batch)
@@ -134,13 +137,21 @@ def test_float32_stsb_spearman(stsb_float32):
     assert abs(stsb_float32[0] - STSB_REFERENCE_SPEARMAN) <= 0.00005
 
 
-@pytest.mark.slow
+@pytest.mark.isa
 @pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
-def test_reduced_precision_quality(dtype, packed32, stsb, stsb_float32):
+def test_reduced_precision_cosine(dtype, packed32):
+    """The quality bound of each reduced precision, on the kernels this CPU (or its cap) runs: int8 per-token
+    quantization on VNNI/AMX or vpmaddubsw, bfloat16 native or emulated through float32."""
     encoder = MiniLMEncoder(device="cpu", backend="packed", dtype=dtype)
     batch = texts.ALL + MIXED_24
     cosine = (encoder.encode(batch) * packed32.encode(batch)).sum(axis=1)
     assert cosine.min() >= COSINE_BOUNDS[dtype]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_reduced_precision_stsb(dtype, packed32, stsb, stsb_float32):
+    encoder = MiniLMEncoder(device="cpu", backend="packed", dtype=dtype)
     if dtype == "bfloat16":
         # bfloat16 is emulated on CPUs without AVX512-BF16/AMX (several times slower): a 500-sentence slice of
         # STS-B keeps the test quick; the full set runs for float32 and int8.
@@ -175,6 +186,7 @@ def test_bad_dtype_device_combinations_fail_clearly(packed32):
         MiniLMEncoder(device="cpu", backend="packed", dtype="float8")
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("strategy,gears", [("per_sequence", False), ("padded", False), ("padded", True)])
 def test_every_attention_strategy_is_exact(strategy, gears, packed32, st_model):
     """The accelerator strategies (one padded block; static-shape gears as on Ascend) run here on the CPU too."""
@@ -201,22 +213,46 @@ def test_cpu_float_layers_use_prepacked_onednn_weights(packed32):
     assert all(isinstance(getattr(layer, name), OneDnnLinear) for layer in layers for name in LINEAR_NAMES)
 
 
-@pytest.mark.parametrize("native_bfloat16", [False, True], ids=["float32-qkv", "bfloat16-qkv"])
-def test_int8_engine_layers_follow_the_cpu(monkeypatch, packed32, native_bfloat16):
-    """int8: QKV in bfloat16 where the CPU has bfloat16 hardware, else float32; the rest int8. Both choices keep
-    the int8 quality bound (forced here whatever this CPU has: without the hardware, bfloat16 is only slower)."""
-    from minilm_npu.engine import packed
+#: /proc/cpuinfo flags of an AMX Xeon (Sapphire Rapids): what the engine decides from when it believes it runs on one.
+AMX_XEON = frozenset(
+    "sse4_1 sse4_2 avx avx2 fma avx_vnni avx512f avx512bw avx512vl avx512dq avx512_vnni avx512_bf16 avx512_fp16 "
+    "amx_tile amx_int8 amx_bf16".split()
+)
+
+
+@pytest.mark.isa
+@pytest.mark.parametrize(
+    "flags, cap, qkv",
+    [(None, None, "any"), (AMX_XEON, "AVX2", "float32"), (AMX_XEON, "AVX512_CORE_BF16", "bfloat16")],
+    ids=["this-cpu", "amx-xeon-capped-avx2", "amx-xeon-capped-bf16"],
+)
+def test_int8_engine_layers_follow_the_cpu(monkeypatch, packed32, flags, cap, qkv):
+    """int8: QKV in bfloat16 where oneDNN runs bfloat16 instructions (the CPU's flags within ONEDNN_MAX_CPU_ISA),
+    else float32; the rest int8; the int8 quality bound either way. The AMX Xeon cases make the engine decide
+    from that CPU's flags: capped to AVX2 it must not take the bfloat16 path (oneDNN refuses its weight reorder
+    there); uncapped to bfloat16 it does, which this CPU runs only where its own oneDNN takes bfloat16."""
+    from minilm_npu.engine import cpu_kernels
     from minilm_npu.engine.packed import Bfloat16Linear, Int8Linear, OneDnnLinear, onednn_linear_supported
 
     if not onednn_linear_supported():
         pytest.skip("this torch build has no oneDNN")
-    monkeypatch.setattr(packed, "cpu_has_native_bfloat16", lambda: native_bfloat16)
+    if qkv == "bfloat16" and not cpu_kernels.onednn_bfloat16_supported():
+        pytest.skip(
+            f"oneDNN runs {cpu_kernels.onednn_isa()} here (flags: {cpu_kernels.isa_summary()}; "
+            f"cap: {cpu_kernels.onednn_cap() or 'none'}): it takes bfloat16 from AVX512_CORE or AVX2_VNNI_2 up"
+        )
+    if flags is not None:
+        monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: flags)
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)  # read by the engine's decision; oneDNN read its cap at start
+    if qkv == "any":
+        qkv = "bfloat16" if cpu_kernels.bfloat16_isa() else "float32"
     encoder = MiniLMEncoder(device="cpu", dtype="int8")
     layers = encoder.workers[0].backend.model.layers
-    assert all(isinstance(layer.qkv, Bfloat16Linear if native_bfloat16 else OneDnnLinear) for layer in layers)
+    assert all(isinstance(layer.qkv, Bfloat16Linear if qkv == "bfloat16" else OneDnnLinear) for layer in layers)
     assert all(isinstance(getattr(layer, name), Int8Linear) for layer in layers for name in LINEAR_NAMES[1:])
+    assert encoder.workers[0].backend.choices()["linear"] == cpu_kernels.kernel_plan()["int8"]
     cosines = (encoder.encode(MIXED_24) * packed32.encode(MIXED_24)).sum(1)
-    assert cosines.min() >= 0.99
+    assert cosines.min() >= COSINE_BOUNDS["int8"]
 
 
 def test_plain_linear_path_is_exact_too(monkeypatch, st_model):

@@ -88,7 +88,7 @@ def test_openai_token_ids_and_dimensions(http, encoder):
         ({"input": []}, 400, "must not be an empty list"),
         ({"input": ["a"] * 65}, 400, "at most 64"),
         ({"input": LONG[0], "truncate": False}, 400, "at most 256"),
-        ({"input": [[101] + [2000] * 300 + [102]]}, 400, "at most 256"),
+        ({"input": [[101] + [2000] * 300 + [102]], "truncate": False}, 400, "at most 256"),
         ({"input": [[101, 10**6, 102]]}, 400, "not a token id"),
         ({"input": {"text": "a"}}, 422, "expected one of"),
         ({"input": "a " * 60000}, 413, "100000 bytes"),

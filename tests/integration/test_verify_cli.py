@@ -78,10 +78,31 @@ def test_check_reports_cpu_ok_and_no_npu(tmp_path):
     assert "# Device check: OK" in markdown and "| ⚠ ASCEND_RT_VISIBLE_DEVICES |" in markdown
     assert "NPU: no NPU" in markdown
     # The CPU kernels the engine picks, from this CPU's flags (whatever CPU runs the test).
-    from minilm_npu.engine.cpu_kernels import isa_summary, kernel_plan
+    from minilm_npu.engine.cpu_kernels import cap_summary, isa_summary, kernel_plan, onednn_isa
 
-    assert report["cpu_kernels"] == {"isa": isa_summary(), "kernels": kernel_plan()}
+    expected = {"isa": isa_summary(), "onednn": onednn_isa(), "cap": cap_summary(), "kernels": kernel_plan()}
+    assert report["cpu_kernels"] == expected
     assert "## CPU kernels" in markdown and f"| int8 | {kernel_plan()['int8']} |" in markdown
+
+
+@pytest.mark.parametrize(
+    "cap, float32, int8", [("AVX2", "AVX2 FMA", "AVX2 (vpmaddubsw"), ("SSE41", "SSE4.1 (no FMA)", "SSE4.1 (pmaddubsw")]
+)
+def test_check_names_the_kernels_of_the_onednn_cap(cap, float32, int8):
+    """Under ONEDNN_MAX_CPU_ISA the doctor names the kernels oneDNN runs (not the CPU's best: an AVX2 cap on an
+    AMX Xeon must not say AMX) and the cap, and the engine it checks reports the same."""
+    from minilm_npu.engine.cpu_kernels import cpu_flags, level_flags
+
+    if not level_flags(cap) <= cpu_flags():
+        pytest.skip(f"this CPU lacks {' '.join(sorted(level_flags(cap) - cpu_flags()))}")
+    done = cli("check", "--device", "cpu", "--json", env={"ONEDNN_MAX_CPU_ISA": cap})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    kernels = report["cpu_kernels"]
+    assert report["checks"][0]["engine"]["linear"] == kernels["kernels"]["float32"]
+    assert kernels["onednn"] == cap and f"ONEDNN_MAX_CPU_ISA={cap}: oneDNN runs {cap}" in kernels["cap"]
+    assert float32 in kernels["kernels"]["float32"] and int8 in kernels["kernels"]["int8"]
+    assert "QKV in float32" in kernels["kernels"]["int8"] and "emulated" in kernels["kernels"]["bfloat16"]
 
 
 def test_check_npu_fails_clearly_here():

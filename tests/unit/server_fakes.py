@@ -15,6 +15,7 @@ import numpy as np
 
 from minilm_npu.config import EncoderConfig
 from minilm_npu.contract import ModelInfo
+from minilm_npu.tokenization import UntokenizableText
 
 CLS, SEP, VOCAB = 101, 102, 30522
 
@@ -44,6 +45,10 @@ class FakeWorker:
             self.encoder.alone += 1
         return self.run(ids, normalize)
 
+    def run_tokens(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """One row per token: the vector of the sequence's first ``position + 1`` ids."""
+        return [np.stack([self.encoder.vector(seq[: i + 1]) for i in range(len(seq))]) for seq in ids]
+
 
 class FakeEncoder:
     """Words hash to token ids; a sequence's vector depends only on its ids (so batching cannot change it)."""
@@ -52,6 +57,8 @@ class FakeEncoder:
     max_seq_length = 256
     model_name = "fake/minilm"
     pooling = "mean"
+    #: sentence-transformers' defaults (empty) plus one prompt that changes the text.
+    prompts = {"query": "", "document": "", "search": "search for:"}
 
     def __init__(self, devices=("cpu",), delay_s: float = 0.0, **config):
         self.config = EncoderConfig(device=",".join(devices), **config)
@@ -62,7 +69,7 @@ class FakeEncoder:
         self.alone = 0  # batches run with every core (nothing else running or queued)
         self.ran_on: list[str] = []  # the device of each batch
         self.lock = threading.Lock()
-        self.tokenizer = SimpleNamespace(vocab_size=VOCAB, decode_tokens=self.decode_tokens)
+        self.tokenizer = SimpleNamespace(vocab_size=VOCAB, decode_tokens=self.decode_tokens, decode=self.decode)
         self.warmed = False
 
     def warmup(self) -> None:
@@ -75,18 +82,26 @@ class FakeEncoder:
     def engine_choices(self) -> dict[str, str]:
         return {}
 
-    def tokenize(self, texts, truncate=True):
+    def tokenize(self, texts, truncate=True, truncation_direction="right"):
         out = []
-        for text in texts:
-            ids = [CLS] + [1000 + zlib.crc32(w.encode()) % 20000 for w in text.split()] + [SEP]
-            if truncate and len(ids) > self.max_seq_length:
-                ids = ids[: self.max_seq_length - 1] + [SEP]
-            out.append(ids)
+        keep = self.max_seq_length - 2
+        for index, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as bad:  # as the real tokenizer: the text, named by its position
+                raise UntokenizableText(index, f"is not valid Unicode: {bad.reason}") from None
+            words = [1000 + zlib.crc32(w.encode()) % 20000 for w in text.split()]
+            if truncate and len(words) > keep:
+                words = words[-keep:] if truncation_direction == "left" else words[:keep]
+            out.append([CLS, *words, SEP])
         return out
 
     def decode_tokens(self, ids):
         names = {CLS: "[CLS]", SEP: "[SEP]"}
         return [names.get(i, f"tok{i}") for i in ids]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(t for t in self.decode_tokens(ids) if not (skip_special_tokens and t in ("[CLS]", "[SEP]")))
 
     def vector(self, ids) -> np.ndarray:
         rng = np.random.default_rng(zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes()))
@@ -106,7 +121,10 @@ class FakeEncoder:
         return out[0] if single else out
 
     def expected(self, texts, normalize=True) -> np.ndarray:
-        out = np.stack([self.vector(seq) for seq in self.tokenize(texts)])
+        return self.expected_ids(self.tokenize(texts), normalize)
+
+    def expected_ids(self, ids, normalize=True) -> np.ndarray:
+        out = np.stack([self.vector(seq) for seq in ids])
         if normalize:
             out /= np.linalg.norm(out, axis=1, keepdims=True)
         return out

@@ -120,6 +120,8 @@ def test_verdicts_against_the_issue_targets(bench):
             "device": "cpu",
             "cpu": "Some CPU",
             "isa": "avx2 fma",
+            "onednn": "SSE41",
+            "cap": "ONEDNN_MAX_CPU_ISA=SSE41: oneDNN runs SSE41 (this CPU's best: AVX2)",
             "threads": 2,
             "torch": "x",
             "machine": "y",
@@ -128,7 +130,8 @@ def test_verdicts_against_the_issue_targets(bench):
             "quality": [],
         }
     )
-    assert "CPU: Some CPU; ISA: avx2 fma" in table
+    assert "CPU: Some CPU; ISA: avx2 fma; oneDNN runs SSE41" in table
+    assert "Capped: ONEDNN_MAX_CPU_ISA=SSE41: oneDNN runs SSE41 (this CPU's best: AVX2)" in table
     assert "| 24 mixed, batch 32 | float32 | ORT int8 | 5.00x | >= 4x | 8.0x | met |" in table
     assert "| 1 short sentence, batch 1 |  | 2.00 ms |  | 2.50 ms |  |" in table
 

@@ -107,6 +107,7 @@ def test_plan_buckets_groups_similar_lengths():
     assert sorted(i for g in groups for i in g) == list(range(6))
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("strategy", ["per_sequence", "bucketed", "padded"])
 def test_pack_indices(strategy):
     batch = [[101, 5, 102], [101, 102], [101, 7, 8, 9, 102]]
@@ -114,9 +115,18 @@ def test_pack_indices(strategy):
     assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102]
     assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
     assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
-    # Mean pooling weights: 1/length on each sequence's own tokens, nothing elsewhere.
+    # Mean pooling weights: 1/length on each sequence's own tokens, nothing elsewhere. The weights are one
+    # correctly rounded float32 division each, so they compare exactly; their product with the rows goes through a
+    # BLAS whose summation order (and FMA use) follows the CPU, so the means compare within float32 rounding: a
+    # 5-term dot product of values up to 9 is off by at most 5 * 2**-24 * 35 (~1e-5), 7.000000476837158 observed.
+    expected = torch.zeros(3, 10)
+    for row, (start, length) in enumerate(zip(packed.starts, packed.lengths)):
+        expected[row, start : start + length] = 1.0 / torch.tensor(float(length))
+    assert torch.equal(packed.mean_weights, expected)
     rows = torch.arange(10.0)[:, None]
-    assert torch.mm(packed.mean_weights, rows).flatten().tolist() == [1.0, 3.5, 7.0]
+    torch.testing.assert_close(
+        torch.mm(packed.mean_weights, rows).flatten(), torch.tensor([1.0, 3.5, 7.0]), atol=1e-5, rtol=0
+    )
     if strategy != "per_sequence":
         # Gathering into blocks and reading back through `unpad` must give every packed row once, in order.
         rows = torch.arange(10.0)[:, None]

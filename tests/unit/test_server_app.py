@@ -106,7 +106,7 @@ def test_openai_token_ids_and_dimensions(fake, client):
         ({"input": []}, 400, "must not be an empty list"),
         ({"input": ["a"] * 5}, 400, "at most 4"),
         ({"input": " ".join(["w"] * 300), "truncate": False}, 400, "at most 256"),
-        ({"input": [[101] * 300]}, 400, "at most 256"),
+        ({"input": [[101] * 300], "truncate": False}, 400, "at most 256"),
         ({"input": [[101, 40000]]}, 400, "not a token id"),
         ({"input": [[]]}, 400, "empty list of token ids"),
         ({"input": "a", "dimensions": 385}, 400, "between 1 and 384"),

@@ -58,9 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the OpenAI- and TEI-compatible embedding server",
-        description="Serve embeddings over HTTP: POST /v1/embeddings (OpenAI), /embed, /similarity, /tokenize "
-        "(text-embeddings-inference), GET /health, /info, /metrics. Concurrent requests are "
-        "batched together on the device.",
+        description="Serve embeddings over HTTP: POST /v1/embeddings and /embeddings, GET /v1/models (OpenAI); "
+        "POST /, /invocations, /embed, /embed_all, /similarity, /tokenize, /decode (text-embeddings-inference); "
+        "GET /health (and / and /ping), /info, /metrics; the API's description at /openapi.json and /docs. "
+        "Concurrent requests are batched together on the device.",
     )
     add_encoder_args(p)
     p.add_argument(
@@ -70,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key",
         default=None,
-        help=f"require 'Authorization: Bearer KEY' (except /health, /metrics); prefer the "
+        help=f"require 'Authorization: Bearer KEY' (except the health routes, /metrics and the docs); prefer the "
         f"{API_KEY_ENV} environment variable, which keeps the key out of process listings",
     )
     p.add_argument(
@@ -86,7 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"requests in progress at once; more get 429 (default {d.max_concurrent_requests})",
     )
     p.add_argument(
-        "--served-model-name", default=None, help="model name reported to clients (default: the model's hub id)"
+        "--served-model-name",
+        default=None,
+        help="model name reported to clients: /info, /v1/models and the OpenAI 'model' field (default: the "
+        "model's hub id)",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -100,6 +104,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=d.max_body_bytes,
         help=f"largest request body; larger get 413 (default {d.max_body_bytes})",
     )
+    p.add_argument(
+        "--no-docs",
+        dest="docs",
+        action="store_false",
+        help="do not serve the API's description (/openapi.json, /docs, /redoc; public by default, as in "
+        "text-embeddings-inference)",
+    )
+    # The embedding routes through FastAPI's routing instead of the fast path: for comparisons (bench_server.py).
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_false", help=argparse.SUPPRESS)
     p.add_argument(
         "--graceful-timeout",
         type=non_negative_float,
@@ -135,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             max_wait_ms=args.max_wait_ms,
             max_body_bytes=args.max_body_bytes,
+            docs=args.docs,
+            fast_path=args.fast_path,
         )
     except ValueError as err:
         raise InputError(str(err)) from None
@@ -149,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=args.graceful_timeout or None,
         access_log=False,
+        # No X-Forwarded-* rewriting: nothing here reads the client's address, and it is work on every request.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -70,7 +70,9 @@ STATIC_LENGTH_GEARS = (16, 32, 64, 128, 256, 512)
 
 
 def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated and slow."""
+    """Whether oneDNN computes bfloat16 in hardware here (AVX512-BF16 or AMX, within ``ONEDNN_MAX_CPU_ISA``: see
+    :func:`~minilm_npu.engine.cpu_kernels.effective_flags`); elsewhere it is emulated and slow, and under a cap
+    below AVX-512 oneDNN refuses the bfloat16 weight reorder the native path starts with."""
     return bfloat16_isa() is not None
 
 

@@ -1,6 +1,7 @@
 """OpenAI- and TEI-compatible embedding server with dynamic batching.
 
-``create_app(encoder, settings)`` builds the FastAPI application; ``minilm-npu serve`` runs it under uvicorn.
+``create_app(encoder, settings)`` builds the ASGI application (FastAPI, with a fast path for the embedding routes);
+``minilm-npu serve`` runs it under uvicorn.
 FastAPI, uvicorn and prometheus-client come with the ``server`` extra (``pip install 'minilm-npu[server]'``).
 Names are imported lazily so that ``server.settings`` stays cheap (the CLI reads its defaults for ``--help``).
 """

@@ -1,4 +1,4 @@
-"""The FastAPI application factory."""
+"""The application factory: the FastAPI app, with the edge middlewares and the fast path around it."""
 
 from __future__ import annotations
 
@@ -14,18 +14,22 @@ from ..contract import Encoder
 from ..devices import release_host_threads
 from .batcher import Batcher
 from .errors import install_error_handlers
+from .fastpath import FastPath
+from .handlers import TokenEmbedder, default_tasks
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from .openapi import install_openapi
 from .routes_openai import router as openai_router
 from .routes_ops import router as ops_router
 from .routes_tei import router as tei_router
 from .settings import ServerSettings
 from .state import ServerState
+from .validation import Edge
 
 log = logging.getLogger(__name__)
 
 
-def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> EmbeddingServer:
     """Build the embedding server around an encoder.
 
     Start-up (the ASGI lifespan, which uvicorn completes before it opens the port) starts one batcher worker per
@@ -38,12 +42,22 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
         settings: Limits and options; defaults as :class:`ServerSettings`.
 
     Returns:
-        The app. Each app has its own Prometheus registry, so several can live in one process.
+        The ASGI app (:class:`EmbeddingServer`, around the FastAPI app). Each app has its own Prometheus
+        registry, so several can live in one process.
     """
     settings = settings or ServerSettings()
     metrics = ServerMetrics()
     batcher = Batcher(encoder, settings, metrics=metrics)
-    state = ServerState(encoder=encoder, settings=settings, batcher=batcher, metrics=metrics)
+    state = ServerState(
+        encoder=encoder,
+        settings=settings,
+        batcher=batcher,
+        metrics=metrics,
+        edge=Edge(encoder, settings.max_client_batch_size),
+        # The last batch worker: a one-thread lane on one CPU, so /embed_all adds no OpenMP pool of its size.
+        tokens=TokenEmbedder(encoder.batch_workers()[-1], release_host_threads),
+        tasks=default_tasks(),
+    )
 
     def warm_up() -> None:
         encoder.warmup()  # every device, not only the one the probe below lands on
@@ -67,28 +81,56 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Fast
         try:
             yield
         finally:
+            state.tokens.close()
             await asyncio.to_thread(batcher.close)
 
     from .. import __version__
 
+    docs = {} if settings.docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(
         title="minilm-npu embedding server",
         version=__version__,
         lifespan=lifespan,
         description="OpenAI- and text-embeddings-inference-compatible sentence embeddings.",
+        **docs,
     )
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(app, state)
     app.include_router(openai_router)
     app.include_router(tei_router)
     app.include_router(ops_router)
-    routes = frozenset(path for router in (openai_router, tei_router, ops_router) for path in _paths(router))
-    # add_middleware wraps: the last one added runs first. Order at request time: metrics, auth, body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
-    return app
+    return EmbeddingServer(app, state)
+
+
+class EmbeddingServer:
+    """The ASGI application: the edge middlewares around the embedding routes' fast path and the FastAPI app.
+
+    Order at request time: metrics, API key, body limit, then the fast path (``POST`` of the embedding routes),
+    then FastAPI for everything else. The edge sits outside FastAPI so that the fast path pays for none of
+    FastAPI's own layers; the lifespan (start-up and shutdown) goes through to FastAPI. Attributes not defined
+    here (``state``, ``routes``, ``openapi``...) are the FastAPI app's.
+
+    Args:
+        api: The FastAPI app.
+        state: Its :class:`ServerState`.
+    """
+
+    def __init__(self, api: FastAPI, state: ServerState):
+        self.api = api
+        settings = state.settings
+        routes = frozenset(path for router in (openai_router, tei_router, ops_router) for path in _paths(router))
+        app: Any = FastPath(api, state) if settings.fast_path else api
+        app = BodyLimitMiddleware(app, max_bytes=settings.max_body_bytes)
+        if settings.api_key is not None:
+            app = ApiKeyMiddleware(app, api_key=settings.api_key)
+        self._app = MetricsMiddleware(app, metrics=state.metrics, routes=routes)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.api, name)
 
 
 def _paths(router: Any) -> list[str]:

@@ -8,11 +8,14 @@ Starlette's 404/405, anything unexpected) into one of the two, so a client never
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +25,13 @@ _TYPES = {
     "empty": ("invalid_request_error", "empty"),
     "auth": ("invalid_request_error", "auth"),
     "not_found": ("invalid_request_error", "not_found"),
+    "no_model": ("invalid_request_error", "not_found"),
     "too_large": ("invalid_request_error", "payload_too_large"),
     "overloaded": ("rate_limit_error", "overloaded"),
     "unhealthy": ("server_error", "unhealthy"),
     "backend": ("server_error", "backend"),
 }
-_CODES = {"auth": "invalid_api_key", "overloaded": "rate_limit_exceeded"}
+_CODES = {"auth": "invalid_api_key", "overloaded": "rate_limit_exceeded", "no_model": "model_not_found"}
 
 
 class ApiError(Exception):
@@ -36,8 +40,8 @@ class ApiError(Exception):
     Args:
         status: HTTP status code.
         message: One line saying what was wrong and, where it helps, which limit or flag applies.
-        kind: One of ``validation``, ``empty``, ``auth``, ``not_found``, ``too_large``, ``overloaded``,
-            ``unhealthy``, ``backend``.
+        kind: One of ``validation``, ``empty``, ``auth``, ``not_found``, ``no_model``, ``too_large``,
+            ``overloaded``, ``unhealthy``, ``backend``.
         param: The request field at fault (OpenAI's ``param``), if any.
     """
 
@@ -50,8 +54,9 @@ class ApiError(Exception):
 
 
 def is_openai_path(path: str) -> bool:
-    """Whether a path belongs to the OpenAI-compatible API (and so gets OpenAI-style errors)."""
-    return path == "/v1" or path.startswith("/v1/")
+    """Whether a path belongs to the OpenAI-compatible API (and so gets OpenAI-style errors): ``/v1/*``, and
+    ``/embeddings``, which text-embeddings-inference serves as OpenAI's route without the ``/v1``."""
+    return path.startswith("/v1/") or path in ("/v1", "/embeddings")
 
 
 def error_body(path: str, message: str, kind: str, param: str | None = None) -> dict:
@@ -69,23 +74,27 @@ def error_response(
     return JSONResponse(error_body(path, message, kind, param), status_code=status, headers=headers)
 
 
+#: pydantic names a validated type ``function-before[_integral(), int]``; a client only needs the ``int``.
+_VALIDATOR_TAG = re.compile(r"function-\w+\[\w+\(\), (\w+)\]")
+
+
 def _union_tag(error: dict, field: str | None) -> str | None:
     """The union member (``str``, ``list[int]``, ...) an error belongs to, if it is one of ``field``'s."""
-    loc = error.get("loc", ())
-    if len(loc) > 2 and loc[0] == "body" and loc[1] == field and isinstance(loc[2], str):
-        tag = loc[2]
+    loc = [part for part in error.get("loc", ()) if part != "body"]
+    if len(loc) > 1 and loc[0] == field and isinstance(loc[1], str):
+        tag = _VALIDATOR_TAG.sub(r"\1", loc[1])
         if tag in ("str", "int", "bool") or "[" in tag:
             return tag
     return None
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line out of pydantic's error list: which field, and what was expected.
+def describe_validation(errors: Sequence[dict]) -> tuple[str, str | None]:
+    """One line out of pydantic's error list (FastAPI's, whose locations start with ``body``, or pydantic's own):
+    which field, and what was expected.
 
     A union field (``input``) fails once per accepted shape, each with the shape's tag in its location; those
     are folded into one "expected one of ..." message rather than reporting the first shape's complaint.
     """
-    errors = exc.errors()
     if not errors:
         return "invalid request", None
     first = errors[0]
@@ -93,7 +102,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
         return "request body is not valid JSON", None
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     field = loc[0] if loc else None
-    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+    if not loc and first.get("type") in ("model_attributes_type", "model_type", "dict_type", "missing"):
         return "request body must be a JSON object (send Content-Type: application/json)", None
     shapes = [tag for tag in (_union_tag(e, field) for e in errors) if tag]
     if field and len(shapes) > 1:
@@ -105,6 +114,16 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     return message, field
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path (asked of the router itself, included routers too)."""
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that render every error in the route's API style."""
 
@@ -114,15 +133,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _describe_validation(exc)
+        message, param = describe_validation(exc.errors())
         return error_response(request.url.path, 422, message, "validation", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code in (404, 405) else "validation"
-        return error_response(
-            request.url.path, exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; "/" has two (GET health, POST task).
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(request.url.path, exc.status_code, str(exc.detail), kind, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

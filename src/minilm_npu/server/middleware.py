@@ -16,8 +16,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: Routes that stay open without an API key: probes and scrapers rarely carry credentials.
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+#: GET routes that stay open without an API key: probes and scrapers rarely carry credentials (``/`` and
+#: ``/ping`` are text-embeddings-inference's and SageMaker's health routes), and the API's own description (as
+#: text-embeddings-inference keeps its docs public; ``--no-docs`` turns these pages off).
+OPEN_PATHS = frozenset(
+    {"/health", "/", "/ping", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+
+
+def is_open(method: str, path: str) -> bool:
+    """Whether a request needs no API key: a GET (or HEAD) of one of :data:`OPEN_PATHS`."""
+    return method in ("GET", "HEAD") and path in OPEN_PATHS
 
 
 class MetricsMiddleware:
@@ -30,6 +39,7 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self._cache: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,12 +58,25 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.requests.labels(route=route, status=str(status)).inc()
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
+            counter, histogram = self._children(route, status)
+            counter.inc()
+            histogram.observe(time.perf_counter() - start)
+
+    def _children(self, route: str, status: int) -> tuple[Any, Any]:
+        """The labelled counter and histogram of a route and status, looked up once (``labels()`` takes a lock
+        and builds its key on every call)."""
+        key = (route, status)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._cache[key] = (
+                self.metrics.requests.labels(route=route, status=str(status)),
+                self.metrics.latency.labels(route=route),
+            )
+        return children
 
 
 class ApiKeyMiddleware:
-    """Requires ``Authorization: Bearer <key>`` (compared in constant time) outside :data:`OPEN_PATHS`."""
+    """Requires ``Authorization: Bearer <key>`` (compared in constant time) except where :func:`is_open`."""
 
     def __init__(self, app: ASGIApp, api_key: str):
         self.app = app
@@ -68,7 +91,7 @@ class ApiKeyMiddleware:
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not self._authorised(scope):
+        if scope["type"] == "http" and not is_open(scope["method"], scope["path"]) and not self._authorised(scope):
             response = error_response(
                 scope["path"],
                 401,

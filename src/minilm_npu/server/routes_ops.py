@@ -1,17 +1,22 @@
-"""Operational routes: ``GET /health``, ``GET /info``, ``GET /metrics``."""
+"""Operational routes: ``GET /health`` (also ``GET /`` and ``GET /ping``, text-embeddings-inference's and
+SageMaker's health routes), ``GET /info``, ``GET /metrics``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
 from .errors import ApiError
-from .schemas import Info
+from .openapi import errors_doc
+from .schemas import Health, Info
 from .state import get_state
 
-router = APIRouter()
+router = APIRouter(tags=["Operations"])
+_HEALTH = {"response_model": Health, "responses": errors_doc(503)}
 
 
-@router.get("/health")
+@router.get("/health", **_HEALTH)
+@router.get("/", **_HEALTH)
+@router.get("/ping", **_HEALTH)
 async def health(request: Request) -> dict:
     """200 when a real forward pass through the batcher's workers succeeds; 503 when the model cannot answer."""
     state = get_state(request)
@@ -45,7 +50,13 @@ async def info(request: Request) -> Info:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     content, content_type = get_state(request).metrics.render()

@@ -15,13 +15,17 @@ class ServerSettings:
 
     Attributes:
         served_model_name: Name reported in responses and ``/info``; None means the model's own name.
-        api_key: When set, every route except ``/health`` and ``/metrics`` needs ``Authorization: Bearer <key>``.
+        api_key: When set, every route needs ``Authorization: Bearer <key>`` except the health routes (``GET
+            /health``, ``/``, ``/ping``), ``/metrics`` and the API's description.
         max_client_batch_size: Most inputs one request may carry.
         max_concurrent_requests: Requests admitted at once (tokenizing, queued or running); more get 429.
         max_wait_ms: How long an idle device waits for more requests to join a batch that is not yet full; 0
             (the default) runs whatever is queued as soon as a device is free, as text-embeddings-inference does.
         max_body_bytes: Largest request body accepted; larger bodies get 413 before they are parsed.
         health_timeout_s: How long ``/health`` waits for its forward pass before answering 503.
+        docs: Serve the API's description (``/openapi.json``, ``/docs``, ``/redoc``), without an API key.
+        fast_path: Serve the embedding routes straight from ASGI (``server/fastpath.py``); False sends them
+            through FastAPI's routing too (the same answers, slower; for comparisons).
     """
 
     served_model_name: str | None = None
@@ -31,6 +35,8 @@ class ServerSettings:
     max_wait_ms: float = 0.0
     max_body_bytes: int = 2_000_000
     health_timeout_s: float = 10.0
+    docs: bool = True
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_client_batch_size", "max_concurrent_requests", "max_body_bytes"):

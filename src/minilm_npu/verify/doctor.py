@@ -137,7 +137,7 @@ def run_doctor(
         The report; its ``status`` is ``"ok"`` only when every requested device passed.
     """
     from ..devices import available_devices, parse_devices
-    from ..host import isa_summary, kernel_plan
+    from ..host import cap_summary, isa_summary, kernel_plan, onednn_isa
     from ..modelfiles import DEFAULT_MODEL_ID
     from .ascend import ascend_settings
     from .environment import cann_version, describe_device, fingerprint
@@ -178,7 +178,7 @@ def run_doctor(
         devices_visible=all_visible,
         npu=npu,
         ascend_settings=ascend_settings(npu.count > 0, chip),
-        cpu_kernels=CpuKernels(isa=isa_summary(), kernels=kernel_plan()),
+        cpu_kernels=CpuKernels(isa=isa_summary(), kernels=kernel_plan(), onednn=onednn_isa(), cap=cap_summary()),
         checks=checks,
         probe_texts=len(texts),
         pass_min_cosine=PASS_MIN_COSINE,

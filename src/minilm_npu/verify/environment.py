@@ -103,10 +103,12 @@ def cpu_model() -> str:
 
 
 def cpu_line() -> str:
-    """One line for a benchmark table: the CPU's name, logical CPUs and the ISA flags the kernels care about."""
-    from ..host import isa_summary
+    """One line for a benchmark table: the CPU's name, logical CPUs, the ISA flags the kernels care about and the
+    cap (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) the run was under, if any."""
+    from ..host import cap_summary, isa_summary
 
-    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, ISA: {isa_summary()}"
+    cap = cap_summary()
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs, ISA: {isa_summary()}" + (f"; capped: {cap}" if cap else "")
 
 
 def describe_device(device) -> tuple[str, int | None]:

@@ -117,7 +117,13 @@ def check_markdown(report: CheckReport) -> str:
         )
     lines += ["", f"NPU: {report.npu.summary}.", ""]
     if report.cpu_kernels:
-        lines += ["## CPU kernels", "", f"ISA: {report.cpu_kernels.isa}", ""]
+        kernels = report.cpu_kernels
+        lines += [
+            "## CPU kernels",
+            "",
+            f"ISA: {kernels.isa}" + (f"; oneDNN runs {kernels.onednn}" if kernels.onednn else ""),
+        ]
+        lines += ["", f"Capped: {kernels.cap}.", ""] if kernels.cap else [""]
         lines += _table(
             ["dtype", "Linear-layer kernel the packed engine picks on this CPU"],
             [[dtype, kernel] for dtype, kernel in report.cpu_kernels.kernels.items()],

@@ -286,10 +286,13 @@ class NpuSummary:
 
 @dataclass
 class CpuKernels:
-    """The CPU's ISA flags that matter, and the linear-layer kernel the packed engine picks per CPU dtype."""
+    """The CPU's ISA flags that matter, and the linear-layer kernel the packed engine picks per CPU dtype; the
+    instruction set oneDNN runs, and the cap (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) in force, if any."""
 
     isa: str
     kernels: dict[str, str]
+    onednn: str = ""
+    cap: str | None = None
 
 
 @dataclass
