@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from minilm_npu.engine.query import GRAPH_VERSION, cached_graph, plan_query, weights_digest
+from minilm_npu.engine.checkpoint import BertConfig
+from minilm_npu.engine.query import GRAPH_VERSION, cached_graph, config_tag, plan_query, weights_digest
 from minilm_npu.modelfiles import sha256_of
 
 BOTH = ("onnxruntime", "openvino")
@@ -79,3 +80,34 @@ def test_a_read_only_cache_still_gives_the_digest(tmp_path, monkeypatch):
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"weights")
     assert weights_digest(weights) == sha256_of(weights)
+
+
+def test_a_damaged_remembered_digest_is_hashed_again(tmp_path, monkeypatch):
+    """A torn or foreign digest marker must never name another model's graph: only a whole sha256 is trusted."""
+    monkeypatch.setenv("MINILM_NPU_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights")
+    assert weights_digest(weights) == sha256_of(weights)
+    (marker,) = (tmp_path / "cache" / "digests").iterdir()
+    for damaged in ("", sha256_of(weights)[:20], "z" * 64):
+        marker.write_text(damaged)
+        assert weights_digest(weights) == sha256_of(weights)
+        assert marker.read_text() == sha256_of(weights)  # and remembered whole again
+    assert not list(marker.parent.glob("*.partial"))
+
+
+def test_the_config_is_part_of_the_graph_name():
+    numbers = dict(
+        vocab_size=10,
+        hidden_size=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=16,
+        layer_norm_eps=1e-12,
+        max_position_embeddings=16,
+        type_vocab_size=2,
+    )
+    base = BertConfig(**numbers)
+    assert config_tag(base) == config_tag(BertConfig(**numbers))
+    assert config_tag(base) != config_tag(BertConfig(**{**numbers, "num_heads": 4}))
+    assert config_tag(base) != config_tag(BertConfig(**{**numbers, "layer_norm_eps": 1e-7}))

@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ QUERY_ENV = "MINILM_NPU_QUERY_ENGINE"
 RUNTIMES = ("onnxruntime", "openvino")
 #: Bumped whenever :mod:`.onnx_graph` changes the graph it builds, so older cached files are not reused.
 GRAPH_VERSION = 1
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,35 @@ def weights_digest(path: Path) -> str:
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     marker = cache_dir() / "digests" / key
     try:
-        return marker.read_text().strip()
+        remembered = marker.read_text().strip()
     except OSError:
-        pass
+        remembered = ""
+    if _SHA256.fullmatch(remembered):  # anything else (a foreign or damaged file) is hashed again
+        return remembered
     digest = sha256_of(path)
     try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(digest)
+        _write_atomically(marker, digest.encode())
     except OSError:
         pass  # a read-only cache only costs hashing again next time
     return digest
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a name of this process and thread, then rename: readers in other processes see the whole file or
+    none, and a killed writer leaves only a ``.partial`` behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def config_tag(config: BertConfig) -> str:
+    """A short digest of the architecture numbers the graph is built from: the same weights file under another
+    ``config.json`` (another epsilon or head count) gets another graph."""
+    return hashlib.sha256(repr(config).encode()).hexdigest()[:12]
 
 
 def cached_graph(weights_path: Path, variant: str, build: Callable[[], bytes]) -> Path:
@@ -121,11 +142,7 @@ def cached_graph(weights_path: Path, variant: str, build: Callable[[], bytes]) -
     if path.is_file():
         return path
     log.info("building the one-sentence %s graph of %s (once per weights): %s", variant, weights_path, path)
-    data = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    _write_atomically(path, build())
     return path
 
 
@@ -216,7 +233,7 @@ class QueryEngine:
             if threads not in self._runs and not self.failed:
                 try:
                     if self._runtime is None:
-                        path = cached_graph(self.weights_path, "float32", self._graph)
+                        path = cached_graph(self.weights_path, f"float32-{config_tag(self.config)}", self._graph)
                         self._runtime = (
                             _OnnxRuntime(path)
                             if self.plan.runtime == "onnxruntime"
