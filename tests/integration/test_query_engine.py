@@ -51,6 +51,7 @@ def one_by_one(encoder, batch):
     return np.stack([encoder.encode(text) for text in batch])
 
 
+@pytest.mark.isa
 def test_one_sentence_calls_run_on_onnxruntime_and_stay_exact(ort_encoder, st_model, query_cache):
     backend = backend_of(ort_encoder)
     calls = []
@@ -65,6 +66,21 @@ def test_one_sentence_calls_run_on_onnxruntime_and_stay_exact(ort_encoder, st_mo
     assert np.abs(ours - reference).max() <= FLOAT32_BOUND
     assert "onnxruntime" in ort_encoder.engine_choices()["one sentence"]
     assert len(list((query_cache / "query").glob("*-float32-*.onnx"))) == 1
+
+
+@pytest.mark.isa
+def test_int8_engines_run_one_sentence_on_the_exact_graph(query_cache, st_model, monkeypatch):
+    """int8: one sentence on the float32 graph (exact, so within the int8 bound by far); batches on the int8
+    kernels, within the int8 bound and not exact (they are still int8)."""
+    monkeypatch.setenv(query_module.QUERY_ENV, "onnxruntime")
+    encoder = MiniLMEncoder(device="cpu", dtype="int8")
+    assert "onnxruntime" in encoder.engine_choices()["one sentence"]
+    reference = st_model.encode(MIXED_24, batch_size=1)
+    assert np.abs(one_by_one(encoder, MIXED_24) - reference).max() <= FLOAT32_BOUND
+    assert backend_of(encoder).query._runs
+    together = encoder.encode(MIXED_24, batch_size=8)
+    cosines = (together * reference).sum(axis=1)
+    assert cosines.min() >= 0.99 and np.abs(together - reference).max() > FLOAT32_BOUND
 
 
 def test_batches_stay_on_the_packed_engine(ort_encoder, st_model, monkeypatch):

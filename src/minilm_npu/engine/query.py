@@ -17,7 +17,8 @@ on the packed engine, which wins batches by packing them (no padding).
   thread or all, whichever measures faster under the load; a runtime session is made per thread count on first
   use, with its thread pool's spinning off so that it never takes cores from torch's pool between calls.
 * Choice (:func:`plan_query`): float32 on ONNX Runtime, else OpenVINO; bfloat16 on OpenVINO with its bfloat16
-  inference precision where the CPU has bfloat16 hardware; int8 has no graph here (see docs/engine.md).
+  inference precision where the CPU has bfloat16 hardware; int8 on the float32 graph too (exact, and faster for
+  one sentence than the int8 kernels; see docs/engine.md).
   ``MINILM_NPU_QUERY_ENGINE`` = ``off`` | ``onnxruntime`` | ``openvino`` overrides it. A runtime that fails to
   build or load is logged once and every call goes back to the packed engine.
 """
@@ -81,9 +82,18 @@ def plan_query(dtype: str, native_bfloat16: bool, installed: tuple[str, ...], se
     if setting not in ("auto",) + RUNTIMES:
         return QueryPlan(None, reason=f"{QUERY_ENV}={setting!r} is not off, auto, onnxruntime or openvino: ignored")
     usable = [name for name in wanted if name in installed]
-    if dtype == "float32":
+    if dtype in ("float32", "int8"):
         if not usable:
             return QueryPlan(None, reason=f"{' or '.join(wanted)} not installed (pip install 'minilm-npu[cpu-query]')")
+        if dtype == "int8":
+            # One sentence is a few rows per GEMM: the packed engine's int8 kernels pay per call (quantize, int8
+            # GEMM, rescale as separate ops) more than they save, and no int8 graph of a runtime keeps the int8
+            # bound on every CPU (u8 x s8 products saturate without VNNI). The float32 graph is exact and faster.
+            return QueryPlan(
+                usable[0],
+                "float32",
+                "float32 graph of the same weights: exact, and faster for one sentence than the int8 kernels",
+            )
         return QueryPlan(usable[0], "float32", "exact float32 graph of the same weights")
     if dtype == "bfloat16":
         if not native_bfloat16:
