@@ -31,7 +31,7 @@ target, the *ceiling*: the ratio an engine doing nothing but its real tokens' GE
 weights once per forward pass, if longer) would reach against the peer.
 
 Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--workers 2] [--quick]
-[--json out.json]``
+[--model-path DIR] [--json out.json]``
 Needs the ``bench`` extra for the ONNX Runtime and OpenVINO columns: ``pip install 'minilm-npu[bench]'``.
 """
 
@@ -51,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from minilm_npu.devices import describe, parse_devices, synchronize  # noqa: E402
+from minilm_npu.devices import child_process_context, describe, parse_devices, synchronize  # noqa: E402
 from minilm_npu.engine.cpu_kernels import cap_summary, isa_summary, kernel_plan, onednn_isa  # noqa: E402
 from minilm_npu.engine.policy import cpu_has_native_bfloat16, dtype_unsupported_reason  # noqa: E402
 from minilm_npu.samples import MIXED_24, SHORT_SENTENCE  # noqa: E402
@@ -207,9 +207,7 @@ class EngineProcess:
     """One engine in a fresh child interpreter, as its users run it; the parent only sends work and reads times."""
 
     def __init__(self, label: str, kind: str, model_dir: str, device: torch.device, option: str = ""):
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")
+        context = child_process_context()  # spawn: a forked child cannot use the parent's NPU (or CUDA) runtime
         self.label = label
         self.conn, child = context.Pipe()
         self.process = context.Process(
@@ -264,7 +262,9 @@ def onnx_models(model_dir: str, cache: Path = ONNX_CACHE) -> dict[str, Path]:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         sys.exit(f"error: {BENCH_EXTRA_MISSING}")
-    tag = f"{Path(model_dir).name}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}"
+    weights = Path(model_dir) / "model.safetensors"  # a directory rebuilt under the same name gets new files
+    stamp = f"{weights.stat().st_size}-{weights.stat().st_mtime_ns}" if weights.is_file() else "0"
+    tag = f"{Path(model_dir).name}-{stamp}-torch{torch.__version__.split('+')[0]}-ort{onnxruntime.__version__}"
     paths = {"float32": cache / f"{tag}-float32.onnx", "int8": cache / f"{tag}-int8-avx512_vnni.onnx"}
     cache.mkdir(parents=True, exist_ok=True)
     if not paths["float32"].is_file():
@@ -564,7 +564,7 @@ def run(args: argparse.Namespace) -> dict:
         load_sts(args.stsb, limit=300 if args.quick else None) if args.stsb.is_file() else ([], [], None)
     )
     corpus = first + second
-    model_files = resolve_model(None)
+    model_files = resolve_model(args.model_path)
     model_dir = str(model_files.directory)
     config = BertConfig.from_dict(model_files.config)
     tokenizer = Tokenizer(model_files)
@@ -754,6 +754,12 @@ def main() -> None:
         default=1,
         help="our engine's workers on the device (2 on a CPU: device 'cpu,cpu', the cores split "
         "between two model copies; the peers run as their users run them)",
+    )
+    parser.add_argument(
+        "--model-path",
+        default=None,
+        help="a sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2); the ONNX Runtime "
+        "peers mean-pool and normalise, so give a model that does",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()

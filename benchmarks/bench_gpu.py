@@ -15,6 +15,7 @@ tokenizers' default (parallel) batch encoding, as their users run them. Prints a
 ratio against sentence-transformers at the same dtype and a verdict per target.
 
 Usage: ``python benchmarks/bench_gpu.py --device cuda:0 [--model-path DIR] [--stsb FILE] [--json out.json]``
+(``--rounds``, ``--warmup`` and ``--batch-sizes`` shrink it for a dry run; the targets hold for the defaults).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,float16,bfloat16")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per workload (default 3)")
+    parser.add_argument("--batch-sizes", default="32,64", help="batch sizes of the 24-mixed workload (default 32,64)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     try:
@@ -99,11 +102,12 @@ def main() -> None:
             continue
         engines[f"sentence-transformers {dtype}"] = (dtype, st_engine(model_path, str(device), dtype))
 
-    workloads = [(f"24 mixed, batch {b}", batch_for(MIXED_24, b), b, 3, args.rounds) for b in (32, 64)]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    workloads = [(f"24 mixed, batch {b}", batch_for(MIXED_24, b), b, args.warmup, args.rounds) for b in sizes]
     if args.stsb.is_file():
         first, second, _ = load_sts(args.stsb)
         workloads.append(("STS-B dev 3,000, batch 128", first + second, 128, 1, 3))
-    workloads.append(("1 short sentence, batch 1", [SHORT_SENTENCE], 1, 3, 5 * args.rounds))
+    workloads.append(("1 short sentence, batch 1", [SHORT_SENTENCE], 1, args.warmup, 5 * args.rounds))
 
     rows = []
     for name, texts, batch_size, warmup, rounds in workloads:

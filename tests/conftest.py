@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # threads stay at torch's default so the multi-threaded paths are the ones tested.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+pytest_plugins = ["tests.fixtures.npu", "tests.fixtures.models"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STSB_DEV = Path(os.environ.get("MINILM_TEST_STSB") or REPO_ROOT.parent / "shared" / "data" / "stsb-dev.tsv")
 #: The device tests/integration/test_device_path.py runs on (e.g. ``cuda:0`` on a GPU machine); the rest is CPU.

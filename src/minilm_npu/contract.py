@@ -76,7 +76,7 @@ class Encoder(Protocol):
         dimension: Vector width.
         max_seq_length: Most tokens per input, special tokens included.
         model_name: The model's hub id or directory name.
-        pooling: ``"mean"`` or ``"cls"``.
+        pooling: sentence-transformers' pooling mode (``"mean"``, ``"cls"``, ...).
         model_info: The model's name and files (:class:`ModelInfo`).
         tokenizer: Vocabulary size and id-to-token decoding.
         prompts: Named prompts (sentence-transformers' ``prompt_name``): name -> text put before an input.
@@ -114,16 +114,18 @@ class Encoder(Protocol):
         self,
         sentences: str | Sequence[str],
         batch_size: int | None = None,
-        normalize_embeddings: bool = True,
+        normalize_embeddings: bool | None = None,
         show_progress_bar: bool = False,
     ) -> np.ndarray:
-        """Vectors for texts: ``(N, dimension)``, or ``(dimension,)`` for one string."""
+        """Vectors for texts: ``(N, dimension)``, or ``(dimension,)`` for one string. ``normalize_embeddings``:
+        None for what the model's modules give (L2-normalised when it ends in a Normalize module), True to
+        L2-normalise, False for the vectors before the model's final Normalize."""
 
     def encode_token_ids(
         self,
         token_ids: Sequence[Sequence[int]],
         batch_size: int | None = None,
-        normalize_embeddings: bool = True,
+        normalize_embeddings: bool | None = None,
         show_progress_bar: bool = False,
     ) -> np.ndarray:
         """Vectors for token ids (checked here, the edge for in-process callers)."""

@@ -15,8 +15,10 @@ Of minilm_npu it imports only :class:`~minilm_npu.errors.DeviceError` (re-export
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -42,18 +44,27 @@ def _import_torch_npu() -> bool:
     """Import torch_npu once, if installed; return whether the ``npu`` device type is now registered.
 
     Ascend-specific: torch_npu is a plug-in that adds ``torch.npu`` and the ``npu`` device type to torch.
-    Nothing else in the project imports it.
+    Nothing else in the project imports it. Right after the import, before anything touches a card, the runtime is
+    set up for the engine (:func:`_set_up_compile_mode`) and forked children are marked (:func:`_require_unforked`).
+
+    Raises:
+        DeviceError: this process is a fork of one that had torch_npu loaded, or ``MINILM_NPU_JIT_COMPILE`` holds
+            a value that is not a switch.
     """
     global _torch_npu_state
+    _require_unforked()
     if _torch_npu_state is None:
         if importlib.util.find_spec("torch_npu") is None:
             _torch_npu_state = False
         else:
             try:
-                importlib.import_module("torch_npu")
-                _torch_npu_state = True
+                module = importlib.import_module("torch_npu")
             except Exception:  # a broken CANN install must not break CPU/CUDA users
                 _torch_npu_state = False
+            else:
+                _set_up_compile_mode(module)
+                _watch_for_fork()
+                _torch_npu_state = True
     return _torch_npu_state
 
 
@@ -210,6 +221,8 @@ def to_device(tensors: list[torch.Tensor | None], device: torch.device) -> list[
     """
     if device.type == "cpu":
         return list(tensors)
+    if device.type == "npu":
+        _require_unforked()  # a model loaded before a fork reaches its card here, on every forward
     out: list[torch.Tensor | None] = list(tensors)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for index, tensor in enumerate(tensors):
@@ -251,8 +264,6 @@ class GraphAPI:
 def graph_api(device: torch.device) -> GraphAPI | None:
     """The device-graph API for ``device``, or None where there is none (CPU, MPS, an NPU stack without
     graph mode) or ``MINILM_NPU_GRAPHS=0`` asks for eager execution."""
-    import os
-
     if os.environ.get(GRAPHS_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
         return None
     class_name = {"cuda": "CUDAGraph", "npu": "NPUGraph"}.get(device.type)
@@ -341,3 +352,183 @@ def exact_gelu(device_type: str) -> tuple[Callable[[torch.Tensor], torch.Tensor]
     if device_type == "npu":
         return F.gelu, "F.gelu: this torch_npu has no npu_gelu, so the NPU may run the tanh approximation"
     return F.gelu, "F.gelu (exact erf)"
+
+
+# -- Ascend runtime: compile mode, forks, CPU fallbacks -------------------------------------------------------
+
+#: ``1`` lets CANN compile operators online for every new input shape (torch_npu's ``jit_compile=True``); ``0``
+#: runs the binary kernels CANN ships. Unset: the process's own earlier choice stands, else the engine picks ``0``.
+JIT_COMPILE_ENV = "MINILM_NPU_JIT_COMPILE"
+_SWITCH = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+
+
+@dataclass(frozen=True)
+class CompileMode:
+    """How CANN gets its operators in this process, and who chose it (``minilm-npu check`` shows both).
+
+    Attributes:
+        jit_compile: True: compiled online for each new shape; False: binary kernels; None: not known.
+        source: Who chose, in a few words.
+    """
+
+    jit_compile: bool | None
+    source: str
+
+
+_compile_mode: CompileMode | None = None
+
+
+def compile_mode() -> CompileMode | None:
+    """The compile mode set up when torch_npu was imported; None before that, or where there is no torch_npu."""
+    return _compile_mode
+
+
+def _set_up_compile_mode(module: Any) -> None:
+    """Run the binary kernels (``torch_npu.npu.set_compile_mode(jit_compile=False)``) unless the user chose.
+
+    Why: with online compile, CANN builds each operator anew for every new batch size and sequence length, so the
+    first calls at each shape take seconds ("slower than the CPU", as users of embedding models on Ascend report);
+    the binary kernels take any shape at once. Huawei's text-embeddings-inference NPU port starts the same way,
+    and keeps ReduceProd on online compile (torch_npu option ``NPU_FUZZY_COMPILE_BLACKLIST``), as here. The
+    engine's static-shape gears (:mod:`minilm_npu.engine.policy`) stay: they bound the shapes either way.
+
+    The user chooses with :data:`JIT_COMPILE_ENV`, or by setting the mode in this process before the engine loads
+    (torch_npu's ``jitCompile`` option is then already set); either is left as it is.
+    """
+    global _compile_mode
+    raw = os.environ.get(JIT_COMPILE_ENV)
+    wanted = _SWITCH.get(raw.strip().lower()) if raw is not None else None
+    if raw is not None and wanted is None:
+        raise DeviceError(f"{JIT_COMPILE_ENV}={raw!r} is not a switch: use 0 (binary kernels) or 1 (online compile)")
+    npu = getattr(module, "npu", None)
+    if wanted is None:
+        try:
+            chosen = module._C._npu_getOption("jitCompile")  # bytes once anything set it, else None or b""
+        except Exception:  # noqa: BLE001 - a torch_npu without the option API: nothing to respect
+            chosen = None
+        if chosen:
+            jit = bytes(chosen).decode() == "enable"
+            _compile_mode = CompileMode(jit, "set in this process before minilm-npu loaded (left as it is)")
+            return
+    jit = bool(wanted)
+    source = f"{JIT_COMPILE_ENV}={raw}" if raw is not None else f"minilm-npu's default ({JIT_COMPILE_ENV}=1: online)"
+    try:
+        npu.set_compile_mode(jit_compile=jit)
+        if not jit:
+            npu.set_option({"NPU_FUZZY_COMPILE_BLACKLIST": "ReduceProd"})
+    except Exception as err:  # noqa: BLE001 - e.g. ACL_OP_INIT_MODE=2 forbids it: report, keep going
+        _compile_mode = CompileMode(None, f"could not be set ({type(err).__name__}: {err})")
+        return
+    _compile_mode = CompileMode(jit, source)
+
+
+_forked_child = False
+_fork_watched = False
+
+
+def _mark_forked_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+def _watch_for_fork() -> None:
+    """Mark every child forked from now on (``os.register_at_fork``), so that its NPU use fails clearly."""
+    global _fork_watched
+    if not _fork_watched:
+        os.register_at_fork(after_in_child=_mark_forked_child)
+        _fork_watched = True
+
+
+def _require_unforked() -> None:
+    """Refuse the NPU in a child forked from a process that had torch_npu loaded.
+
+    Why: the NPU runtime does not survive ``fork``; torch_npu fails such a child late, with "Cannot re-initialize
+    NPU in forked subprocess", or not at all when the parent's runtime state is used as it is (vllm-ascend and
+    LLaMA-Factory switch their workers to ``spawn`` for this). Here the child learns it at its first NPU call.
+    """
+    if _forked_child:
+        raise DeviceError(
+            "this process was forked from one that had loaded torch_npu, and the NPU runtime does not survive a "
+            "fork: start worker processes with the 'spawn' start method (multiprocessing.get_context('spawn'), "
+            "as minilm_npu.devices.child_process_context() does), or use device='cpu' in this child"
+        )
+
+
+def child_process_context():
+    """The :mod:`multiprocessing` context for every child process minilm-npu starts: ``spawn``.
+
+    Why: a forked child cannot use an NPU its parent has touched (:func:`_require_unforked`), nor, as is well
+    known, a CUDA GPU; a spawned child starts a fresh interpreter and loads the device runtime itself. Ray's
+    workers are started fresh by Ray itself, never forked from the driver.
+    """
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")
+
+
+#: torch_npu's words when an operator has no NPU kernel and runs on the CPU (op-plugin's ``npu_cpu_fallback``).
+#: The C++ warning goes to the process's stderr once per operator and process, not through Python's warnings.
+CPU_FALLBACK_MESSAGE = re.compile(
+    r"The operator '(?P<op>[^']+)' is not currently supported on the NPU backend and will fall back to run on the CPU"
+)
+
+
+@dataclass(frozen=True)
+class CpuFallback:
+    """An operator that ran on the CPU instead of the NPU.
+
+    Attributes:
+        op: The operator, as torch_npu names it (``aten::isin.Tensor_Tensor_out``).
+        during: What was running when torch_npu reported it (e.g. ``accuracy npu:0 float16``).
+        message: torch_npu's line.
+    """
+
+    op: str
+    during: str
+    message: str
+
+
+_fallbacks: dict[str, CpuFallback] = {}
+
+
+def cpu_fallbacks() -> list[CpuFallback]:
+    """Every CPU fallback recorded in this process so far, in the order they were first seen.
+
+    torch_npu reports each operator once per process, so a fallback first met in one run (``check``) is not
+    reported again in the next (``accuracy``): a report lists all of them, with where each was met first.
+    """
+    return list(_fallbacks.values())
+
+
+def record_cpu_fallbacks(device: torch.device | str, during: str) -> contextlib.AbstractContextManager[None]:
+    """Record, around forward passes on ``device``, every operator torch_npu reports falling back to the CPU.
+
+    On an NPU this reads the process's stderr (:func:`minilm_npu.native_stderr.tee_stderr`: the lines still reach
+    the terminal) and Python warnings, for torch_npu's message (:data:`CPU_FALLBACK_MESSAGE`); elsewhere it does
+    nothing. Found operators go to :func:`cpu_fallbacks`.
+    """
+    if str(device).split(":")[0] != "npu":
+        return contextlib.nullcontext()
+    return _recording(during)
+
+
+@contextlib.contextmanager
+def _recording(during: str):
+    import warnings
+
+    from .native_stderr import tee_stderr
+
+    def note(line: str) -> None:
+        match = CPU_FALLBACK_MESSAGE.search(line)
+        if match and match["op"] not in _fallbacks:
+            _fallbacks[match["op"]] = CpuFallback(match["op"], during, line.strip())
+
+    show = warnings.showwarning
+
+    def showwarning(message, *args, **kwargs):  # a torch_npu built to raise it as a Python warning
+        note(str(message))
+        show(message, *args, **kwargs)
+
+    with tee_stderr(note), warnings.catch_warnings():
+        warnings.showwarning = showwarning
+        yield

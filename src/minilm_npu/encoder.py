@@ -1,13 +1,14 @@
-"""The encoder: text in, normalised all-MiniLM-L6-v2 vectors out, in input order.
+"""The encoder: text in, sentence embeddings out (all-MiniLM-L6-v2's by default), in input order.
 
 Three stages, as the reference port and infinity split them:
 
 * **pre** (CPU): validate once, tokenize with HF ``tokenizers`` at the model's real limit (256), sort by length;
-* **core** (device): the backend's forward pass and pooling on token ids only, one batch at a time, one
+* **core** (device): the backend's forward pass, pooling and Dense modules on token ids only, one batch at a time, one
   :class:`DeviceWorker` (and one model copy) per device, driven by :class:`~minilm_npu.scheduling.DevicePool`;
   on one CPU, a call of several batches runs them on one-thread lanes sharing the model (how the host's threads
   are spent is :class:`~minilm_npu.engine.cpu_execution.CpuExecution`'s to say);
-* **post**: L2 normalisation in float32, ``.cpu()``, rows written back to their input positions.
+* **post**: the model's Normalize (L2 in float32) unless turned off, ``.cpu()``, rows written back to their input
+  positions.
 
 It implements :class:`minilm_npu.contract.Encoder`, the only part of it the server, corpus and verify use.
 """
@@ -77,9 +78,11 @@ class DeviceWorker:
         that no other worker runs beside (an ``encode`` call of one batch, a server's lone batch)."""
         return self._run(ids, normalize, None)
 
-    def _run(self, ids: list[list[int]], normalize: bool, threads: int | None) -> np.ndarray:
+    def _run(self, ids: list[list[int]], normalize: bool, threads: int | None, prompt_length: int = 0) -> np.ndarray:
+        """:meth:`run` on ``threads`` (None: the calling thread's count); ``prompt_length`` (the encoder's, for models
+        that leave a prompt out of pooling) reaches the backend only when set."""
         with self.lock, use_threads(threads):
-            pooled = self.backend.embed(ids)
+            pooled = self.backend.embed(ids, prompt_length=prompt_length) if prompt_length else self.backend.embed(ids)
             if normalize:
                 pooled = F.normalize(pooled.float(), p=2, dim=1)
             return pooled.float().cpu().numpy()
@@ -97,7 +100,7 @@ class DeviceWorker:
 
 
 class MiniLMEncoder(SentenceTransformerSurface):
-    """Sentence embeddings with all-MiniLM-L6-v2 (or another BERT-family sentence-transformers model).
+    """Sentence embeddings with all-MiniLM-L6-v2, or another sentence-transformers BERT / XLM-RoBERTa bi-encoder.
 
     A drop-in for ``SentenceTransformer``: ``encode`` also takes its keyword arguments, and ``similarity``,
     ``encode_query``, ``max_seq_length`` (settable) and the rest come from
@@ -180,8 +183,8 @@ class MiniLMEncoder(SentenceTransformerSurface):
 
     @property
     def dimension(self) -> int:
-        """Embedding dimension (384)."""
-        return self.model_files.hidden_size
+        """Embedding dimension (384 for all-MiniLM-L6-v2): the model's last Dense module's, else its pooled width."""
+        return self.model_files.dimension
 
     @property
     def model_name(self) -> str:
@@ -190,7 +193,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
 
     @property
     def pooling(self) -> str:
-        """``"mean"`` or ``"cls"``, as the model's files say."""
+        """sentence-transformers' pooling mode (``"mean"``, ``"cls"``, ``"max"``, ...), as the model's files say."""
         return self.model_files.pooling
 
     @property
@@ -229,7 +232,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
         self,
         sentences: str | Sequence[str],
         batch_size: int | None = None,
-        normalize_embeddings: bool = True,
+        normalize_embeddings: bool | None = None,
         show_progress_bar: bool | None = False,
         **st_options,
     ) -> np.ndarray:
@@ -239,7 +242,9 @@ class MiniLMEncoder(SentenceTransformerSurface):
             sentences: One string or a list of strings. Empty strings are embedded (``[CLS] [SEP]``), as in the
                 reference; texts over ``max_seq_length`` tokens are truncated (logged at info level).
             batch_size: Most sequences per forward pass (default ``config.batch_size``, 32).
-            normalize_embeddings: L2-normalise each vector (the model's own Normalize module).
+            normalize_embeddings: None (default): as the model's files say, i.e. L2-normalised when the model ends
+                in a Normalize module (all-MiniLM-L6-v2 does), as sentence-transformers returns them; True:
+                L2-normalised in any case; False: without the model's final Normalize (raw vectors).
             show_progress_bar: Show a tqdm bar.
             **st_options: sentence-transformers' ``encode`` arguments (``convert_to_tensor``, ``precision``,
                 ``output_value``, ``prompt``, ...), with its meaning and output types; see
@@ -248,14 +253,31 @@ class MiniLMEncoder(SentenceTransformerSurface):
         Returns:
             float32 array ``(N, dimension)`` in input order, or ``(dimension,)`` for a single string.
         """
-        if st_options or show_progress_bar is None:
+        if st_options or show_progress_bar is None or self.model_files.default_prompt:
             return encode_st_compatible(
                 self, sentences, batch_size, normalize_embeddings, show_progress_bar, **st_options
             )
         single = isinstance(sentences, str)
         texts = [sentences] if single else self._check_texts(sentences)
-        vectors = self._encode_ids(self.tokenize(texts), batch_size, normalize_embeddings, show_progress_bar)
+        vectors = self.encode_texts(texts, batch_size, normalize_embeddings, show_progress_bar)
         return vectors[0] if single else vectors
+
+    def encode_texts(
+        self,
+        texts: list[str],
+        batch_size: int | None,
+        normalize_embeddings: bool | None,
+        show_progress_bar: bool,
+        prompt_length: int = 0,
+    ) -> np.ndarray:
+        """:meth:`encode` for checked texts, any prompt already in them: ``prompt_length`` of their first tokens are
+        left out of pooling where the model says so (its Pooling's ``include_prompt`` is False).
+
+        Returns:
+            float32 ``(len(texts), dimension)``.
+        """
+        ids = self.tokenize(texts)
+        return self._encode_ids(ids, batch_size, normalize_embeddings, show_progress_bar, prompt_length)
 
     def token_embeddings(
         self, sentences: Sequence[str], batch_size: int | None = None, show_progress_bar: bool = False
@@ -278,7 +300,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
         self,
         token_ids: Sequence[Sequence[int]],
         batch_size: int | None = None,
-        normalize_embeddings: bool = True,
+        normalize_embeddings: bool | None = None,
         show_progress_bar: bool = False,
     ) -> np.ndarray:
         """Embed already-tokenized inputs (ids as :meth:`tokenize` returns them); same output as :meth:`encode`.
@@ -296,13 +318,23 @@ class MiniLMEncoder(SentenceTransformerSurface):
             raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
         return batch_size
 
-    def _encode_ids(self, ids: list[list[int]], batch_size: int | None, normalize: bool, progress: bool) -> np.ndarray:
+    def _encode_ids(
+        self,
+        ids: list[list[int]],
+        batch_size: int | None,
+        normalize: bool | None,
+        progress: bool,
+        prompt_length: int = 0,
+    ) -> np.ndarray:
         batch_size = self._batch_size(batch_size)
+        normalize = self.model_files.normalize if normalize is None else bool(normalize)
+        if self.model_files.include_prompt:
+            prompt_length = 0  # pooled like every other token: nothing for the backend to know
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
             return out
         if len(ids) == 1 and not progress:  # one query: skip the planning and progress-bar bookkeeping
-            out[0] = self.workers[0].run_on_all_cores(ids, normalize)[0]
+            out[0] = self.workers[0]._run(ids, normalize, None, prompt_length)[0]
             return out
         lengths = [len(x) for x in ids]
         batches = plan_batches(lengths, batch_size, self.config.max_batch_tokens, len(self.workers))
@@ -310,10 +342,11 @@ class MiniLMEncoder(SentenceTransformerSurface):
         with tqdm(total=len(ids), disable=not progress, unit="text", desc="encode") as bar:
             if len(side_by_side) < 2:  # no other thread to involve
                 for batch in batches:
-                    out[batch] = self.workers[0].run_on_all_cores([ids[i] for i in batch], normalize)
+                    batch_ids = [ids[i] for i in batch]
+                    out[batch] = self.workers[0]._run(batch_ids, normalize, None, prompt_length)
                     bar.update(len(batch))
             else:
-                self._run_parallel(side_by_side, ids, batches, normalize, out, bar)
+                self._run_parallel(side_by_side, ids, batches, normalize, out, bar, prompt_length)
         return out
 
     def _run_parallel(
@@ -324,6 +357,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
         normalize: bool,
         out: np.ndarray,
         bar: tqdm,
+        prompt_length: int = 0,
     ) -> None:
         """Every worker pulls the next planned batch when it is free, so faster cards take more of the work."""
         pending = iter(batches)
@@ -336,7 +370,7 @@ class MiniLMEncoder(SentenceTransformerSurface):
 
         def run(worker: DeviceWorker, batch: list[int]) -> None:
             try:
-                out[batch] = worker.run([ids[i] for i in batch], normalize)
+                out[batch] = worker._run([ids[i] for i in batch], normalize, worker.host_threads, prompt_length)
             except BaseException as err:  # noqa: BLE001 - reported below with the device's name
                 with lock:
                     failures.append((worker.device, err))

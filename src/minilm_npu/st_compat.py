@@ -10,15 +10,17 @@ meaning, precedence and output types as sentence-transformers 3-6:
 * ``precision`` quantizes exactly as ``sentence_transformers.quantization.quantize_embeddings`` (same numpy
   operations, so the same bits for the same floats): int8/uint8 buckets are calibrated on the call's own batch,
   so one text alone cannot be quantized to int8/uint8 (the same error as sentence-transformers).
-* ``prompt`` is prepended to every text; ``prompt_name`` looks one up in the model's prompts.
+* ``prompt`` is prepended to every text; ``prompt_name`` looks one up in the model's prompts; with neither, the
+  model's ``default_prompt_name`` applies. Where the model's Pooling has ``include_prompt=False``, the prompt's
+  tokens are left out of pooling (counted as sentence-transformers counts them).
 
-Two deliberate differences, both documented in docs/integrations.md: ``normalize_embeddings`` keeps this encoder's
-meaning (False skips the model's own Normalize module, i.e. raw pooled vectors, which the server relies on; in
-sentence-transformers the module runs regardless), and an empty input list gives ``(0, dimension)`` instead of
-sentence-transformers' shape-``(0,)`` array.
+Two deliberate differences, both documented in docs/integrations.md: ``normalize_embeddings=False`` skips the
+model's own Normalize module (raw vectors, which the server relies on; in sentence-transformers the module runs
+regardless; left out, both return what the model's modules give), and an empty input list gives ``(0, dimension)``
+instead of sentence-transformers' shape-``(0,)`` array.
 
 Also here: the rest of the surface people call on a ``SentenceTransformer`` (:class:`SentenceTransformerSurface`),
-and the cosine ``similarity`` functions sentence-transformers uses for this model.
+and sentence-transformers' ``similarity`` functions (cosine, dot, euclidean, manhattan: the model's own choice).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 #: sentence-transformers arguments this encoder does not take, and what to do instead.
 UNSUPPORTED = {
-    "truncate_dim": "this model is not Matryoshka-trained; slice the vectors yourself ([:, :dim])",
+    "truncate_dim": "slice the vectors yourself ([:, :dim]) and normalise them again if you need unit length",
     "pool": "multi-process pools are not needed: MiniLMEncoder(device='cuda:0,cuda:1') spreads work itself",
     "chunk_size": "multi-process chunks are not needed: MiniLMEncoder(device='cuda:0,cuda:1') spreads work itself",
     "task": "this model has no task router",
@@ -169,6 +171,29 @@ def pairwise_cos_sim(a: Any, b: Any) -> torch.Tensor:
     return (F.normalize(a, p=2, dim=-1) * F.normalize(b, p=2, dim=-1)).sum(dim=-1)
 
 
+def _batch(a: Any) -> torch.Tensor:
+    a = _as_float_tensor(a)
+    return a.unsqueeze(0) if a.dim() == 1 else a
+
+
+#: sentence-transformers' similarity functions by name: ``(every pair, pairwise)``, as its ``util`` computes them.
+SIMILARITIES = {
+    "cosine": (cos_sim, pairwise_cos_sim),
+    "dot": (
+        lambda a, b: torch.mm(_batch(a), _batch(b).transpose(0, 1)),
+        lambda a, b: (_as_float_tensor(a) * _as_float_tensor(b)).sum(dim=-1),
+    ),
+    "euclidean": (
+        lambda a, b: -torch.cdist(_batch(a), _batch(b), p=2.0),
+        lambda a, b: -torch.linalg.vector_norm(_as_float_tensor(a) - _as_float_tensor(b), dim=-1),
+    ),
+    "manhattan": (
+        lambda a, b: -torch.cdist(_batch(a), _batch(b), p=1.0),
+        lambda a, b: -torch.sum(torch.abs(_as_float_tensor(a) - _as_float_tensor(b)), dim=-1),
+    ),
+}
+
+
 def _check_options(options: dict[str, Any]) -> None:
     for name in options:
         if name in UNSUPPORTED:
@@ -180,7 +205,11 @@ def _check_options(options: dict[str, Any]) -> None:
             )
 
 
-def _resolve_prompt(prompts: dict[str, str], prompt: str | None, prompt_name: str | None) -> str | None:
+def _resolve_prompt(
+    prompts: dict[str, str], prompt: str | None, prompt_name: str | None, default_name: str | None = None
+) -> str | None:
+    if prompt is None and prompt_name is None and default_name is not None:
+        return prompts.get(default_name)
     if prompt is None and prompt_name is not None:
         if prompt_name not in prompts:
             raise InputError(
@@ -217,8 +246,8 @@ def _output_device(encoder, device: Any) -> torch.device:
 def encode(
     encoder,
     sentences: str | Sequence[str],
-    batch_size: int,
-    normalize_embeddings: bool,
+    batch_size: int | None,
+    normalize_embeddings: bool | None,
     show_progress_bar: bool | None,
     **options: Any,
 ) -> Any:
@@ -250,7 +279,9 @@ def encode(
         raise InputError(f"precision {precision!r} is not supported; choose one of: {', '.join(PRECISIONS)}")
     if show_progress_bar is None:  # sentence-transformers' rule: show it when logging is verbose
         show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-    prompt = _resolve_prompt(encoder.prompts, options.get("prompt"), options.get("prompt_name"))
+    prompt = _resolve_prompt(
+        encoder.prompts, options.get("prompt"), options.get("prompt_name"), encoder.model_files.default_prompt_name
+    )
     device = _output_device(encoder, options.get("device"))
     single = isinstance(sentences, str)
     texts = [sentences] if single else encoder._check_texts(sentences)
@@ -263,9 +294,8 @@ def encode(
             result = quantize_embeddings(result, precision)
         return result[0] if single else result
 
-    vectors = encoder.encode(
-        texts, batch_size=batch_size, normalize_embeddings=normalize_embeddings, show_progress_bar=show_progress_bar
-    )
+    prompt_length = encoder.tokenizer.prompt_length(prompt) if prompt else 0
+    vectors = encoder.encode_texts(texts, batch_size, normalize_embeddings, show_progress_bar, prompt_length)
     quantized = precision != "float32" and len(vectors) > 0
     if quantized:  # the whole call's batch, as sentence-transformers: int8/uint8 buckets come from it
         vectors = quantize_embeddings(vectors, precision)
@@ -284,8 +314,10 @@ class SentenceTransformerSurface:
     Expects ``self.encode``, ``self.dimension``, ``self.tokenizer`` and ``self.model_files``.
     """
 
-    #: sentence-transformers' similarity function for this model (its default, as it has none configured).
-    similarity_fn_name = "cosine"
+    @property
+    def similarity_fn_name(self) -> str:
+        """The model's similarity function (``config_sentence_transformers.json``; cosine when it names none)."""
+        return self.model_files.similarity_fn_name
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -312,11 +344,11 @@ class SentenceTransformerSurface:
         self.tokenizer.set_max_seq_length(value)
 
     def get_embedding_dimension(self) -> int:
-        """The embedding dimension (384)."""
+        """The embedding dimension (384 for all-MiniLM-L6-v2)."""
         return self.dimension
 
     def get_sentence_embedding_dimension(self) -> int:
-        """The embedding dimension (384); sentence-transformers' name before 6.0."""
+        """The embedding dimension (384 for all-MiniLM-L6-v2); sentence-transformers' name before 6.0."""
         return self.dimension
 
     def get_max_seq_length(self) -> int:
@@ -324,21 +356,22 @@ class SentenceTransformerSurface:
         return self.max_seq_length
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
-        """Cosine similarity of every pair: ``[N1, N2]`` tensor, as ``SentenceTransformer.similarity``."""
-        return cos_sim(embeddings1, embeddings2)
+        """The model's similarity (cosine unless it names another) of every pair: ``[N1, N2]`` tensor, as
+        ``SentenceTransformer.similarity``."""
+        return SIMILARITIES[self.similarity_fn_name][0](embeddings1, embeddings2)
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
-        """Cosine similarity of ``embeddings1[i]`` and ``embeddings2[i]``: ``[N]`` tensor."""
-        return pairwise_cos_sim(embeddings1, embeddings2)
+        """The model's similarity of ``embeddings1[i]`` and ``embeddings2[i]``: ``[N]`` tensor."""
+        return SIMILARITIES[self.similarity_fn_name][1](embeddings1, embeddings2)
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """:meth:`encode` with the model's ``query`` prompt unless a prompt is given (empty for this model)."""
+        """:meth:`encode` with the model's ``query`` prompt unless a prompt is given (empty for all-MiniLM-L6-v2)."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None and "query" in self.prompts:
             kwargs["prompt_name"] = "query"
         return self.encode(sentences, **kwargs)
 
     def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """:meth:`encode` with the model's ``document``/``passage``/``corpus`` prompt (empty for this model)."""
+        """:meth:`encode` with the model's ``document``/``passage``/``corpus`` prompt (empty for all-MiniLM-L6-v2)."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
             name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
             if name is not None:

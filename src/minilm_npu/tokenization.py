@@ -4,7 +4,12 @@ The trap this module exists for: all-MiniLM-L6-v2's ``tokenizer.json`` carries `
 ``padding.length = 128``. The model (``sentence_bert_config.json``) takes 256 tokens, and sentence-transformers
 overrides the file's settings on every call. Using the file as-is silently cuts texts of 129–256 tokens and gives
 different vectors. We therefore reset truncation to ``max_seq_length`` and switch padding off: the engine receives
-unpadded token ids and decides itself how (or whether) to pad.
+unpadded token ids and decides itself how (or whether) to pad. (Every model's ``tokenizer.json`` is read this way:
+its special tokens, ``[CLS] ... [SEP]`` or ``<s> ... </s>``, come from its own post-processor.)
+
+Texts go to the tokenizer as they are, as in sentence-transformers 6 (earlier versions stripped surrounding
+whitespace, which BERT's tokenizer ignores anyway); ``do_lower_case`` puts a Lowercase step in front of the
+tokenizer's own normaliser unless it already lowercases, as sentence-transformers 6 does.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import normalizers
 
 from .errors import InputError
 from .modelfiles import ModelFiles
@@ -55,27 +61,44 @@ def _encode_batch(tokenizer: HFTokenizer, texts: list[str]) -> list:
         raise
 
 
+def _lowercases(normalizer: object) -> bool:
+    """Whether a tokenizers normaliser already lowercases (sentence-transformers' own test)."""
+    if isinstance(normalizer, normalizers.Lowercase):
+        return True
+    if isinstance(normalizer, normalizers.BertNormalizer):
+        return bool(normalizer.lowercase)
+    if isinstance(normalizer, normalizers.Sequence):
+        return any(_lowercases(step) for step in normalizer)
+    return False
+
+
+def _load(model_files: ModelFiles) -> HFTokenizer:
+    tokenizer = HFTokenizer.from_file(str(model_files.tokenizer_path))
+    tokenizer.no_padding()
+    if model_files.do_lower_case and not _lowercases(tokenizer.normalizer):
+        steps = [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer is not None else [])
+        tokenizer.normalizer = normalizers.Sequence(steps)
+    return tokenizer
+
+
 class Tokenizer:
-    """Text to token ids (``[CLS] ... [SEP]``), truncated at the model's ``max_seq_length``.
+    """Text to token ids (``[CLS] ... [SEP]``, ``<s> ... </s>``), truncated at the model's ``max_seq_length``.
 
     Args:
-        model_files: The resolved model; its ``tokenizer.json`` and ``max_seq_length`` are used.
+        model_files: The resolved model; its ``tokenizer.json``, ``max_seq_length`` and ``do_lower_case`` are used.
     """
 
     def __init__(self, model_files: ModelFiles):
         self.max_seq_length = model_files.max_seq_length
-        self.do_lower_case = model_files.do_lower_case
-        self._truncating = HFTokenizer.from_file(str(model_files.tokenizer_path))
-        self._truncating.no_padding()
+        self._truncating = _load(model_files)
         self._truncating.enable_truncation(max_length=self.max_seq_length)
         # Left truncation keeps a text's end (special tokens are still added around what is kept).
-        self._truncating_left = HFTokenizer.from_file(str(model_files.tokenizer_path))
-        self._truncating_left.no_padding()
+        self._truncating_left = _load(model_files)
         self._truncating_left.enable_truncation(max_length=self.max_seq_length, direction="left")
-        self._full = HFTokenizer.from_file(str(model_files.tokenizer_path))
-        self._full.no_padding()
+        self._full = _load(model_files)
         self._full.no_truncation()
         self.vocab_size = self._full.get_vocab_size()
+        self.special_ids = frozenset(i for i, token in self._full.get_added_tokens_decoder().items() if token.special)
 
     def set_max_seq_length(self, max_seq_length: int) -> None:
         """Truncate at ``max_seq_length`` tokens from now on (the caller checks it against the model's limit)."""
@@ -83,11 +106,11 @@ class Tokenizer:
         self._truncating.enable_truncation(max_length=max_seq_length)
         self._truncating_left.enable_truncation(max_length=max_seq_length, direction="left")
 
-    def _prepare(self, texts: Sequence[str]) -> list[str]:
-        # As sentence-transformers does: surrounding whitespace is stripped, and lower-cased when the
-        # sentence-transformers config says so (the BERT normaliser lower-cases this model anyway).
-        prepared = [str(text).strip() for text in texts]
-        return [text.lower() for text in prepared] if self.do_lower_case else prepared
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt puts before a text, counted as sentence-transformers counts them (to leave them out of
+        pooling): the prompt's ids with its leading special token, without a trailing special token."""
+        ids = self.encode([prompt])[0]
+        return len(ids) - 1 if ids and ids[-1] in self.special_ids else len(ids)
 
     def encode(
         self, texts: Sequence[str], truncate: bool = True, truncation_direction: str = "right"
@@ -109,7 +132,7 @@ class Tokenizer:
         """
         if not texts:
             return []
-        prepared = self._prepare(texts)
+        prepared = [str(text) for text in texts]
         if not truncate:
             return [enc.ids for enc in _encode_batch(self._full, prepared)]
         if truncation_direction not in ("right", "left"):

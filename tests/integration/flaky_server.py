@@ -58,11 +58,15 @@ def flaky(encoder, fail_file: Path):
     return encoder
 
 
-def main(argv: list[str]) -> int:
-    fail_file = Path(argv[0])
+def serve_wrapped(wrap, argv: list[str]) -> int:
+    """The real ``serve`` command on ``argv``, with the encoder it builds passed through ``wrap`` first."""
     build = common.build_encoder
-    common.build_encoder = lambda args: flaky(build(args), fail_file)
-    return serve.main(argv[1:])
+    common.build_encoder = lambda args: wrap(build(args))
+    return serve.main(argv)
+
+
+def main(argv: list[str]) -> int:
+    return serve_wrapped(lambda encoder: flaky(encoder, Path(argv[0])), argv[1:])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 
 _READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
@@ -20,6 +22,14 @@ class ServerProcess:
     proc: subprocess.Popen
     url: str = ""
     log: list[str] = field(default_factory=list)
+
+    def ready(self) -> bool:
+        """Whether ``GET /health`` answers 200 (503 while the model warms up)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=30) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):  # HTTPError (503) is a URLError
+            return False
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait; SIGKILL only if it hangs. Returns the exit code."""
@@ -38,16 +48,19 @@ def start_server(
     api_key: str | None = None,
     timeout: float = 150.0,
     command: tuple[str, ...] = ("minilm_npu.cli.main", "serve"),
+    ready: bool = True,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """Run ``python -m minilm_npu.cli.main serve --port 0 ARGS`` (or another ``command``) until the port is open."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    """Run ``python -m minilm_npu.cli.main serve --port 0 ARGS`` (or another ``command``) until the port is open
+    and, with ``ready``, until ``GET /health`` says 200 (the warm-up runs behind the open port)."""
+    env = dict(env or os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.pop("MINILM_NPU_API_KEY", None)
     if api_key is not None:
         env["MINILM_NPU_API_KEY"] = api_key  # the key stays out of the process listing
     cmd = [sys.executable, "-m", *command, "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     server = ServerProcess(proc)
-    ready = threading.Event()
+    bound = threading.Event()
 
     def drain() -> None:  # keep reading so the pipe never fills and blocks the server
         for line in proc.stdout:
@@ -55,12 +68,17 @@ def start_server(
             match = _READY.search(line)
             if match and not server.url:
                 server.url = match.group(1)
-                ready.set()
+                bound.set()
 
     threading.Thread(target=drain, daemon=True).start()
     deadline = time.monotonic() + timeout
-    while not ready.wait(0.2):
+    while not bound.wait(0.2):
         if proc.poll() is not None or time.monotonic() > deadline:
             server.stop(5)
             raise RuntimeError("server did not start:\n" + "".join(server.log[-30:]))
+    while ready and not server.ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            server.stop(5)
+            raise RuntimeError("server did not warm up:\n" + "".join(server.log[-30:]))
+        time.sleep(0.2)
     return server

@@ -1,16 +1,13 @@
 """The Ascend code paths, proven on the CPU: everything but torch_npu's kernels themselves.
 
-A stand-in ``torch_npu`` module provides reference implementations of the two kernels the engine calls on an NPU:
-``npu_fusion_attention`` with ``input_layout="TND"`` (per-sequence SDPA over the cumulative lengths, the kernel's
-documented semantics) and ``npu_gelu`` (exact erf GELU). With it, the engine's NPU choices run end to end on the
-real model and are compared with sentence-transformers; only the kernels are unverified here.
+A stand-in ``torch_npu`` module (the ``fake_torch_npu`` fixture, tests/fixtures/npu.py) provides reference
+implementations of the two kernels the engine calls on an NPU: ``npu_fusion_attention`` with ``input_layout="TND"``
+(per-sequence SDPA over the cumulative lengths, the kernel's documented semantics) and ``npu_gelu`` (exact erf GELU).
+With it, the engine's NPU choices run end to end on the real model and are compared with sentence-transformers; only
+the kernels are unverified here.
 """
 
 from __future__ import annotations
-
-import importlib.machinery
-import math
-import types
 
 import numpy as np
 import pytest
@@ -20,45 +17,13 @@ import torch.nn.functional as F
 from minilm_npu import devices
 from minilm_npu.engine import policy
 from minilm_npu.engine.bert import BertConfig, PackedBert, load_weights, pack
+from minilm_npu.engine.head import SentenceHead
 from minilm_npu.modelfiles import resolve_model
 from minilm_npu.samples import MIXED_24
 from minilm_npu.tokenization import Tokenizer
 from tests import texts
 
 BATCH = texts.ALL + MIXED_24
-
-
-def reference_tnd_attention(
-    query, key, value, head_num, *, input_layout, scale, actual_seq_qlen, actual_seq_kvlen, **unused
-):
-    """npu_fusion_attention's TND semantics: tokens of sequence i are rows [ends[i-1], ends[i]) of [T, N, D]."""
-    assert input_layout == "TND" and query.dim() == 3 and query.shape[1] == head_num
-    assert tuple(actual_seq_qlen) == tuple(actual_seq_kvlen) and actual_seq_qlen[-1] == query.shape[0]
-    outputs, start = [], 0
-    for end in actual_seq_qlen:
-        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
-        outputs.append(F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(0, 1))
-        start = end
-    return torch.cat(outputs), None, None, None, 0, 0, 0
-
-
-@pytest.fixture()
-def fake_torch_npu(monkeypatch):
-    module = types.ModuleType("torch_npu")
-    module.__spec__ = importlib.machinery.ModuleSpec("torch_npu", None)
-    module.gelu_calls = []
-
-    def npu_gelu(x, approximate="none"):
-        module.gelu_calls.append(approximate)
-        assert approximate == "none"
-        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-    module.npu_fusion_attention = reference_tnd_attention
-    module.npu_gelu = npu_gelu
-    monkeypatch.setitem(__import__("sys").modules, "torch_npu", module)
-    monkeypatch.setattr(devices, "_torch_npu_state", None)
-    yield module
-    devices._torch_npu_state = None
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +73,7 @@ def test_npu_float16_path_is_exact_and_never_calls_f_gelu(fake_torch_npu, real, 
     model = PackedBert(config, weights, torch.device("cpu"), gelu=gelu, varlen=devices.varlen_attention("npu"))
     packed = pack(ids, plan.strategy, model.device)
     with torch.inference_mode():
-        pooled = model.pool(model.forward(packed), packed, "mean")
+        pooled = SentenceHead.pool(model.forward(packed), packed.rows, "mean")
     monkeypatch.undo()
     assert fake_torch_npu.gelu_calls == ["none"] * config.num_layers  # the exact kernel, in every layer
     ours = F.normalize(pooled, dim=1).numpy()
@@ -122,6 +87,6 @@ def test_square_mask_equals_broadcast_mask(real):
         outputs = []
         for square in (False, True):
             packed = pack(ids, "padded", model.device, square_mask=square)
-            outputs.append(model.pool(model.forward(packed), packed, "mean"))
+            outputs.append(SentenceHead.pool(model.forward(packed), packed.rows, "mean"))
     assert packed.buckets[0].mask.shape[-2:] == (packed.buckets[0].mask.shape[-1],) * 2
     torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)

@@ -88,7 +88,7 @@ def test_static_shape_forward_is_exact(square_mask, engine32, reference, monkeyp
     graph API, eagerly on the CPU), with broadcast and with full square masks (what Ascend gets)."""
     backend = engine32.workers[0].backend
     monkeypatch.setitem(MAX_GRAPH_SLOTS, "float32", 1 << 16)
-    graphs = GraphedForwards(backend.model, "float32", backend.pooling, graph_api(DEVICE), square_mask=square_mask)
+    graphs = GraphedForwards(backend.model, "float32", backend.head, graph_api(DEVICE), square_mask=square_mask)
     ids = engine32.tokenize(BATCH)
     for size in (1, 8, len(ids)):
         for start in range(0, len(ids), size if size > 1 else 6):  # batch 1: every length class, not every text

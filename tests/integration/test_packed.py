@@ -84,7 +84,7 @@ def test_cls_pooling_matches_reference(packed32):
     from minilm_npu.engine.packed import PackedBackend
     from minilm_npu.engine.reference import TransformersBackend
 
-    cls_files = dataclasses.replace(packed32.model_files, pooling="cls")
+    cls_files = dataclasses.replace(packed32.model_files, pooling_modes=("cls",))
     ids = packed32.tokenize(texts.SHORT + texts.MEDIUM)
     ours = PackedBackend(cls_files, torch.device("cpu"), "float32").embed(ids)
     reference = TransformersBackend(cls_files, torch.device("cpu"), "float32").embed(ids)
@@ -193,7 +193,11 @@ def test_every_attention_strategy_is_exact(strategy, gears, packed32, st_model):
     from minilm_npu.engine.packed import PackedBackend
     from minilm_npu.engine.policy import AttentionPlan, round_to_gear, round_to_power_of_two
 
-    plan = AttentionPlan(strategy, round_to_gear, round_to_power_of_two) if gears else AttentionPlan(strategy)
+    plan = (
+        AttentionPlan(strategy, gears=round_to_gear, row_gears=round_to_power_of_two)
+        if gears
+        else AttentionPlan(strategy)
+    )
     backend = PackedBackend(packed32.model_files, torch.device("cpu"), "float32", attention=plan)
     batch = texts.ALL + MIXED_24
     pooled = torch.cat([backend.embed(packed32.tokenize(batch[i : i + 16])) for i in range(0, len(batch), 16)])

@@ -107,13 +107,13 @@ class FakeEncoder:
         rng = np.random.default_rng(zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes()))
         return rng.standard_normal(self.dimension).astype(np.float32)
 
-    def encode_token_ids(self, token_ids, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
-        return self.workers[0].run([list(ids) for ids in token_ids], normalize_embeddings)
+    def encode_token_ids(self, token_ids, batch_size=None, normalize_embeddings=None, show_progress_bar=False):
+        return self.workers[0].run([list(ids) for ids in token_ids], normalize_embeddings is not False)
 
     def batch_workers(self):
         return self.workers
 
-    def encode(self, sentences, batch_size=None, normalize_embeddings=True, show_progress_bar=False):
+    def encode(self, sentences, batch_size=None, normalize_embeddings=None, show_progress_bar=False):
         single = isinstance(sentences, str)
         out = self.encode_token_ids(
             self.tokenize([sentences] if single else list(sentences)), batch_size, normalize_embeddings

@@ -7,7 +7,16 @@ import json
 import pytest
 import torch
 
-from minilm_npu.engine.bert import BertConfig, check_weight_names, expected_shapes, load_weights, pack, plan_buckets
+from minilm_npu.engine.bert import (
+    BertConfig,
+    PackedBert,
+    check_weight_names,
+    expected_shapes,
+    load_weights,
+    pack,
+    plan_buckets,
+)
+from minilm_npu.engine.head import SentenceHead
 from minilm_npu.engine.policy import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
 from minilm_npu.modelfiles import ModelFilesError
 
@@ -40,8 +49,9 @@ def test_config_of_the_real_model(model_dir):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"model_type": "roberta"}, "BERT models only"),
-        ({"architectures": ["GPT2Model"]}, "BERT models only"),
+        ({"model_type": "distilbert"}, "runs bert, roberta, xlm-roberta encoders.*'distilbert'"),
+        ({"architectures": ["GPT2Model"]}, "runs bert, roberta, xlm-roberta encoders"),
+        ({"model_type": "xlm-roberta"}, "BertModel"),  # an XLM-RoBERTa config naming a BERT class
         ({"hidden_act": "relu"}, "hidden_act"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
         ({"num_attention_heads": 3}, "not a multiple"),
@@ -51,6 +61,29 @@ def test_config_of_the_real_model(model_dir):
 def test_config_rejects_what_it_cannot_run(change, message):
     with pytest.raises(ModelFilesError, match=message):
         BertConfig.from_dict({**CONFIG, **change})
+
+
+def test_xlm_roberta_config_numbers_positions_past_the_padding_id():
+    xlmr = {**CONFIG, "model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"], "pad_token_id": 1}
+    config = BertConfig.from_dict({**xlmr, "type_vocab_size": 1})
+    assert (config.position_offset, config.pad_token_id, config.weight_prefix) == (2, 1, "roberta.")
+    assert BertConfig.from_dict(CONFIG).position_offset == 0
+
+
+def test_roberta_positions_follow_transformers():
+    """Positions start at pad_token_id + 1 in every sequence; a token equal to the padding id (a literal <pad> in a
+    text) takes position pad_token_id and is not counted, as transformers' create_position_ids_from_input_ids."""
+    from transformers import XLMRobertaConfig
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaEmbeddings
+
+    config = BertConfig.from_dict({**CONFIG, "model_type": "xlm-roberta", "architectures": [], "pad_token_id": 1})
+    model = PackedBert(config, {n: torch.zeros(s) for n, s in expected_shapes(config).items()}, torch.device("cpu"))
+    batch = [[0, 5, 6, 2], [0, 2], [0, 7, 1, 8, 2]]
+    packed = pack(batch, "per_sequence", torch.device("cpu"))
+    ours = model.position_ids(packed.ids, packed.rows.slots).tolist()
+    embeddings = XLMRobertaEmbeddings(XLMRobertaConfig(pad_token_id=1))
+    theirs = [embeddings.create_position_ids_from_input_ids(torch.tensor([ids]), 1)[0].tolist() for ids in batch]
+    assert ours == sum(theirs, []) == [2, 3, 4, 5, 2, 3, 2, 3, 1, 4, 5]
 
 
 def test_config_missing_key():
@@ -64,10 +97,11 @@ def _shapes(prefix: str = "") -> dict[str, tuple[int, ...]]:
     return {prefix + name: shape for name, shape in expected_shapes(BertConfig.from_dict(CONFIG)).items()}
 
 
-@pytest.mark.parametrize("prefix", ["", "bert."])
-def test_weight_names_with_and_without_prefix(prefix):
+@pytest.mark.parametrize("model_type,prefix", [("bert", ""), ("bert", "bert."), ("xlm-roberta", "roberta.")])
+def test_weight_names_with_and_without_prefix(model_type, prefix):
     found = _shapes(prefix) | {prefix + "pooler.dense.weight": (8, 8), prefix + "embeddings.position_ids": (1, 32)}
-    stored = check_weight_names(found, BertConfig.from_dict(CONFIG))
+    found |= {"lm_head.dense.weight": (8, 8)} if model_type != "bert" else {"cls.predictions.bias": (50,)}
+    stored = check_weight_names(found, BertConfig.from_dict({**CONFIG, "model_type": model_type, "architectures": []}))
     assert stored["encoder.layer.1.output.dense.weight"] == prefix + "encoder.layer.1.output.dense.weight"
     assert len(stored) == 5 + 2 * 16
 
@@ -113,19 +147,16 @@ def test_pack_indices(strategy):
     batch = [[101, 5, 102], [101, 102], [101, 7, 8, 9, 102]]
     packed = pack(batch, strategy, torch.device("cpu"))
     assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102]
-    assert packed.positions.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
+    assert packed.rows.slots.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4]
+    assert packed.rows.sequence.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
+    assert packed.rows.lengths.tolist() == [3, 2, 5] and packed.rows.count == 3
     assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
-    # Mean pooling weights: 1/length on each sequence's own tokens, nothing elsewhere. The weights are one
-    # correctly rounded float32 division each, so they compare exactly; their product with the rows goes through a
-    # BLAS whose summation order (and FMA use) follows the CPU, so the means compare within float32 rounding: a
-    # 5-term dot product of values up to 9 is off by at most 5 * 2**-24 * 35 (~1e-5), 7.000000476837158 observed.
-    expected = torch.zeros(3, 10)
-    for row, (start, length) in enumerate(zip(packed.starts, packed.lengths)):
-        expected[row, start : start + length] = 1.0 / torch.tensor(float(length))
-    assert torch.equal(packed.mean_weights, expected)
+    # Mean pooling over the layout: each sequence's own rows, nothing elsewhere. The sums go through a kernel whose
+    # summation order (and FMA use) follows the CPU, so the means compare within float32 rounding: a 5-term sum of
+    # values up to 9 is off by at most 5 * 2**-24 * 35 (~1e-5).
     rows = torch.arange(10.0)[:, None]
     torch.testing.assert_close(
-        torch.mm(packed.mean_weights, rows).flatten(), torch.tensor([1.0, 3.5, 7.0]), atol=1e-5, rtol=0
+        SentenceHead.pool(rows, packed.rows, "mean").flatten(), torch.tensor([1.0, 3.5, 7.0]), atol=1e-5, rtol=0
     )
     if strategy != "per_sequence":
         # Gathering into blocks and reading back through `unpad` must give every packed row once, in order.
@@ -163,9 +194,9 @@ def test_pack_with_row_gears_pads_the_sequence_count_and_reads_back_only_real_ro
 def test_one_sequence_is_its_own_block(strategy):
     """A lone sequence skips the gather/unpad bookkeeping; a gear that would pad it keeps the general path."""
     packed = pack([[101, 7, 8, 102]], strategy, torch.device("cpu"))
-    assert packed.ids.tolist() == [101, 7, 8, 102] and packed.positions.tolist() == [0, 1, 2, 3]
+    assert packed.ids.tolist() == [101, 7, 8, 102] and packed.rows.slots.tolist() == [0, 1, 2, 3]
     assert packed.starts == [0] and packed.lengths == [4] and packed.unpad is None
-    assert packed.mean_weights.tolist() == [[0.25] * 4]
+    assert packed.rows.sequence.tolist() == [0] * 4 and packed.rows.lengths.tolist() == [4]
     assert [(b.gather, b.mask, b.lengths) for b in packed.buckets] == (
         [] if strategy == "per_sequence" else [(None, None, [4])]
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from minilm_npu.devices import GraphAPI
 from minilm_npu.engine.bert import BertConfig, PackedBert, expected_shapes, pack
 from minilm_npu.engine.graphs import MAX_GRAPH_SLOTS, GraphedForwards, StaticShapeForward, gear_for
+from minilm_npu.engine.head import SentenceHead
 
 CONFIG = BertConfig(
     vocab_size=200,
@@ -23,6 +25,15 @@ CONFIG = BertConfig(
     max_position_embeddings=300,
     type_vocab_size=2,
 )
+
+
+def head(*modes: str) -> SentenceHead:
+    """Pooling only (no Dense), as a model with these pooling modes has it."""
+    width = CONFIG.hidden_size
+    files = SimpleNamespace(
+        pooling_modes=modes, include_prompt=True, dense=(), hidden_size=width, dimension=width * len(modes)
+    )
+    return SentenceHead(files, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +63,18 @@ def test_gears_round_up_and_respect_the_budget():
 def test_static_shape_forward_equals_packed_forward(tiny, count, longest):
     batch = random_batch(count, longest, seed=count)
     packed = pack(batch, "per_sequence", tiny.device)
-    expected = tiny.pool(tiny.forward(packed), packed, "mean")
-    graphs = GraphedForwards(tiny, "float16", "mean", api=None)  # the eager static-shape path, as the CPU runs it
+    expected = head("mean")(tiny.forward(packed), packed.rows)
+    graphs = GraphedForwards(tiny, "float16", head("mean"), api=None)  # the eager static-shape path, as the CPU runs it
     torch.testing.assert_close(graphs.embed(batch), expected, atol=1e-5, rtol=0)
-    cls = StaticShapeForward(tiny, *gear_for([len(ids) for ids in batch], "float16"), "cls")
-    cls.load(batch)
-    torch.testing.assert_close(cls.compute()[:count], tiny.pool(tiny.forward(packed), packed, "cls"), atol=1e-5, rtol=0)
+    # Every pooling mode, several at once, through the static layout (padding slots, spare rows).
+    modes = head("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+    static = StaticShapeForward(tiny, *gear_for([len(ids) for ids in batch], "float16"), modes)
+    static.load(batch)
+    torch.testing.assert_close(static.compute()[:count], modes(tiny.forward(packed), packed.rows), atol=1e-5, rtol=0)
 
 
 def test_one_runner_per_gear_and_reused(tiny):
-    graphs = GraphedForwards(tiny, "float16", "mean", api=None)
+    graphs = GraphedForwards(tiny, "float16", head("mean"), api=None)
     for seed in range(4):
         graphs.embed(random_batch(3, 10, seed))  # all (4, 16)
     graphs.embed([[7] * 30])  # (1, 32)
@@ -70,7 +83,7 @@ def test_one_runner_per_gear_and_reused(tiny):
 
 def test_too_large_batches_are_left_to_the_eager_engine(tiny, monkeypatch):
     monkeypatch.setitem(MAX_GRAPH_SLOTS, "float16", 64)
-    graphs = GraphedForwards(tiny, "float16", "mean", api=None)
+    graphs = GraphedForwards(tiny, "float16", head("mean"), api=None)
     assert graphs.embed([[1] * 16] * 8) is None  # 8 x 16 = 128 slots, over the budget of 64
     assert graphs.embed([[1] * 16] * 2) is not None  # 2 x 16 = 32 slots
     assert list(graphs._runners) == [(2, 16)]
@@ -108,7 +121,7 @@ def test_capture_failure_falls_back_to_eager_once(tiny, caplog):
         use_stream=Use,
         current_stream=lambda device=None: Stream(),
     )
-    graphs = GraphedForwards(tiny, "float16", "mean", api)
+    graphs = GraphedForwards(tiny, "float16", head("mean"), api)
     with caplog.at_level(logging.WARNING):
         assert graphs.embed(random_batch(2, 8, 0)) is None
     assert graphs.failed and "capture failed" in caplog.text

@@ -72,14 +72,14 @@ def test_good_sha256_verdict_is_cached(tmp_path, monkeypatch):
         modelfiles.verify_sha256(good, expected)
 
 
-def test_cls_pooling_and_unsupported_pooling(model_dir, tmp_path):
+def test_cls_pooling_and_unknown_pooling(model_dir, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     config = copy / "1_Pooling" / "config.json"
     config.write_text('{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}')
     assert read_model_dir(copy).pooling == "cls"
-    config.write_text('{"pooling_mode_max_tokens": true}')
-    with pytest.raises(ModelFilesError, match="not supported"):
+    config.write_text('{"pooling_mode": "median"}')
+    with pytest.raises(ModelFilesError, match="pooling mode 'median' is not one of"):
         read_model_dir(copy)
 
 

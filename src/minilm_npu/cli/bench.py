@@ -83,7 +83,7 @@ def bench_settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; 0 when at least one dtype ran."""
+    """Run the benchmark; 0 when at least one dtype ran (and, on an NPU, no operator fell back to the CPU)."""
     from ..errors import InputError
     from ..verify.bench import run_bench
     from ..verify.report import bench_markdown, to_json, write_bench
@@ -95,4 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_bench(report, args.out)
     sys.stdout.write(to_json(report) if args.json else bench_markdown(report))
+    if report.cpu_fallbacks:
+        ops = ", ".join(f.op for f in report.cpu_fallbacks)
+        print(f"bench failed: operator(s) ran on the CPU instead of the NPU: {ops}", file=sys.stderr)
+        return 1
     return 0

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-normalize",
         dest="normalize",
         action="store_false",
-        help="skip L2 normalisation (the model's own Normalize module)",
+        default=None,
+        help="skip the model's own Normalize module (raw vectors; by default vectors are what its modules give)",
     )
     parser.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix of --text")
     add_encoder_args(parser)

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="run check, accuracy and bench for one device and write all reports plus index.md",
         description="The whole port verification in one command: DIR/check.*, DIR/accuracy.* (with plots), "
-        "DIR/bench.* (with plots) and DIR/index.md. Exit 0 only when the check and accuracy pass.",
+        "DIR/bench.* (with plots) and DIR/index.md. Exit 0 only when the check and accuracy pass and, on an NPU, "
+        "no operator fell back to the CPU.",
     )
     add_target_args(parser)
     add_bench_args(parser)
@@ -33,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run all three; 0 when check and accuracy pass, 1 otherwise."""
+    """Run all three; 0 when check and accuracy pass (and no NPU operator fell back to the CPU), 1 otherwise."""
     from ..verify.accuracy import PASS, AccuracySettings, load_texts
+    from ..verify.results import FAIL
     from ..verify.suite import run_report
 
     bench = bench_settings(args)
@@ -46,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
         progress=bench.progress,
     )
     reports = run_report(args.out, accuracy, bench)
-    ok = reports.check.status == "ok" and reports.accuracy.status == PASS
+    ok = reports.check.status == "ok" and reports.accuracy.status == PASS and reports.bench.status != FAIL
     print(
-        f"check {reports.check.status}, accuracy {reports.accuracy.status}; reports in {reports.index}",
+        f"check {reports.check.status}, accuracy {reports.accuracy.status}, bench {reports.bench.status}; "
+        f"reports in {reports.index}",
         file=sys.stderr,
     )
     return 0 if ok else 1

@@ -1,7 +1,8 @@
 """``minilm-npu serve``: the OpenAI- and TEI-compatible embedding server.
 
-The model is loaded and warmed up before the port opens (the app's lifespan runs before uvicorn binds).
-SIGTERM/SIGINT: uvicorn stops accepting connections, lets in-flight requests finish (up to
+The model is loaded before the port opens; the warm-up (every shape gear of every device once) runs behind the open
+port, where ``GET /health`` and the model's routes answer 503 "warming up" until it is done. A failed warm-up stops
+the server with exit code 1. SIGTERM/SIGINT: uvicorn stops accepting connections, lets in-flight requests finish (up to
 ``--graceful-timeout`` seconds), then the batcher drains and the process exits 0.
 """
 
@@ -129,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load and warm up the model, then serve until SIGTERM/SIGINT. Returns the exit code."""
+    """Load the model, open the port, warm up, then serve until SIGTERM/SIGINT. Returns the exit code (1 when
+    the port could not be opened or the warm-up failed)."""
     apply_serving_env()  # first: nothing before this line has imported torch (the parser does not)
     import logging
 
@@ -150,10 +152,14 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             docs=args.docs,
             fast_path=args.fast_path,
+            warm_up_in_background=True,
         )
     except ValueError as err:
         raise InputError(str(err)) from None
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: the command line set up WARNING-level logging already; a server logs its warm-up and its errors.
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     encoder = build_encoder(args)
     app = create_app(encoder, settings)
     config = uvicorn.Config(
@@ -168,9 +174,11 @@ def run(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     server = uvicorn.Server(config)
+    readiness = app.state.server.readiness
+    readiness.on_failure = lambda: setattr(server, "should_exit", True)  # uvicorn's own way to stop, checked often
     server.run()
-    # uvicorn sets started only once the lifespan (warm-up) succeeded and the port was bound.
-    return 0 if server.started else 1
+    # uvicorn sets started once the lifespan ran and the port was bound; the warm-up behind it may still fail.
+    return 0 if server.started and readiness.state != readiness.FAILED else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
-"""The engine interface: token ids in, pooled vectors out, on one device.
+"""The engine interface: token ids in, sentence embeddings out, on one device.
 
 A backend sees token ids only, already checked at the edge (:func:`minilm_npu.tokenization.check_token_ids`):
 non-empty, at most ``max_seq_length`` long, inside the vocabulary. It pads or packs as it
-likes, runs the forward pass on its device and pools (mean or CLS, as the model's files say). Normalisation and
-the copy back to the CPU are the encoder's post stage, shared by every backend.
+likes, runs the forward pass on its device and the model's pooling and Dense modules (:mod:`.head`). The model's
+final Normalize and the copy back to the CPU are the encoder's post stage, shared by every backend.
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ class Backend(abc.ABC):
     shareable: bool = False
 
     @abc.abstractmethod
-    def embed(self, batch: list[list[int]]) -> torch.Tensor:
-        """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
+    def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
+        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
+        ``self.device``; ``prompt_length`` leading tokens left out of pooling (passed only for models whose Pooling
+        has ``include_prompt=False``)."""
 
     @abc.abstractmethod
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:

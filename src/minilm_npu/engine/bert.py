@@ -1,9 +1,13 @@
 """A lean BERT encoder that runs on packed tokens: the packed engine's model.
 
+It runs BERT and the RoBERTa family (XLM-RoBERTa, RoBERTa): the same post-LN encoder; the RoBERTa family numbers
+positions from ``pad_token_id + 1`` on (a token equal to the padding id keeps position ``pad_token_id``, as in
+transformers) and has one token type.
+
 Every sequence of a batch is laid end to end in one ``[total_tokens, hidden]`` tensor (:mod:`.packing`).
-Embeddings, every linear layer, layer norms, GELU (exact erf, as the reference) and pooling run on that tensor, so
-no FLOP is spent on padding. Only attention needs to know which token belongs to which sequence; it goes through a
-strategy chosen per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
+Embeddings, every linear layer, layer norms and GELU (exact erf, as the reference) run on that tensor, and so does
+pooling (:mod:`.head`), so no FLOP is spent on padding. Only attention needs to know which token belongs to which
+sequence; it goes through a strategy chosen per device type (see :func:`minilm_npu.engine.policy.attention_plan`):
 
 * ``"per_sequence"``: one ``scaled_dot_product_attention`` call per sequence on a slice of the packed tensor;
 * ``"bucketed"``: sequences of similar length are gathered into small padded blocks (one SDPA call per block,
@@ -192,20 +196,27 @@ class PackedBert:
         blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
+    def position_ids(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Position ids of packed tokens from their slots in their sequences: the slots themselves for BERT; for the
+        RoBERTa family transformers' rule, ``pad_token_id`` + the count of non-padding tokens up to and including
+        this one, or ``pad_token_id`` itself for a token equal to it (a literal ``<pad>`` in a text)."""
+        if not self.config.position_offset:
+            return slots
+        pad = self.config.pad_token_id
+        real = ids.ne(pad).long()
+        seen = torch.cumsum(real, 0)
+        first = torch.arange(ids.shape[0], device=ids.device) - slots  # each token's sequence's first row
+        return (seen - seen.index_select(0, first) + real.index_select(0, first)) * real + pad
+
     def forward(self, packed: PackedBatch) -> torch.Tensor:
         """Hidden states ``[T, H]`` of the last layer for a packed batch."""
         eps = self.config.layer_norm_eps
         width = (self.config.hidden_size,)
-        x = self.word.index_select(0, packed.ids) + self.position.index_select(0, packed.positions)
+        positions = self.position_ids(packed.ids, packed.rows.slots)
+        x = self.word.index_select(0, packed.ids) + self.position.index_select(0, positions)
         x = F.layer_norm(x, width, *self.ln_embed, eps)
         for layer in self.layers:
             context = self.attention(layer.qkv(x), packed)
             x = F.layer_norm(layer.attn_out(context).add_(x), width, *layer.ln1, eps)
             x = F.layer_norm(layer.ffn_out(layer.ffn_in(x)).add_(x), width, *layer.ln2, eps)
         return x
-
-    def pool(self, hidden: torch.Tensor, packed: PackedBatch, mode: str) -> torch.Tensor:
-        """Mean (segment sums) or CLS pooling in float32: ``[B, H]``."""
-        if mode == "cls":
-            return hidden[torch.tensor(packed.starts, device=hidden.device)].float()
-        return torch.mm(packed.mean_weights, hidden.float())

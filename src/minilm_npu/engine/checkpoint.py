@@ -1,4 +1,9 @@
-"""A BERT checkpoint read for the packed engine: its architecture from ``config.json``, its weights from safetensors.
+"""A BERT or RoBERTa-family checkpoint read for the packed engine: its architecture from ``config.json``, its weights
+from safetensors.
+
+XLM-RoBERTa and RoBERTa have BERT's encoder exactly; they differ in where positions start (``pad_token_id + 1``,
+:attr:`BertConfig.position_offset`), in having one token type, and in the prefix their task checkpoints put on the
+encoder's weights (``roberta.``).
 
 Every name and shape is checked before anything is loaded, and anything this engine cannot run exactly (another
 architecture, another activation, relative positions) is refused with the reason, so a wrong model fails at load
@@ -14,17 +19,25 @@ from typing import Any
 
 import torch
 
+from ..modelconfig import SUPPORTED_MODEL_TYPES, position_offset
 from ..modelfiles import ModelFilesError
 
-#: Architectures whose checkpoints have BERT's exact layout (embeddings + post-LN encoder, erf GELU).
-BERT_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
-#: Checkpoint entries that are allowed but unused: a buffer and the task heads sentence embeddings never use.
-IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.", "cls.")
+#: Per model type: the class-name stem of its architectures and the prefix its task models put on encoder weights.
+MODEL_FAMILIES = {
+    "bert": ("Bert", "bert."),
+    "roberta": ("Roberta", "roberta."),
+    "xlm-roberta": ("XLMRoberta", "roberta."),
+}
+#: Architectures whose checkpoints hold exactly this encoder (embeddings + post-LN layers, erf GELU), per stem.
+ARCHITECTURE_SUFFIXES = ("Model", "ForMaskedLM", "ForPreTraining", "ForSequenceClassification")
+BERT_ARCHITECTURES = tuple("Bert" + suffix for suffix in ARCHITECTURE_SUFFIXES)
+#: Checkpoint entries that are allowed but unused: buffers and the task heads sentence embeddings never use.
+IGNORED_PREFIXES = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.", "cls.", "lm_head.")
 
 
 @dataclass(frozen=True)
 class BertConfig:
-    """The architecture numbers of a BERT checkpoint, from its ``config.json``."""
+    """The architecture numbers of a BERT or RoBERTa-family checkpoint, from its ``config.json``."""
 
     vocab_size: int
     hidden_size: int
@@ -34,6 +47,11 @@ class BertConfig:
     layer_norm_eps: float
     max_position_embeddings: int
     type_vocab_size: int
+    #: Position of a sequence's first token: 0 for BERT, ``pad_token_id + 1`` for the RoBERTa family.
+    position_offset: int = 0
+    pad_token_id: int = 0
+    #: Prefix of the encoder's weights in task checkpoints (``bert.``, ``roberta.``).
+    weight_prefix: str = "bert."
 
     @property
     def head_dim(self) -> int:
@@ -45,14 +63,16 @@ class BertConfig:
         """Read and check a parsed ``config.json``.
 
         Raises:
-            ModelFilesError: not a BERT checkpoint this engine can run exactly (with the reason).
+            ModelFilesError: not a checkpoint this engine can run exactly (with the reason).
         """
         model_type = config.get("model_type")
         architectures = config.get("architectures") or []
-        if model_type != "bert" or (architectures and not set(architectures) & set(BERT_ARCHITECTURES)):
+        stem, prefix = MODEL_FAMILIES.get(str(model_type), ("", ""))
+        known = {stem + suffix for suffix in ARCHITECTURE_SUFFIXES}
+        if model_type not in SUPPORTED_MODEL_TYPES or (architectures and not set(architectures) & known):
             raise ModelFilesError(
-                f"the packed engine runs BERT models only; this config.json has model_type={model_type!r}, "
-                f"architectures={architectures}. Use backend='transformers' for other architectures"
+                f"the packed engine runs {', '.join(SUPPORTED_MODEL_TYPES)} encoders; this config.json has "
+                f"model_type={model_type!r}, architectures={architectures}"
             )
         if config.get("hidden_act", "gelu") != "gelu":
             raise ModelFilesError(f"hidden_act {config['hidden_act']!r} is not supported (only exact 'gelu')")
@@ -70,6 +90,9 @@ class BertConfig:
                 layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
                 max_position_embeddings=int(config.get("max_position_embeddings", 512)),
                 type_vocab_size=int(config.get("type_vocab_size", 2)),
+                position_offset=position_offset(config),
+                pad_token_id=int(config.get("pad_token_id") or 0),
+                weight_prefix=prefix,
             )
         except KeyError as err:
             raise ModelFilesError(f"config.json lacks {err.args[0]!r}, which a BERT config must have") from None
@@ -96,7 +119,7 @@ class BertConfig:
 
 
 def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a BERT checkpoint must hold (names without the ``bert.`` prefix) and its shape."""
+    """Every tensor a checkpoint must hold (names without the ``bert.``/``roberta.`` prefix) and its shape."""
     h, i = config.hidden_size, config.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
         "embeddings.word_embeddings.weight": (config.vocab_size, h),
@@ -129,7 +152,7 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
     """Match a checkpoint's tensor names and shapes against what ``config`` needs.
 
     Args:
-        found: Tensor name -> shape, as stored (with or without a ``bert.`` prefix).
+        found: Tensor name -> shape, as stored (with or without the ``bert.``/``roberta.`` prefix).
         config: The architecture.
 
     Returns:
@@ -142,7 +165,7 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
     stored: dict[str, str] = {}
     unexpected = []
     for name in found:
-        short = name[len("bert.") :] if name.startswith("bert.") else name
+        short = name.removeprefix(config.weight_prefix)
         if short in expected:
             stored[short] = name
         elif not short.startswith(IGNORED_PREFIXES):
@@ -166,7 +189,7 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
 
 
 def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
-    """Load a BERT checkpoint from safetensors (never pickle), checking every name and shape first.
+    """Load a checkpoint from safetensors (never pickle), checking every name and shape first.
 
     Returns:
         Expected (unprefixed) name -> float32 CPU tensor.

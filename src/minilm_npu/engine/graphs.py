@@ -10,9 +10,9 @@ launches are a small share of the time.
 
 The layout: every sequence of the gear is one row of ``width`` slots, so the packed ``[rows * width, hidden]``
 tensor *is* the attention block (no gathers). One int64 input buffer carries the token ids and the lengths, so a
-call is one host-to-device copy; the key mask, positions and pooling weights are derived from the lengths inside the
-graph. Rows past the real batch hold one ``[CLS]`` token, so no attention row is fully masked (that would give NaN,
-and ``0 * NaN`` would leak into the pooling matmul).
+call is one host-to-device copy; the key mask, positions and pooling (the model's :class:`~.head.SentenceHead`) are
+derived from the ids and lengths inside the graph. Rows past the real batch hold one token, so no attention row is
+fully masked (that would give NaN, and ``0 * NaN`` would leak into the pooling matmul).
 
 The same :class:`StaticShapeForward` runs eagerly on the CPU in the tests (exactness against sentence-transformers);
 only the capture and replay are accelerator-only.
@@ -28,6 +28,7 @@ import torch
 
 from ..devices import GraphAPI
 from .bert import PackedBert
+from .head import RowLayout, SentenceHead
 from .packing import Bucket, PackedBatch
 from .policy import round_to_gear, round_to_power_of_two
 
@@ -42,8 +43,8 @@ MAX_GRAPH_ROWS = 256
 #: 172-token text pads to 192, not 256). Graphs are captured lazily, one per (rows, width) met.
 GRAPH_WIDTHS = (16, 32, 48, 64, 96, 128, 160, 192, 256)
 MAX_GRAPH_WIDTH = GRAPH_WIDTHS[-1]
-#: Token id given to padding slots and spare rows (BERT's [CLS]; any valid id would do, they are masked).
-FILLER_ID = 101
+#: Token id given to padding slots and spare rows (any id of every vocabulary would do: they are masked).
+FILLER_ID = 0
 
 
 def gear_for(lengths: list[int], dtype: str) -> tuple[int, int] | None:
@@ -61,18 +62,17 @@ class StaticShapeForward:
         model: The packed BERT (its weights are shared, not copied).
         rows: Sequences per call (a power of two).
         width: Slots per sequence (a gear).
-        pooling: ``"mean"`` or ``"cls"``.
+        head: The model's pooling and Dense modules.
     """
 
-    def __init__(self, model: PackedBert, rows: int, width: int, pooling: str, square_mask: bool = False):
-        self.model, self.rows, self.width, self.pooling = model, rows, width, pooling
+    def __init__(self, model: PackedBert, rows: int, width: int, head: SentenceHead, square_mask: bool = False):
+        self.model, self.rows, self.width, self.head = model, rows, width, head
         self.square_mask = square_mask
         device = model.device
         # Token ids of every slot, then the length of every row: one buffer, one copy per call.
         self.inputs = torch.full((rows * width + rows,), FILLER_ID, dtype=torch.long, device=device)
         self.inputs[rows * width :] = 1
         self.slots = torch.arange(width, device=device)
-        self.positions = self.slots.repeat(rows)
         self.host = torch.empty_like(self.inputs, device="cpu", pin_memory=device.type != "cpu")
 
     def load(self, batch: list[list[int]]) -> None:
@@ -98,28 +98,24 @@ class StaticShapeForward:
         self.inputs.copy_(self.host, non_blocking=True)
 
     def compute(self) -> torch.Tensor:
-        """Pooled, not normalised, float32 ``[rows, hidden]`` from the current input buffer."""
+        """Sentence embeddings before the final Normalize, float32 ``[rows, dimension]``, from the input buffer."""
         rows, width = self.rows, self.width
         ids, lengths = self.inputs[: rows * width], self.inputs[rows * width :]
         valid = self.slots[None, :] < lengths[:, None]  # [rows, width]
         mask = valid[:, None, None, :]
         if self.square_mask:  # policy.attention_plan: kernels that take no broadcast mask (Ascend)
             mask = mask.expand(-1, -1, width, -1).contiguous()
+        layout = RowLayout.padded(lengths, width)
         packed = PackedBatch(
             ids=ids,
-            positions=self.positions,
+            rows=layout,
             starts=[],
             lengths=[width] * rows,
-            mean_weights=None,
             buckets=[Bucket(None, mask, [width] * rows)],
             unpad=None,
             strategy="padded",
         )
-        hidden = self.model.forward(packed).view(rows, width, -1)
-        if self.pooling == "cls":
-            return hidden[:, 0].float()
-        weights = valid.float() / lengths[:, None].float()  # 1/length on real tokens, 0 on padding
-        return torch.bmm(weights[:, None, :], hidden.float()).squeeze(1)
+        return self.head(self.model.forward(packed), layout)
 
 
 class _Captured:
@@ -152,13 +148,15 @@ class GraphedForwards:
     Args:
         model: The packed BERT on its device.
         dtype: The engine's dtype (sets the padding budget, :data:`MAX_GRAPH_SLOTS`).
-        pooling: ``"mean"`` or ``"cls"``.
+        head: The model's pooling and Dense modules.
         api: The device's graph API; None runs the static-shape passes eagerly (the CPU tests do).
         square_mask: Full ``[rows, 1, width, width]`` attention masks (see policy.attention_plan).
     """
 
-    def __init__(self, model: PackedBert, dtype: str, pooling: str, api: GraphAPI | None, square_mask: bool = False):
-        self.model, self.dtype, self.pooling, self.api = model, dtype, pooling, api
+    def __init__(
+        self, model: PackedBert, dtype: str, head: SentenceHead, api: GraphAPI | None, square_mask: bool = False
+    ):
+        self.model, self.dtype, self.head, self.api = model, dtype, head, api
         self.square_mask = square_mask
         self._runners: dict[tuple[int, int], object] = {}
         self._pool = api.pool_handle() if api is not None else None
@@ -167,7 +165,7 @@ class GraphedForwards:
     def _runner(self, gear: tuple[int, int]):
         runner = self._runners.get(gear)
         if runner is None:
-            forward = StaticShapeForward(self.model, gear[0], gear[1], self.pooling, self.square_mask)
+            forward = StaticShapeForward(self.model, gear[0], gear[1], self.head, self.square_mask)
             runner = (forward, forward.compute)
             if self.api is not None:
                 try:
@@ -185,7 +183,8 @@ class GraphedForwards:
         return runner
 
     def embed(self, batch: list[list[int]]) -> torch.Tensor | None:
-        """Pooled float32 ``[len(batch), hidden]``, or None when this batch is not for a graph (too large)."""
+        """Sentence embeddings float32 ``[len(batch), dimension]``, or None when this batch is not for a graph (too
+        large)."""
         if self.failed:
             return None
         gear = gear_for([len(ids) for ids in batch], self.dtype)

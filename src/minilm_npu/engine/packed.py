@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..devices import exact_gelu, graph_api, torch_npu_module, varlen_attention
+from ..devices import exact_gelu, graph_api, synchronize, torch_npu_module, varlen_attention
 from ..errors import InputError
 from ..modelfiles import ModelFiles
 from ..samples import CALIBRATION_TEXTS
@@ -32,6 +33,7 @@ from .checkpoint import BertConfig, load_weights
 from .cpu_execution import AdaptiveThreads, use_threads
 from .cpu_kernels import kernel_plan
 from .graphs import GRAPH_WIDTHS, GraphedForwards
+from .head import SentenceHead
 from .packing import PackedBatch, pack
 from .policy import (
     AttentionPlan,
@@ -294,7 +296,7 @@ class PackedBackend(Backend):
     """The packed engine on one device.
 
     Args:
-        model_files: The resolved model (BERT family, mean or CLS pooling).
+        model_files: The resolved model (BERT or RoBERTa family; its pooling and Dense modules run here too).
         device: Where the model runs.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
         attention: How attention runs; default :func:`~minilm_npu.engine.policy.attention_plan` (tests pass
@@ -302,7 +304,7 @@ class PackedBackend(Backend):
 
     Raises:
         InputError: a dtype this device cannot run.
-        ModelFilesError: not a BERT checkpoint, or weights that do not match config.json.
+        ModelFilesError: not a checkpoint this engine runs, or weights that do not match config.json.
     """
 
     name = "packed"
@@ -324,6 +326,7 @@ class PackedBackend(Backend):
             tune_host_allocator()  # activations live in host memory: stop paying page faults for them
         self.device, self.dtype, self.pooling = device, dtype, model_files.pooling
         self.config = BertConfig.from_dict(model_files.config)
+        self.head = SentenceHead(model_files, device)
         self.plan = attention or attention_plan(device.type, dtype)
         weights = load_weights(model_files.weights_path, self.config)
         torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
@@ -348,7 +351,7 @@ class PackedBackend(Backend):
         # no launch overhead to save.
         api = graph_api(device)
         self.graphs = (
-            GraphedForwards(self.model, dtype, self.pooling, api, square_mask=self.plan.square_mask)
+            GraphedForwards(self.model, dtype, self.head, api, square_mask=self.plan.square_mask)
             if api is not None
             else None
         )
@@ -378,30 +381,34 @@ class PackedBackend(Backend):
         )
 
     @torch.inference_mode()
-    def embed(self, batch: list[list[int]]) -> torch.Tensor:
-        """Pooled, not normalised, float32 ``[len(batch), hidden]`` on ``self.device``."""
+    def embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
+        """Sentence embeddings before the model's final Normalize, float32 ``[len(batch), dimension]`` on
+        ``self.device``; ``prompt_length`` leading tokens are left out of pooling where the model says so (the
+        static-shape graphs pool every token, so such batches run eagerly)."""
         if not batch:
-            return torch.empty(0, self.config.hidden_size, device=self.device)
-        if self.graphs is not None:
+            return torch.empty(0, self.head.dimension, device=self.device)
+        if self.graphs is not None and not prompt_length:
             pooled = self.graphs.embed(batch)
             if pooled is not None:
                 return pooled
         if self.query is not None and len(batch) == 1 and not self.query.failed:
-            pooled = self._query_threads.run(len(batch[0]), lambda: self._embed_query(batch))
+            pooled = self._query_threads.run(len(batch[0]), lambda: self._embed_query(batch, prompt_length))
             if pooled is not None:
                 return pooled
         if self._threads is not None:
-            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch))
-        return self._embed(batch)
+            return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch, prompt_length))
+        return self._embed(batch, prompt_length)
 
-    def _embed_query(self, batch: list[list[int]]) -> torch.Tensor | None:
+    def _embed_query(self, batch: list[list[int]], prompt_length: int) -> torch.Tensor | None:
         packed = self._pack(batch)
-        hidden = self.query.forward(packed.ids, packed.positions)
-        return None if hidden is None else self.model.pool(hidden, packed, self.pooling)
+        # The graph takes the positions as the packed engine numbers them (BERT's slots, the RoBERTa family's
+        # offset), so it knows nothing of a model's position rule; the head pools as for any packed batch.
+        hidden = self.query.forward(packed.ids, self.model.position_ids(packed.ids, packed.rows.slots))
+        return None if hidden is None else self.head(hidden, packed.rows, prompt_length)
 
-    def _embed(self, batch: list[list[int]]) -> torch.Tensor:
+    def _embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
         packed = self._pack(batch)
-        return self.model.pool(self.model.forward(packed), packed, self.pooling)
+        return self.head(self.model.forward(packed), packed.rows, prompt_length)
 
     @torch.inference_mode()
     def token_embeddings(self, batch: list[list[int]]) -> list[torch.Tensor]:
@@ -444,14 +451,27 @@ class PackedBackend(Backend):
         return choices
 
     def warmup(self) -> None:
-        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice);
-        int8 also compiles its fused quantization here (the server warms up before it opens its port; elsewhere
-        the compile happens in the first batch of >= 64 tokens)."""
+        """Run the shapes :func:`minilm_npu.engine.policy.warmup_lengths` names once (allocation, kernel choice;
+        on an NPU, every static-shape gear), logging each with its time; int8 also compiles its fused quantization
+        here (the server warms up before it serves; elsewhere the compile happens in the first batch of >= 64
+        tokens)."""
         if self.dtype == "int8":
             FUSED_QUANTIZER.compile()
+        gears = warmup_lengths(self.device)
+        where = f"{self.device} {self.dtype}"
+        cls, word, sep = (token % self.config.vocab_size for token in (101, 1000, 102))  # any valid ids will do
         if self.query is not None:  # build (or read) the graph and the session now, not in the first query
-            self.embed([[101, 1000, 102]])
-        for lengths in warmup_lengths(self.device):
-            self.embed([[101] + [1000] * (n - 2) + [102] if n >= 2 else [101] for n in lengths])
+            start = time.perf_counter()
+            self.embed([[cls, word, sep]])
+            log.info("warm-up %s: one-sentence path, %.2f s", where, time.perf_counter() - start)
+        for number, lengths in enumerate(gears, 1):
+            start = time.perf_counter()
+            self.embed([[cls] + [word] * (n - 2) + [sep] if n >= 2 else [cls] for n in lengths])
+            synchronize(self.device)
+            took = time.perf_counter() - start
+            log.info("warm-up %s: gear %d/%d, lengths %s, %.2f s", where, number, len(gears), lengths, took)
         if self.graphs is not None:  # one query of any length: the latency-critical case
+            start = time.perf_counter()
             self.graphs.capture([(1, width) for width in GRAPH_WIDTHS])
+            took = time.perf_counter() - start
+            log.info("warm-up %s: device graphs, 1 row x %s tokens, %.2f s", where, list(GRAPH_WIDTHS), took)

@@ -5,7 +5,7 @@
 1. :func:`lay_out_tokens`: the ids end to end, each token's position in its own sequence, where each sequence starts;
 2. :func:`plan_blocks`: which sequences share a padded attention block, and its width and row count;
 3. :func:`gather_block`: per block, the packed rows it gathers, its key mask, and where its real tokens land;
-4. :func:`unpad_index` and :func:`mean_pooling_weights`: the way back from the blocks, and pooling as one matmul;
+4. :func:`unpad_index`: the way back from the blocks (pooling reads the layout, :class:`~.head.RowLayout`);
 5. :func:`move_to_device`: everything in one copy per dtype.
 
 Layers only read the result (:class:`~minilm_npu.engine.bert.PackedBert`); :mod:`.graphs` builds its fixed-shape
@@ -22,6 +22,7 @@ from typing import cast
 import torch
 
 from ..devices import to_device
+from .head import RowLayout
 
 ATTENTION_STRATEGIES = ("per_sequence", "bucketed", "padded", "varlen")
 
@@ -50,10 +51,9 @@ class PackedBatch:
     """
 
     ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
+    rows: RowLayout  # each token's sequence and slot in it (positions, pooling)
     starts: list[int]
     lengths: list[int]
-    mean_weights: torch.Tensor  # [B, T] float32: 1/length on a sequence's own tokens, 0 elsewhere
     buckets: list[Bucket]
     unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
     strategy: str
@@ -187,7 +187,7 @@ def gather_block(layout: TokenLayout, plan: BlockPlan) -> HostBlock:
     return HostBlock(Bucket(gather.reshape(-1), mask, lengths), real_rows, slots)
 
 
-# -- 4. back from the blocks, and pooling --------------------------------------------------------------------
+# -- 4. back from the blocks --------------------------------------------------------------------------
 
 
 def unpad_index(blocks: Sequence[HostBlock], total: int) -> torch.Tensor:
@@ -202,18 +202,6 @@ def unpad_index(blocks: Sequence[HostBlock], total: int) -> torch.Tensor:
     return unpad
 
 
-def mean_pooling_weights(layout: TokenLayout) -> torch.Tensor:
-    """``[B, T]`` float32: 1/length on each sequence's own tokens, 0 elsewhere.
-
-    Mean pooling as one small matmul: ``index_add_``/``scatter_add_`` over ``[T, H]`` is single-threaded and slow on
-    CPUs, while ``[B, T] @ [T, H]`` is a GEMM every device runs well.
-    """
-    weights = torch.zeros(len(layout.lengths), layout.total)
-    per_token = 1.0 / torch.tensor(layout.lengths, dtype=torch.float32)[layout.sequence]
-    weights[layout.sequence, torch.arange(layout.total)] = per_token
-    return weights
-
-
 # -- 5. to the device ----------------------------------------------------------------------------------------
 
 
@@ -221,18 +209,19 @@ def move_to_device(
     layout: TokenLayout,
     blocks: Sequence[HostBlock],
     unpad: torch.Tensor | None,
-    mean_weights: torch.Tensor,
     strategy: str,
     device: torch.device,
     square_mask: bool = False,
 ) -> PackedBatch:
     """The :class:`PackedBatch` on ``device``: every host tensor in one pinned, non-blocking copy per dtype
     (:func:`minilm_npu.devices.to_device`), square masks expanded there."""
-    host: list[torch.Tensor | None] = [layout.ids, layout.positions, mean_weights, unpad]
+    lengths = torch.tensor(layout.lengths)
+    host: list[torch.Tensor | None] = [layout.ids, layout.sequence, layout.positions, lengths, unpad]
     for block in blocks:
         host += [block.bucket.gather, block.bucket.mask]
     moved = iter(to_device(host, device))
-    ids, positions, weights = (cast(torch.Tensor, next(moved)) for _ in range(3))
+    ids, sequence, slots, lengths = (cast(torch.Tensor, next(moved)) for _ in range(4))
+    rows = RowLayout(sequence, slots, lengths, len(layout.lengths), dense=True)
     unpad_on_device = next(moved)
     buckets = []
     for block in blocks:
@@ -241,7 +230,7 @@ def move_to_device(
             width = mask.shape[-1]
             mask = mask.expand(-1, -1, width, -1).contiguous()
         buckets.append(Bucket(gather, mask, block.bucket.lengths))
-    return PackedBatch(ids, positions, layout.starts, layout.lengths, weights, buckets, unpad_on_device, strategy)
+    return PackedBatch(ids, rows, layout.starts, layout.lengths, buckets, unpad_on_device, strategy)
 
 
 # -- all steps -----------------------------------------------------------------------------------------------
@@ -276,7 +265,7 @@ def pack(
     layout = lay_out_tokens(batch)
     blocks = [gather_block(layout, plan) for plan in plan_blocks(layout.lengths, strategy, slack, gears, row_gears)]
     unpad = unpad_index(blocks, layout.total) if blocks else None
-    return move_to_device(layout, blocks, unpad, mean_pooling_weights(layout), strategy, device, square_mask)
+    return move_to_device(layout, blocks, unpad, strategy, device, square_mask)
 
 
 def _is_its_own_block(
@@ -293,16 +282,18 @@ def _is_its_own_block(
 def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> PackedBatch:
     """:func:`pack` for one sequence (a query, an interactive request), with the index work a batch needs left out.
 
-    A lone sequence is its own attention block: no gather, no mask, no unpadding, mean pooling over every row. This
+    A lone sequence is its own attention block: no gather, no mask, no unpadding, pooling over every row. This
     keeps the general bookkeeping and two index ops per layer off the batch-1 latency. (A device whose widths come in
     gears pads even one sequence, so :func:`pack` sends it here only when its length is a gear.)
     """
     length = len(ids)
     tensors: list[torch.Tensor | None] = [
         torch.tensor(ids, dtype=torch.long),
+        torch.zeros(length, dtype=torch.long),
         torch.arange(length),
-        torch.full((1, length), 1.0 / length),
+        torch.tensor([length]),
     ]
-    ids_t, positions, mean_weights = (cast(torch.Tensor, moved) for moved in to_device(tensors, device))
+    ids_t, sequence, slots, lengths = (cast(torch.Tensor, moved) for moved in to_device(tensors, device))
     buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
-    return PackedBatch(ids_t, positions, [0], [length], mean_weights, buckets, None, strategy)
+    rows = RowLayout(sequence, slots, lengths, 1, dense=True)
+    return PackedBatch(ids_t, rows, [0], [length], buckets, None, strategy)

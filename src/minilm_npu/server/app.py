@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from .errors import install_error_handlers
 from .fastpath import FastPath
 from .handlers import TokenEmbedder, default_tasks
 from .metrics import ServerMetrics
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, ReadinessMiddleware
 from .openapi import install_openapi
 from .routes_openai import router as openai_router
 from .routes_ops import router as ops_router
@@ -32,9 +33,12 @@ log = logging.getLogger(__name__)
 def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> EmbeddingServer:
     """Build the embedding server around an encoder.
 
-    Start-up (the ASGI lifespan, which uvicorn completes before it opens the port) starts one batcher worker per
-    device and warms the model up with a real forward pass; it fails, and the server does not start, if that
-    pass fails. Shutdown lets queued work finish, then stops the workers.
+    Start-up (the ASGI lifespan) starts one batcher worker per device and warms the model up: every shape gear of
+    every device once, then a real forward pass through the batcher. With ``settings.warm_up_in_background`` the
+    port opens at once and ``/health`` and every ``POST`` route answer 503 ("warming up") until then; a failed
+    warm-up answers 503 for good and calls ``state.readiness.on_failure`` (``minilm-npu serve`` stops there and
+    exits non-zero). Otherwise start-up (which uvicorn completes before it opens the port) waits for the warm-up
+    and fails, so the server does not start, if it fails. Shutdown lets queued work finish, then stops the workers.
 
     Args:
         encoder: A :class:`~minilm_npu.MiniLMEncoder`, or anything else that implements
@@ -58,10 +62,30 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Embe
         tokens=TokenEmbedder(encoder.batch_workers()[-1], release_host_threads),
         tasks=default_tasks(),
     )
+    readiness = state.readiness
+    devices = ", ".join(str(worker.device) for worker in encoder.workers)
 
     def warm_up() -> None:
-        encoder.warmup()  # every device, not only the one the probe below lands on
+        log.info("warming up %s on %s: every shape gear of every device runs once first", state.model_name, devices)
+        readiness.progress(f"running every shape gear once on {devices}")
+        encoder.warmup()  # every device, every gear; the engine logs each gear and its time
         release_host_threads()  # see below: this pool thread's OpenMP workers too
+
+    async def warm_up_then_serve() -> None:
+        start = time.perf_counter()
+        try:
+            await asyncio.to_thread(warm_up)
+            healthy = await batcher.health(max(settings.health_timeout_s, 60.0))
+            why = "the model could not embed a test input (see the log above)"
+        except Exception as err:  # noqa: BLE001 - the warm-up's failure is the finding, logged with its traceback
+            log.exception("warm-up failed")
+            healthy, why = False, f"{type(err).__name__}: {err}"
+        if not healthy:
+            log.error("warm-up failed: %s; not serving", why)
+            readiness.set_failed(why)
+            return
+        readiness.set_ready()
+        log.info("model %s warmed up on %s in %.1f s; serving", state.model_name, devices, time.perf_counter() - start)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -69,18 +93,16 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Embe
         # took 2x as long with the loading thread's pool still alive; devices.release_host_threads says why).
         release_host_threads()
         batcher.start()
-        await asyncio.to_thread(warm_up)
-        if not await batcher.health(max(settings.health_timeout_s, 60.0)):
-            await asyncio.to_thread(batcher.close, 5.0)
-            raise RuntimeError("warm-up failed: the model could not embed a test input (see the log above)")
-        log.info(
-            "model %s warmed up on %s; serving",
-            state.model_name,
-            ", ".join(str(worker.device) for worker in encoder.workers),
-        )
+        warming = asyncio.create_task(warm_up_then_serve())
+        if not settings.warm_up_in_background:
+            await warming
+            if not readiness.ready:
+                await asyncio.to_thread(batcher.close, 5.0)
+                raise RuntimeError(readiness.detail)
         try:
             yield
         finally:
+            warming.cancel()  # a warm-up still running finishes its forward in its thread; nothing waits for it
             state.tokens.close()
             await asyncio.to_thread(batcher.close)
 
@@ -106,10 +128,11 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Embe
 class EmbeddingServer:
     """The ASGI application: the edge middlewares around the embedding routes' fast path and the FastAPI app.
 
-    Order at request time: metrics, API key, body limit, then the fast path (``POST`` of the embedding routes),
-    then FastAPI for everything else. The edge sits outside FastAPI so that the fast path pays for none of
-    FastAPI's own layers; the lifespan (start-up and shutdown) goes through to FastAPI. Attributes not defined
-    here (``state``, ``routes``, ``openapi``...) are the FastAPI app's.
+    Order at request time: metrics, API key, readiness (503 "warming up" on ``POST`` until warmed up), body
+    limit, then the fast path (``POST`` of the embedding routes), then FastAPI for everything else. The edge sits
+    outside FastAPI so that the fast path pays for none of FastAPI's own layers; the lifespan (start-up and
+    shutdown) goes through to FastAPI. Attributes not defined here (``state``, ``routes``, ``openapi``...) are the
+    FastAPI app's.
 
     Args:
         api: The FastAPI app.
@@ -122,6 +145,7 @@ class EmbeddingServer:
         routes = frozenset(path for router in (openai_router, tei_router, ops_router) for path in _paths(router))
         app: Any = FastPath(api, state) if settings.fast_path else api
         app = BodyLimitMiddleware(app, max_bytes=settings.max_body_bytes)
+        app = ReadinessMiddleware(app, readiness=state.readiness)
         if settings.api_key is not None:
             app = ApiKeyMiddleware(app, api_key=settings.api_key)
         self._app = MetricsMiddleware(app, metrics=state.metrics, routes=routes)

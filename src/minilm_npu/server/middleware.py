@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware at the edge: request metrics, API-key check, body-size limit (outermost first)."""
+"""Pure-ASGI middleware at the edge: request metrics, API-key check, readiness gate, body-size limit (outermost
+first)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,29 @@ class ApiKeyMiddleware:
                 "missing or wrong API key: send 'Authorization: Bearer <key>'",
                 "auth",
                 headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class ReadinessMiddleware:
+    """Answers 503 (``unhealthy``, in the route's error shape, ``Retry-After: 1``) to every ``POST`` until the model
+    is warmed up, so no request waits behind the warm-up or meets a cold shape. ``GET`` routes (health, info,
+    metrics, models, the API docs) answer: ``/health`` says 503 "warming up" itself.
+
+    Args:
+        readiness: The app's :class:`~minilm_npu.server.state.Readiness`.
+    """
+
+    def __init__(self, app: ASGIApp, readiness: Any):
+        self.app = app
+        self.readiness = readiness
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not self.readiness.ready:
+            response = error_response(
+                scope["path"], 503, self.readiness.detail, "unhealthy", headers={"Retry-After": "1"}
             )
             await response(scope, receive, send)
             return

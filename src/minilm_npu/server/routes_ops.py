@@ -18,8 +18,11 @@ _HEALTH = {"response_model": Health, "responses": errors_doc(503)}
 @router.get("/", **_HEALTH)
 @router.get("/ping", **_HEALTH)
 async def health(request: Request) -> dict:
-    """200 when a real forward pass through the batcher's workers succeeds; 503 when the model cannot answer."""
+    """200 when a real forward pass through the batcher's workers succeeds; 503 while the model warms up (as
+    text-embeddings-inference answers before it is ready), after a failed warm-up, or when the model cannot answer."""
     state = get_state(request)
+    if not state.readiness.ready:
+        raise ApiError(503, state.readiness.detail, kind="unhealthy")
     if not await state.batcher.health(state.settings.health_timeout_s):
         raise ApiError(503, "the model cannot answer: the health forward pass failed or timed out", kind="unhealthy")
     return {"status": "ok"}

@@ -26,6 +26,10 @@ class ServerSettings:
         docs: Serve the API's description (``/openapi.json``, ``/docs``, ``/redoc``), without an API key.
         fast_path: Serve the embedding routes straight from ASGI (``server/fastpath.py``); False sends them
             through FastAPI's routing too (the same answers, slower; for comparisons).
+        warm_up_in_background: Open the port at once and warm the model up behind it, answering 503 ("warming
+            up") on ``/health`` and the model's routes until every shape gear of every device has run once
+            (``minilm-npu serve`` does: an NPU's warm-up takes a while). False: the app's startup waits for the
+            warm-up, so an in-process user gets a ready app.
     """
 
     served_model_name: str | None = None
@@ -37,6 +41,7 @@ class ServerSettings:
     health_timeout_s: float = 10.0
     docs: bool = True
     fast_path: bool = True
+    warm_up_in_background: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_client_batch_size", "max_concurrent_requests", "max_body_bytes"):

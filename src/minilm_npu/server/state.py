@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -17,9 +19,51 @@ if TYPE_CHECKING:
     from .handlers import Task, TokenEmbedder
 
 
+class Readiness:
+    """Whether the model may answer yet: ``warming up`` (the port is open, the warm-up runs), ``ready`` or
+    ``failed``; ``GET /health`` and the embedding routes answer 503 until it is ready.
+
+    Attributes:
+        on_failure: Called once when the warm-up fails (the command line stops the server there, so that it exits
+            non-zero); None in-process.
+    """
+
+    WARMING_UP, READY, FAILED = "warming up", "ready", "failed"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.state = self.WARMING_UP
+        self.detail = "the model is warming up (every shape gear of every device runs once before serving)"
+        self.on_failure: Callable[[], None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether embeddings may be served."""
+        return self.state == self.READY
+
+    def progress(self, detail: str) -> None:
+        """What the warm-up is doing now, for the 503 answers."""
+        with self._lock:
+            if self.state == self.WARMING_UP:
+                self.detail = f"the model is warming up: {detail}"
+
+    def set_ready(self) -> None:
+        """Serve from now on."""
+        with self._lock:
+            self.state, self.detail = self.READY, "ready"
+
+    def set_failed(self, why: str) -> None:
+        """Never serve; tell the owner (:attr:`on_failure`)."""
+        with self._lock:
+            self.state, self.detail = self.FAILED, f"warm-up failed: {why}"
+        if self.on_failure is not None:
+            self.on_failure()
+
+
 @dataclass
 class ServerState:
-    """The encoder, the limits, the batcher, the metrics of one app, and what ``POST /`` may do."""
+    """The encoder, the limits, the batcher, the metrics and the readiness of one app, and what ``POST /`` may
+    do."""
 
     encoder: Encoder
     settings: ServerSettings
@@ -28,6 +72,7 @@ class ServerState:
     edge: Edge
     tokens: TokenEmbedder
     tasks: tuple[Task, ...] = ()
+    readiness: Readiness = field(default_factory=Readiness)
 
     @property
     def model_name(self) -> str:

@@ -317,7 +317,7 @@ def run_accuracy(
     Raises:
         InputError, DeviceError, ModelFilesError: bad input, an unavailable device, a missing model.
     """
-    from ..devices import parse_devices
+    from ..devices import cpu_fallbacks, parse_devices, record_cpu_fallbacks
     from .environment import describe_device, fingerprint
 
     target = settings.target
@@ -342,13 +342,15 @@ def run_accuracy(
             results.append(AccuracyResult(dtype=dtype, status=UNSUPPORTED, reason=str(err)))
             continue
         under_test = under_test or encoder.model_info
-        result, arrays[dtype] = _measure(
-            encoder, dtype, texts, reference, settings.thresholds, sts, sts_reference, settings.progress
-        )
+        with record_cpu_fallbacks(devices[0], f"accuracy {devices[0]} {dtype}"):
+            result, arrays[dtype] = _measure(
+                encoder, dtype, texts, reference, settings.thresholds, sts, sts_reference, settings.progress
+            )
         results.append(result)
         del encoder  # one model copy at a time on the device
     ran = [r for r in results if r.status != UNSUPPORTED]
-    status = UNSUPPORTED if not ran else (PASS if all(r.status == PASS for r in ran) else FAIL)
+    fallbacks = cpu_fallbacks() if devices[0].type == "npu" else None
+    status = UNSUPPORTED if not ran else (PASS if all(r.status == PASS for r in ran) and not fallbacks else FAIL)
     device_name, _ = describe_device(devices[0])
     report = AccuracyReport(
         status=status,
@@ -367,5 +369,6 @@ def run_accuracy(
         else None,
         thresholds=settings.thresholds,
         results=results,
+        cpu_fallbacks=fallbacks,
     )
     return AccuracyRun(report=report, arrays=arrays)

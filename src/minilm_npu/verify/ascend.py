@@ -131,6 +131,59 @@ def precision_mode_setting(configured: str | None, chip: str | None) -> Setting:
     )
 
 
+def jit_compile_setting(jit_compile_false: object = None) -> Setting:
+    """The compile-mode line: binary kernels or online compile per new shape, and who chose it.
+
+    Args:
+        jit_compile_false: torch_npu's ``is_jit_compile_false()`` as read from the runtime (None: not read).
+    """
+    from ..devices import JIT_COMPILE_ENV, compile_mode
+
+    mode = compile_mode()
+    jit = None if jit_compile_false is None else not jit_compile_false
+    if jit is None and mode is not None:
+        jit = mode.jit_compile
+    chosen = f"; chosen by: {mode.source}" if mode is not None else ""
+    if jit is None:
+        return Setting(
+            "jit compile",
+            "unknown (no NPU runtime)" if mode is None else "unknown",
+            "on an NPU the engine runs CANN's binary kernels (jit_compile=False) unless "
+            f"{JIT_COMPILE_ENV}=1 or the process chose otherwise{chosen}",
+        )
+    if not jit:
+        return Setting("jit compile", "False", f"binary kernels, no online compile per new shape{chosen}")
+    return Setting(
+        "jit compile",
+        "True",
+        "operators compiled online for each new shape: the first calls at each batch size and length take "
+        f"seconds; unset {JIT_COMPILE_ENV} (or set it to 0) for binary kernels{chosen}",
+        warning=True,
+    )
+
+
+def cpu_fallback_setting(environ: dict[str, str] | None = None) -> Setting:
+    """Whether a CPU fallback can be seen: torch_npu reports each one on stderr unless its warnings are off.
+
+    torch_npu prints its warnings only when ``TORCH_NPU_WARNING_DISABLE`` / ``TORCH_NPU_DISABLED_WARNING`` is not 1
+    and the process is rank 0 (``RANK_ID`` unset or 0); releases with ``TORCH_NPU_FALLBACK_CPU_DISABLE=1`` fail
+    a fallback instead of running it.
+    """
+    environ = os.environ if environ is None else environ
+    name = "CPU fallbacks"
+    if environ.get("TORCH_NPU_FALLBACK_CPU_DISABLE", "").strip() == "1":
+        return Setting(name, "TORCH_NPU_FALLBACK_CPU_DISABLE=1", "an operator without an NPU kernel is an error")
+    for var in ("TORCH_NPU_WARNING_DISABLE", "TORCH_NPU_DISABLED_WARNING"):
+        if environ.get(var, "").strip() == "1":
+            return Setting(
+                name, f"{var}=1", "torch_npu's warnings are off: a fallback to the CPU cannot be seen", warning=True
+            )
+    rank = environ.get("RANK_ID", "").strip()
+    if rank not in ("", "0", "-1"):
+        return Setting(name, f"RANK_ID={rank}", "torch_npu warns on rank 0 only: fallbacks cannot be seen here", True)
+    return Setting(name, "reported", "each operator that runs on the CPU instead is recorded and fails the report")
+
+
 def _read_torch_npu_settings() -> dict[str, object]:
     """Best effort reads of runtime switches; every one may be absent in a given torch_npu release."""
     found: dict[str, object] = {}
@@ -171,27 +224,8 @@ def ascend_settings(
     runtime = _read_torch_npu_settings() if npu_available else {}
     configured = runtime.get("precision_mode") or environ.get("ACL_PRECISION_MODE") or None
     settings.append(precision_mode_setting(str(configured) if configured else None, chip))
-    if "jit_compile_false" in runtime:
-        jit_off = bool(runtime["jit_compile_false"])
-        settings.append(
-            Setting(
-                "jit compile",
-                "False" if jit_off else "True",
-                "binary kernels, no online compile: fast first calls (recommended on A2/A3)"
-                if jit_off
-                else "operators compiled online per new shape: slow first calls, "
-                "torch.npu.set_compile_mode(jit_compile=False) avoids it",
-                warning=not jit_off,
-            )
-        )
-    else:
-        settings.append(
-            Setting(
-                "jit compile",
-                "unknown (no NPU runtime)",
-                "torch.npu.set_compile_mode(jit_compile=False) avoids online compiles of each new shape",
-            )
-        )
+    settings.append(jit_compile_setting(runtime.get("jit_compile_false")))
+    settings.append(cpu_fallback_setting(environ))
     # BERT has no convolutions, so only the matmul flag can change this model's numbers; conv is shown for context.
     for key, what in (
         ("matmul_allow_hf32", "torch.npu.matmul.allow_hf32"),

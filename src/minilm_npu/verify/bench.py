@@ -7,7 +7,8 @@ that shape — then ``rounds`` timed calls, each wrapped in :func:`minilm_npu.de
 work is inside the measurement. Throughput counts sentences and real (unpadded) tokens.
 
 Optionally the same protocol runs on the CPU (float32, same backend) for the device/CPU speedup column, and for
-sentence-transformers on the device under test for the ratio against it.
+sentence-transformers on the device under test for the ratio against it. On an NPU, an operator of our forward that
+falls back to the CPU fails the report (``status`` ``FAIL``), however fast it ran.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from ..contract import Encoder, ModelInfo
 from ..errors import InputError
 from .accuracy import builtin_texts
-from .results import OK, UNSUPPORTED, BenchProtocol, BenchReport, BenchResult, BenchRow, CpuRun
+from .results import FAIL, OK, UNSUPPORTED, BenchProtocol, BenchReport, BenchResult, BenchRow, CpuRun
 from .settings import COMPARE_CHOICES, DEFAULT_BATCH_SIZES, BenchSettings, MakeEncoder, Target, build_encoder
 
 __all__ = ["COMPARE_CHOICES", "DEFAULT_BATCH_SIZES", "BenchSettings", "Target", "run_bench"]
@@ -139,7 +140,7 @@ def run_bench(
     Returns:
         The report.
     """
-    from ..devices import parse_devices, synchronize
+    from ..devices import cpu_fallbacks, parse_devices, record_cpu_fallbacks, synchronize
     from .environment import describe_device, fingerprint
 
     target = settings.target
@@ -164,7 +165,8 @@ def run_bench(
         load_s = time.perf_counter() - start
         model = encoder.model_info
         counts = [len(ids) for ids in encoder.tokenize(texts)]
-        rows = time_encoder(_our_encode(encoder), lambda: synchronize(device), counts, f"bench {device} {dtype}")
+        with record_cpu_fallbacks(device, f"bench {device} {dtype}"):  # ours only: the peer's are not ours to fix
+            rows = time_encoder(_our_encode(encoder), lambda: synchronize(device), counts, f"bench {device} {dtype}")
         result = BenchResult(dtype=dtype, status=OK, backend=encoder.config.backend, load_s=load_s, rows=rows)
         del encoder
         if settings.compare == "sentence-transformers":
@@ -191,9 +193,10 @@ def run_bench(
                 row.speedup_vs_cpu = row.sentences_per_s / cpu_row.sentences_per_s
 
     ran = [r for r in results if r.status != UNSUPPORTED]
+    fallbacks = cpu_fallbacks() if device.type == "npu" else None
     device_name, memory = describe_device(device)
     return BenchReport(
-        status=OK if ran else UNSUPPORTED,
+        status=(FAIL if fallbacks else OK) if ran else UNSUPPORTED,
         environment=fingerprint(
             device=str(device),
             dtype=",".join(target.dtypes),
@@ -213,4 +216,5 @@ def run_bench(
         ),
         results=results,
         cpu=CpuRun(dtype="float32", backend=target.backend_name, rows=cpu_rows) if cpu_rows else None,
+        cpu_fallbacks=fallbacks,
     )

@@ -2,7 +2,8 @@
 
 For every requested device (default: every device torch sees) it loads the model with the default engine, encodes
 a few probe texts — short, Chinese, and one past tokenizer.json's 128-token trap — and compares them with the CPU
-float32 reference. A device passes when that works and the minimum cosine reaches :data:`PASS_MIN_COSINE`.
+float32 reference. A device passes when that works and the minimum cosine reaches :data:`PASS_MIN_COSINE`; an NPU
+also needs every operator of the forward on the card (no CPU fallback, :func:`minilm_npu.devices.cpu_fallbacks`).
 
 Without an NPU the report says so plainly; that is only a failure when an NPU was asked for.
 """
@@ -59,7 +60,7 @@ def check_device(
 
     ``reference`` is called only once a device is known to exist, so asking for an absent NPU answers at once.
     """
-    from ..devices import DeviceError, parse_devices
+    from ..devices import DeviceError, cpu_fallbacks, parse_devices, record_cpu_fallbacks
     from .environment import describe_device
 
     try:
@@ -72,8 +73,9 @@ def check_device(
         try:
             check.name, check.total_memory_bytes = describe_device(device)
             start = time.perf_counter()
-            encoder = build_encoder(model_path, str(device), dtype, backend)
-            vectors = encoder.encode(texts, batch_size=len(texts))
+            with record_cpu_fallbacks(device, f"check {device} {dtype}"):
+                encoder = build_encoder(model_path, str(device), dtype, backend)
+                vectors = encoder.encode(texts, batch_size=len(texts))
             check.first_encode_s = time.perf_counter() - start
             # A call of one sentence may run on another path than a batch (the CPU engine's one-sentence path):
             # checked too, as its own row against the first reference row.
@@ -88,7 +90,10 @@ def check_device(
         cosines = row_cosines(expected, vectors)
         check.min_cosine = float(cosines.min()) if np.isfinite(cosines).all() else float("nan")
         check.max_abs_error = float(np.abs(vectors - expected).max())
-        if check.min_cosine >= PASS_MIN_COSINE:
+        fallen = [f.op for f in cpu_fallbacks()] if device.type == "npu" else []
+        if fallen:
+            check.message = f"{len(fallen)} operator(s) ran on the CPU instead of the NPU: {', '.join(fallen)}"
+        elif check.min_cosine >= PASS_MIN_COSINE:
             check.status = OK
             check.message = (
                 f"{encoder.config.backend}/{dtype} matches the CPU reference (min cosine {check.min_cosine:.6f})"
@@ -140,7 +145,7 @@ def run_doctor(
     Returns:
         The report; its ``status`` is ``"ok"`` only when every requested device passed.
     """
-    from ..devices import available_devices, parse_devices
+    from ..devices import available_devices, cpu_fallbacks, parse_devices
     from ..host import cap_summary, isa_summary, kernel_plan, onednn_isa
     from ..modelfiles import DEFAULT_MODEL_ID
     from .ascend import ascend_settings
@@ -186,4 +191,5 @@ def run_doctor(
         checks=checks,
         probe_texts=len(texts),
         pass_min_cosine=PASS_MIN_COSINE,
+        cpu_fallbacks=cpu_fallbacks() if any(c.device.startswith("npu") for c in checks) else None,
     )

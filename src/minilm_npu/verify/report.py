@@ -81,6 +81,21 @@ def _environment_lines(env: Environment) -> list[str]:
     ]
 
 
+def _fallback_lines(fallbacks) -> list[str]:
+    """The "CPU fallbacks" section of an NPU report (nothing for other devices, whose reports have no list)."""
+    if fallbacks is None:
+        return []
+    lines = ["", "## CPU fallbacks", ""]
+    if not fallbacks:
+        return lines + ["None: torch_npu reported no operator of the forward running on the CPU."]
+    lines += [
+        f"**FAIL**: {len(fallbacks)} operator(s) ran on the CPU instead of the NPU (torch_npu reports each "
+        "once per process, in the run that met it first).",
+        "",
+    ]
+    return lines + _table(["Operator", "First met in"], [[f"`{f.op}`", f.during] for f in fallbacks])
+
+
 def _memory(nbytes) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes else "—"
 
@@ -115,6 +130,7 @@ def check_markdown(report: CheckReport) -> str:
             ["Device"] + [names.get(k, k.replace("_", " ").capitalize()) for k in keys],
             [[c.device] + [c.engine.get(k, "—").replace("|", "\\|") for k in keys] for c in engines],
         )
+    lines += _fallback_lines(report.cpu_fallbacks)
     lines += ["", f"NPU: {report.npu.summary}.", ""]
     if report.cpu_kernels:
         kernels = report.cpu_kernels
@@ -218,6 +234,7 @@ def accuracy_markdown(report: AccuracyReport, plots: dict[str, list[str]] | None
             failed = [c.name for c in result.checks or [] if not c.passed]
             if failed:
                 lines += ["", f"- {result.dtype} failed: {', '.join(failed)}"]
+    lines += _fallback_lines(report.cpu_fallbacks)
     if plots:
         lines += ["", "## Plots", ""]
         for dtype, names in plots.items():
@@ -269,6 +286,7 @@ def bench_markdown(report: BenchReport, plots: Sequence[str] = ()) -> str:
             continue
         lines += [f"Model load: {result.load_s:.2f} s.", ""]
         lines += _bench_table(result)
+    lines += _fallback_lines(report.cpu_fallbacks)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     return "\n".join(lines).rstrip() + "\n"
@@ -329,6 +347,8 @@ def index_markdown(check: CheckReport, accuracy: AccuracyReport, bench: BenchRep
             ["Performance", performance, "[bench.md](bench.md), [bench.json](bench.json)"],
         ],
     )
+    fallbacks = next((r.cpu_fallbacks for r in (bench, accuracy, check) if r.cpu_fallbacks is not None), None)
+    lines += _fallback_lines(fallbacks)  # the last report holds every fallback of the process
     # The two plots a reader looks at first; the rest are linked from the reports themselves.
     plots = (["bench_throughput.png"] if best else []) + [f"accuracy_similarity_{r.dtype}.png" for r in accuracy.ran()][
         :1

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..devices import CpuFallback
 from .ascend import Setting
 from .settings import Thresholds
 
@@ -160,7 +161,12 @@ class StsInfo:
 
 @dataclass
 class AccuracyReport:
-    """The accuracy protocol's report (``accuracy.json``)."""
+    """The accuracy protocol's report (``accuracy.json``).
+
+    Attributes:
+        cpu_fallbacks: On an NPU, every operator torch_npu ran on the CPU (:func:`minilm_npu.devices.cpu_fallbacks`;
+            any fails the report); absent on other devices.
+    """
 
     status: str
     environment: Environment
@@ -170,6 +176,7 @@ class AccuracyReport:
     sts: StsInfo | None
     thresholds: Thresholds
     results: list[AccuracyResult]
+    cpu_fallbacks: list[CpuFallback] | None = omit()
     kind: str = field(default="accuracy", metadata={"first": True})
 
     def ran(self) -> list[AccuracyResult]:
@@ -236,13 +243,14 @@ class CpuRun:
 
 @dataclass
 class BenchReport:
-    """The performance protocol's report (``bench.json``)."""
+    """The performance protocol's report (``bench.json``); ``cpu_fallbacks`` as in :class:`AccuracyReport`."""
 
     status: str
     environment: Environment
     protocol: BenchProtocol
     results: list[BenchResult]
     cpu: CpuRun | None
+    cpu_fallbacks: list[CpuFallback] | None = omit()
     kind: str = field(default="bench", metadata={"first": True})
 
     def ran(self) -> list[BenchResult]:
@@ -297,7 +305,7 @@ class CpuKernels:
 
 @dataclass
 class CheckReport:
-    """The doctor's report (``check.json``)."""
+    """The doctor's report (``check.json``); ``cpu_fallbacks`` as in :class:`AccuracyReport`."""
 
     status: str
     requested: list[str]
@@ -310,6 +318,7 @@ class CheckReport:
     probe_texts: int
     pass_min_cosine: float
     cpu_kernels: CpuKernels | None = field(default=None, metadata={"omit_none": True, "before": "checks"})
+    cpu_fallbacks: list[CpuFallback] | None = omit()
     kind: str = field(default="check", metadata={"first": True})
 
 
