@@ -12,7 +12,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from minilm_npu import MiniLMEncoder
 from minilm_npu.engine import query as query_module
@@ -161,34 +160,23 @@ def test_warmup_builds_the_session_before_the_first_query(query_cache, monkeypat
     assert backend_of(encoder).query._runs
 
 
-def test_another_bert_shape_exports_from_its_own_config(tmp_path, query_cache, monkeypatch):
-    """The graph follows config.json (layers, width, heads, feed-forward, epsilon), not MiniLM's numbers."""
-    transformers = pytest.importorskip("transformers")
-    from sentence_transformers import SentenceTransformer, models
+@pytest.mark.parametrize("name", ["xlmr-cls-dense", "roberta-max", "bert-prompts", "bert-sqrt-len"])
+def test_every_model_family_runs_one_sentence_on_the_graph(name, st_model_dir, query_cache, monkeypatch):
+    """The graph follows each model's config.json (layers, width, heads, epsilon), the RoBERTa family's positions
+    (from ``pad_token_id + 1``, a literal ``<pad>`` kept at ``pad_token_id``), and the head pools its output (CLS,
+    max, Dense, prompt tokens left out). Tolerance: 1e-5 scaled by the vectors' magnitude, as for the packed
+    engine on these models (tests/integration/test_model_family.py says why)."""
+    from sentence_transformers import SentenceTransformer
 
-    from minilm_npu.modelfiles import bundled_model_dir
-
-    config = transformers.BertConfig(
-        vocab_size=30522,
-        hidden_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=3,
-        intermediate_size=80,
-        max_position_embeddings=64,
-        layer_norm_eps=1e-7,
-    )
-    torch.manual_seed(0)
-    raw = tmp_path / "raw"
-    transformers.BertModel(config).save_pretrained(raw)
-    transformers.AutoTokenizer.from_pretrained(bundled_model_dir()).save_pretrained(raw)
-    saved = tmp_path / "st"
-    transformer = models.Transformer(str(raw), max_seq_length=64)
-    SentenceTransformer(modules=[transformer, models.Pooling(48, "mean"), models.Normalize()], device="cpu").save(
-        str(saved)
-    )
-    reference = SentenceTransformer(str(saved), device="cpu").encode(texts.ALL, batch_size=1)
     monkeypatch.setenv(query_module.QUERY_ENV, "onnxruntime")
-    encoder = MiniLMEncoder(model_path=str(saved), device="cpu")
-    assert encoder.dimension == 48
-    assert np.abs(one_by_one(encoder, texts.ALL) - reference).max() <= FLOAT32_BOUND
-    assert backend_of(encoder).query._runs
+    path = str(st_model_dir(name))
+    encoder = MiniLMEncoder(model_path=path, device="cpu")
+    backend = backend_of(encoder)
+    calls = []
+    forward = backend.query.forward
+    monkeypatch.setattr(backend.query, "forward", lambda ids, positions: calls.append(1) or forward(ids, positions))
+    batch = texts.ALL + [" le chat  <pad> est assis ", "x<s>y </s> z [SEP] w [CLS]"]
+    ours = one_by_one(encoder, batch)
+    assert len(calls) == len(batch)
+    theirs = SentenceTransformer(path, device="cpu").encode(batch, batch_size=1)
+    assert np.abs(ours - theirs).max() <= FLOAT32_BOUND * max(1.0, float(np.abs(theirs).max()))
