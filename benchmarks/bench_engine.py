@@ -711,9 +711,11 @@ def markdown(results: dict) -> str:
         "| --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
     for row in results["verdicts"]:
+        # A row that stays short says by how much: the share of the target's ratio it lacks.
+        short = "" if row["verdict"] == "met" else f" ({(1 - row['ratio'] / row['target']) * 100:.0f} % short)"
         lines.append(
             f"| {row['workload']} | {row['dtype']} | {_short_label(row['peer'])} | {row['ratio']:.2f}x | "
-            f">= {row['target']:g}x | {row['ceiling']:.1f}x | {row['verdict']} |"
+            f">= {row['target']:g}x | {row['ceiling']:.1f}x | {row['verdict']}{short} |"
         )
     lines += [
         "",
