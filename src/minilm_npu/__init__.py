@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["EncoderConfig", "MiniLMEncoder", "__version__"]
+__all__ = ["EncoderConfig", "MiniLMEncoder", "Reranker", "__version__"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .config import EncoderConfig
     from .encoder import MiniLMEncoder
+    from .reranker import Reranker
 
 
 def __getattr__(name: str):
@@ -19,6 +20,10 @@ def __getattr__(name: str):
         from .encoder import MiniLMEncoder
 
         return MiniLMEncoder
+    if name == "Reranker":
+        from .reranker import Reranker
+
+        return Reranker
     if name == "EncoderConfig":
         from .config import EncoderConfig
 

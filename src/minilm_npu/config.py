@@ -106,3 +106,18 @@ class EncoderConfig:
     def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+
+def config_from_arguments(config: EncoderConfig | None, **settings: Any) -> EncoderConfig:
+    """The config of an encoder's (or reranker's) constructor: ``config`` whole, or the settings given (None: left
+    out, the default); a device may be any object whose ``str`` is a device string (``torch.device``).
+
+    Raises:
+        InputError: both ``config`` and settings, or a bad setting.
+    """
+    given = {name: value for name, value in settings.items() if value is not None}
+    if config is not None and given:
+        raise InputError(f"pass either config or settings ({', '.join(given)}), not both")
+    if "device" in given:
+        given["device"] = str(given["device"])
+    return config or EncoderConfig(**given)

@@ -8,9 +8,9 @@ about the model and the engine comes as plain data (:class:`ModelInfo`, ``engine
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -140,3 +140,77 @@ class Encoder(Protocol):
     def engine_choices(self) -> dict[str, str]:
         """What the engine picked on the first device (attention strategy, kernels, graphs, ...) and why, for
         reports; empty for an engine that makes no device-dependent choices."""
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Cross-encoder scores for text pairs: what the server and ``verify`` may use of a reranker.
+
+    Its workers run token-id batches as an encoder's do (:class:`DeviceWorker`), returning the classifier's logits
+    ``(len(ids), num_labels)`` instead of vectors, so the server batches pairs with the same batcher.
+
+    Attributes:
+        config: The settings it was built with.
+        workers: One :class:`DeviceWorker` per device.
+        tokenizer: Vocabulary size and id-to-token decoding.
+        num_labels: Scores per pair (1 for a relevance model); ``dimension`` is the same number (a worker's width).
+        labels: The label names, in order.
+        max_seq_length: Most tokens of a pair, special tokens included.
+        model_name: The model's hub id or directory name.
+        model_info: The model's name and files.
+    """
+
+    config: EncoderConfig
+    workers: Sequence[DeviceWorker]
+    tokenizer: TokenizerInfo
+
+    @property
+    def num_labels(self) -> int: ...
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_info(self) -> ModelInfo: ...
+
+    def tokenize(
+        self, texts: Sequence[str], truncate: bool = True, truncation_direction: str = "right"
+    ) -> list[list[int]]:
+        """Token ids of single texts (the server's health probe)."""
+
+    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list:
+        """Token ids of each pair as one sequence (lists of ints that also carry where the second text starts),
+        the longer text cut first at ``max_seq_length`` unless ``truncate=False``."""
+
+    def activate(self, logits: np.ndarray, activation_fn: Callable | None = None) -> np.ndarray:
+        """The model's activation (Sigmoid for one label, unless its files say otherwise), or ``activation_fn``, on
+        logits."""
+
+    def predict(
+        self,
+        pairs: Sequence[Sequence[str]],
+        batch_size: int | None = None,
+        show_progress_bar: bool = False,
+        activation_fn: Callable | None = None,
+        apply_softmax: bool = False,
+        convert_to_tensor: bool = False,
+    ) -> Any:
+        """Scores of pairs, as sentence-transformers' ``CrossEncoder.predict``: ``(N,)`` for one label."""
+
+    def batch_workers(self) -> Sequence[DeviceWorker]:
+        """The workers that run formed batches side by side (as :meth:`Encoder.batch_workers`)."""
+
+    def warmup(self) -> None:
+        """Run each device's warm-up shapes once."""
+
+    def engine_choices(self) -> dict[str, str]:
+        """What the engine picked on the first device, and why."""

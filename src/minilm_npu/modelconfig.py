@@ -228,7 +228,14 @@ def read_model_settings(directory: Path) -> dict[str, Any]:
     config = read_optional(path)
     kind = config.get("model_type", "SentenceTransformer")
     if kind != "SentenceTransformer":
-        raise ModelFilesError(f"{path}: this is a {kind} model; only SentenceTransformer (embedding) models run here")
+        hint = (
+            " (load it with minilm_npu.Reranker; `minilm-npu serve` and `minilm-npu accuracy` take it)"
+            if kind == "CrossEncoder"
+            else ""
+        )
+        raise ModelFilesError(
+            f"{path}: this is a {kind} model{hint}; only SentenceTransformer (embedding) models run here"
+        )
     prompts = config.get("prompts")
     prompts = {"query": "", "document": "", **(prompts if isinstance(prompts, dict) else {})}
     default = config.get("default_prompt_name")

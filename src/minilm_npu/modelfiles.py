@@ -137,26 +137,34 @@ def read_model_dir(directory: str | Path, name: str | None = None) -> ModelFiles
     directory = Path(directory).expanduser().resolve()
     if not directory.is_dir():
         raise ModelFilesError(f"model directory {directory} does not exist. {HOW_TO_GET}")
+    settings = read_model_settings(directory)  # first: a model of another kind is named as such
     modules = read_modules(directory)
-    transformer_dir = directory / modules.get("transformer_path", "")
+    config, limits = read_transformer(directory, modules.get("transformer_path", ""))
+    return ModelFiles(directory=directory, name=name or directory.name, config=config, **limits, **modules, **settings)
+
+
+def read_transformer(directory: Path, transformer_path: str, how_to_get: str = HOW_TO_GET) -> tuple[dict, dict]:
+    """The Transformer module's files: its parsed ``config.json`` (a model type we run) and its ``max_seq_length``
+    and ``do_lower_case`` (as ``ModelFiles`` fields).
+
+    Raises:
+        ModelFilesError: missing files (all listed, with ``how_to_get``), or a model type we do not run.
+    """
+    transformer_dir = directory / transformer_path
     missing = [f for f in REQUIRED_FILES if not (transformer_dir / f).is_file()]
     if missing:
         hint = pickle_hint(transformer_dir) if "model.safetensors" in missing else ""
-        raise ModelFilesError(f"model directory {directory} is missing {', '.join(missing)}{hint}. {HOW_TO_GET}")
+        raise ModelFilesError(f"model directory {directory} is missing {', '.join(missing)}{hint}. {how_to_get}")
     config = read_json(transformer_dir / "config.json")
     check_model_type(config, transformer_dir / "config.json")
     st_config = next(
         (read_optional(transformer_dir / f) for f in ST_CONFIG_FILES if (transformer_dir / f).is_file()), {}
     )
-    return ModelFiles(
-        directory=directory,
-        name=name or directory.name,
-        config=config,
-        max_seq_length=read_max_seq_length(transformer_dir, st_config, config),
-        do_lower_case=bool(st_config.get("do_lower_case", False)),
-        **modules,
-        **read_model_settings(directory),
-    )
+    limits = {
+        "max_seq_length": read_max_seq_length(transformer_dir, st_config, config),
+        "do_lower_case": bool(st_config.get("do_lower_case", False)),
+    }
+    return config, limits
 
 
 def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -81,6 +81,25 @@ def _load(model_files: ModelFiles) -> HFTokenizer:
     return tokenizer
 
 
+class PairIds(list):
+    """A text pair's token ids (``[CLS] a [SEP] b [SEP]``, ``<s> a </s></s> b </s>``), a ``list`` of ints that also
+    says where the second text's tokens start.
+
+    Attributes:
+        second: Index of the first token of token type 1 (the second text's, for models with token types); the
+            length when every token is of type 0 (the RoBERTa family).
+    """
+
+    def __init__(self, ids: Sequence[int], second: int):
+        super().__init__(ids)
+        self.second = second
+
+
+def _pair_ids(encoding) -> PairIds:
+    types = encoding.type_ids
+    return PairIds(encoding.ids, next((i for i, t in enumerate(types) if t), len(types)))
+
+
 class Tokenizer:
     """Text to token ids (``[CLS] ... [SEP]``, ``<s> ... </s>``), truncated at the model's ``max_seq_length``.
 
@@ -148,6 +167,34 @@ class Tokenizer:
                 self.max_seq_length,
             )
         return [enc.ids for enc in encodings]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], truncate: bool = True) -> list[PairIds]:
+        """Token ids of text pairs as a cross-encoder's tokenizer gives them: both texts in one sequence, the longer
+        one cut first until the pair fits ``max_seq_length`` (``longest_first``, sentence-transformers' way).
+
+        Args:
+            pairs: ``(first, second)`` texts.
+            truncate: Cut at ``max_seq_length`` (default); False gives the full ids, so the caller can reject pairs
+                over the limit.
+
+        Raises:
+            UntokenizableText: for a pair the tokenizer cannot take, with its index.
+        """
+        if not pairs:
+            return []
+        prepared = [(str(a), str(b)) for a, b in pairs]
+        tokenizer = self._truncating if truncate else self._full
+        try:
+            encodings = tokenizer.encode_batch(prepared)
+        except Exception as err:  # noqa: BLE001 - the tokenizer's errors are untyped; find the pair, as for texts
+            for index, (a, b) in enumerate(prepared):
+                for text in (a, b):
+                    try:
+                        _encode_batch(self._full, [text])
+                    except UntokenizableText as bad:
+                        raise UntokenizableText(index, bad.reason) from err
+            raise
+        return [_pair_ids(encoding) for encoding in encodings]
 
     def decode_tokens(self, ids: Sequence[int]) -> list[str]:
         """The token strings for ids (for ``/tokenize``-style output)."""

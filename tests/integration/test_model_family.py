@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minilm_npu import MiniLMEncoder
 from minilm_npu.samples import MIXED_24
 from tests import texts
-from tests.fixtures.models import MODELS
+from tests.fixtures.models import EMBEDDERS, MODELS
 
 # Several scripts, the tokenizers' special tokens written out in a text, whitespace, and texts longer than every
 # model's limit (XLM-RoBERTa's tokenizer here splits unseen words into many pieces).
@@ -86,7 +86,7 @@ def ours(st_model_dir):
     return get
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", EMBEDDERS)
 def test_model_is_read_as_sentence_transformers_reads_it(name, st, ours):
     """Limit, width, pooling, prompts, and the token ids themselves (special tokens, truncation at the limit)."""
     theirs, encoder = st(name), ours(name)
@@ -103,7 +103,7 @@ def test_model_is_read_as_sentence_transformers_reads_it(name, st, ours):
 
 
 @pytest.mark.parametrize("backend", ["packed", "transformers"])
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", EMBEDDERS)
 def test_encode_equals_sentence_transformers(name, backend, st, ours):
     """Defaults give the model's own output (normalised only where it has a Normalize module, its default prompt);
     ``normalize_embeddings=True`` normalises whatever the model."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minilm_npu.contract import DeviceWorker, Encoder, ModelInfo
+from minilm_npu.contract import DeviceWorker, Encoder, ModelInfo, Reranker
 from minilm_npu.encoder import MiniLMEncoder
 from tests.fixtures.backends import fake_backend  # noqa: F401 - fixture
 from tests.fixtures.corpus import FakeEncoder as CorpusFakeEncoder
@@ -67,3 +67,14 @@ def test_a_drifted_fake_is_caught():
         _assert_implements(Drifted(), Encoder)
     with pytest.raises(AssertionError, match="lacks a member"):
         _assert_implements(object(), Encoder)
+
+
+def test_the_reranker_implements_its_protocol_and_not_the_encoders(st_model_dir):
+    from minilm_npu.reranker import Reranker as RealReranker
+
+    reranker = RealReranker(model_path=str(st_model_dir("ce-bert")), device="cpu,cpu")
+    _assert_implements(reranker, Reranker)
+    for worker in reranker.workers:
+        _assert_implements(worker, DeviceWorker)
+    assert not isinstance(reranker, Encoder)
+    assert reranker.model_info.weights_path == str(reranker.model_files.weights_path)

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..config import parse_dtypes as parse
-from .common import non_negative_float, positive_int
+from .common import is_reranker_path, non_negative_float, positive_int
 
 
 def parse_dtypes(text: str) -> list[str]:
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from ..verify.accuracy import FAIL, UNSUPPORTED, AccuracySettings, Thresholds, load_texts, run_accuracy
     from ..verify.report import accuracy_markdown, to_json, write_accuracy
 
+    if is_reranker_path(args.model_path):
+        return _run_reranker(args)
     target = target_of(args)
     settings = AccuracySettings(
         target=target,
@@ -111,3 +113,35 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(to_json(result.report) if args.json else accuracy_markdown(result.report))
     print(f"accuracy: {result.status}", file=sys.stderr)
     return 1 if result.status == FAIL else 0
+
+
+def _run_reranker(args: argparse.Namespace) -> int:
+    """A cross-encoder's accuracy: its scores against sentence-transformers' CrossEncoder on the same directory."""
+    import json
+    from pathlib import Path
+
+    from ..verify.accuracy import load_sts, load_texts
+    from ..verify.rerank_accuracy import RerankAccuracySettings, rerank_markdown, run_rerank_accuracy
+    from ..verify.results import FAIL
+
+    sts_pairs: tuple[tuple[str, str], ...] = ()
+    if args.sts:
+        first, second, _ = load_sts(args.sts, args.sts_limit)
+        sts_pairs = tuple(zip(first, second))
+    settings = RerankAccuracySettings(
+        model_path=args.model_path,
+        device=args.device,
+        dtypes=tuple(parse_dtypes(args.dtype)),
+        documents=tuple(load_texts(args.texts)) if args.texts else (),
+        sts_pairs=sts_pairs,
+    )
+    report = run_rerank_accuracy(settings)
+    markdown = rerank_markdown(report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rerank_accuracy.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (out / "rerank_accuracy.md").write_text(markdown)
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if args.json else markdown)
+    print(f"accuracy: {report.status}", file=sys.stderr)
+    return 1 if report.status == FAIL else 0

@@ -88,3 +88,25 @@ def build_encoder(args: argparse.Namespace):
     from ..encoder import MiniLMEncoder
 
     return MiniLMEncoder.from_config(encoder_config(args))
+
+
+def is_reranker_path(model_path: str | None) -> bool:
+    """Whether ``--model-path`` names a cross-encoder (reranker) rather than an embedding model."""
+    from ..errors import ModelFilesError
+    from ..rerankfiles import is_cross_encoder, model_directory
+
+    if not model_path:
+        return False
+    try:
+        return is_cross_encoder(model_directory(model_path))
+    except ModelFilesError:
+        return False  # the encoder reports the path's problem
+
+
+def build_model(args: argparse.Namespace):
+    """A :class:`~minilm_npu.Reranker` when ``--model-path`` is a cross-encoder, else :func:`build_encoder`'s."""
+    if is_reranker_path(args.model_path):
+        from ..reranker import Reranker
+
+        return Reranker.from_config(encoder_config(args))
+    return build_encoder(args)

@@ -58,11 +58,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = ServerSettings()
     p = subparsers.add_parser(
         "serve",
-        help="run the OpenAI- and TEI-compatible embedding server",
+        help="run the OpenAI- and TEI-compatible embedding (or reranking) server",
         description="Serve embeddings over HTTP: POST /v1/embeddings and /embeddings, GET /v1/models (OpenAI); "
         "POST /, /invocations, /embed, /embed_all, /similarity, /tokenize, /decode (text-embeddings-inference); "
         "GET /health (and / and /ping), /info, /metrics; the API's description at /openapi.json and /docs. "
-        "Concurrent requests are batched together on the device.",
+        "Concurrent requests are batched together on the device. On a cross-encoder (--model-path to a "
+        "CrossEncoder directory) it serves reranking instead: POST /rerank (TEI), /v1/rerank (hosted rerank APIs), "
+        "/ and /invocations; one model per server.",
     )
     add_encoder_args(p)
     p.add_argument(
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..server import ServerSettings, create_app
-    from .common import build_encoder
+    from .common import build_model
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     try:
@@ -160,8 +162,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    encoder = build_encoder(args)
-    app = create_app(encoder, settings)
+    app = create_app(build_model(args), settings)  # an encoder, or a reranker for a cross-encoder directory
     config = uvicorn.Config(
         app,
         host=args.host,

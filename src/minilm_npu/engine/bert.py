@@ -143,6 +143,9 @@ class PackedBert:
         self.position = (
             weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0]
         ).to(device=device, dtype=dtype)
+        # A pair's second text has token type 1 (cross-encoders on BERT): what it adds over type 0, per type.
+        types = weights["embeddings.token_type_embeddings.weight"]
+        self.type_delta = (types - types[0]).to(device=device, dtype=dtype) if types.shape[0] > 1 else None
         self.ln_embed = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
         self.layers: list[Layer] = []
         for n in range(config.num_layers):
@@ -208,12 +211,15 @@ class PackedBert:
         first = torch.arange(ids.shape[0], device=ids.device) - slots  # each token's sequence's first row
         return (seen - seen.index_select(0, first) + real.index_select(0, first)) * real + pad
 
-    def forward(self, packed: PackedBatch) -> torch.Tensor:
-        """Hidden states ``[T, H]`` of the last layer for a packed batch."""
+    def forward(self, packed: PackedBatch, token_types: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states ``[T, H]`` of the last layer for a packed batch; ``token_types`` (``[T]`` int64, on the
+        device) where some tokens are not of type 0 (the second text of a pair)."""
         eps = self.config.layer_norm_eps
         width = (self.config.hidden_size,)
         positions = self.position_ids(packed.ids, packed.rows.slots)
         x = self.word.index_select(0, packed.ids) + self.position.index_select(0, positions)
+        if token_types is not None and self.type_delta is not None:
+            x = x + self.type_delta.index_select(0, token_types)
         x = F.layer_norm(x, width, *self.ln_embed, eps)
         for layer in self.layers:
             context = self.attention(layer.qkv(x), packed)

@@ -148,24 +148,28 @@ def _shorten(names: Sequence[str], limit: int = 6) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) -> dict[str, str]:
+def check_weight_names(
+    found: dict[str, tuple[int, ...]], config: BertConfig, head: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, str]:
     """Match a checkpoint's tensor names and shapes against what ``config`` needs.
 
     Args:
         found: Tensor name -> shape, as stored (with or without the ``bert.``/``roberta.`` prefix).
         config: The architecture.
+        head: A task head's tensors, by their full stored names (``classifier.weight``, ...), required as well.
 
     Returns:
-        Expected name -> stored name.
+        Expected name -> stored name (a head's names map to themselves).
 
     Raises:
         ModelFilesError: listing every missing, unexpected and mis-shaped tensor.
     """
-    expected = expected_shapes(config)
+    head = head or {}
+    expected = {**expected_shapes(config), **head}
     stored: dict[str, str] = {}
     unexpected = []
     for name in found:
-        short = name.removeprefix(config.weight_prefix)
+        short = name if name in head else name.removeprefix(config.weight_prefix)
         if short in expected:
             stored[short] = name
         elif not short.startswith(IGNORED_PREFIXES):
@@ -188,8 +192,11 @@ def check_weight_names(found: dict[str, tuple[int, ...]], config: BertConfig) ->
     return stored
 
 
-def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor]:
-    """Load a checkpoint from safetensors (never pickle), checking every name and shape first.
+def load_weights(
+    path: str | Path, config: BertConfig, head: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Load a checkpoint from safetensors (never pickle), checking every name and shape first (``head``: a task
+    head's tensors too, as :func:`check_weight_names` takes them).
 
     Returns:
         Expected (unprefixed) name -> float32 CPU tensor.
@@ -202,7 +209,7 @@ def load_weights(path: str | Path, config: BertConfig) -> dict[str, torch.Tensor
     try:
         with safe_open(str(path), framework="pt") as handle:
             shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-            stored = check_weight_names(shapes, config)
+            stored = check_weight_names(shapes, config, head)
             return {name: handle.get_tensor(key).float() for name, key in stored.items()}
     except ModelFilesError:
         raise

@@ -328,7 +328,7 @@ class PackedBackend(Backend):
         self.config = BertConfig.from_dict(model_files.config)
         self.head = SentenceHead(model_files, device)
         self.plan = attention or attention_plan(device.type, dtype)
-        weights = load_weights(model_files.weights_path, self.config)
+        weights = self._load_weights(model_files)
         torch_dtype = TORCH_DTYPES.get(dtype, torch.float32)
         # Device choices, made once here: attention strategy, mask shape and gears (engine/policy.py says why),
         # the device's exact GELU and its packed-sequence attention kernel where it has one (devices.py).
@@ -373,6 +373,10 @@ class PackedBackend(Backend):
         # A CPU forward keeps no state (AdaptiveThreads' estimates are advisory), so threads may share this engine;
         # accelerators keep one stream and recorded graphs per engine.
         self.shareable = device.type == "cpu"
+
+    def _load_weights(self, model_files: ModelFiles) -> dict[str, torch.Tensor]:
+        """The encoder's weights (a subclass with a task head loads and keeps the head's here too)."""
+        return load_weights(model_files.weights_path, self.config)
 
     def _pack(self, batch: list[list[int]]) -> PackedBatch:
         plan = self.plan

@@ -11,17 +11,20 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ..contract import Encoder
+from ..contract import Encoder, Reranker
 from ..devices import release_host_threads
+from ..errors import InputError
 from .batcher import Batcher
 from .errors import install_error_handlers
-from .fastpath import FastPath
-from .handlers import TokenEmbedder, default_tasks
+from .fastpath import RERANK_ROUTES, ROUTES, FastPath
+from .handlers import TokenEmbedder, default_tasks, rerank_tasks
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, ReadinessMiddleware
 from .openapi import install_openapi
 from .routes_openai import router as openai_router
 from .routes_ops import router as ops_router
+from .routes_rerank import other_kind_router
+from .routes_rerank import router as rerank_router
 from .routes_tei import router as tei_router
 from .settings import ServerSettings
 from .state import ServerState
@@ -30,8 +33,9 @@ from .validation import Edge
 log = logging.getLogger(__name__)
 
 
-def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> EmbeddingServer:
-    """Build the embedding server around an encoder.
+def create_app(encoder: Encoder | Reranker, settings: ServerSettings | None = None) -> EmbeddingServer:
+    """Build the server around an encoder (the embedding routes) or a reranker (the rerank routes): one model per
+    server; the other kind's routes answer 404 naming what this one serves.
 
     Start-up (the ASGI lifespan) starts one batcher worker per device and warms the model up: every shape gear of
     every device once, then a real forward pass through the batcher. With ``settings.warm_up_in_background`` the
@@ -42,14 +46,24 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Embe
 
     Args:
         encoder: A :class:`~minilm_npu.MiniLMEncoder`, or anything else that implements
-            :class:`minilm_npu.contract.Encoder` (its ``config`` bounds the forward batches).
+            :class:`minilm_npu.contract.Encoder` (its ``config`` bounds the forward batches); or a one-label
+            :class:`~minilm_npu.Reranker` (:class:`minilm_npu.contract.Reranker`).
         settings: Limits and options; defaults as :class:`ServerSettings`.
+
+    Raises:
+        InputError: a reranker with more than one label (the rerank routes give one score per text).
 
     Returns:
         The ASGI app (:class:`EmbeddingServer`, around the FastAPI app). Each app has its own Prometheus
         registry, so several can live in one process.
     """
     settings = settings or ServerSettings()
+    reranker = encoder if isinstance(encoder, Reranker) else None
+    if reranker is not None and reranker.num_labels != 1:
+        raise InputError(
+            f"the rerank routes give one score per text; {reranker.model_name} has {reranker.num_labels} labels "
+            f"({', '.join(reranker.labels)}): serve a one-label cross-encoder"
+        )
     metrics = ServerMetrics()
     batcher = Batcher(encoder, settings, metrics=metrics)
     state = ServerState(
@@ -60,7 +74,8 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Embe
         edge=Edge(encoder, settings.max_client_batch_size),
         # The last batch worker: a one-thread lane on one CPU, so /embed_all adds no OpenMP pool of its size.
         tokens=TokenEmbedder(encoder.batch_workers()[-1], release_host_threads),
-        tasks=default_tasks(),
+        tasks=rerank_tasks() if reranker is not None else default_tasks(),
+        reranker=reranker,
     )
     readiness = state.readiness
     devices = ", ".join(str(worker.device) for worker in encoder.workers)
@@ -109,20 +124,21 @@ def create_app(encoder: Encoder, settings: ServerSettings | None = None) -> Embe
     from .. import __version__
 
     docs = {} if settings.docs else {"openapi_url": None, "docs_url": None, "redoc_url": None}
-    app = FastAPI(
-        title="minilm-npu embedding server",
-        version=__version__,
-        lifespan=lifespan,
-        description="OpenAI- and text-embeddings-inference-compatible sentence embeddings.",
-        **docs,
-    )
+    if reranker is not None:
+        title, description = "minilm-npu reranking server", "text-embeddings-inference-compatible and hosted-API "
+        description += "rerank routes for a cross-encoder."
+        routers = [rerank_router, ops_router]
+    else:
+        title, description = "minilm-npu embedding server", "OpenAI- and text-embeddings-inference-compatible "
+        description += "sentence embeddings."
+        routers = [openai_router, tei_router, ops_router]
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan, description=description, **docs)
     app.state.server = state
     install_error_handlers(app)
     install_openapi(app, state)
-    app.include_router(openai_router)
-    app.include_router(tei_router)
-    app.include_router(ops_router)
-    return EmbeddingServer(app, state)
+    for router in [*routers, other_kind_router(state.serves)]:
+        app.include_router(router)
+    return EmbeddingServer(app, state, routers)
 
 
 class EmbeddingServer:
@@ -139,11 +155,13 @@ class EmbeddingServer:
         state: Its :class:`ServerState`.
     """
 
-    def __init__(self, api: FastAPI, state: ServerState):
+    def __init__(self, api: FastAPI, state: ServerState, routers: list[Any] | None = None):
         self.api = api
         settings = state.settings
-        routes = frozenset(path for router in (openai_router, tei_router, ops_router) for path in _paths(router))
-        app: Any = FastPath(api, state) if settings.fast_path else api
+        routers = routers or [openai_router, tei_router, ops_router]
+        routes = frozenset(path for router in routers for path in _paths(router))
+        fast_routes = RERANK_ROUTES if state.serves == "rerank" else ROUTES
+        app: Any = FastPath(api, state, fast_routes) if settings.fast_path else api
         app = BodyLimitMiddleware(app, max_bytes=settings.max_body_bytes)
         app = ReadinessMiddleware(app, readiness=state.readiness)
         if settings.api_key is not None:

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from . import handlers
+from . import handlers, rerank
 from .errors import ApiError, describe_validation, error_body
 from .middleware import ASGIApp, Receive, Scope, Send
 from .schemas import OpenAIEmbeddingRequest, TEIEmbedRequest
+from .schemas_rerank import RerankRequest, TEIRerankRequest
 from .state import ServerState
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ ROUTES: dict[str, Handler] = {
     "/v1/embeddings": _validated(OpenAIEmbeddingRequest, handlers.embed_openai),
     "/embeddings": _validated(OpenAIEmbeddingRequest, handlers.embed_openai),
     "/embed": _validated(TEIEmbedRequest, handlers.embed_tei),
+    "/": handlers.run_task,
+    "/invocations": handlers.run_task,
+}
+#: A reranking server's routes served here.
+RERANK_ROUTES: dict[str, Handler] = {
+    "/rerank": _validated(TEIRerankRequest, rerank.rerank_tei),
+    "/v1/rerank": _validated(RerankRequest, rerank.rerank_v1),
     "/": handlers.run_task,
     "/invocations": handlers.run_task,
 }
@@ -63,14 +71,16 @@ class FastPath:
     Args:
         app: The FastAPI app.
         state: The app's state.
+        routes: The routes served here (:data:`ROUTES`, or :data:`RERANK_ROUTES` on a reranking server).
     """
 
-    def __init__(self, app: ASGIApp, state: ServerState):
+    def __init__(self, app: ASGIApp, state: ServerState, routes: dict[str, Handler] | None = None):
         self.app = app
         self.state = state
+        self.routes = ROUTES if routes is None else routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        handler = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if handler is None:
             await self.app(scope, receive, send)
             return

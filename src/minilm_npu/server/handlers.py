@@ -17,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from .errors import ApiError
+from .rerank import rerank_tei
 from .schemas import (
     OpenAIEmbeddingRequest,
     SimpleToken,
@@ -26,6 +27,7 @@ from .schemas import (
     TEISimilarityRequest,
     TEITokenizeRequest,
 )
+from .schemas_rerank import TEIRerankRequest
 from .state import ServerState
 from .validation import Edge, PreparedInput, input_work, prepare_inputs
 from .vectors import finish, json_body, to_base64
@@ -207,7 +209,7 @@ class Task:
     default route by the model's task.
 
     Attributes:
-        name: What it is (``similarity``, ``embed``; a cross-encoder server would add ``rerank``).
+        name: What it is (``similarity``, ``embed``, ``rerank``).
         matches: Whether a parsed JSON body asks for it (the first task that matches runs).
         model: The request model the body is validated against.
         run: The handler.
@@ -225,12 +227,17 @@ def _asks_for_similarity(body: Any) -> bool:
 
 def default_tasks() -> tuple[Task, ...]:
     """What ``POST /`` serves for an embedding model: TEI's sentence-similarity body (``inputs`` is an object with
-    ``source_sentence``) goes to ``/similarity``, everything else to ``/embed``. A reranking model would serve
-    ``rerank`` here instead (``{"query": ..., "texts": [...]}``), as TEI does."""
+    ``source_sentence``) goes to ``/similarity``, everything else to ``/embed``. A reranking model serves
+    :func:`rerank_tasks` instead, as TEI does."""
     return (
         Task("similarity", _asks_for_similarity, TEISimilarityRequest, similarity),
         Task("embed", lambda body: True, TEIEmbedRequest, embed_tei),
     )
+
+
+def rerank_tasks() -> tuple[Task, ...]:
+    """What ``POST /`` serves for a reranking model: TEI's ``/rerank`` body (``{"query": ..., "texts": [...]}``)."""
+    return (Task("rerank", lambda body: True, TEIRerankRequest, rerank_tei),)
 
 
 def pick_task(tasks: tuple[Task, ...], body: Any) -> Task:

@@ -48,7 +48,7 @@ def placeholder_values(state: ServerState) -> dict[str, Any]:
         "max_client_batch_size": state.settings.max_client_batch_size,
         "dimension": int(encoder.dimension),
         "max_token_id": int(encoder.tokenizer.vocab_size) - 1,
-        "prompt_names": [*sorted(encoder.prompts), None],
+        "prompt_names": [*sorted(state.encoder.prompts if state.reranker is None else ()), None],
     }
 
 

@@ -28,6 +28,14 @@ async def health(request: Request) -> dict:
     return {"status": "ok"}
 
 
+def _model_type(state) -> dict:
+    """TEI's ``model_type``: the embedding model's pooling, or the reranker's labels."""
+    if state.reranker is not None:
+        labels = state.reranker.labels
+        return {"reranker": {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}}
+    return {"embedding": {"pooling": state.encoder.pooling}}
+
+
 @router.get("/info", response_model=Info)
 async def info(request: Request) -> Info:
     """Model, dimension, input limit, devices, dtype and the server's limits."""
@@ -38,7 +46,7 @@ async def info(request: Request) -> Info:
     return Info(
         model_id=state.model_name,
         model_dtype=encoder.config.dtype,
-        model_type={"embedding": {"pooling": encoder.pooling}},
+        model_type=_model_type(state),
         backend=encoder.config.backend,
         dimension=int(encoder.dimension),
         max_input_length=int(encoder.max_seq_length),

@@ -88,7 +88,8 @@ _TASK_DOC = {
 }
 
 
-async def _task_route(request: Request) -> Response:
+async def task_route(request: Request) -> Response:
+    """``POST /`` and ``POST /invocations``: the body's task among the model's (:func:`handlers.run_task`)."""
     state = get_state(request)
     try:
         return _json(await handlers.run_task(state, await request.body()))
@@ -101,7 +102,7 @@ async def _task_route(request: Request) -> Response:
 for _path in ("/", "/invocations"):
     router.add_api_route(
         _path,
-        _task_route,
+        task_route,
         methods=["POST"],
         summary="The model's task (text-embeddings-inference's POST /; SageMaker's /invocations)",
         description="Embeds like /embed; a body whose inputs is an object with source_sentence and sentences is "

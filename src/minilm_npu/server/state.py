@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
-from ..contract import Encoder
+from ..contract import Encoder, Reranker
 from .batcher import Batcher
 from .metrics import ServerMetrics
 from .settings import ServerSettings
@@ -73,6 +73,14 @@ class ServerState:
     tokens: TokenEmbedder
     tasks: tuple[Task, ...] = ()
     readiness: Readiness = field(default_factory=Readiness)
+    #: The model when it is a cross-encoder (then also ``encoder``, for what both kinds share: the batcher, the
+    #: health probe, /info); None on an embedding server.
+    reranker: Reranker | None = None
+
+    @property
+    def serves(self) -> str:
+        """What this server's model does: ``"rerank"`` (a cross-encoder) or ``"embed"``; one model per server."""
+        return "rerank" if self.reranker is not None else "embed"
 
     @property
     def model_name(self) -> str:
