@@ -180,3 +180,20 @@ def test_every_model_family_runs_one_sentence_on_the_graph(name, st_model_dir, q
     assert len(calls) == len(batch)
     theirs = SentenceTransformer(path, device="cpu").encode(batch, batch_size=1)
     assert np.abs(ours - theirs).max() <= FLOAT32_BOUND * max(1.0, float(np.abs(theirs).max()))
+
+
+def test_cross_encoders_decline_the_graph(st_model_dir, query_cache, monkeypatch, caplog):
+    """A cross-encoder's forward takes token types and ends in a classification head, neither of which the graph
+    has: one pair runs on the packed engine, says so, and scores as a batch of pairs does."""
+    from minilm_npu import Reranker
+    from tests.fixtures.models import CROSS_ENCODERS
+
+    monkeypatch.setenv(query_module.QUERY_ENV, "onnxruntime")
+    reranker = Reranker(model_path=str(st_model_dir(CROSS_ENCODERS[0])), device="cpu")
+    backend = reranker.workers[0].backend
+    assert backend.query is None and "not for PackedReranker" in backend.choices()["one sentence"]
+    pairs = [("a cat", "a cat sits on the mat"), ("stock markets", "the cat sleeps")]
+    with caplog.at_level(logging.WARNING, logger="minilm_npu.engine.query"):
+        alone = np.concatenate([reranker.predict([pair]) for pair in pairs])
+    assert not caplog.text  # declined up front, not by a failed build
+    np.testing.assert_allclose(alone, reranker.predict(pairs, batch_size=2), atol=1e-5)

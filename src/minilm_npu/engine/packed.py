@@ -43,7 +43,7 @@ from .policy import (
     tune_host_allocator,
     warmup_lengths,
 )
-from .query import QUERY_ENV, QueryEngine, installed_runtimes, plan_query
+from .query import QUERY_ENV, QueryEngine, QueryPlan, installed_runtimes, plan_query
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,9 @@ class PackedBackend(Backend):
     """
 
     name = "packed"
+    #: Whether calls of one sequence may run the one-sentence graph (:mod:`.query`), which is this class's forward
+    #: (no token types) up to the sentence head; a subclass with another forward or head sets it False.
+    one_sentence_graph = True
 
     def __init__(
         self, model_files: ModelFiles, device: torch.device, dtype: str, attention: AttentionPlan | None = None
@@ -360,9 +363,11 @@ class PackedBackend(Backend):
         # CPU: calls of one sequence on ONNX Runtime / OpenVINO where installed (query.py says why); built on first
         # use. Its thread choice is measured apart from the packed forwards': another engine, other costs.
         self.query_plan = (
-            plan_query(dtype, cpu_has_native_bfloat16(), installed_runtimes(), os.environ.get(QUERY_ENV))
-            if device.type == "cpu"
-            else None
+            None
+            if device.type != "cpu"
+            else plan_query(dtype, cpu_has_native_bfloat16(), installed_runtimes(), os.environ.get(QUERY_ENV))
+            if self.one_sentence_graph
+            else QueryPlan(None, reason=f"not for {type(self).__name__}: its forward is not the graph's")
         )
         self.query = (
             QueryEngine(model_files.weights_path, self.config, self.query_plan)
