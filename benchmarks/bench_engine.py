@@ -31,7 +31,7 @@ target, the *ceiling*: the ratio an engine doing nothing but its real tokens' GE
 weights once per forward pass, if longer) would reach against the peer.
 
 Usage: ``python benchmarks/bench_engine.py [--device cpu] [--dtypes float32,int8] [--workers 2] [--quick]
-[--model-path DIR] [--json out.json]``
+[--model-path DIR] [--variant NAME=VALUE] [--json out.json]``
 Needs the ``bench`` extra for the ONNX Runtime and OpenVINO columns: ``pip install 'minilm-npu[bench]'``.
 """
 
@@ -182,8 +182,10 @@ def _make_encoder(kind: str, model_dir: str, device: str, option: str):
     return lambda texts, bs: encoder.encode(texts, batch_size=bs)
 
 
-def _engine_child(conn, kind: str, model_dir: str, device: str, option: str) -> None:
-    """Child process: build one engine, then time or embed whatever the parent asks for."""
+def _engine_child(conn, kind: str, model_dir: str, device: str, option: str, env: dict[str, str]) -> None:
+    """Child process: build one engine (with ``env`` added to its environment), then time or embed whatever the
+    parent asks for."""
+    os.environ.update(env)
     encode = _make_encoder(kind, model_dir, device, option)
     target = parse_devices(device)[0]
     conn.send("ready")
@@ -206,12 +208,20 @@ def _engine_child(conn, kind: str, model_dir: str, device: str, option: str) -> 
 class EngineProcess:
     """One engine in a fresh child interpreter, as its users run it; the parent only sends work and reads times."""
 
-    def __init__(self, label: str, kind: str, model_dir: str, device: torch.device, option: str = ""):
+    def __init__(
+        self,
+        label: str,
+        kind: str,
+        model_dir: str,
+        device: torch.device,
+        option: str = "",
+        env: dict[str, str] | None = None,
+    ):
         context = child_process_context()  # spawn: a forked child cannot use the parent's NPU (or CUDA) runtime
         self.label = label
         self.conn, child = context.Pipe()
         self.process = context.Process(
-            target=_engine_child, args=(child, kind, model_dir, str(device), option), daemon=True
+            target=_engine_child, args=(child, kind, model_dir, str(device), option, env or {}), daemon=True
         )
         self.process.start()
         if self.conn.recv() != "ready":
@@ -329,10 +339,17 @@ def openvino_precisions(native_bfloat16: bool) -> list[str]:
 
 
 def start_engines(
-    device: torch.device, dtypes: list[str], model_dir: str, with_ort: bool, workers: int = 1
+    device: torch.device,
+    dtypes: list[str],
+    model_dir: str,
+    with_ort: bool,
+    workers: int = 1,
+    variants: list[str] = (),
 ) -> list[EngineProcess]:
     """sentence-transformers, ONNX Runtime float32 and int8 and OpenVINO (CPU), then our engine per dtype (with
-    ``workers`` workers on ``device``, e.g. ``cpu,cpu``: the cores split between two model copies)."""
+    ``workers`` workers on ``device``, e.g. ``cpu,cpu``: the cores split between two model copies), then our engine
+    per dtype again for each ``NAME=VALUE`` of ``variants``, with that setting in its environment (a before/after in
+    one run, e.g. ``MINILM_NPU_TOKEN_GEARS=0`` or ``MINILM_NPU_QUERY_ENGINE=off``)."""
     found = [EngineProcess(BASELINE, "st", model_dir, device)]
     if with_ort:
         paths = onnx_models(model_dir)
@@ -343,6 +360,12 @@ def start_engines(
             found.append(EngineProcess(f"{OPENVINO} {precision}", "openvino", model_dir, device, option))
     ours_device = ",".join([str(device)] * workers)
     found += [EngineProcess(f"{OURS} {dtype}", "ours", model_dir, ours_device, dtype) for dtype in dtypes]
+    for variant in variants:
+        name, _, value = variant.partition("=")
+        found += [
+            EngineProcess(f"{OURS} {dtype} {variant}", "ours", model_dir, ours_device, dtype, {name: value})
+            for dtype in dtypes
+        ]
     return found
 
 
@@ -603,7 +626,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     print("-- machine limits", file=sys.stderr, flush=True)
     limits_before = machine_limits(device, dtypes)
-    engine_list = start_engines(device, dtypes, model_dir, with_ort, args.workers)
+    engine_list = start_engines(device, dtypes, model_dir, with_ort, args.workers, args.variant)
     vectors: dict[str, dict[str, np.ndarray]] = {}
     try:
         for workload, texts, batch_size, warmup, count in runs:
@@ -763,10 +786,20 @@ def main() -> None:
         help="a sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2); the ONNX Runtime "
         "peers mean-pool and normalise, so give a model that does",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also run our engine with this environment setting (repeatable), e.g. MINILM_NPU_TOKEN_GEARS=0",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, not {args.workers}")
+    for variant in args.variant:
+        if not variant.partition("=")[0] or "=" not in variant:
+            parser.error(f"--variant takes NAME=VALUE, not {variant!r}")
     if args.dtypes is None:
         args.dtypes = (
             ("float32,bfloat16,int8" if cpu_has_native_bfloat16() else "float32,int8")

@@ -205,6 +205,25 @@ def test_every_attention_strategy_is_exact(strategy, gears, packed32, st_model):
     np.testing.assert_allclose(ours, st_model.encode(batch), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("strategy", ["bucketed", "per_sequence", "padded"])
+def test_token_gear_padding_never_reaches_a_result(strategy, packed32):
+    """The CPU rounds each forward's token count up (policy.round_tokens_to_gear); here 37 padding rows, more than
+    any gear adds, must change neither pooled vectors nor token states, for a batch and for one sequence."""
+    from minilm_npu.engine.packed import PackedBackend
+    from minilm_npu.engine.policy import AttentionPlan
+
+    cpu = torch.device("cpu")
+    exact = PackedBackend(packed32.model_files, cpu, "float32", attention=AttentionPlan(strategy))
+    padded = PackedBackend(
+        packed32.model_files, cpu, "float32", attention=AttentionPlan(strategy, token_gears=lambda n: n + 37)
+    )
+    for batch in (packed32.tokenize(texts.ALL), packed32.tokenize(["A man is playing a guitar."])):
+        # Float32 GEMMs over another row count may sum in another order: last-bit noise, far below 1e-6.
+        torch.testing.assert_close(padded.embed(batch), exact.embed(batch), atol=1e-6, rtol=0)
+        for ours, reference in zip(padded.token_embeddings(batch), exact.token_embeddings(batch), strict=True):
+            torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
 LINEAR_NAMES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 

@@ -17,7 +17,12 @@ from minilm_npu.engine.bert import (
     plan_buckets,
 )
 from minilm_npu.engine.head import SentenceHead
-from minilm_npu.engine.policy import dtype_unsupported_reason, round_to_gear, round_to_power_of_two
+from minilm_npu.engine.policy import (
+    dtype_unsupported_reason,
+    round_to_gear,
+    round_to_power_of_two,
+    round_tokens_to_gear,
+)
 from minilm_npu.modelfiles import ModelFilesError
 
 CONFIG = {
@@ -204,3 +209,54 @@ def test_one_sequence_is_its_own_block(strategy):
         [[101, 7, 8, 102]], "padded", torch.device("cpu"), gears=round_to_gear, row_gears=round_to_power_of_two
     )
     assert geared.buckets[0].gather.numel() == 16 and geared.buckets[0].mask.shape == (1, 1, 1, 16)
+
+
+def test_token_gears_are_few_and_pad_little():
+    assert [round_tokens_to_gear(n) for n in (1, 9, 16, 17, 19, 100, 450, 626, 1000)] == [
+        1,
+        9,
+        16,
+        18,
+        20,
+        104,
+        480,
+        640,
+        1024,
+    ]
+    gears = [round_tokens_to_gear(n) for n in range(1, 16385)]
+    assert all(gear >= n and gear - n <= n / 8 for n, gear in enumerate(gears, 1))
+    # Every token count below 2**14 lands on one of 96 row counts: 16 exact, then 8 per octave.
+    assert len(set(gears)) == 96 and all(round_tokens_to_gear(gear) == gear for gear in set(gears))
+
+
+@pytest.mark.parametrize("strategy", ["per_sequence", "bucketed", "padded"])
+def test_pack_with_token_gears_adds_rows_nothing_reads(strategy):
+    batch = [[101, 5, 102], [101, 102], [101, 7, 8, 9, 102]]
+    packed = pack(batch, strategy, torch.device("cpu"), token_gears=lambda n: 16)
+    assert packed.ids.tolist() == [101, 5, 102, 101, 102, 101, 7, 8, 9, 102] + [0] * 6
+    assert packed.rows.slots.tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3, 4] + [0] * 6
+    assert packed.rows.sequence.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2, 2] + [3] * 6  # 3: no sequence
+    assert packed.rows.count == 3 and not packed.rows.dense
+    assert packed.starts == [0, 3, 5] and packed.lengths == [3, 2, 5]
+    rows = torch.arange(16.0)[:, None]  # packed row r holds r; padding rows 10..15 must weigh nothing
+    # (a GEMM over 16 rows may sum in another order than over 10: float32 rounding, not padding, may differ)
+    for mode, expected in (("mean", [1.0, 3.5, 7.0]), ("max", [2.0, 4.0, 9.0]), ("lasttoken", [2.0, 4.0, 9.0])):
+        pooled = SentenceHead.pool(rows, packed.rows, mode).flatten().tolist()
+        assert pooled == pytest.approx(expected, rel=1e-6), mode
+    if strategy != "per_sequence":
+        assert all(int(b.gather.max()) < 10 for b in packed.buckets)  # no block attends to a padding row
+        blocks = torch.cat([rows.index_select(0, b.gather) for b in packed.buckets])
+        assert blocks.index_select(0, packed.unpad).flatten().tolist()[:10] == list(range(10))
+
+
+@pytest.mark.parametrize("strategy", ["per_sequence", "bucketed"])
+def test_one_sequence_with_token_gears_leaves_its_padding_out(strategy):
+    packed = pack([[101, 7, 8, 102]], strategy, torch.device("cpu"), token_gears=lambda n: 6)
+    assert packed.ids.tolist() == [101, 7, 8, 102, 0, 0] and packed.rows.slots.tolist() == [0, 1, 2, 3, 0, 0]
+    assert packed.rows.sequence.tolist() == [0, 0, 0, 0, 1, 1] and not packed.rows.dense and packed.unpad is None
+    rows = torch.arange(6.0)[:, None]
+    for mode, expected in (("mean", 1.5), ("max", 3.0), ("lasttoken", 3.0), ("cls", 0.0)):
+        assert SentenceHead.pool(rows, packed.rows, mode).item() == pytest.approx(expected, rel=1e-6), mode
+    if strategy == "bucketed":  # the block is the first 4 rows: no gather, no mask
+        (bucket,) = packed.buckets
+        assert bucket.gather is None and bucket.mask is None and bucket.lengths == [4]

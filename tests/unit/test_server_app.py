@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,6 +243,9 @@ def test_metrics_exported(client):
         "minilm_requests_in_flight",
     ):
         assert name in text
+    if Path("/proc/self/status").exists():  # prometheus-client's process collector reads /proc (Linux)
+        rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes ")]
+        assert rss and float(rss[0].split()[1]) > 10 * 2**20
 
 
 def test_two_apps_in_one_process(fake):

@@ -179,25 +179,26 @@ class PackedBert:
         heads, head_dim = self.config.num_heads, self.config.head_dim
         hidden = heads * head_dim
         if packed.strategy == "varlen":
-            q, k, v = qkv.view(-1, 3, heads, head_dim).unbind(1)
+            q, k, v = qkv[: sum(packed.lengths)].view(-1, 3, heads, head_dim).unbind(1)
             ends = list(itertools.accumulate(packed.lengths))
-            return self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden)
+            return _pad_rows(self.varlen(q, k, v, ends, head_dim**-0.5).reshape(-1, hidden), qkv.shape[0])
         if packed.strategy == "per_sequence":
             outputs = []
             for start, length in zip(packed.starts, packed.lengths):
                 q, k, v = qkv[start : start + length].view(length, 3, heads, head_dim).permute(1, 2, 0, 3)
                 outputs.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(length, hidden))
-            return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+            return _pad_rows(torch.cat(outputs) if len(outputs) > 1 else outputs[0], qkv.shape[0])
         outputs = []
         for bucket in packed.buckets:
             rows = len(bucket.lengths)
-            block = qkv if bucket.gather is None else qkv.index_select(0, bucket.gather)
+            # A block without a gather index is the packed tensor's first rows (its token-gear padding left out).
+            block = qkv[: sum(bucket.lengths)] if bucket.gather is None else qkv.index_select(0, bucket.gather)
             block = block.view(rows, -1, 3, heads, head_dim)
             q, k, v = block.permute(2, 0, 3, 1, 4)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.mask)
             outputs.append(context.transpose(1, 2).reshape(-1, hidden))
         blocks = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        return blocks if packed.unpad is None else blocks.index_select(0, packed.unpad)
+        return _pad_rows(blocks, qkv.shape[0]) if packed.unpad is None else blocks.index_select(0, packed.unpad)
 
     def position_ids(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Position ids of packed tokens from their slots in their sequences: the slots themselves for BERT; for the
@@ -212,8 +213,9 @@ class PackedBert:
         return (seen - seen.index_select(0, first) + real.index_select(0, first)) * real + pad
 
     def forward(self, packed: PackedBatch, token_types: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states ``[T, H]`` of the last layer for a packed batch; ``token_types`` (``[T]`` int64, on the
-        device) where some tokens are not of type 0 (the second text of a pair)."""
+        """Hidden states ``[R, H]`` of the last layer for a packed batch: one row per token, then the padding rows
+        of a token gear (never read: they belong to no sequence); ``token_types`` (``[R]`` int64, on the device)
+        where some tokens are not of type 0 (the second text of a pair)."""
         eps = self.config.layer_norm_eps
         width = (self.config.hidden_size,)
         positions = self.position_ids(packed.ids, packed.rows.slots)
@@ -226,3 +228,9 @@ class PackedBert:
             x = F.layer_norm(layer.attn_out(context).add_(x), width, *layer.ln1, eps)
             x = F.layer_norm(layer.ffn_out(layer.ffn_in(x)).add_(x), width, *layer.ln2, eps)
         return x
+
+
+def _pad_rows(context: torch.Tensor, rows: int) -> torch.Tensor:
+    """``context`` with zero rows appended up to ``rows``: the padding rows of a token gear (:mod:`.packing`) are
+    in no sequence, and zeros keep the packed rows aligned for the layers after attention."""
+    return F.pad(context, (0, 0, 0, rows - context.shape[0])) if context.shape[0] < rows else context

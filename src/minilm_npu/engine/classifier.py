@@ -114,7 +114,8 @@ class PackedReranker(PackedBackend):
         seconds = [getattr(ids, "second", len(ids)) for ids in batch]
         if all(second >= len(ids) for second, ids in zip(seconds, batch)):
             return None
-        second = torch.tensor(seconds, dtype=torch.long).to(self.device)
+        # One more entry for the padding rows of a token gear (sequence ``count``): type 0, past any slot.
+        second = torch.tensor([*seconds, 1 << 30], dtype=torch.long).to(self.device)
         rows = packed.rows
         return (rows.slots >= second.index_select(0, rows.sequence)).long()
 
@@ -129,4 +130,5 @@ class PackedReranker(PackedBackend):
         if not batch:
             return []
         packed = self._pack(batch)
-        return list(self.model.forward(packed, self._token_types(batch, packed)).float().split(packed.lengths))
+        hidden = self.model.forward(packed, self._token_types(batch, packed))[: sum(packed.lengths)]  # no gear padding
+        return list(hidden.float().split(packed.lengths))

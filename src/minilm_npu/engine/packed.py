@@ -386,7 +386,13 @@ class PackedBackend(Backend):
     def _pack(self, batch: list[list[int]]) -> PackedBatch:
         plan = self.plan
         return pack(
-            batch, plan.strategy, self.device, gears=plan.gears, row_gears=plan.row_gears, square_mask=plan.square_mask
+            batch,
+            plan.strategy,
+            self.device,
+            gears=plan.gears,
+            row_gears=plan.row_gears,
+            square_mask=plan.square_mask,
+            token_gears=plan.token_gears,
         )
 
     @torch.inference_mode()
@@ -425,7 +431,8 @@ class PackedBackend(Backend):
         if not batch:
             return []
         packed = self._pack(batch)
-        return list(self.model.forward(packed).float().split(packed.lengths))
+        hidden = self.model.forward(packed)[: sum(packed.lengths)]  # without the padding rows of a token gear
+        return list(hidden.float().split(packed.lengths))
 
     def choices(self) -> dict[str, str]:
         """What this engine picked on its device, and why (``minilm-npu check`` reports it)."""

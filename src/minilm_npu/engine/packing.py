@@ -2,11 +2,17 @@
 
 :func:`pack` builds one :class:`PackedBatch` per forward, on the host, in small steps:
 
-1. :func:`lay_out_tokens`: the ids end to end, each token's position in its own sequence, where each sequence starts;
+1. :func:`lay_out_tokens`: the ids end to end, each token's position in its own sequence, where each sequence starts,
+   and any padding rows a token gear asks for;
 2. :func:`plan_blocks`: which sequences share a padded attention block, and its width and row count;
 3. :func:`gather_block`: per block, the packed rows it gathers, its key mask, and where its real tokens land;
 4. :func:`unpad_index`: the way back from the blocks (pooling reads the layout, :class:`~.head.RowLayout`);
 5. :func:`move_to_device`: everything in one copy per dtype.
+
+Token gears (the CPU's :func:`~minilm_npu.engine.policy.round_tokens_to_gear`) round the packed tensor's row count
+up, so that a process meets a bounded set of shapes instead of a new one with almost every batch: padding rows come
+last, hold token 0 in slot 0, are in no attention block and belong to no sequence (pooling leaves them out), so they
+never reach a result (row-wise kernels may order a sum differently for another row count: the usual last-bit noise).
 
 Layers only read the result (:class:`~minilm_npu.engine.bert.PackedBert`); :mod:`.graphs` builds its fixed-shape
 ``PackedBatch`` itself.
@@ -33,7 +39,8 @@ class Bucket:
 
     Attributes:
         gather: ``[n * width]`` rows of the packed tensor (padding slots repeat a valid row; they are masked);
-            None when the packed tensor already is the block (the static-shape layout of :mod:`.graphs`).
+            None when the packed tensor's first ``sum(lengths)`` rows are the block (the static-shape layout of
+            :mod:`.graphs`, a lone sequence).
         mask: ``[n, 1, 1, width]`` bool, True on real keys; None when no sequence is padded.
         lengths: The real length of each of the block's sequences.
     """
@@ -50,12 +57,12 @@ class PackedBatch:
     Built once per forward; layers only read it.
     """
 
-    ids: torch.Tensor  # [T] int64
-    rows: RowLayout  # each token's sequence and slot in it (positions, pooling)
+    ids: torch.Tensor  # [R] int64: T real tokens, then R - T padding rows (token gears)
+    rows: RowLayout  # each row's sequence and slot in it (positions, pooling); padding rows belong to none
     starts: list[int]
     lengths: list[int]
     buckets: list[Bucket]
-    unpad: torch.Tensor | None  # rows of the concatenated bucket outputs, in packed order (None: identity)
+    unpad: torch.Tensor | None  # [R] rows of the concatenated bucket outputs, in packed order (None: identity)
     strategy: str
 
 
@@ -67,9 +74,9 @@ class TokenLayout:
     """A batch's tokens end to end, on the host.
 
     Attributes:
-        ids: ``[T]`` int64, every sequence's ids one after another.
-        positions: ``[T]`` int64, each token's index in its own sequence.
-        sequence: ``[T]`` int64, the sequence each token belongs to.
+        ids: ``[R]`` int64, every sequence's ids one after another, then ``R - T`` padding rows (token 0).
+        positions: ``[R]`` int64, each token's index in its own sequence (0 on padding rows).
+        sequence: ``[T]`` int64, the sequence each real token belongs to.
         starts: Where each sequence's first token is.
         lengths: Each sequence's token count.
     """
@@ -82,17 +89,26 @@ class TokenLayout:
 
     @property
     def total(self) -> int:
-        """Tokens in the batch (``T``)."""
+        """Real tokens in the batch (``T``)."""
+        return self.sequence.numel()
+
+    @property
+    def rows(self) -> int:
+        """Rows of the packed tensor (``R``): the real tokens and the padding after them."""
         return self.ids.numel()
 
 
-def lay_out_tokens(batch: Sequence[Sequence[int]]) -> TokenLayout:
-    """The batch's ids end to end, with each token's position and sequence."""
+def lay_out_tokens(batch: Sequence[Sequence[int]], rows: int | None = None) -> TokenLayout:
+    """The batch's ids end to end, with each token's position and sequence, padded to ``rows`` rows if given."""
     lengths = [len(ids) for ids in batch]
     starts = list(itertools.accumulate([0] + lengths[:-1]))
-    ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+    total = sum(lengths)
+    padding = max(0, (rows or total) - total)
+    ids = torch.tensor(list(itertools.chain.from_iterable(batch)) + [0] * padding, dtype=torch.long)
     sequence = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths))
-    positions = torch.arange(sum(lengths)) - torch.tensor(starts)[sequence]
+    positions = torch.arange(total) - torch.tensor(starts)[sequence]
+    if padding:
+        positions = torch.cat([positions, torch.zeros(padding, dtype=torch.long)])
     return TokenLayout(ids, positions, sequence, starts, lengths)
 
 
@@ -190,9 +206,9 @@ def gather_block(layout: TokenLayout, plan: BlockPlan) -> HostBlock:
 # -- 4. back from the blocks --------------------------------------------------------------------------
 
 
-def unpad_index(blocks: Sequence[HostBlock], total: int) -> torch.Tensor:
-    """For every packed row, its row in the blocks' concatenated outputs."""
-    unpad = torch.empty(total, dtype=torch.long)
+def unpad_index(blocks: Sequence[HostBlock], rows: int) -> torch.Tensor:
+    """For every packed row, its row in the blocks' concatenated outputs (padding rows: the first, any would do)."""
+    unpad = torch.zeros(rows, dtype=torch.long)
     offset, real_rows, block_rows = 0, [], []
     for block in blocks:
         real_rows.append(block.real_rows)
@@ -215,13 +231,16 @@ def move_to_device(
 ) -> PackedBatch:
     """The :class:`PackedBatch` on ``device``: every host tensor in one pinned, non-blocking copy per dtype
     (:func:`minilm_npu.devices.to_device`), square masks expanded there."""
+    count, padding = len(layout.lengths), layout.rows - layout.total
+    # Padding rows of a token gear belong to no sequence: RowLayout's owner ``count``.
+    sequence = torch.cat([layout.sequence, torch.full((padding,), count)]) if padding else layout.sequence
     lengths = torch.tensor(layout.lengths)
-    host: list[torch.Tensor | None] = [layout.ids, layout.sequence, layout.positions, lengths, unpad]
+    host: list[torch.Tensor | None] = [layout.ids, sequence, layout.positions, lengths, unpad]
     for block in blocks:
         host += [block.bucket.gather, block.bucket.mask]
     moved = iter(to_device(host, device))
     ids, sequence, slots, lengths = (cast(torch.Tensor, next(moved)) for _ in range(4))
-    rows = RowLayout(sequence, slots, lengths, len(layout.lengths), dense=True)
+    rows = RowLayout(sequence, slots, lengths, count, dense=not padding)
     unpad_on_device = next(moved)
     buckets = []
     for block in blocks:
@@ -244,6 +263,7 @@ def pack(
     gears: Callable[[int], int] | None = None,
     row_gears: Callable[[int], int] | None = None,
     square_mask: bool = False,
+    token_gears: Callable[[int], int] | None = None,
 ) -> PackedBatch:
     """Lay a batch of token-id lists end to end and precompute the attention plan.
 
@@ -257,14 +277,18 @@ def pack(
             devices; the extra rows repeat the block's first sequence and their outputs are never read back.
         square_mask: Give padded blocks a full ``[rows, 1, width, width]`` key mask (expanded on the device)
             instead of a broadcast ``[rows, 1, 1, width]`` one, for kernels that take no broadcast masks (Ascend).
+        token_gears: Optional rounding of the packed tensor's row count (the CPU's bounded set of shapes); the
+            padding rows come last and never reach a result.
     """
     if strategy not in ATTENTION_STRATEGIES:
         raise ValueError(f"unknown attention strategy {strategy!r}")
+    total = sum(len(ids) for ids in batch)
+    rows = token_gears(total) if token_gears else total
     if _is_its_own_block(batch, gears, row_gears):
-        return _pack_one(batch[0], strategy, device)
-    layout = lay_out_tokens(batch)
+        return _pack_one(batch[0], strategy, device, rows)
+    layout = lay_out_tokens(batch, rows)
     blocks = [gather_block(layout, plan) for plan in plan_blocks(layout.lengths, strategy, slack, gears, row_gears)]
-    unpad = unpad_index(blocks, layout.total) if blocks else None
+    unpad = unpad_index(blocks, layout.rows) if blocks else None
     return move_to_device(layout, blocks, unpad, strategy, device, square_mask)
 
 
@@ -279,21 +303,25 @@ def _is_its_own_block(
     )
 
 
-def _pack_one(ids: Sequence[int], strategy: str, device: torch.device) -> PackedBatch:
+def _pack_one(ids: Sequence[int], strategy: str, device: torch.device, rows: int | None = None) -> PackedBatch:
     """:func:`pack` for one sequence (a query, an interactive request), with the index work a batch needs left out.
 
     A lone sequence is its own attention block: no gather, no mask, no unpadding, pooling over every row. This
     keeps the general bookkeeping and two index ops per layer off the batch-1 latency. (A device whose widths come in
-    gears pads even one sequence, so :func:`pack` sends it here only when its length is a gear.)
+    gears pads even one sequence, so :func:`pack` sends it here only when its length is a gear.) Padding rows of a
+    token gear (``rows`` past the length) stay out of attention (its block is the first ``length`` rows) and out
+    of pooling (they belong to no sequence).
     """
     length = len(ids)
+    padding = max(0, (rows or length) - length)
+    real = torch.arange(length + padding) < length
     tensors: list[torch.Tensor | None] = [
-        torch.tensor(ids, dtype=torch.long),
-        torch.zeros(length, dtype=torch.long),
-        torch.arange(length),
+        torch.tensor([*ids, *[0] * padding], dtype=torch.long),
+        (~real).long(),  # sequence 0, or 1 (= the count: no sequence) on padding rows
+        torch.arange(length + padding) * real,
         torch.tensor([length]),
     ]
     ids_t, sequence, slots, lengths = (cast(torch.Tensor, moved) for moved in to_device(tensors, device))
     buckets = [Bucket(None, None, [length])] if strategy in ("bucketed", "padded") else []
-    rows = RowLayout(sequence, slots, lengths, 1, dense=True)
-    return PackedBatch(ids_t, rows, [0], [length], buckets, None, strategy)
+    layout = RowLayout(sequence, slots, lengths, 1, dense=not padding)
+    return PackedBatch(ids_t, layout, [0], [length], buckets, None, strategy)

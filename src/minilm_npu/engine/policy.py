@@ -103,6 +103,30 @@ def round_to_gear(length: int, gears: tuple[int, ...] = STATIC_LENGTH_GEARS) -> 
     return next((gear for gear in gears if gear >= length), length)
 
 
+#: Significant binary digits a CPU forward's token count keeps (:func:`round_tokens_to_gear`).
+TOKEN_GEAR_BITS = 4
+#: ``MINILM_NPU_TOKEN_GEARS=0`` runs every CPU forward on its exact token count (comparisons, diagnosis).
+TOKEN_GEARS_ENV = "MINILM_NPU_TOKEN_GEARS"
+
+
+def round_tokens_to_gear(tokens: int, bits: int = TOKEN_GEAR_BITS) -> int:
+    """``tokens`` rounded up to ``bits`` significant binary digits: exact up to ``2**bits``, then ``2**(bits - 1)``
+    gears per octave (with 4 bits: 17 -> 18, 100 -> 104, 450 -> 480, 626 -> 640), so at most ``2**(1 - bits)`` of
+    the rows are padding.
+
+    Why the CPU engine rounds at all: oneDNN, under every CPU linear layer and GELU, keeps one primitive (with its
+    JIT-compiled kernels) per row count and thread count in its primitive cache, and torch's ideep layer keeps its
+    own per shape: a few MB for each new token count (more on AVX-512 and AMX than on AVX2). Packed batches have a
+    new token count almost every time, so a long job or a busy server grew by gigabytes, and once the caches were
+    full (1,024 entries each) evicting and re-creating primitives fragmented the heap and kept it growing. With the
+    count rounded, a process meets at most ``2**bits`` shapes below ``2**bits`` tokens and ``2**(bits - 1)`` per
+    octave above, and caches each once. The price is the padding rows' compute (about 3 % on batches of short
+    sentences with 4 bits); docs/engine.md has the measurements.
+    """
+    step = 1 << max(0, (tokens - 1).bit_length() - bits)
+    return -(-tokens // step) * step
+
+
 def round_to_power_of_two(count: int) -> int:
     """The smallest power of two at least ``count`` (batch sizes for static-shape devices)."""
     return 1 << max(0, int(count) - 1).bit_length()
@@ -128,6 +152,7 @@ class AttentionPlan:
         reason: One line on why.
         gears: Width rounding of padded attention blocks (static-shape devices), or None.
         row_gears: Rounding of a padded block's sequence count (static-shape devices), or None.
+        token_gears: Rounding of a forward's token count (the packed tensor's rows; CPU), or None.
     """
 
     strategy: str
@@ -135,6 +160,7 @@ class AttentionPlan:
     reason: str = ""
     gears: Callable[[int], int] | None = None
     row_gears: Callable[[int], int] | None = None
+    token_gears: Callable[[int], int] | None = None
 
 
 def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
@@ -142,7 +168,8 @@ def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
 
     * CPU: ``"bucketed"``: sequences of similar length share one padded SDPA call (a little faster than one call
       per sequence on mixed batches, far faster than one padded block, whose quadratic cost is driven by the
-      longest sequence).
+      longest sequence); the token count rounded up to a gear (:func:`round_tokens_to_gear`), so that the
+      per-shape caches under CPU kernels stay bounded.
     * CUDA (and MPS): ``"padded"``: one length-sorted padded block, one SDPA launch per layer.
     * Ascend, float16/bfloat16 with torch_npu's ``npu_fusion_attention``: ``"varlen"``: the flash kernel on the
       packed ``[tokens, heads, head_dim]`` tensor with cumulative lengths (``input_layout="TND"``), as
@@ -157,7 +184,21 @@ def attention_plan(device_type: str, dtype: str) -> AttentionPlan:
     to :data:`STATIC_LENGTH_GEARS` and sequence counts to powers of two: a handful of graphs serve every batch.
     """
     if device_type == "cpu":
-        return AttentionPlan("bucketed", False, "CPU: similar-length sequences share one SDPA call")
+        import os
+
+        if os.environ.get(TOKEN_GEARS_ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+            return AttentionPlan(
+                "bucketed",
+                False,
+                f"CPU: similar-length sequences share one SDPA call; exact token counts ({TOKEN_GEARS_ENV}=0)",
+            )
+        return AttentionPlan(
+            "bucketed",
+            False,
+            f"CPU: similar-length sequences share one SDPA call; token counts rounded to {TOKEN_GEAR_BITS} significant "
+            "bits (bounded per-shape kernel caches)",
+            token_gears=round_tokens_to_gear,
+        )
     if device_type != "npu":
         return AttentionPlan("padded", False, "one length-sorted padded SDPA block per layer")
     gears = {"gears": round_to_gear, "row_gears": round_to_power_of_two}

@@ -17,7 +17,7 @@ from ..errors import InputError
 from .batcher import Batcher
 from .errors import install_error_handlers
 from .fastpath import RERANK_ROUTES, ROUTES, FastPath
-from .handlers import TokenEmbedder, default_tasks, rerank_tasks
+from .handlers import default_tasks, rerank_tasks
 from .metrics import ServerMetrics
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, MetricsMiddleware, ReadinessMiddleware
 from .openapi import install_openapi
@@ -28,6 +28,7 @@ from .routes_rerank import router as rerank_router
 from .routes_tei import router as tei_router
 from .settings import ServerSettings
 from .state import ServerState
+from .token_embedder import TokenEmbedder
 from .validation import Edge
 
 log = logging.getLogger(__name__)

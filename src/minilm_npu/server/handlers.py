@@ -6,10 +6,7 @@ gets the same answer whichever way it came in. Errors are raised as :class:`~min
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +25,7 @@ from .schemas import (
     TEITokenizeRequest,
 )
 from .schemas_rerank import TEIRerankRequest
-from .state import ServerState
+from .state import ServerState, Task
 from .validation import Edge, PreparedInput, input_work, prepare_inputs
 from .vectors import finish, json_body, to_base64
 
@@ -203,24 +200,6 @@ async def decode(state: ServerState, body: TEIDecodeRequest) -> bytes:
 
 
 # -- POST / and POST /invocations -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Task:
-    """One thing ``POST /`` (and SageMaker's ``POST /invocations``) can do, as text-embeddings-inference picks its
-    default route by the model's task.
-
-    Attributes:
-        name: What it is (``similarity``, ``embed``, ``rerank``).
-        matches: Whether a parsed JSON body asks for it (the first task that matches runs).
-        model: The request model the body is validated against.
-        run: The handler.
-    """
-
-    name: str
-    matches: Callable[[Any], bool]
-    model: type
-    run: Callable[[ServerState, Any], Awaitable[bytes]]
-
-
 def _asks_for_similarity(body: Any) -> bool:
     return isinstance(body, dict) and isinstance(body.get("inputs"), dict)
 
@@ -285,41 +264,3 @@ async def run_task(state: ServerState, raw: bytes) -> bytes:
         parsed = None  # the fallback task's model reports the invalid JSON
     task = pick_task(state.tasks, parsed)
     return await task.run(state, parse_body(task.model, raw))
-
-
-class TokenEmbedder:
-    """Runs ``/embed_all`` forwards on one thread of their own, beside the batcher's.
-
-    Why a thread of its own: per-token outputs are not pooled vectors, so they do not join the batcher's batches;
-    and one thread means at most one more OpenMP pool, released after each request
-    (:func:`~minilm_npu.devices.release_host_threads`), so the batcher's forwards keep one pool.
-
-    Args:
-        worker: The :class:`~minilm_npu.contract.DeviceWorker` to run on (a one-thread CPU lane where the encoder
-            has them).
-        release: Called on the thread after each request (releases its OpenMP workers).
-    """
-
-    def __init__(self, worker: Any, release: Callable[[], object]):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.worker, self.release = worker, release
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm-token-embeddings")
-
-    def _run(self, chunks: list[list[list[int]]]) -> bytes:
-        try:
-            states = [state for chunk in chunks for state in self.worker.run_tokens(chunk)]
-        except Exception as err:  # noqa: BLE001 - the client learns, the server lives on
-            raise ApiError(500, f"inference failed: {type(err).__name__}: {err}", kind="backend") from err
-        finally:
-            self.release()
-        finite = all(np.isfinite(state).all() for state in states)
-        return json_body([state.tolist() for state in states], finite=bool(finite))
-
-    async def run(self, chunks: list[list[list[int]]]) -> bytes:
-        """The JSON body ``[input][token][dimension]`` for already-validated, already-chunked ids."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._run, chunks)
-
-    def close(self) -> None:
-        """Stop the thread (queued requests are cancelled)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,8 +1,20 @@
-"""Prometheus metrics, in a registry of their own per app (so tests and embedders can build several apps)."""
+"""Prometheus metrics, in a registry of their own per app (so tests and embedders can build several apps).
+
+Each app's registry also carries prometheus-client's process collector (``process_resident_memory_bytes``, CPU
+seconds, open files; on Linux), as the global registry would.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -13,12 +25,15 @@ class ServerMetrics:
     """Every metric the server exports.
 
     Args:
-        registry: Where to register; a fresh ``CollectorRegistry`` by default.
+        registry: Where to register; by default a fresh ``CollectorRegistry`` with a ``ProcessCollector`` (a
+            registry given here keeps the collectors it has: the global one already has the process collector).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)  # process_*: RSS, CPU time, open files (from /proc; none elsewhere)
+        self.registry = r = registry
         self.requests = Counter(
             "minilm_requests", "HTTP requests by route and status code", ["route", "status"], registry=r
         )

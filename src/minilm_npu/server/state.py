@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from .settings import ServerSettings
 from .validation import Edge
 
 if TYPE_CHECKING:
-    from .handlers import Task, TokenEmbedder
+    from .token_embedder import TokenEmbedder
 
 
 class Readiness:
@@ -58,6 +58,24 @@ class Readiness:
             self.state, self.detail = self.FAILED, f"warm-up failed: {why}"
         if self.on_failure is not None:
             self.on_failure()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One thing ``POST /`` (and SageMaker's ``POST /invocations``) can do, as text-embeddings-inference picks its
+    default route by the model's task.
+
+    Attributes:
+        name: What it is (``similarity``, ``embed``, ``rerank``).
+        matches: Whether a parsed JSON body asks for it (the first task that matches runs).
+        model: The request model the body is validated against.
+        run: The handler.
+    """
+
+    name: str
+    matches: Callable[[Any], bool]
+    model: type
+    run: Callable[[ServerState, Any], Awaitable[bytes]]
 
 
 @dataclass
