@@ -383,7 +383,7 @@ class PackedBackend(Backend):
         """The encoder's weights (a subclass with a task head loads and keeps the head's here too)."""
         return load_weights(model_files.weights_path, self.config)
 
-    def _pack(self, batch: list[list[int]]) -> PackedBatch:
+    def _pack(self, batch: list[list[int]], token_gears: bool = True) -> PackedBatch:
         plan = self.plan
         return pack(
             batch,
@@ -392,7 +392,7 @@ class PackedBackend(Backend):
             gears=plan.gears,
             row_gears=plan.row_gears,
             square_mask=plan.square_mask,
-            token_gears=plan.token_gears,
+            token_gears=plan.token_gears if token_gears else None,
         )
 
     @torch.inference_mode()
@@ -415,7 +415,9 @@ class PackedBackend(Backend):
         return self._embed(batch, prompt_length)
 
     def _embed_query(self, batch: list[list[int]], prompt_length: int) -> torch.Tensor | None:
-        packed = self._pack(batch)
+        # Exact token count: the graph has no mask, so a token gear's padding rows would be attended to (and the
+        # oneDNN per-shape caches the gears bound are not the graph runtime's).
+        packed = self._pack(batch, token_gears=False)
         # The graph takes the positions as the packed engine numbers them (BERT's slots, the RoBERTa family's
         # offset), so it knows nothing of a model's position rule; the head pools as for any packed batch.
         hidden = self.query.forward(packed.ids, self.model.position_ids(packed.ids, packed.rows.slots))
