@@ -176,7 +176,9 @@ def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where minilm-npu keeps what it derives from model files (verdicts, digests, exported graphs):
+    ``MINILM_NPU_CACHE``, else ``$XDG_CACHE_HOME/minilm-npu`` (``~/.cache/minilm-npu``)."""
     base = os.environ.get("MINILM_NPU_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "minilm-npu"
     )
@@ -191,7 +193,7 @@ def verify_sha256(path: Path, expected: str = OFFICIAL_SHA256) -> None:
     """
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{expected}".encode()).hexdigest()
-    marker = _cache_dir() / "verified" / key
+    marker = cache_dir() / "verified" / key
     if marker.is_file():
         return
     actual = sha256_of(path)

@@ -83,6 +83,15 @@ def test_check_reports_cpu_ok_and_no_npu(tmp_path):
     expected = {"isa": isa_summary(), "onednn": onednn_isa(), "cap": cap_summary(), "kernels": kernel_plan()}
     assert report["cpu_kernels"] == expected
     assert "## CPU kernels" in markdown and f"| int8 | {kernel_plan()['int8']} |" in markdown
+    # Where a call of one sentence runs is named (and was checked: the doctor encodes one sentence alone too).
+    one = cpu[0]["engine"]["one sentence"]
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        assert one.startswith("calls of one sequence on onnxruntime 1.")  # built and run: its version is known
+    else:
+        assert one.startswith("packed engine")
+    assert "One sentence" in markdown and one.replace("|", "\\|") in markdown
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,10 @@ class PackedReranker(PackedBackend):
         ModelFilesError: weights that do not match config.json (the head's names and shapes included).
     """
 
+    #: Pairs carry token types and the logits come from the classification head: neither is in the one-sentence
+    #: graph, so every call runs on the packed engine.
+    one_sentence_graph = False
+
     def __init__(
         self,
         reranker_files: RerankerFiles,

@@ -14,6 +14,7 @@ packed ``[total_tokens, hidden]`` tensor. Precision:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from .policy import (
     tune_host_allocator,
     warmup_lengths,
 )
+from .query import QUERY_ENV, QueryEngine, QueryPlan, installed_runtimes, plan_query
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,9 @@ class PackedBackend(Backend):
     """
 
     name = "packed"
+    #: Whether calls of one sequence may run the one-sentence graph (:mod:`.query`), which is this class's forward
+    #: (no token types) up to the sentence head; a subclass with another forward or head sets it False.
+    one_sentence_graph = True
 
     def __init__(
         self, model_files: ModelFiles, device: torch.device, dtype: str, attention: AttentionPlan | None = None
@@ -355,6 +360,21 @@ class PackedBackend(Backend):
         )
         # CPU: each forward on 1 thread or all, whichever measures faster under this machine's load.
         self._threads = AdaptiveThreads() if device.type == "cpu" else None
+        # CPU: calls of one sequence on ONNX Runtime / OpenVINO where installed (query.py says why); built on first
+        # use. Its thread choice is measured apart from the packed forwards': another engine, other costs.
+        self.query_plan = (
+            None
+            if device.type != "cpu"
+            else plan_query(dtype, cpu_has_native_bfloat16(), installed_runtimes(), os.environ.get(QUERY_ENV))
+            if self.one_sentence_graph
+            else QueryPlan(None, reason=f"not for {type(self).__name__}: its forward is not the graph's")
+        )
+        self.query = (
+            QueryEngine(model_files.weights_path, self.config, self.query_plan)
+            if self.query_plan is not None and self.query_plan.runtime is not None
+            else None
+        )
+        self._query_threads = AdaptiveThreads()
         # A CPU forward keeps no state (AdaptiveThreads' estimates are advisory), so threads may share this engine;
         # accelerators keep one stream and recorded graphs per engine.
         self.shareable = device.type == "cpu"
@@ -363,7 +383,7 @@ class PackedBackend(Backend):
         """The encoder's weights (a subclass with a task head loads and keeps the head's here too)."""
         return load_weights(model_files.weights_path, self.config)
 
-    def _pack(self, batch: list[list[int]]) -> PackedBatch:
+    def _pack(self, batch: list[list[int]], token_gears: bool = True) -> PackedBatch:
         plan = self.plan
         return pack(
             batch,
@@ -372,7 +392,7 @@ class PackedBackend(Backend):
             gears=plan.gears,
             row_gears=plan.row_gears,
             square_mask=plan.square_mask,
-            token_gears=plan.token_gears,
+            token_gears=plan.token_gears if token_gears else None,
         )
 
     @torch.inference_mode()
@@ -386,9 +406,22 @@ class PackedBackend(Backend):
             pooled = self.graphs.embed(batch)
             if pooled is not None:
                 return pooled
+        if self.query is not None and len(batch) == 1 and not self.query.failed:
+            pooled = self._query_threads.run(len(batch[0]), lambda: self._embed_query(batch, prompt_length))
+            if pooled is not None:
+                return pooled
         if self._threads is not None:
             return self._threads.run(sum(len(ids) for ids in batch), lambda: self._embed(batch, prompt_length))
         return self._embed(batch, prompt_length)
+
+    def _embed_query(self, batch: list[list[int]], prompt_length: int) -> torch.Tensor | None:
+        # Exact token count: the graph has no mask, so a token gear's padding rows would be attended to (and the
+        # oneDNN per-shape caches the gears bound are not the graph runtime's).
+        packed = self._pack(batch, token_gears=False)
+        # The graph takes the positions as the packed engine numbers them (BERT's slots, the RoBERTa family's
+        # offset), so it knows nothing of a model's position rule; the head pools as for any packed batch.
+        hidden = self.query.forward(packed.ids, self.model.position_ids(packed.ids, packed.rows.slots))
+        return None if hidden is None else self.head(hidden, packed.rows, prompt_length)
 
     def _embed(self, batch: list[list[int]], prompt_length: int = 0) -> torch.Tensor:
         packed = self._pack(batch)
@@ -419,6 +452,9 @@ class PackedBackend(Backend):
                 if self.dtype in ("float32", "int8", "bfloat16") and onednn_linear_supported()
                 else "F.linear"
             )
+            choices["one sentence"] = (
+                self.query.describe() if self.query is not None else f"packed engine ({self.query_plan.reason})"
+            )
             choices["threads"] = (
                 f"each forward on 1 thread or {torch.get_num_threads()}, whichever measures "
                 "faster under this load (per size class, re-tried every "
@@ -442,6 +478,10 @@ class PackedBackend(Backend):
         gears = warmup_lengths(self.device)
         where = f"{self.device} {self.dtype}"
         cls, word, sep = (token % self.config.vocab_size for token in (101, 1000, 102))  # any valid ids will do
+        if self.query is not None:  # build (or read) the graph and the session now, not in the first query
+            start = time.perf_counter()
+            self.embed([[cls, word, sep]])
+            log.info("warm-up %s: one-sentence path, %.2f s", where, time.perf_counter() - start)
         for number, lengths in enumerate(gears, 1):
             start = time.perf_counter()
             self.embed([[cls] + [word] * (n - 2) + [sep] if n >= 2 else [cls] for n in lengths])

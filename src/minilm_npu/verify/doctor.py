@@ -77,12 +77,16 @@ def check_device(
                 encoder = build_encoder(model_path, str(device), dtype, backend)
                 vectors = encoder.encode(texts, batch_size=len(texts))
             check.first_encode_s = time.perf_counter() - start
+            # A call of one sentence may run on another path than a batch (the CPU engine's one-sentence path):
+            # checked too, as its own row against the first reference row.
+            vectors = np.concatenate([vectors, encoder.encode(texts[:1], batch_size=1)])
             check.engine = encoder.engine_choices()
         except Exception as err:  # noqa: BLE001 - any failure on a device is the finding, reported in one line
             check.message = f"{type(err).__name__}: {err}"
             checks.append(check)
             continue
         expected = reference()
+        expected = np.concatenate([expected, expected[:1]])
         cosines = row_cosines(expected, vectors)
         check.min_cosine = float(cosines.min()) if np.isfinite(cosines).all() else float("nan")
         check.max_abs_error = float(np.abs(vectors - expected).max())
