@@ -412,7 +412,7 @@ def machine_limits(device: torch.device, dtypes: list[str]) -> dict:
     """Best measured linear-layer rate per dtype (operations/s) and memory read bandwidth (bytes/s)."""
     import torch.nn.functional as F
 
-    from minilm_npu.engine.packed import Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.cpu_linears import Int8Linear, OneDnnLinear, onednn_linear_supported
 
     def best_seconds(fn, tries: int) -> float:
         return (

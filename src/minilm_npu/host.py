@@ -33,7 +33,7 @@ def kernel_plan() -> dict[str, str]:
     """Per CPU dtype, the linear-layer kernel the packed engine picks on this CPU with this torch build (what the
     build lacks is said instead)."""
     from .engine.cpu_kernels import kernel_plan as plan_for_this_cpu
-    from .engine.packed import int8_linear_supported, onednn_linear_supported
+    from .engine.cpu_linears import int8_linear_supported, onednn_linear_supported
 
     plan = plan_for_this_cpu()
     if not onednn_linear_supported():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minilm_npu.engine.packed import FusedQuantizer, quantize_per_token
+from minilm_npu.engine.cpu_linears import FusedQuantizer, quantize_per_token
 
 
 @pytest.mark.isa

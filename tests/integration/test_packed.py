@@ -228,7 +228,7 @@ LINEAR_NAMES = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 def test_cpu_float_layers_use_prepacked_onednn_weights(packed32):
-    from minilm_npu.engine.packed import OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.cpu_linears import OneDnnLinear, onednn_linear_supported
 
     if not onednn_linear_supported():
         pytest.skip("this torch build has no oneDNN")
@@ -255,7 +255,7 @@ def test_int8_engine_layers_follow_the_cpu(monkeypatch, packed32, flags, cap, qk
     from that CPU's flags: capped to AVX2 it must not take the bfloat16 path (oneDNN refuses its weight reorder
     there); uncapped to bfloat16 it does, which this CPU runs only where its own oneDNN takes bfloat16."""
     from minilm_npu.engine import cpu_kernels
-    from minilm_npu.engine.packed import Bfloat16Linear, Int8Linear, OneDnnLinear, onednn_linear_supported
+    from minilm_npu.engine.cpu_linears import Bfloat16Linear, Int8Linear, OneDnnLinear, onednn_linear_supported
 
     if not onednn_linear_supported():
         pytest.skip("this torch build has no oneDNN")
@@ -284,6 +284,7 @@ def test_plain_linear_path_is_exact_too(monkeypatch, st_model):
     from minilm_npu.engine.bert import DenseLinear
 
     monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)
+    monkeypatch.setattr("minilm_npu.engine.cpu_linears.onednn_linear_supported", lambda: False)
     encoder = MiniLMEncoder(device="cpu", backend="packed")
     layers = encoder.workers[0].backend.model.layers
     assert all(isinstance(getattr(layer, name), DenseLinear) for layer in layers for name in LINEAR_NAMES)

@@ -192,6 +192,7 @@ def test_every_engine_layout_is_exact(name, layout, st, monkeypatch, st_model_di
 
     if layout == "dense-linear":
         monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)
+        monkeypatch.setattr("minilm_npu.engine.cpu_linears.onednn_linear_supported", lambda: False)
     plan = {
         "per_sequence": AttentionPlan("per_sequence"),
         "padded": AttentionPlan("padded"),
@@ -219,6 +220,7 @@ def test_npu_varlen_path_is_exact(name, st, st_model_dir, fake_torch_npu, monkey
     monkeypatch.setattr(packed, "exact_gelu", lambda _type: devices.exact_gelu("npu"))
     monkeypatch.setattr(packed, "varlen_attention", lambda _type: devices.varlen_attention("npu"))
     monkeypatch.setattr(packed, "onednn_linear_supported", lambda: False)  # DenseLinear, with the device's GELU
+    monkeypatch.setattr("minilm_npu.engine.cpu_linears.onednn_linear_supported", lambda: False)
     files = resolve_reranker(str(st_model_dir(name)))
     backend = PackedReranker(files, torch.device("cpu"), "float32", attention=AttentionPlan("varlen"))
     ids = Reranker(model_path=str(st_model_dir(name)), device="cpu").tokenize_pairs([tuple(p) for p in PAIRS])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minilm_npu.engine import packed
-from minilm_npu.engine.packed import FusedQuantizer, quantize_per_token
+from minilm_npu.engine.cpu_linears import FusedQuantizer, quantize_per_token
 
 
 def test_small_inputs_stay_eager_and_never_compile(monkeypatch):
