@@ -246,10 +246,10 @@ def test_npu_varlen_path_is_exact(name, st, ours, fake_torch_npu):
 
 #: Reduced precision against our float32 (minimum cosine). These random-weight models are harsher on int8 than
 #: trained ones (weights drawn with std 0.2 and 32-48 channels, so per-token scales are set by few values;
-#: all-MiniLM-L6-v2 keeps >= 0.99, test_packed.py), and chaotic: which int8 kernel blocking oneDNN picks (it follows
-#: the CPU and the thread count the engine chooses per forward; AVX2 without VNNI saturates u8 x s8 pair sums in
-#: int16) moves their minimum by several hundredths between runs (0.90-0.99 measured on one AVX2 CPU, one run below
-#: 0.9). A wrong position rule or layout gives ~0.7, so 0.8 still catches a broken int8 path on these models.
+#: all-MiniLM-L6-v2 keeps >= 0.99, test_packed.py), and chaotic: rounding differences that follow the CPU's int8
+#: kernels and the per-forward thread choice (which follows the machine's load) move their minimum by several
+#: hundredths between runs (0.90-0.99 on one AVX2 CPU, and one loaded run below 0.9). A wrong position rule or
+#: layout gives ~0.7, so 0.8 still catches a broken int8 path on these models.
 COSINE_BOUNDS = {"int8": 0.8, "bfloat16": 0.999}
 
 
