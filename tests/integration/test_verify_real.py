@@ -55,7 +55,9 @@ def test_default_backend_each_dtype_against_reference(dtype, encoder, reference_
     assert metrics["error_rate_pct"] < 1.0 and metrics["min_cosine"] >= 0.99 and metrics["finite"] is True
     assert metrics["error_rate_pct"] == pytest.approx((1 - metrics["mean_cosine"]) * 100)
     assert metrics["similarity_pearson_r"] > 0.999
-    assert metrics["batch_invariance_min_cosine"] >= 0.999 and metrics["determinism_min_cosine"] >= 0.999
+    # int8 runs one sentence alone on the exact float32 graph, so alone vs batched is int8's own bound.
+    invariance = 0.99 if dtype == "int8" else 0.999
+    assert metrics["batch_invariance_min_cosine"] >= invariance and metrics["determinism_min_cosine"] >= 0.999
     assert report["environment"]["dtype"] == dtype and report["environment"]["backend"] == DEFAULT_BACKEND
     assert report["under_test"]["official_weights"] is True and report["reference"]["official_weights"] is True
     assert report["reference"]["backend"] == "transformers" and report["reference"]["dtype"] == "float32"

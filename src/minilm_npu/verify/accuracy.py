@@ -232,11 +232,14 @@ def _measure(
         determinism_max_abs=float(np.abs(batched - repeat).max()),
         encode_seconds=seconds,
     )
+    # An int8 engine runs a call of one sentence on the exact float32 graph where a CPU runtime is installed
+    # (engine/query.py), so a text alone is float32 and in a batch int8: the two agree within int8's own bound.
+    invariance_limit = thresholds.min_cosine if dtype == "int8" else thresholds.self_cosine
     checks = [
         Check(name="finite", value=metrics.finite, limit=True, rule="==", passed=metrics.finite),
         _check("error_rate_pct", metrics.error_rate_pct, "<", thresholds.error_rate_pct),
         _check("min_cosine", metrics.min_cosine, ">=", thresholds.min_cosine),
-        _check("batch_invariance_min_cosine", metrics.batch_invariance_min_cosine, ">=", thresholds.self_cosine),
+        _check("batch_invariance_min_cosine", metrics.batch_invariance_min_cosine, ">=", invariance_limit),
         _check("determinism_min_cosine", metrics.determinism_min_cosine, ">=", thresholds.self_cosine),
     ]
     if sts is not None and sts_reference is not None:
